@@ -1,0 +1,160 @@
+//! `audit.events`: the audit log as a SQL table, for principals with the auditor role.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{Decision, read_all};
+
+/// Schema of `audit.events`: one row per statement.
+pub fn events_schema() -> SchemaRef {
+    let list = |name: &str| {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("principal", DataType::Utf8, false),
+        Field::new("agency", DataType::Utf8, true),
+        Field::new("purpose", DataType::Utf8, true),
+        Field::new("statement", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        list("tables"),
+        list("columns"),
+        list("grants"),
+        Field::new("decision", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("result_sha256", DataType::Utf8, true),
+        Field::new("duration_ms", DataType::Int64, false),
+    ]))
+}
+
+/// The audit log snapshot an auditor's session reads. A provider of the exchange's own,
+/// so the policy rule accepts it; nobody but auditors has it in their catalog.
+#[derive(Debug)]
+pub struct AuditEvents {
+    inner: MemTable,
+}
+
+impl AuditEvents {
+    /// Load the (verified) log at `path` into a table.
+    pub fn load(path: &Path) -> Result<Self> {
+        let records = if path.exists() {
+            read_all(path).map_err(|e| DataFusionError::External(Box::new(e)))?
+        } else {
+            vec![]
+        };
+        let mut seq = Int64Builder::new();
+        let mut time = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let (mut principal, mut agency, mut purpose, mut statement, mut kind) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut tables = ListBuilder::new(StringBuilder::new());
+        let mut columns = ListBuilder::new(StringBuilder::new());
+        let mut grants = ListBuilder::new(StringBuilder::new());
+        let (mut decision, mut reason, mut digest) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut rows, mut duration) = (Int64Builder::new(), Int64Builder::new());
+        for r in &records {
+            seq.append_value(i64::try_from(r.seq).unwrap_or(i64::MAX));
+            time.append_value(
+                chrono::DateTime::parse_from_rfc3339(&r.time)
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(0),
+            );
+            principal.append_value(&r.principal);
+            agency.append_option(r.agency.as_deref());
+            purpose.append_option(r.purpose.as_deref());
+            statement.append_value(&r.statement);
+            kind.append_value(&r.kind);
+            for t in &r.tables {
+                tables.values().append_value(&t.table);
+                grants.values().append_value(&t.grant);
+                for c in &t.columns {
+                    columns.values().append_value(format!("{}.{c}", t.table));
+                }
+            }
+            tables.append(true);
+            columns.append(true);
+            grants.append(true);
+            decision.append_value(match r.decision {
+                Decision::Allowed => "allowed",
+                Decision::Refused => "refused",
+                Decision::Failed => "failed",
+            });
+            reason.append_option(r.reason.as_deref());
+            rows.append_option(r.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+            digest.append_option(r.result_sha256.as_deref());
+            duration.append_value(i64::try_from(r.duration_ms).unwrap_or(i64::MAX));
+        }
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(seq.finish()),
+            Arc::new(time.finish()),
+            Arc::new(principal.finish()),
+            Arc::new(agency.finish()),
+            Arc::new(purpose.finish()),
+            Arc::new(statement.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(tables.finish()),
+            Arc::new(columns.finish()),
+            Arc::new(grants.finish()),
+            Arc::new(decision.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(rows.finish()),
+            Arc::new(digest.finish()),
+            Arc::new(duration.finish()),
+        ];
+        let schema = events_schema();
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        Ok(Self {
+            inner: MemTable::try_new(schema, vec![vec![batch]])?,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for AuditEvents {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+}

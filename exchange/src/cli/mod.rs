@@ -1,0 +1,586 @@
+//! The `exchange` command line: demo, query, repl, explain, policy check, audit verify.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arrow::array::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::demo;
+use crate::engine::{Exchange, ExchangeConfig, QueryError, QueryOutput, absolute};
+use crate::policy::{self, Treatment};
+
+/// A governed, federated SQL exchange for cross-agency data sharing.
+#[derive(Debug, Parser)]
+#[command(name = "exchange", version, about)]
+pub struct Cli {
+    /// Directory holding schemas/ and policies/.
+    #[arg(long, global = true, default_value = ".", env = "EXCHANGE_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Root of relative dataset locations.
+    #[arg(
+        long,
+        global = true,
+        default_value = "demo-data",
+        env = "EXCHANGE_DATA_ROOT"
+    )]
+    pub data_root: PathBuf,
+    /// Directory of the secret key file and the audit log.
+    #[arg(
+        long,
+        global = true,
+        default_value = ".exchange",
+        env = "EXCHANGE_STATE_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats of query results.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned table.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON Lines, one object per row.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate the demo city if missing, then run the showcase as each principal.
+    Demo {
+        /// Scale of generated data (1 = 100,000 residents).
+        #[arg(long, default_value_t = demo::DEFAULT_SCALE)]
+        scale: f64,
+        /// Seed of generated data.
+        #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+        seed: u64,
+        /// Regenerate the data even if present.
+        #[arg(long)]
+        regenerate: bool,
+    },
+    /// Generate the demo city's datasets under the data root.
+    Generate {
+        /// Scale (1 = 100,000 residents).
+        #[arg(long, default_value_t = demo::DEFAULT_SCALE)]
+        scale: f64,
+        /// Seed.
+        #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+        seed: u64,
+    },
+    /// Run one SQL statement as a principal.
+    Query {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Write the result here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The statement.
+        sql: String,
+    },
+    /// Interactive SQL as a principal.
+    Repl {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Show the governed plan of a query.
+    Explain {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Include types of visible columns.
+        #[arg(long)]
+        verbose: bool,
+        /// The query.
+        sql: String,
+    },
+    /// Policy administration.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit log administration.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `exchange policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate schemas, policies and data files; non-zero exit on errors.
+    Check,
+}
+
+/// `exchange audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log's hash chain.
+    Verify,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn config(cli: &Cli) -> ExchangeConfig {
+    ExchangeConfig {
+        config_dir: absolute(&cli.config_dir),
+        data_root: absolute(&cli.data_root),
+        state_dir: absolute(&cli.state_dir),
+    }
+}
+
+fn open(cli: &Cli) -> Result<Exchange, ExitCode> {
+    Exchange::open(config(cli)).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Demo {
+            scale,
+            seed,
+            regenerate,
+        } => run_demo(&cli, *scale, *seed, *regenerate).await,
+        Command::Generate { scale, seed } => {
+            let root = absolute(&cli.data_root);
+            match demo::generate(&root, *scale, *seed) {
+                Ok(n) => {
+                    println!(
+                        "generated the demo city ({n} residents) under {}",
+                        root.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Query {
+            principal,
+            purpose,
+            format,
+            output,
+            sql,
+        } => {
+            let ex = match open(&cli) {
+                Ok(e) => e,
+                Err(c) => return c,
+            };
+            match ex.execute(principal, purpose.as_deref(), sql).await {
+                Ok(out) => match write_output(&out, *format, output.as_ref()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(2)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Explain {
+            principal,
+            purpose,
+            verbose,
+            sql,
+        } => {
+            let ex = match open(&cli) {
+                Ok(e) => e,
+                Err(c) => return c,
+            };
+            let stmt = format!("EXPLAIN {}{sql}", if *verbose { "VERBOSE " } else { "" });
+            match ex.execute(principal, purpose.as_deref(), &stmt).await {
+                Ok(out) => {
+                    print_lines(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Repl { principal, purpose } => {
+            let ex = match open(&cli) {
+                Ok(e) => e,
+                Err(c) => return c,
+            };
+            repl(&ex, principal, purpose.as_deref()).await
+        }
+        Command::Policy {
+            command: PolicyCommand::Check,
+        } => {
+            let report = policy::check(&config(&cli));
+            for f in &report.findings {
+                println!("{f}");
+            }
+            let (t, p, u, g) = report.counts;
+            let errors = report
+                .findings
+                .iter()
+                .filter(|f| f.severity == policy::Severity::Error)
+                .count();
+            let warnings = report.findings.len() - errors;
+            println!(
+                "{t} tables, {p} principals, {u} purposes, {g} grants: {errors} errors, {warnings} warnings"
+            );
+            if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let path = config(&cli).audit_log();
+            match crate::audit::verify(&path) {
+                Ok(s) => {
+                    println!("OK: {} records, chain head {}", s.records, s.head);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("BROKEN: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn print_lines(out: &QueryOutput) {
+    for b in &out.batches {
+        if let Some(col) = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+        {
+            for line in col.iter().flatten() {
+                println!("{line}");
+            }
+        }
+    }
+}
+
+fn write_output(out: &QueryOutput, format: Format, path: Option<&PathBuf>) -> Result<(), String> {
+    let mut sink: Box<dyn Write> = match path {
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    render(&mut sink, &out.batches, format).map_err(|e| e.to_string())?;
+    sink.flush().map_err(|e| e.to_string())
+}
+
+/// Render batches in a format.
+pub fn render(
+    sink: &mut dyn Write,
+    batches: &[RecordBatch],
+    format: Format,
+) -> Result<(), arrow::error::ArrowError> {
+    match format {
+        Format::Table => {
+            writeln!(
+                sink,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(sink);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(sink);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// A line per table: grant, row filter and the treatments that changed columns.
+pub fn describe_treatments(
+    ex: &Exchange,
+    principal: &str,
+    purpose: &str,
+    out: &QueryOutput,
+) -> Vec<String> {
+    let Ok(session) = ex.session(principal, Some(purpose)) else {
+        return vec![];
+    };
+    let mut lines = Vec::new();
+    for t in &out.tables {
+        let Some(spec) = session.tables.get(&t.table) else {
+            lines.push(format!("{} (grant {})", t.table, t.grant));
+            continue;
+        };
+        let treated: Vec<String> = spec
+            .access
+            .columns
+            .iter()
+            .filter(|c| c.treatment != Treatment::Plain)
+            .map(|c| format!("{} {}", c.name, c.treatment))
+            .collect();
+        let rows = if spec.access.row_filter.is_some() {
+            "rows filtered by the owner's row filter; "
+        } else {
+            ""
+        };
+        let cols = if treated.is_empty() {
+            "all visible columns plain".to_string()
+        } else {
+            treated.join(", ")
+        };
+        lines.push(format!("{} via {}: {rows}{cols}", t.table, t.grant));
+    }
+    for th in &out.thresholds {
+        lines.push(format!("groups suppressed unless {th}"));
+    }
+    lines
+}
+
+async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCode {
+    let root = absolute(&cli.data_root);
+    if regenerate || !demo::data_present(&root) {
+        println!(
+            "Generating the demo city (scale {scale}, seed {seed}) under {} ...",
+            root.display()
+        );
+        match demo::generate(&root, scale, seed) {
+            Ok(n) => println!("  {n} residents and their records across six agencies.\n"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let ex = match open(cli) {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let mut failures = 0;
+    // Refusals first, so the auditor's showcase has refusals to find.
+    let mut refused_lines = Vec::new();
+    for r in demo::refusals() {
+        match ex.execute(r.principal, r.purpose, r.sql).await {
+            Err(QueryError::Refused(reason)) => refused_lines.push((r, reason)),
+            other => {
+                failures += 1;
+                refused_lines.push((r, format!("UNEXPECTED: {other:?}")));
+            }
+        }
+    }
+    for (i, show) in demo::SHOWCASE.iter().enumerate() {
+        let agency = ex
+            .policies()
+            .principal(show.principal)
+            .map(|p| p.agency.clone())
+            .unwrap_or_default();
+        println!(
+            "━━━ {}. {} ({agency}) · purpose {}",
+            i + 1,
+            show.principal,
+            show.purpose
+        );
+        for q in show.queries {
+            println!("  {}", q.title);
+            for l in q.sql.lines() {
+                println!("    {l}");
+            }
+            match ex.execute(show.principal, Some(show.purpose), q.sql).await {
+                Ok(out) => {
+                    for line in describe_treatments(&ex, show.principal, show.purpose, &out) {
+                        println!("  ⤷ {line}");
+                    }
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = render(&mut stdout, &out.batches, Format::Table);
+                    println!("  ({} rows)", out.rows);
+                }
+                Err(e) => {
+                    failures += 1;
+                    println!("  UNEXPECTED {e}");
+                }
+            }
+        }
+        for (r, reason) in refused_lines
+            .iter()
+            .filter(|(r, _)| r.principal == show.principal)
+        {
+            println!(
+                "  ✗ {} {}",
+                r.purpose
+                    .map(|p| format!("[purpose {p}]"))
+                    .unwrap_or_else(|| "[no purpose]".into()),
+                r.sql
+            );
+            println!("    {reason}");
+        }
+        println!();
+    }
+    for (r, reason) in refused_lines
+        .iter()
+        .filter(|(r, _)| !demo::SHOWCASE.iter().any(|s| s.principal == r.principal))
+    {
+        println!("  ✗ {} as {}: {reason}", r.sql, r.principal);
+    }
+    match crate::audit::verify(ex.audit().path()) {
+        Ok(s) => println!(
+            "Audit log {}: {} records, hash chain verified.",
+            ex.audit().path().display(),
+            s.records
+        ),
+        Err(e) => {
+            failures += 1;
+            println!("Audit log BROKEN: {e}");
+        }
+    }
+    if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode {
+    let session = match ex.session(principal, purpose) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot start the line editor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let history = ex.config().state_dir.join("history");
+    let _ = editor.load_history(&history);
+    println!(
+        "exchange as {principal} ({}), purpose {}. \\d lists tables, \\d TABLE its columns, \\q quits.",
+        session.principal.agency, session.purpose
+    );
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "exchange> "
+        } else {
+            "      ..> "
+        };
+        let line = match editor.readline(prompt) {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(_) => break,
+        };
+        let trimmed = line.trim();
+        if buffer.is_empty() && trimmed.starts_with('\\') {
+            let _ = editor.add_history_entry(trimmed);
+            let mut parts = trimmed.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some("\\q"), _) => break,
+                (Some("\\d"), None) => {
+                    for (name, spec) in &session.tables {
+                        println!("  {name:<24} {}", spec.access.grant_ref);
+                    }
+                    if session
+                        .principal
+                        .roles
+                        .iter()
+                        .any(|r| r == crate::enforcement::AUDITOR_ROLE)
+                    {
+                        println!("  {:<24} the audit log", "audit.events");
+                    }
+                }
+                (Some("\\d"), Some(table)) => {
+                    match Exchange::visible_columns(&session, &table.to_lowercase()) {
+                        Some(cols) => {
+                            for c in cols {
+                                println!(
+                                    "  {:<20} {:<28} {}",
+                                    c.name,
+                                    c.data_type.to_string(),
+                                    c.treatment
+                                );
+                            }
+                        }
+                        None => println!("table {table} is not found or not granted"),
+                    }
+                }
+                _ => println!("commands: \\d, \\d TABLE, \\q"),
+            }
+            continue;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let sql = std::mem::take(&mut buffer);
+        let _ = editor.add_history_entry(sql.trim());
+        let sql = sql.trim().trim_end_matches(';');
+        match ex.execute(principal, purpose, sql).await {
+            Ok(out) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = render(&mut stdout, &out.batches, Format::Table);
+                println!("({} rows)", out.rows);
+            }
+            Err(e) => println!("{e}"),
+        }
+    }
+    let _ = editor.save_history(&history);
+    ExitCode::SUCCESS
+}

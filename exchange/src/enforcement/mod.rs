@@ -1,0 +1,22 @@
+//! Enforcement on the DataFusion logical plan.
+//!
+//! A principal's session ([`PrincipalSession`]) holds a catalog of only the tables granted
+//! for the declared purpose, each a [`GovernedTable`] exposing the visible, treated
+//! columns. The [`PolicyRule`] analyzer rule then replaces every scan (subqueries, CTEs,
+//! unions and self-joins included) with row filter and treatments over the raw files,
+//! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
+//! below their minimum size.
+
+mod rule;
+mod session;
+mod spec;
+mod tables;
+mod violation;
+
+pub use rule::{EnforcementReport, PolicyRule, ScanUse, Tag};
+pub use session::{
+    AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,
+};
+pub use spec::{GovernedSpec, HIDDEN_ENTITY, plan_row_filter};
+pub use tables::{GovernedTable, RawTable};
+pub use violation::{Violation, find_violation};

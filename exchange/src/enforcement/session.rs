@@ -1,0 +1,207 @@
+//! A per-principal session: a catalog of exactly the granted tables with their visible
+//! columns, locked configuration, and the policy rule.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::NaiveDate;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::common::Result;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
+
+use super::rule::{EnforcementReport, PolicyRule};
+use super::spec::{GovernedSpec, TokenFns};
+use super::tables::GovernedTable;
+use crate::catalog::Catalog;
+use crate::masking::{KeyRing, MaskFn, TokenKeys, TokenKind, TokenUdf};
+use crate::policy::{Denial, PolicySet, Principal};
+
+/// Catalog name under which agencies appear as schemas.
+pub const CATALOG: &str = "exchange";
+
+/// A table the principal could be granted but whose grant cannot be applied.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    /// `agency/grant`.
+    pub grant_ref: String,
+    /// Why (for the policy checker and logs; not shown to the principal).
+    pub cause: String,
+}
+
+/// A DataFusion session for one principal and purpose.
+pub struct PrincipalSession {
+    /// The DataFusion context: only granted tables, locked options, the policy rule.
+    pub ctx: SessionContext,
+    /// Who asks.
+    pub principal: Principal,
+    /// Why.
+    pub purpose: String,
+    /// Granted tables by `agency.table`.
+    pub tables: BTreeMap<String, Arc<GovernedSpec>>,
+    /// Tables whose only grant has expired, by `agency.table`.
+    pub expired: BTreeMap<String, Denial>,
+    /// Tables whose grant cannot be applied, by `agency.table`.
+    pub unusable: BTreeMap<String, Unusable>,
+    /// What the policy rule did to the last plan.
+    pub report: Arc<Mutex<EnforcementReport>>,
+}
+
+/// Everything a session is built from.
+pub struct SessionInputs<'a> {
+    /// The catalog.
+    pub catalog: &'a Catalog,
+    /// The policies.
+    pub policies: &'a PolicySet,
+    /// The key ring.
+    pub keys: &'a KeyRing,
+    /// Root of relative dataset locations.
+    pub data_root: &'a Path,
+    /// Today's date, for grant expiry.
+    pub today: NaiveDate,
+    /// The audit log, offered as `audit.events` to principals with the auditor role.
+    pub audit_log: &'a Path,
+}
+
+/// The role that may read `audit.events`.
+pub const AUDITOR_ROLE: &str = "auditor";
+
+/// DataFusion settings every session runs with. Statistics collection is off so that no
+/// COUNT/MIN/MAX is answered from file metadata; information_schema and recursive CTEs
+/// are off; only the exchange catalog exists.
+pub fn locked_config() -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(CATALOG, "public");
+    let options = config.options_mut();
+    options.execution.collect_statistics = false;
+    options.execution.enable_recursive_ctes = false;
+    options.execution.parquet.pushdown_filters = false;
+    config
+}
+
+impl PrincipalSession {
+    /// Build the session of `principal` for `purpose`.
+    pub fn build(inputs: &SessionInputs<'_>, principal: &Principal, purpose: &str) -> Result<Self> {
+        let state = SessionStateBuilder::new()
+            .with_config(locked_config())
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for f in MaskFn::ALL {
+            ctx.register_udf(f.udf().as_ref().clone());
+        }
+        let report = Arc::new(Mutex::new(EnforcementReport::default()));
+        ctx.add_analyzer_rule(Arc::new(PolicyRule::new(report.clone())));
+
+        let domains: Vec<&str> = {
+            let mut d: Vec<&str> = inputs
+                .catalog
+                .datasets()
+                .iter()
+                .flat_map(|ds| ds.columns.iter().filter_map(|c| c.domain.as_deref()))
+                .chain(
+                    inputs
+                        .policies
+                        .grants()
+                        .iter()
+                        .flat_map(|g| g.columns.iter().filter_map(|c| c.domain.as_deref())),
+                )
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let consumer = principal.agency.as_str();
+        let tokens = TokenFns {
+            pseudonym: TokenUdf::udf(Arc::new(TokenKeys::derive(
+                inputs.keys,
+                TokenKind::Pseudonym,
+                consumer,
+                domains.iter().copied(),
+            ))),
+            join_key: TokenUdf::udf(Arc::new(TokenKeys::derive(
+                inputs.keys,
+                TokenKind::JoinKey,
+                consumer,
+                domains.iter().copied(),
+            ))),
+        };
+
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        let mut schemas: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
+        let mut tables = BTreeMap::new();
+        let mut expired = BTreeMap::new();
+        let mut unusable = BTreeMap::new();
+        let state = ctx.state();
+        for dataset in inputs.catalog.datasets() {
+            let access = match inputs
+                .policies
+                .resolve(dataset, principal, purpose, inputs.today)
+            {
+                Ok(a) => a,
+                Err(d @ Denial::Expired { .. }) => {
+                    expired.insert(dataset.qualified_name(), d);
+                    continue;
+                }
+                Err(Denial::NotGranted) => continue,
+            };
+            let grant_ref = access.grant_ref.clone();
+            let location = dataset.resolve_location(inputs.data_root);
+            match GovernedSpec::build(&state, dataset, access, principal, &location, &tokens) {
+                Ok(spec) => {
+                    let spec = Arc::new(spec);
+                    let schema = schemas
+                        .entry(dataset.agency.clone())
+                        .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
+                    schema.register_table(
+                        dataset.name.clone(),
+                        Arc::new(GovernedTable::new(spec.clone())),
+                    )?;
+                    tables.insert(dataset.qualified_name(), spec);
+                }
+                Err(e) => {
+                    unusable.insert(
+                        dataset.qualified_name(),
+                        Unusable {
+                            grant_ref,
+                            cause: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        if principal.roles.iter().any(|r| r == AUDITOR_ROLE) {
+            let events = crate::audit::AuditEvents::load(inputs.audit_log)?;
+            let schema = Arc::new(MemorySchemaProvider::new());
+            schema.register_table("events".to_string(), Arc::new(events))?;
+            catalog.register_schema("audit", schema)?;
+        }
+        for (agency, schema) in schemas {
+            catalog.register_schema(&agency, schema)?;
+        }
+        ctx.register_catalog(CATALOG, catalog);
+        Ok(Self {
+            ctx,
+            principal: principal.clone(),
+            purpose: purpose.to_string(),
+            tables,
+            expired,
+            unusable,
+            report,
+        })
+    }
+
+    /// Parse SQL (DataFusion's generic dialect, its default recursion limit).
+    pub fn parse(&self, sql: &str) -> Result<std::collections::VecDeque<Statement>> {
+        datafusion::sql::parser::DFParser::parse_sql_with_dialect(
+            sql,
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        )
+    }
+}

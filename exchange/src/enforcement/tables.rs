@@ -1,0 +1,215 @@
+//! The two table providers of the exchange.
+//!
+//! [`GovernedTable`] is what a principal's catalog holds: its schema is the visible,
+//! treated schema, and it cannot be scanned: the policy rule replaces every scan of it
+//! with row filter and treatments over a [`RawTable`]. A plan that still scans a
+//! `GovernedTable` at execution time has escaped enforcement and fails.
+//!
+//! [`RawTable`] reads the agency's files and applies the owner's row filter. It accepts
+//! filter pushdown only for predicates over columns the principal sees plain, so no predicate
+//! on a treated column reaches Parquet statistics or page indexes, and it reports no
+//! statistics, so no COUNT/MIN/MAX is answered from file metadata.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, Result, TableReference, internal_err};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExecBuilder;
+
+use super::spec::GovernedSpec;
+use crate::catalog::{DataFormat, Dataset};
+
+/// A table as one principal may see it. Never scanned directly.
+#[derive(Debug)]
+pub struct GovernedTable {
+    spec: Arc<GovernedSpec>,
+}
+
+impl GovernedTable {
+    /// The provider over a resolved grant.
+    pub fn new(spec: Arc<GovernedSpec>) -> Self {
+        Self { spec }
+    }
+
+    /// The resolved grant.
+    pub fn spec(&self) -> &Arc<GovernedSpec> {
+        &self.spec
+    }
+}
+
+#[async_trait]
+impl TableProvider for GovernedTable {
+    fn schema(&self) -> SchemaRef {
+        self.spec.visible_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Reaching here means a plan bypassed the policy rule: fail closed.
+        internal_err!("governed table scanned without enforcement")
+    }
+}
+
+/// The agency's files, read under the exchange's control.
+///
+/// The owner's row filter is applied here, inside the scan, and not as a logical filter:
+/// no analyst predicate can be ordered before it, so none is ever evaluated on (and can
+/// raise an error about) a row the principal may not see.
+#[derive(Debug)]
+pub struct RawTable {
+    inner: ListingTable,
+    /// Qualifier of the row filter's columns.
+    table_ref: TableReference,
+    /// Raw columns whose values the principal sees unchanged.
+    pushable: BTreeSet<String>,
+    /// The owner's row filter over raw columns.
+    row_filter: Option<Expr>,
+}
+
+impl RawTable {
+    /// Open the dataset's files at `location` with its declared schema.
+    pub fn try_new(
+        dataset: &Dataset,
+        location: &str,
+        pushable: BTreeSet<String>,
+        row_filter: Option<Expr>,
+    ) -> Result<Self> {
+        let mut location = location.to_string();
+        if !location.contains("://")
+            && std::path::Path::new(&location).is_dir()
+            && !location.ends_with('/')
+        {
+            location.push('/');
+        }
+        let url = ListingTableUrl::parse(&location)?;
+        let options = match dataset.format {
+            DataFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet"),
+            DataFormat::Csv => {
+                ListingOptions::new(Arc::new(CsvFormat::default().with_has_header(true)))
+                    .with_file_extension(".csv")
+            }
+        };
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(dataset.arrow_schema());
+        Ok(Self {
+            inner: ListingTable::try_new(config)?,
+            table_ref: TableReference::partial(dataset.agency.clone(), dataset.name.clone()),
+            pushable,
+            row_filter,
+        })
+    }
+
+    /// Whether an analyst's predicate may reach the file scan (for pruning only): built-in,
+    /// deterministic expressions over columns the principal sees plain.
+    fn may_push(&self, filter: &Expr) -> bool {
+        let plain_columns = filter
+            .column_refs()
+            .iter()
+            .all(|c| self.pushable.contains(c.name()));
+        let mut treated = false;
+        let _ = filter.apply(|e| {
+            if let Expr::ScalarFunction(f) = e
+                && (f.func.inner().is::<crate::masking::MaskUdf>()
+                    || f.func.inner().is::<crate::masking::TokenUdf>())
+            {
+                treated = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        plain_columns && !treated && !filter.is_volatile()
+    }
+}
+
+#[async_trait]
+impl TableProvider for RawTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.may_push(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        None
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Re-check: only what we accepted may reach the file scan.
+        let mut pushed: Vec<Expr> = filters
+            .iter()
+            .filter(|f| self.may_push(f))
+            .cloned()
+            .collect();
+        let Some(row_filter) = &self.row_filter else {
+            return self.inner.scan(state, projection, &pushed, limit).await;
+        };
+        let schema = self.inner.schema();
+        let requested: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let mut read = requested.clone();
+        for c in row_filter.column_refs() {
+            let idx = schema.index_of(c.name())?;
+            if !read.contains(&idx) {
+                read.push(idx);
+            }
+        }
+        // The row filter also prunes row groups; the limit cannot apply before it.
+        pushed.push(row_filter.clone());
+        let input = self.inner.scan(state, Some(&read), &pushed, None).await?;
+        let read_schema = Arc::new(schema.project(&read)?);
+        let df_schema = DFSchema::try_from_qualified_schema(self.table_ref.clone(), &read_schema)?;
+        let predicate = state.create_physical_expr(row_filter.clone(), &df_schema)?;
+        let filter = FilterExecBuilder::new(predicate, input)
+            .apply_projection(Some((0..requested.len()).collect()))?
+            .build()?;
+        Ok(Arc::new(filter))
+    }
+}

@@ -1,0 +1,35 @@
+//! The error a policy refusal travels in through DataFusion.
+
+use datafusion::common::DataFusionError;
+
+/// A query refused by policy; the message names table, column and rule, and nothing the
+/// principal may not see.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Violation {
+    message: String,
+}
+
+impl Violation {
+    /// A refusal with this reason.
+    pub fn new(message: String) -> Self {
+        Self { message }
+    }
+
+    /// The reason.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The policy violation anywhere in a DataFusion error chain.
+pub fn find_violation(err: &DataFusionError) -> Option<&Violation> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(v) = e.downcast_ref::<Violation>() {
+            return Some(v);
+        }
+        current = e.source();
+    }
+    None
+}

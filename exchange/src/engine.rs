@@ -1,0 +1,662 @@
+//! The exchange: catalog, policies, keys and audit log behind one entry point that runs a
+//! statement as a principal for a purpose, enforces policy, and audits the outcome.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::NaiveDate;
+use datafusion::common::DataFusionError;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::collect;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::audit::{AuditError, AuditLog, Decision, Entry, TableUse};
+use crate::catalog::{Catalog, CatalogError};
+use crate::enforcement::{PrincipalSession, RawTable, SessionInputs, find_violation};
+use crate::masking::{KeyError, KeyRing};
+use crate::policy::{Denial, PolicyError, PolicySet, Treatment};
+
+/// Where the exchange finds its configuration, data and state.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    /// Directory holding `schemas/` and `policies/`.
+    pub config_dir: PathBuf,
+    /// Root of relative dataset locations.
+    pub data_root: PathBuf,
+    /// Directory for the secret key file and the audit log.
+    pub state_dir: PathBuf,
+}
+
+impl ExchangeConfig {
+    /// `schemas/` under the config dir.
+    pub fn schemas_dir(&self) -> PathBuf {
+        self.config_dir.join("schemas")
+    }
+
+    /// `policies/` under the config dir.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.config_dir.join("policies")
+    }
+
+    /// The secret key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.state_dir.join("secret.key")
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> PathBuf {
+        self.state_dir.join("audit.jsonl")
+    }
+}
+
+/// Errors of opening the exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The catalog does not load.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The policies do not load.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The audit log is unusable.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Why a statement returned no result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    /// Refused by policy; the reason names what and why, and leaks nothing.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Allowed, but the statement is invalid or failed to run.
+    #[error("error: {0}")]
+    Failed(String),
+    /// The audit record could not be written, so no result is returned.
+    #[error("audit log unavailable, result withheld: {0}")]
+    Audit(String),
+}
+
+/// What a statement returned.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// Result schema.
+    pub schema: SchemaRef,
+    /// Result batches.
+    pub batches: Vec<RecordBatch>,
+    /// Rows returned.
+    pub rows: u64,
+    /// Tables and raw columns touched, with grants.
+    pub tables: Vec<TableUse>,
+    /// Group thresholds applied.
+    pub thresholds: Vec<String>,
+    /// SHA-256 of the result.
+    pub digest: String,
+}
+
+/// A visible column, for `\d TABLE`.
+#[derive(Debug, Clone)]
+pub struct VisibleColumn {
+    /// Name.
+    pub name: String,
+    /// Arrow type after treatment.
+    pub data_type: DataType,
+    /// Treatment.
+    pub treatment: Treatment,
+}
+
+/// The exchange.
+pub struct Exchange {
+    config: ExchangeConfig,
+    catalog: Catalog,
+    policies: PolicySet,
+    keys: KeyRing,
+    audit: AuditLog,
+}
+
+enum Kind {
+    Query(Box<DFStatement>),
+    Explain {
+        verbose: bool,
+        inner: Box<DFStatement>,
+    },
+    Describe(String),
+}
+
+impl Kind {
+    fn label(&self) -> &'static str {
+        match self {
+            Kind::Query(_) => "query",
+            Kind::Explain { .. } => "explain",
+            Kind::Describe(_) => "describe",
+        }
+    }
+}
+
+impl Exchange {
+    /// Load catalog and policies, open keys and the audit log.
+    pub fn open(config: ExchangeConfig) -> Result<Self, OpenError> {
+        let catalog = Catalog::load(&config.schemas_dir())?;
+        let policies = PolicySet::load(&config.policies_dir(), &catalog)?;
+        let keys = KeyRing::load_or_create(&config.key_file())?;
+        let audit = AuditLog::open(&config.audit_log())?;
+        Ok(Self {
+            config,
+            catalog,
+            policies,
+            keys,
+            audit,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ExchangeConfig {
+        &self.config
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The policies.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn today() -> NaiveDate {
+        chrono::Utc::now().date_naive()
+    }
+
+    /// The session of a principal for a purpose, after checking both.
+    pub fn session(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+    ) -> Result<PrincipalSession, QueryError> {
+        let Some(p) = self.policies.principal(principal) else {
+            return Err(QueryError::Refused(format!(
+                "unknown principal '{principal}'"
+            )));
+        };
+        let Some(purpose) = purpose.filter(|s| !s.is_empty()) else {
+            return Err(QueryError::Refused(format!(
+                "no purpose declared: every query must state why it is asked (purposes of {}: {})",
+                p.name,
+                p.purposes.join(", ")
+            )));
+        };
+        if self.policies.purpose(purpose).is_none() {
+            return Err(QueryError::Refused(format!("unknown purpose '{purpose}'")));
+        }
+        if !p.purposes.iter().any(|x| x == purpose) {
+            return Err(QueryError::Refused(format!(
+                "principal {} may not declare purpose {purpose} (declared purposes: {})",
+                p.name,
+                p.purposes.join(", ")
+            )));
+        }
+        let inputs = SessionInputs {
+            catalog: &self.catalog,
+            policies: &self.policies,
+            keys: &self.keys,
+            data_root: &self.config.data_root,
+            today: Self::today(),
+            audit_log: self.audit.path(),
+        };
+        PrincipalSession::build(&inputs, p, purpose)
+            .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))
+    }
+
+    /// Visible columns of a table for a session, or None when not granted.
+    pub fn visible_columns(session: &PrincipalSession, table: &str) -> Option<Vec<VisibleColumn>> {
+        let spec = session.tables.get(table)?;
+        Some(
+            spec.access
+                .columns
+                .iter()
+                .zip(spec.visible_schema.fields())
+                .map(|(c, f)| VisibleColumn {
+                    name: c.name.clone(),
+                    data_type: f.data_type().clone(),
+                    treatment: c.treatment.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Run one statement as `principal` for `purpose`, and audit it whatever happens.
+    pub async fn execute(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryOutput, QueryError> {
+        let started = Instant::now();
+        let agency = self.policies.principal(principal).map(|p| p.agency.clone());
+        let mut kind_label = "other";
+        let outcome = match self.session(principal, purpose) {
+            Err(e) => Err(e),
+            Ok(session) => match classify(&session, sql) {
+                Err(e) => Err(e),
+                Ok(kind) => {
+                    kind_label = kind.label();
+                    run(&session, kind).await
+                }
+            },
+        };
+        let (decision, reason) = match &outcome {
+            Ok(_) => (Decision::Allowed, None),
+            Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
+            Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
+                (Decision::Failed, Some(r.clone()))
+            }
+        };
+        let out = outcome.as_ref().ok();
+        let entry = Entry {
+            principal: principal.to_string(),
+            agency,
+            purpose: purpose.map(str::to_string),
+            statement: sql.to_string(),
+            kind: kind_label.to_string(),
+            tables: out.map(|o| o.tables.clone()).unwrap_or_default(),
+            thresholds: out.map(|o| o.thresholds.clone()).unwrap_or_default(),
+            decision,
+            reason,
+            rows: out.map(|o| o.rows),
+            result_sha256: out.map(|o| o.digest.clone()),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        self.audit
+            .append(entry)
+            .map_err(|e| QueryError::Audit(e.to_string()))?;
+        outcome
+    }
+}
+
+fn classify(session: &PrincipalSession, sql: &str) -> Result<Kind, QueryError> {
+    let mut statements = session
+        .parse(sql)
+        .map_err(|e| QueryError::Failed(e.strip_backtrace()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::Refused(format!(
+            "exactly one statement per request, got {}",
+            statements.len()
+        )));
+    }
+    let Some(statement) = statements.pop_front() else {
+        return Err(QueryError::Refused("empty statement".into()));
+    };
+    match statement {
+        DFStatement::Statement(s) => match *s {
+            SqlStatement::Query(_) => Ok(Kind::Query(Box::new(DFStatement::Statement(s)))),
+            SqlStatement::ExplainTable { table_name, .. } => {
+                Ok(Kind::Describe(table_name.to_string()))
+            }
+            SqlStatement::Explain { .. } => Err(QueryError::Refused(
+                "this EXPLAIN form is not supported; use EXPLAIN [VERBOSE] SELECT ...".into(),
+            )),
+            SqlStatement::ShowTables { .. }
+            | SqlStatement::ShowColumns { .. }
+            | SqlStatement::ShowVariable { .. }
+            | SqlStatement::ShowVariables { .. }
+            | SqlStatement::ShowFunctions { .. }
+            | SqlStatement::ShowCreate { .. }
+            | SqlStatement::ShowSchemas { .. }
+            | SqlStatement::ShowDatabases { .. } => Err(QueryError::Refused(
+                "SHOW is not available: list your tables with \\d (REPL) or DESCRIBE agency.table"
+                    .into(),
+            )),
+            SqlStatement::Set(_) => Err(QueryError::Refused(
+                "SET is refused: session settings are fixed by the exchange".into(),
+            )),
+            SqlStatement::Copy { .. } => Err(QueryError::Refused(
+                "COPY is refused: results leave only as query results or signed exports".into(),
+            )),
+            other => Err(QueryError::Refused(format!(
+                "only queries (SELECT, WITH, VALUES), EXPLAIN and DESCRIBE may run; refused: {}",
+                statement_keyword(&other)
+            ))),
+        },
+        DFStatement::Explain(e) => {
+            if e.options.analyze {
+                return Err(QueryError::Refused(
+                    "EXPLAIN ANALYZE is refused: its row counts would reveal data before policy thresholds apply".into(),
+                ));
+            }
+            match e.statement.as_ref() {
+                DFStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {
+                    Ok(Kind::Explain {
+                        verbose: e.options.verbose,
+                        inner: e.statement,
+                    })
+                }
+                _ => Err(QueryError::Refused(
+                    "EXPLAIN applies to queries only".into(),
+                )),
+            }
+        }
+        DFStatement::CreateExternalTable(_) => Err(QueryError::Refused(
+            "CREATE EXTERNAL TABLE is refused: the exchange reads only its own catalog".into(),
+        )),
+        DFStatement::CopyTo(_) => Err(QueryError::Refused(
+            "COPY is refused: results leave only as query results or signed exports".into(),
+        )),
+        DFStatement::Reset(_) => Err(QueryError::Refused(
+            "RESET is refused: session settings are fixed by the exchange".into(),
+        )),
+    }
+}
+
+fn statement_keyword(s: &SqlStatement) -> String {
+    let text = s.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
+}
+
+/// Map a DataFusion error to what the principal may be told.
+fn map_error(session: &PrincipalSession, e: DataFusionError) -> QueryError {
+    if let Some(v) = find_violation(&e) {
+        return QueryError::Refused(v.message().to_string());
+    }
+    let text = e.strip_backtrace();
+    if let Some(rest) = text.split("table '").nth(1)
+        && let Some(name) = rest.split('\'').next()
+        && text.contains("not found")
+    {
+        let name = name.strip_prefix("exchange.").unwrap_or(name).to_string();
+        return QueryError::Refused(not_granted(session, &name));
+    }
+    if text.contains("not supported")
+        && (text.contains("DDL") || text.contains("DML") || text.contains("Statement"))
+    {
+        return QueryError::Refused("only queries (SELECT, WITH, VALUES) may run".into());
+    }
+    QueryError::Failed(text)
+}
+
+fn not_granted(session: &PrincipalSession, table: &str) -> String {
+    if let Some(Denial::Expired { grant, on }) = session.expired.get(table) {
+        return format!("table {table}: grant {grant} expired on {on}");
+    }
+    if let Some(u) = session.unusable.get(table) {
+        return format!(
+            "table {table}: grant {} cannot be applied, so the table is withheld; the owning agency must fix its policy (exchange policy check)",
+            u.grant_ref
+        );
+    }
+    format!(
+        "table {table} is not found or not granted to {} for purpose {}",
+        session.principal.name, session.purpose
+    )
+}
+
+fn sql_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, QueryError> {
+    let state = session.ctx.state();
+    let err = |e| map_error(session, e);
+    match kind {
+        Kind::Query(stmt) => {
+            let plan = state.statement_to_plan(*stmt).await.map_err(err)?;
+            sql_options().verify_plan(&plan).map_err(err)?;
+            let optimized = state.optimize(&plan).map_err(err)?;
+            let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+            let physical = state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
+                .await
+                .map_err(err)?;
+            let schema = physical.schema();
+            let batches = collect(physical, session.ctx.task_ctx())
+                .await
+                .map_err(err)?;
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let digest = digest_batches(&schema, &batches);
+            Ok(QueryOutput {
+                schema,
+                batches,
+                rows,
+                tables: tables_touched(&optimized, &report.scans),
+                thresholds: report
+                    .thresholds
+                    .iter()
+                    .map(|(c, k)| format!("{c} >= {k} distinct entities"))
+                    .collect(),
+                digest,
+            })
+        }
+        Kind::Explain { verbose, inner } => {
+            let plan = state.statement_to_plan(*inner).await.map_err(err)?;
+            sql_options().verify_plan(&plan).map_err(err)?;
+            // Enforce as the query would be: a refused query has a refused EXPLAIN.
+            let optimized = state.optimize(&plan).map_err(err)?;
+            let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+            let text = render_explain(session, &plan, &report, verbose);
+            text_output(
+                "plan",
+                text.lines().map(str::to_string).collect(),
+                tables_touched(&optimized, &report.scans),
+            )
+        }
+        Kind::Describe(name) => {
+            let key = name
+                .strip_prefix("exchange.")
+                .unwrap_or(&name)
+                .to_lowercase();
+            let Some(cols) = Exchange::visible_columns(session, &key) else {
+                return Err(QueryError::Refused(not_granted(session, &key)));
+            };
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("column_name", DataType::Utf8, false),
+                Field::new("data_type", DataType::Utf8, false),
+                Field::new("treatment", DataType::Utf8, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.name.clone()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.data_type.to_string()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.treatment.to_string()),
+                    )),
+                ],
+            )
+            .map_err(|e| QueryError::Failed(e.to_string()))?;
+            let digest = digest_batches(&schema, std::slice::from_ref(&batch));
+            Ok(QueryOutput {
+                schema,
+                rows: batch.num_rows() as u64,
+                batches: vec![batch],
+                tables: vec![],
+                thresholds: vec![],
+                digest,
+            })
+        }
+    }
+}
+
+fn text_output(
+    column: &str,
+    lines: Vec<String>,
+    tables: Vec<TableUse>,
+) -> Result<QueryOutput, QueryError> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
+        .map_err(|e| QueryError::Failed(e.to_string()))?;
+    let digest = digest_batches(&schema, std::slice::from_ref(&batch));
+    Ok(QueryOutput {
+        schema,
+        rows: batch.num_rows() as u64,
+        batches: vec![batch],
+        tables,
+        thresholds: vec![],
+        digest,
+    })
+}
+
+/// The governed EXPLAIN: the plan as the principal wrote it against their visible tables,
+/// then what each grant does. Raw statistics, keys and other agencies' row filters never
+/// appear: the enforced plan itself is not shown.
+fn render_explain(
+    session: &PrincipalSession,
+    plan: &LogicalPlan,
+    report: &crate::enforcement::EnforcementReport,
+    verbose: bool,
+) -> String {
+    let mut out = format!(
+        "Query plan for {} ({}), purpose {}\n",
+        session.principal.name, session.principal.agency, session.purpose
+    );
+    out.push_str(&plan.display_indent().to_string());
+    out.push_str("\n\nPolicies applied:\n");
+    let mut seen = Vec::new();
+    for scan in &report.scans {
+        if seen.contains(&scan.table) {
+            continue;
+        }
+        seen.push(scan.table.clone());
+        let Some(spec) = session.tables.get(&scan.table) else {
+            continue;
+        };
+        out.push_str(&format!("  {}  grant {}\n", scan.table, scan.grant_ref));
+        match &spec.access.row_filter {
+            None => out.push_str("    rows: all\n"),
+            Some(f) if spec.access.owner => out.push_str(&format!("    rows: {}\n", f.sql)),
+            Some(_) => out.push_str(&format!(
+                "    rows: filtered by a row filter of {} (not shown)\n",
+                spec.dataset.agency
+            )),
+        }
+        for (c, field) in spec.access.columns.iter().zip(spec.visible_schema.fields()) {
+            if verbose {
+                out.push_str(&format!(
+                    "    {}: {} as {}\n",
+                    c.name,
+                    field.data_type(),
+                    c.treatment
+                ));
+            } else {
+                out.push_str(&format!("    {}: {}\n", c.name, c.treatment));
+            }
+        }
+    }
+    for (column, k) in &report.thresholds {
+        out.push_str(&format!(
+            "  groups with fewer than {k} distinct entities behind {column} are suppressed\n"
+        ));
+    }
+    out
+}
+
+/// Tables and raw columns read by the enforced, optimized plan (subqueries included).
+fn tables_touched(plan: &LogicalPlan, scans: &[crate::enforcement::ScanUse]) -> Vec<TableUse> {
+    let mut by_table: BTreeMap<String, TableUse> = BTreeMap::new();
+    let grant_of = |t: &str| {
+        scans
+            .iter()
+            .find(|s| s.table == t)
+            .map(|s| s.grant_ref.clone())
+            .unwrap_or_default()
+    };
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && source_as_provider(&scan.source)
+                .map(|p| p.is::<RawTable>())
+                .unwrap_or(false)
+        {
+            let table = scan.table_name.to_string();
+            let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
+                grant: grant_of(&table),
+                table,
+                columns: vec![],
+            });
+            for f in scan.projected_schema.fields() {
+                if !entry.columns.contains(f.name()) {
+                    entry.columns.push(f.name().clone());
+                }
+            }
+            let filter_cols = scan
+                .filters
+                .iter()
+                .flat_map(|f| f.column_refs())
+                .map(|c| c.name.clone());
+            for c in filter_cols.collect::<Vec<_>>() {
+                if !entry.columns.contains(&c) {
+                    entry.columns.push(c);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    // Tables whose scans the optimizer removed still count as touched.
+    for s in scans {
+        by_table.entry(s.table.clone()).or_insert_with(|| TableUse {
+            table: s.table.clone(),
+            grant: s.grant_ref.clone(),
+            columns: vec![],
+        });
+    }
+    by_table.into_values().collect()
+}
+
+/// SHA-256 over the Arrow IPC stream of the batches.
+fn digest_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> String {
+    struct Hasher(ring::digest::Context);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = Hasher(ring::digest::Context::new(&ring::digest::SHA256));
+    if let Ok(mut w) = arrow::ipc::writer::StreamWriter::try_new(&mut hasher, schema) {
+        for b in batches {
+            let _ = w.write(b);
+        }
+        let _ = w.finish();
+    }
+    hex::encode(hasher.0.finish().as_ref())
+}
+
+/// Resolve a path that may be relative to the current directory.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

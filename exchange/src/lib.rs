@@ -1,0 +1,26 @@
+//! exchange: a governed, federated SQL layer over agencies' Arrow/Parquet datasets.
+//!
+//! An analyst of one agency writes ordinary SQL joining several agencies' tables; before
+//! anything is returned the exchange applies each owning agency's policy on the DataFusion
+//! logical plan: which tables for which purpose, which rows, and which columns in which
+//! desensitized form. Every statement is audited.
+//!
+//! - [`catalog`]: agencies, datasets and column metadata (`schemas/`).
+//! - [`policy`]: principals, purposes and grants (`policies/`), and the checker.
+//! - [`masking`]: masking functions, keyed pseudonyms and join keys.
+//! - [`enforcement`]: per-principal sessions and the policy analyzer rule.
+//! - [`audit`]: the hash-chained audit log and `audit.events`.
+//! - [`engine`]: [`Exchange`], running a statement as a principal, audited.
+//! - [`demo`]: the demo city's generator and showcase.
+//! - [`cli`]: the `exchange` command line.
+
+pub mod audit;
+pub mod catalog;
+pub mod cli;
+pub mod demo;
+pub mod enforcement;
+pub mod engine;
+pub mod masking;
+pub mod policy;
+
+pub use engine::{Exchange, ExchangeConfig, OpenError, QueryError, QueryOutput};

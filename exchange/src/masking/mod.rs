@@ -1,0 +1,10 @@
+//! The desensitization library: masking functions, keyed tokens and the key ring.
+
+pub mod functions;
+mod keys;
+mod token;
+mod udf;
+
+pub use keys::{KeyError, KeyRing, TokenKind};
+pub use token::{TokenKeys, TokenUdf};
+pub use udf::{MaskArg, MaskFn, MaskUdf, ValueKind};

@@ -1,0 +1,408 @@
+//! Masking functions as DataFusion scalar UDFs.
+//!
+//! A treatment `mask(keep_first_last, 3, 4)` becomes the expression
+//! `keep_first_last(col, 3, 4)`: parameters travel as literal arguments so that plans and
+//! EXPLAIN name them, and they are checked when the policy loads ([`MaskFn::check_args`]).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Date32Array, Float64Array, Int64Array, StringBuilder};
+use arrow::datatypes::DataType;
+use datafusion::common::cast::{
+    as_date32_array, as_float64_array, as_int64_array, as_string_array,
+};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::functions::{self, AddressLevel, MASK_CHAR};
+
+/// A literal parameter of a masking function, as written in a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MaskArg {
+    /// An integer parameter, e.g. the `3` of `keep_first_last(3, 4)`.
+    Int(i64),
+    /// A string parameter, e.g. the `'district'` of `address_cn('district')`.
+    Str(String),
+}
+
+impl MaskArg {
+    /// The literal passed to the UDF.
+    pub fn to_scalar(&self) -> ScalarValue {
+        match self {
+            MaskArg::Int(i) => ScalarValue::Int64(Some(*i)),
+            MaskArg::Str(s) => ScalarValue::Utf8(Some(s.clone())),
+        }
+    }
+}
+
+impl std::fmt::Display for MaskArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaskArg::Int(i) => write!(f, "{i}"),
+            MaskArg::Str(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+/// The masking functions the exchange offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MaskFn {
+    /// keep_first_last(n, m): replace chars in [n, len-m).
+    KeepFirstLast,
+    /// mask_first_last(n, m): replace the first n and last m chars.
+    MaskFirstLast,
+    /// name_cn: keep the surname.
+    NameCn,
+    /// id_cn(profile): resident ID, 'display' (1+1) or 'operator' (6+4).
+    IdCn,
+    /// phone_cn: mobile 3+4, landline area code + last 2.
+    PhoneCn,
+    /// address_cn(level): cut to 'province', 'city' or 'district'.
+    AddressCn,
+    /// year_only: a date becomes January 1st of its year.
+    YearOnly,
+    /// round_num(k): round to the nearest multiple of k.
+    RoundNum,
+}
+
+/// What kind of value a masking function takes and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Strings in, strings out.
+    Text,
+    /// Dates in, dates out.
+    Date,
+    /// Numbers in, numbers of the same type out.
+    Number,
+}
+
+impl MaskFn {
+    /// Every masking function, for registration and documentation.
+    pub const ALL: &'static [MaskFn] = &[
+        MaskFn::KeepFirstLast,
+        MaskFn::MaskFirstLast,
+        MaskFn::NameCn,
+        MaskFn::IdCn,
+        MaskFn::PhoneCn,
+        MaskFn::AddressCn,
+        MaskFn::YearOnly,
+        MaskFn::RoundNum,
+    ];
+
+    /// The function's SQL and policy name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MaskFn::KeepFirstLast => "keep_first_last",
+            MaskFn::MaskFirstLast => "mask_first_last",
+            MaskFn::NameCn => "name_cn",
+            MaskFn::IdCn => "id_cn",
+            MaskFn::PhoneCn => "phone_cn",
+            MaskFn::AddressCn => "address_cn",
+            MaskFn::YearOnly => "year_only",
+            MaskFn::RoundNum => "round_num",
+        }
+    }
+
+    /// Look a function up by name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|f| f.name() == name)
+    }
+
+    /// The kind of value the function applies to.
+    pub fn value_kind(self) -> ValueKind {
+        match self {
+            MaskFn::YearOnly => ValueKind::Date,
+            MaskFn::RoundNum => ValueKind::Number,
+            _ => ValueKind::Text,
+        }
+    }
+
+    /// Check a policy's parameters; the message says what is expected.
+    pub fn check_args(self, args: &[MaskArg]) -> std::result::Result<(), String> {
+        let usage = match self {
+            MaskFn::KeepFirstLast | MaskFn::MaskFirstLast => "(n, m) with n, m >= 0",
+            MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly => "no parameters",
+            MaskFn::IdCn => "('display' | 'operator')",
+            MaskFn::AddressCn => "('province' | 'city' | 'district')",
+            MaskFn::RoundNum => "(k) with k > 0",
+        };
+        let ok = match (self, args) {
+            (MaskFn::KeepFirstLast | MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
+                *n >= 0 && *m >= 0
+            }
+            (MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly, []) => true,
+            (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),
+            (MaskFn::AddressCn, [MaskArg::Str(l)]) => AddressLevel::parse(l).is_some(),
+            (MaskFn::RoundNum, [MaskArg::Int(k)]) => *k > 0,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let given: Vec<String> = args.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "{} takes {usage}, got ({})",
+                self.name(),
+                given.join(", ")
+            ))
+        }
+    }
+
+    /// The scalar UDF implementing this function.
+    pub fn udf(self) -> Arc<ScalarUDF> {
+        Arc::new(ScalarUDF::new_from_impl(MaskUdf::new(self)))
+    }
+}
+
+/// A masking function as a DataFusion UDF: `f(value, params...)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct MaskUdf {
+    func: MaskFn,
+    signature: Signature,
+}
+
+impl MaskUdf {
+    /// The UDF of `func`.
+    pub fn new(func: MaskFn) -> Self {
+        Self {
+            func,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+fn scalar_int(v: &ColumnarValue, func: MaskFn) -> Result<i64> {
+    match v {
+        ColumnarValue::Scalar(ScalarValue::Int64(Some(i))) => Ok(*i),
+        _ => plan_err!("{}: parameters must be integer constants", func.name()),
+    }
+}
+
+fn scalar_str(v: &ColumnarValue, func: MaskFn) -> Result<String> {
+    match v {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => Ok(s.clone()),
+        _ => plan_err!("{}: parameters must be string constants", func.name()),
+    }
+}
+
+fn usize_param(v: &ColumnarValue, func: MaskFn) -> Result<usize> {
+    let i = scalar_int(v, func)?;
+    usize::try_from(i).map_err(|_| {
+        DataFusionError::Plan(format!("{}: parameters must not be negative", func.name()))
+    })
+}
+
+/// Apply a char-level mask to each string, reusing one buffer; NULL stays NULL.
+fn map_strings(array: &ArrayRef, f: impl Fn(&str, &mut String)) -> Result<ArrayRef> {
+    let strings = as_string_array(array)?;
+    let mut builder = StringBuilder::with_capacity(strings.len(), strings.value_data().len());
+    let mut buf = String::new();
+    for value in strings.iter() {
+        match value {
+            None => builder.append_null(),
+            Some(s) => {
+                buf.clear();
+                f(s, &mut buf);
+                builder.append_value(&buf);
+            }
+        }
+    }
+    Ok(Arc::new(builder.finish()))
+}
+
+const DAYS_0000_TO_1970: i32 = 719_163;
+
+fn year_start(days: i32) -> i32 {
+    use chrono::{Datelike, NaiveDate};
+    NaiveDate::from_num_days_from_ce_opt(days + DAYS_0000_TO_1970)
+        .and_then(|d| NaiveDate::from_ymd_opt(d.year(), 1, 1))
+        .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
+        .unwrap_or(0)
+}
+
+fn round_to(v: i64, k: i64) -> i64 {
+    let half = k / 2;
+    let r = v.rem_euclid(k);
+    let base = v - r;
+    if r >= half && k > 1 {
+        base.saturating_add(k)
+    } else {
+        base
+    }
+}
+
+impl ScalarUDFImpl for MaskUdf {
+    fn name(&self) -> &str {
+        self.func.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let Some((first, params)) = arg_types.split_first() else {
+            return plan_err!("{} needs a value argument", self.func.name());
+        };
+        let value = match self.func.value_kind() {
+            ValueKind::Text => match first {
+                DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Null
+                | DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64 => DataType::Utf8,
+                other => return plan_err!("{} applies to text, not {other}", self.func.name()),
+            },
+            ValueKind::Date => match first {
+                DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(_, _)
+                | DataType::Null => DataType::Date32,
+                other => return plan_err!("{} applies to dates, not {other}", self.func.name()),
+            },
+            ValueKind::Number => match first {
+                t if t.is_integer() => DataType::Int64,
+                t if t.is_floating() || matches!(t, DataType::Decimal128(_, _)) => {
+                    DataType::Float64
+                }
+                DataType::Null => DataType::Int64,
+                other => return plan_err!("{} applies to numbers, not {other}", self.func.name()),
+            },
+        };
+        let mut out = vec![value];
+        for p in params {
+            out.push(match p {
+                t if t.is_integer() => DataType::Int64,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+                other => {
+                    return plan_err!("{}: unexpected parameter type {other}", self.func.name());
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.func.value_kind() {
+            ValueKind::Text => DataType::Utf8,
+            ValueKind::Date => DataType::Date32,
+            ValueKind::Number => arg_types.first().cloned().unwrap_or(DataType::Int64),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let Some((value, params)) = args.args.split_first() else {
+            return exec_err!("{} needs a value argument", self.func.name());
+        };
+        let func = self.func;
+        let array = value.to_array(rows)?;
+        let out: ArrayRef = match (func, params) {
+            (MaskFn::KeepFirstLast, [n, m]) => {
+                let (n, m) = (usize_param(n, func)?, usize_param(m, func)?);
+                map_strings(&array, |s, o| {
+                    functions::keep_first_last(s, n, m, MASK_CHAR, o)
+                })?
+            }
+            (MaskFn::MaskFirstLast, [n, m]) => {
+                let (n, m) = (usize_param(n, func)?, usize_param(m, func)?);
+                map_strings(&array, |s, o| {
+                    functions::mask_first_last(s, n, m, MASK_CHAR, o)
+                })?
+            }
+            (MaskFn::NameCn, []) => map_strings(&array, functions::name_cn)?,
+            (MaskFn::PhoneCn, []) => map_strings(&array, functions::phone_cn)?,
+            (MaskFn::IdCn, [profile]) => {
+                let profile = scalar_str(profile, func)?;
+                let Some((n, m)) = functions::id_cn_keep(&profile) else {
+                    return plan_err!("id_cn: unknown profile '{profile}'");
+                };
+                map_strings(&array, |s, o| {
+                    functions::keep_first_last(s, n, m, MASK_CHAR, o)
+                })?
+            }
+            (MaskFn::AddressCn, [level]) => {
+                let level_name = scalar_str(level, func)?;
+                let Some(level) = AddressLevel::parse(&level_name) else {
+                    return plan_err!("address_cn: unknown level '{level_name}'");
+                };
+                map_strings(&array, |s, o| functions::address_cn(s, level, o))?
+            }
+            (MaskFn::YearOnly, []) => {
+                let dates = as_date32_array(&array)?;
+                let out: Date32Array = dates.unary(year_start);
+                Arc::new(out)
+            }
+            (MaskFn::RoundNum, [k]) => {
+                let k = scalar_int(k, func)?;
+                if k <= 0 {
+                    return plan_err!("round_num: k must be positive");
+                }
+                match array.data_type() {
+                    DataType::Int64 => {
+                        let out: Int64Array = as_int64_array(&array)?.unary(|v| round_to(v, k));
+                        Arc::new(out)
+                    }
+                    _ => {
+                        let kf = k as f64;
+                        let out: Float64Array =
+                            as_float64_array(&array)?.unary(|v| (v / kf).round() * kf);
+                        Arc::new(out)
+                    }
+                }
+            }
+            _ => {
+                return plan_err!(
+                    "{}: wrong number of parameters ({})",
+                    func.name(),
+                    params.len()
+                );
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_args_reports_usage() {
+        assert!(
+            MaskFn::KeepFirstLast
+                .check_args(&[MaskArg::Int(3), MaskArg::Int(4)])
+                .is_ok()
+        );
+        let err = MaskFn::KeepFirstLast
+            .check_args(&[MaskArg::Int(3)])
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("takes (n, m)"), "{err}");
+        assert!(
+            MaskFn::AddressCn
+                .check_args(&[MaskArg::Str("street".into())])
+                .is_err()
+        );
+        assert!(MaskFn::RoundNum.check_args(&[MaskArg::Int(0)]).is_err());
+    }
+
+    #[test]
+    fn year_start_and_rounding() {
+        // 2019-05-12 is day 18028 since the epoch; 2019-01-01 is 17897.
+        assert_eq!(year_start(18028), 17897);
+        assert_eq!(year_start(0), 0);
+        assert_eq!(round_to(1234, 100), 1200);
+        assert_eq!(round_to(1250, 100), 1300);
+        assert_eq!(round_to(-1250, 100), -1200);
+    }
+}

@@ -1,0 +1,233 @@
+//! `exchange policy check`: validate schemas, policies and data, with warnings.
+
+use std::fmt;
+
+use datafusion::common::{DFSchema, TableReference};
+use datafusion::execution::SessionStateBuilder;
+
+use super::model::PolicySet;
+use super::treatment::Treatment;
+use crate::catalog::{Catalog, SourcePos};
+use crate::enforcement::{locked_config, plan_row_filter};
+use crate::engine::ExchangeConfig;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The exchange cannot run as configured.
+    Error,
+    /// Probably a mistake; the exchange runs.
+    Warning,
+}
+
+/// One finding of the checker.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Where, when known.
+    pub pos: Option<SourcePos>,
+    /// What.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match &self.pos {
+            Some(p) => write!(f, "{p}: {sev}: {}", self.message),
+            None => write!(f, "{sev}: {}", self.message),
+        }
+    }
+}
+
+/// Everything the checker found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Findings, errors first.
+    pub findings: Vec<Finding>,
+    /// Counts of what was loaded: (tables, principals, purposes, grants).
+    pub counts: (usize, usize, usize, usize),
+}
+
+impl CheckReport {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    fn error(&mut self, pos: Option<SourcePos>, message: String) {
+        self.findings.push(Finding {
+            severity: Severity::Error,
+            pos,
+            message,
+        });
+    }
+
+    fn warn(&mut self, pos: Option<SourcePos>, message: String) {
+        self.findings.push(Finding {
+            severity: Severity::Warning,
+            pos,
+            message,
+        });
+    }
+}
+
+/// Check the configuration and data of an exchange.
+pub fn check(config: &ExchangeConfig) -> CheckReport {
+    let mut report = CheckReport::default();
+    let catalog = match Catalog::load(&config.schemas_dir()) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error(None, e.to_string());
+            return report;
+        }
+    };
+    for e in catalog.check_data(&config.data_root) {
+        report.error(None, e.to_string());
+    }
+    let policies = match PolicySet::load(&config.policies_dir(), &catalog) {
+        Ok(p) => p,
+        Err(e) => {
+            report.error(None, e.to_string());
+            return report;
+        }
+    };
+    report.counts = (
+        catalog.datasets().len(),
+        policies.principals().len(),
+        policies.purposes().len(),
+        policies.grants().len(),
+    );
+    check_row_filters(&catalog, &policies, &mut report);
+    check_shadowing(&policies, &mut report);
+    check_pii(&catalog, &policies, &mut report);
+    report
+        .findings
+        .sort_by_key(|f| f.severity != Severity::Error);
+    report
+}
+
+fn check_row_filters(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) {
+    let state = SessionStateBuilder::new()
+        .with_config(locked_config())
+        .with_default_features()
+        .build();
+    for g in policies.grants() {
+        let Some(filter) = &g.row_filter else {
+            continue;
+        };
+        let Some(dataset) = catalog.dataset(&g.agency, &g.table) else {
+            continue;
+        };
+        let Ok(schema) = DFSchema::try_from_qualified_schema(
+            TableReference::partial(dataset.agency.clone(), dataset.name.clone()),
+            &dataset.arrow_schema(),
+        ) else {
+            continue;
+        };
+        let matching: Vec<_> = policies
+            .principals()
+            .iter()
+            .filter(|p| g.to.matches(p))
+            .collect();
+        if matching.is_empty() {
+            report.warn(
+                Some(g.pos.clone()),
+                format!("grant '{}' matches no principal", g.id),
+            );
+        }
+        for p in matching {
+            if let Err(e) = plan_row_filter(&state, &filter.sql, p, &schema) {
+                report.error(
+                    Some(filter.pos.clone()),
+                    format!(
+                        "grant '{}': row filter cannot be applied for principal {}: {}; queries of that table will be refused",
+                        g.id,
+                        p.name,
+                        e.strip_backtrace()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_shadowing(policies: &PolicySet, report: &mut CheckReport) {
+    let grants = policies.grants();
+    for (i, later) in grants.iter().enumerate() {
+        for earlier in &grants[..i] {
+            if earlier.agency != later.agency || earlier.table != later.table {
+                continue;
+            }
+            let selector_covered = later.to.covered_by(&earlier.to);
+            let purposes_covered = later.purposes.iter().all(|p| earlier.purposes.contains(p));
+            let lasts_longer = match (earlier.expires, later.expires) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a >= b,
+            };
+            if selector_covered && purposes_covered && lasts_longer {
+                report.warn(
+                    Some(later.pos.clone()),
+                    format!(
+                        "grant '{}' is shadowed by grant '{}' at {} (the first matching grant wins) and never applies",
+                        later.id, earlier.id, earlier.pos
+                    ),
+                );
+                break;
+            }
+        }
+    }
+}
+
+fn check_pii(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) {
+    for d in catalog.datasets() {
+        let grants: Vec<_> = policies
+            .grants()
+            .iter()
+            .filter(|g| g.agency == d.agency && g.table == d.name)
+            .collect();
+        for c in d.columns.iter().filter(|c| c.pii.is_some()) {
+            let rules: Vec<_> = grants
+                .iter()
+                .flat_map(|g| {
+                    g.columns
+                        .iter()
+                        .filter(|r| r.source == c.name)
+                        .map(move |r| (g, r))
+                })
+                .collect();
+            if rules.is_empty() {
+                report.warn(
+                    Some(c.pos.clone()),
+                    format!(
+                        "{}.{} is tagged {:?} but no grant has a rule for it: it is invisible outside {} (default deny)",
+                        d.qualified_name(),
+                        c.name,
+                        c.pii.unwrap_or(crate::catalog::PiiType::Name),
+                        d.agency
+                    ),
+                );
+            }
+            for (g, r) in rules {
+                let outside = g.to.agency.as_deref() != Some(d.agency.as_str());
+                if outside && r.treatment == Treatment::Plain {
+                    report.warn(
+                        Some(r.pos.clone()),
+                        format!(
+                            "grant '{}' exposes PII column {}.{} plain to {}",
+                            g.id,
+                            d.qualified_name(),
+                            c.name,
+                            g.to
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

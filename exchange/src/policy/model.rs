@@ -1,0 +1,706 @@
+//! Policy file model, loading and grant resolution.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::PolicyError;
+use super::treatment::Treatment;
+use crate::catalog::{Catalog, ColumnType, Dataset, SourcePos};
+use crate::masking::ValueKind;
+
+/// A principal attribute value, usable in row filters as `principal.<name>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    /// Text.
+    Str(String),
+    /// Integer.
+    Int(i64),
+    /// Boolean.
+    Bool(bool),
+}
+
+/// A person or system that asks.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Login name.
+    pub name: String,
+    /// The agency the principal belongs to.
+    pub agency: String,
+    /// Roles, e.g. analyst, trader, auditor.
+    pub roles: Vec<String>,
+    /// Attributes for row filters.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Purposes the principal may declare.
+    pub purposes: Vec<String>,
+    /// Where declared.
+    pub pos: SourcePos,
+}
+
+/// A declared purpose.
+#[derive(Debug, Clone)]
+pub struct Purpose {
+    /// Name stated with each query.
+    pub name: String,
+    /// The legal basis for processing.
+    pub legal_basis: String,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Whom a grant is for; every given field must match.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// One principal by name.
+    pub principal: Option<String>,
+    /// Principals with this role.
+    pub role: Option<String>,
+    /// Principals of this agency.
+    pub agency: Option<String>,
+}
+
+impl Selector {
+    /// Whether `p` is selected.
+    pub fn matches(&self, p: &Principal) -> bool {
+        self.principal.as_ref().is_none_or(|n| *n == p.name)
+            && self.role.as_ref().is_none_or(|r| p.roles.contains(r))
+            && self.agency.as_ref().is_none_or(|a| *a == p.agency)
+    }
+
+    /// Whether every principal this selector matches is also matched by `other`.
+    pub(crate) fn covered_by(&self, other: &Selector) -> bool {
+        let field =
+            |mine: &Option<String>, theirs: &Option<String>| theirs.is_none() || theirs == mine;
+        field(&self.principal, &other.principal)
+            && field(&self.role, &other.role)
+            && field(&self.agency, &other.agency)
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.principal {
+            parts.push(format!("principal {p}"));
+        }
+        if let Some(r) = &self.role {
+            parts.push(format!("role {r}"));
+        }
+        if let Some(a) = &self.agency {
+            parts.push(format!("agency {a}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// A row filter: a SQL boolean over the table's raw columns and `principal.<attribute>`.
+#[derive(Debug, Clone)]
+pub struct RowFilter {
+    /// The SQL text (shown only to the owning agency).
+    pub sql: String,
+    /// Attributes it references.
+    pub attributes: BTreeSet<String>,
+    /// Where declared.
+    pub pos: SourcePos,
+}
+
+/// One visible column of a grant.
+#[derive(Debug, Clone)]
+pub struct ColumnRule {
+    /// Name the principal sees.
+    pub name: String,
+    /// Raw column it is computed from.
+    pub source: String,
+    /// What it becomes.
+    pub treatment: Treatment,
+    /// Identity domain for token treatments, resolved against the catalog.
+    pub domain: Option<String>,
+    /// Where declared.
+    pub pos: SourcePos,
+}
+
+/// A grant of an owning agency.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Identifier, unique within the owning agency.
+    pub id: String,
+    /// Owning agency.
+    pub agency: String,
+    /// Version of the grant file.
+    pub version: String,
+    /// Table within the owning agency.
+    pub table: String,
+    /// Whom it is for.
+    pub to: Selector,
+    /// Purposes it serves.
+    pub purposes: Vec<String>,
+    /// Last day it is valid.
+    pub expires: Option<NaiveDate>,
+    /// Which rows.
+    pub row_filter: Option<RowFilter>,
+    /// Visible columns in table order.
+    pub columns: Vec<ColumnRule>,
+    /// Where declared.
+    pub pos: SourcePos,
+}
+
+/// What a principal may see of one table.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// `agency/grant-id@version`, or `agency/owner` for the owner's implicit access.
+    pub grant_ref: String,
+    /// Visible columns.
+    pub columns: Vec<ColumnRule>,
+    /// Row filter, if any.
+    pub row_filter: Option<RowFilter>,
+    /// Whether the principal belongs to the owning agency (may see the filter text).
+    pub owner: bool,
+}
+
+/// Why a table is not accessible. The display never reveals columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denial {
+    /// No grant matches.
+    NotGranted,
+    /// The only matching grant has expired.
+    Expired {
+        /// The grant.
+        grant: String,
+        /// Its last valid day.
+        on: NaiveDate,
+    },
+}
+
+/// Principals, purposes and grants.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    principals: Vec<Principal>,
+    purposes: Vec<Purpose>,
+    grants: Vec<Grant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalsFile {
+    #[serde(default)]
+    principal: Vec<PrincipalEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalEntry {
+    name: Spanned<String>,
+    agency: Spanned<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, AttrValue>,
+    #[serde(default)]
+    purposes: Vec<Spanned<String>>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurposesFile {
+    #[serde(default)]
+    purpose: Vec<PurposeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurposeEntry {
+    name: String,
+    legal_basis: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    agency: Spanned<String>,
+    version: String,
+    #[serde(default)]
+    grant: Vec<GrantEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantEntry {
+    id: Spanned<String>,
+    table: Spanned<String>,
+    to: Spanned<Selector>,
+    purposes: Vec<Spanned<String>>,
+    expires: Option<Spanned<toml::value::Datetime>>,
+    row_filter: Option<Spanned<String>>,
+    description: Option<String>,
+    columns: BTreeMap<String, Spanned<ColumnEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ColumnEntry {
+    Short(String),
+    Long { from: String, treatment: String },
+}
+
+struct FileCtx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileCtx<'_> {
+    fn pos(&self, span: std::ops::Range<usize>) -> SourcePos {
+        SourcePos {
+            path: self.path.to_path_buf(),
+            line: crate::catalog::model_line_of(self.text, span.start),
+        }
+    }
+
+    fn invalid(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            pos: self.pos(span),
+            message: message.into(),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, PolicyError> {
+        toml::from_str(self.text).map_err(|e| PolicyError::Parse {
+            path: self.path.to_path_buf(),
+            line: e
+                .span()
+                .map(|s| crate::catalog::model_line_of(self.text, s.start))
+                .unwrap_or(1),
+            message: e.message().to_string(),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, PolicyError> {
+    fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl PolicySet {
+    /// Load `dir/principals.toml`, `dir/purposes.toml` and `dir/grants/*.toml`, checking
+    /// every reference against the catalog.
+    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self, PolicyError> {
+        let mut set = PolicySet::default();
+        let purposes = dir.join("purposes.toml");
+        set.add_purposes(&purposes, &read(&purposes)?)?;
+        let principals = dir.join("principals.toml");
+        set.add_principals(&principals, &read(&principals)?, catalog)?;
+        let grants_dir = dir.join("grants");
+        let mut files: Vec<PathBuf> = fs::read_dir(&grants_dir)
+            .map_err(|source| PolicyError::Io {
+                path: grants_dir.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            set.add_grants(&f, &read(&f)?, catalog)?;
+        }
+        Ok(set)
+    }
+
+    /// Parse a purposes file.
+    pub fn add_purposes(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
+        let ctx = FileCtx { path, text };
+        let file: PurposesFile = ctx.parse()?;
+        for p in file.purpose {
+            self.purposes.push(Purpose {
+                name: p.name,
+                legal_basis: p.legal_basis,
+                description: p.description,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parse a principals file.
+    pub fn add_principals(
+        &mut self,
+        path: &Path,
+        text: &str,
+        catalog: &Catalog,
+    ) -> Result<(), PolicyError> {
+        let ctx = FileCtx { path, text };
+        let file: PrincipalsFile = ctx.parse()?;
+        for p in file.principal {
+            let _ = p.description;
+            if !catalog.has_agency(p.agency.get_ref()) {
+                return Err(ctx.invalid(
+                    p.agency.span(),
+                    format!("unknown agency '{}'", p.agency.get_ref()),
+                ));
+            }
+            if self.principal(p.name.get_ref()).is_some() {
+                return Err(ctx.invalid(
+                    p.name.span(),
+                    format!("principal '{}' is declared twice", p.name.get_ref()),
+                ));
+            }
+            let mut purposes = Vec::new();
+            for purpose in p.purposes {
+                if self.purpose(purpose.get_ref()).is_none() {
+                    return Err(ctx.invalid(
+                        purpose.span(),
+                        format!("unknown purpose '{}'", purpose.get_ref()),
+                    ));
+                }
+                purposes.push(purpose.into_inner());
+            }
+            self.principals.push(Principal {
+                pos: ctx.pos(p.name.span()),
+                name: p.name.into_inner(),
+                agency: p.agency.into_inner(),
+                roles: p.roles,
+                attributes: p.attributes,
+                purposes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parse one agency's grant file.
+    pub fn add_grants(
+        &mut self,
+        path: &Path,
+        text: &str,
+        catalog: &Catalog,
+    ) -> Result<(), PolicyError> {
+        let ctx = FileCtx { path, text };
+        let file: GrantFile = ctx.parse()?;
+        let agency = file.agency.get_ref().clone();
+        if !catalog.has_agency(&agency) {
+            return Err(ctx.invalid(file.agency.span(), format!("unknown agency '{agency}'")));
+        }
+        for g in file.grant {
+            let id = g.id.get_ref().clone();
+            if self.grants.iter().any(|x| x.agency == agency && x.id == id) {
+                return Err(ctx.invalid(g.id.span(), format!("grant id '{id}' is used twice")));
+            }
+            let Some(dataset) = catalog.dataset(&agency, g.table.get_ref()) else {
+                return Err(ctx.invalid(
+                    g.table.span(),
+                    format!(
+                        "grant '{id}': agency {agency} has no table '{}'",
+                        g.table.get_ref()
+                    ),
+                ));
+            };
+            let to = g.to.get_ref().clone();
+            if to == Selector::default() {
+                return Err(ctx.invalid(
+                    g.to.span(),
+                    format!("grant '{id}': `to` must name a principal, role or agency"),
+                ));
+            }
+            if let Some(p) = &to.principal
+                && self.principal(p).is_none()
+            {
+                return Err(ctx.invalid(
+                    g.to.span(),
+                    format!("grant '{id}': unknown principal '{p}'"),
+                ));
+            }
+            if let Some(a) = &to.agency
+                && !catalog.has_agency(a)
+            {
+                return Err(ctx.invalid(g.to.span(), format!("grant '{id}': unknown agency '{a}'")));
+            }
+            if g.purposes.is_empty() {
+                return Err(ctx.invalid(g.id.span(), format!("grant '{id}' serves no purpose")));
+            }
+            let mut purposes = Vec::new();
+            for p in g.purposes {
+                if self.purpose(p.get_ref()).is_none() {
+                    return Err(ctx.invalid(
+                        p.span(),
+                        format!("grant '{id}': unknown purpose '{}'", p.get_ref()),
+                    ));
+                }
+                purposes.push(p.into_inner());
+            }
+            let expires = match g.expires {
+                None => None,
+                Some(e) => {
+                    let date = e.get_ref().date.and_then(|d| {
+                        NaiveDate::from_ymd_opt(
+                            i32::from(d.year),
+                            u32::from(d.month),
+                            u32::from(d.day),
+                        )
+                    });
+                    match date {
+                        Some(d) => Some(d),
+                        None => {
+                            return Err(ctx.invalid(
+                                e.span(),
+                                format!("grant '{id}': expires must be a date like 2027-12-31"),
+                            ));
+                        }
+                    }
+                }
+            };
+            let row_filter = match g.row_filter {
+                None => None,
+                Some(f) => Some(parse_row_filter(&ctx, &id, f)?),
+            };
+            let columns = parse_columns(&ctx, &id, dataset, g.columns)?;
+            let _ = g.description;
+            self.grants.push(Grant {
+                pos: ctx.pos(g.id.span()),
+                id,
+                agency: agency.clone(),
+                version: file.version.clone(),
+                table: dataset.name.clone(),
+                to,
+                purposes,
+                expires,
+                row_filter,
+                columns,
+            });
+        }
+        Ok(())
+    }
+
+    /// The principal of that name.
+    pub fn principal(&self, name: &str) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.name == name)
+    }
+
+    /// Every principal.
+    pub fn principals(&self) -> &[Principal] {
+        &self.principals
+    }
+
+    /// The purpose of that name.
+    pub fn purpose(&self, name: &str) -> Option<&Purpose> {
+        self.purposes.iter().find(|p| p.name == name)
+    }
+
+    /// Every purpose.
+    pub fn purposes(&self) -> &[Purpose] {
+        &self.purposes
+    }
+
+    /// Every grant, in file order.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// What `principal` may see of `dataset` for `purpose` on `today`.
+    ///
+    /// First matching grant of the owning agency wins. A principal of the owning agency
+    /// whom no grant of that agency names at all sees the table raw.
+    pub fn resolve(
+        &self,
+        dataset: &Dataset,
+        principal: &Principal,
+        purpose: &str,
+        today: NaiveDate,
+    ) -> Result<Access, Denial> {
+        let mut expired = None;
+        let mut targeted = false;
+        for g in self
+            .grants
+            .iter()
+            .filter(|g| g.agency == dataset.agency && g.table == dataset.name)
+        {
+            if !g.to.matches(principal) {
+                continue;
+            }
+            targeted = true;
+            if !g.purposes.iter().any(|p| p == purpose) {
+                continue;
+            }
+            if let Some(until) = g.expires
+                && today > until
+            {
+                expired.get_or_insert(Denial::Expired {
+                    grant: format!("{}/{}", g.agency, g.id),
+                    on: until,
+                });
+                continue;
+            }
+            return Ok(Access {
+                grant_ref: format!("{}/{}@{}", g.agency, g.id, g.version),
+                columns: g.columns.clone(),
+                row_filter: g.row_filter.clone(),
+                owner: principal.agency == dataset.agency,
+            });
+        }
+        if principal.agency == dataset.agency && !targeted {
+            return Ok(Access {
+                grant_ref: format!("{}/owner", dataset.agency),
+                columns: dataset
+                    .columns
+                    .iter()
+                    .map(|c| ColumnRule {
+                        name: c.name.clone(),
+                        source: c.name.clone(),
+                        treatment: Treatment::Plain,
+                        domain: c.domain.clone(),
+                        pos: c.pos.clone(),
+                    })
+                    .collect(),
+                row_filter: None,
+                owner: true,
+            });
+        }
+        Err(expired.unwrap_or(Denial::NotGranted))
+    }
+}
+
+fn parse_row_filter(
+    ctx: &FileCtx<'_>,
+    id: &str,
+    f: Spanned<String>,
+) -> Result<RowFilter, PolicyError> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, visit_expressions};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use std::ops::ControlFlow;
+
+    let sql = f.get_ref().clone();
+    let expr = Parser::new(&GenericDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| {
+            ctx.invalid(
+                f.span(),
+                format!("grant '{id}': row_filter is not valid SQL: {e}"),
+            )
+        })?;
+    let mut attributes = BTreeSet::new();
+    let _ = visit_expressions(&expr, |e| {
+        if let SqlExpr::CompoundIdentifier(parts) = e
+            && let [head, attr] = parts.as_slice()
+            && head.value.eq_ignore_ascii_case("principal")
+        {
+            attributes.insert(attr.value.clone());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(RowFilter {
+        sql,
+        attributes,
+        pos: ctx.pos(f.span()),
+    })
+}
+
+fn parse_columns(
+    ctx: &FileCtx<'_>,
+    id: &str,
+    dataset: &Dataset,
+    entries: BTreeMap<String, Spanned<ColumnEntry>>,
+) -> Result<Vec<ColumnRule>, PolicyError> {
+    let table = dataset.qualified_name();
+    let mut rules = Vec::new();
+    for (name, entry) in entries {
+        let span = entry.span();
+        let (source, text) = match entry.into_inner() {
+            ColumnEntry::Short(t) => (name.clone(), t),
+            ColumnEntry::Long { from, treatment } => (from, treatment),
+        };
+        let Some(col) = dataset.column(&source) else {
+            return Err(ctx.invalid(
+                span,
+                format!("grant '{id}': table {table} has no column '{source}'"),
+            ));
+        };
+        if name != source && dataset.column(&name).is_some() {
+            return Err(ctx.invalid(
+                span,
+                format!("grant '{id}': derived column '{name}' hides the table's own column of that name"),
+            ));
+        }
+        let treatment = Treatment::parse(&text)
+            .map_err(|e| ctx.invalid(span.clone(), format!("grant '{id}', column {name}: {e}")))?;
+        let domain = match &treatment {
+            Treatment::Mask { func, .. } => {
+                let fits = match func.value_kind() {
+                    ValueKind::Text => matches!(
+                        col.ty,
+                        ColumnType::Utf8 | ColumnType::Int32 | ColumnType::Int64
+                    ),
+                    ValueKind::Date => matches!(col.ty, ColumnType::Date | ColumnType::Timestamp),
+                    ValueKind::Number => matches!(
+                        col.ty,
+                        ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64
+                    ),
+                };
+                if !fits {
+                    return Err(ctx.invalid(
+                        span,
+                        format!(
+                            "grant '{id}', column {name}: {} does not apply to a {:?} column",
+                            func.name(),
+                            col.ty
+                        ),
+                    ));
+                }
+                None
+            }
+            Treatment::Pseudonym { .. } | Treatment::JoinKey { .. } => {
+                match treatment.token_domain(col.domain.as_deref()) {
+                    Some(d) => Some(d.to_string()),
+                    None => {
+                        return Err(ctx.invalid(
+                            span,
+                            format!(
+                                "grant '{id}', column {name}: {treatment} needs an identity domain (declare `domain` on {table}.{source} or write {treatment}(domain))"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Treatment::AggregateOnly { .. } => {
+                if !matches!(
+                    col.ty,
+                    ColumnType::Int32
+                        | ColumnType::Int64
+                        | ColumnType::Float64
+                        | ColumnType::Utf8
+                        | ColumnType::Boolean
+                        | ColumnType::Date
+                ) {
+                    return Err(ctx.invalid(span, format!("grant '{id}', column {name}: aggregate_only does not apply to this column type")));
+                }
+                None
+            }
+            Treatment::Plain => None,
+        };
+        rules.push((
+            dataset
+                .columns
+                .iter()
+                .position(|c| c.name == source)
+                .unwrap_or(usize::MAX),
+            name != source,
+            ColumnRule {
+                name,
+                source,
+                treatment,
+                domain,
+                pos: ctx.pos(span),
+            },
+        ));
+    }
+    // Table order; derived columns right after their source.
+    rules.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+    Ok(rules.into_iter().map(|r| r.2).collect())
+}

@@ -1,0 +1,266 @@
+//! Bad configuration and data give clear errors that point at the cause, never panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use exchange::{Exchange, ExchangeConfig, QueryError};
+
+/// A copy of the repository's configuration to break.
+fn config_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["schemas", "policies", "policies/grants"] {
+        fs::create_dir_all(dir.path().join(sub)).unwrap();
+        let from = common::repo_root().join(sub);
+        for e in fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_file() {
+                fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn open_with(config: &Path, data: &Path) -> Result<Exchange, exchange::OpenError> {
+    let state = tempfile::tempdir().unwrap().keep();
+    Exchange::open(ExchangeConfig {
+        config_dir: config.to_path_buf(),
+        data_root: data.to_path_buf(),
+        state_dir: state,
+    })
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from} not in {}", path.display());
+    fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn malformed_schema_names_file_and_line() {
+    let c = config_copy();
+    let file = c.path().join("schemas/police.toml");
+    edit(&file, "type = \"date\"", "type = \"datetime\"");
+    let err = open_with(c.path(), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("police.toml:") && err.contains("datetime"),
+        "{err}"
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_file_and_line() {
+    let c = config_copy();
+    let file = c.path().join("policies/principals.toml");
+    edit(&file, "name = \"auditor\"", "name = \"auditor");
+    let err = open_with(c.path(), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("principals.toml:"), "{err}");
+}
+
+#[test]
+fn grant_on_unknown_column_is_an_error() {
+    let c = config_copy();
+    let file = c.path().join("policies/grants/market.toml");
+    edit(&file, "industry = \"plain\"", "industri = \"plain\"");
+    let err = open_with(c.path(), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("market.toml:") && err.contains("no column 'industri'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_treatment_parameter_is_a_policy_error() {
+    let c = config_copy();
+    let file = c.path().join("policies/grants/police.toml");
+    edit(
+        &file,
+        "mask(address_cn, 'district')",
+        "mask(address_cn, 'street')",
+    );
+    let err = open_with(c.path(), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("police.toml:") && err.contains("address_cn"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_purpose_in_grant_is_an_error() {
+    let c = config_copy();
+    let file = c.path().join("policies/grants/health.toml");
+    edit(
+        &file,
+        "purposes = [\"elderly_care_planning\"]",
+        "purposes = [\"curiosity\"]",
+    );
+    let err = open_with(c.path(), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("health.toml:") && err.contains("unknown purpose 'curiosity'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_directory_is_reported() {
+    let err = open_with(Path::new("/nonexistent/config"), common::data_root())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("/nonexistent/config/schemas"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_and_corrupt_data_files_fail_the_query_clearly() {
+    let data = tempfile::tempdir().unwrap();
+    exchange::demo::generate(data.path(), 0.002, 1).unwrap();
+    fs::remove_file(data.path().join("market/enterprises.parquet")).unwrap();
+    fs::write(
+        data.path().join("hrss/employment.parquet"),
+        b"this is not parquet",
+    )
+    .unwrap();
+    let ex = open_with(&common::repo_root(), data.path()).unwrap();
+    match ex
+        .execute(
+            "market_trader",
+            Some("data_product"),
+            "SELECT count(*) FROM market.enterprises",
+        )
+        .await
+    {
+        Err(QueryError::Failed(e)) | Err(QueryError::Refused(e)) => {
+            assert!(e.contains("enterprises"), "{e}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    match ex
+        .execute(
+            "hrss_analyst",
+            Some("new_employment_services"),
+            "SELECT count(*) FROM hrss.employment",
+        )
+        .await
+    {
+        Err(QueryError::Failed(e)) => assert!(e.to_lowercase().contains("parquet"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // The checker names both.
+    let report = exchange::policy::check(&ExchangeConfig {
+        config_dir: common::repo_root(),
+        data_root: data.path().to_path_buf(),
+        state_dir: data.path().join("state"),
+    });
+    let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+    assert!(report.has_errors());
+    assert!(
+        text.iter()
+            .any(|t| t.contains("market.enterprises") && t.contains("enterprises.parquet")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("hrss.employment") && t.contains("not valid Parquet")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn schema_type_mismatch_is_reported_by_the_checker() {
+    let c = config_copy();
+    edit(
+        &c.path().join("schemas/civil.toml"),
+        "name = \"care_level\"\ntype = \"int32\"",
+        "name = \"care_level\"\ntype = \"utf8\"",
+    );
+    let report = exchange::policy::check(&ExchangeConfig {
+        config_dir: c.path().to_path_buf(),
+        data_root: common::data_root().to_path_buf(),
+        state_dir: c.path().join("state"),
+    });
+    let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("care_level") && t.contains("Int32")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn repository_configuration_checks_clean() {
+    let report = exchange::policy::check(&ExchangeConfig {
+        config_dir: common::repo_root(),
+        data_root: common::data_root().to_path_buf(),
+        state_dir: common::data_root().join("state"),
+    });
+    assert!(!report.has_errors(), "{:?}", report.findings);
+}
+
+#[test]
+fn shadowed_grants_and_row_filter_attributes_are_reported() {
+    let c = config_copy();
+    let file = c.path().join("policies/grants/market.toml");
+    let mut text = fs::read_to_string(&file).unwrap();
+    text.push_str("\n[[grant]]\nid = \"shadowed\"\ntable = \"enterprises\"\nto = { principal = \"market_trader\" }\npurposes = [\"data_product\"]\nrow_filter = \"district = principal.region\"\n[grant.columns]\nname = \"plain\"\n");
+    fs::write(&file, text).unwrap();
+    let report = exchange::policy::check(&ExchangeConfig {
+        config_dir: c.path().to_path_buf(),
+        data_root: common::data_root().to_path_buf(),
+        state_dir: c.path().join("state"),
+    });
+    let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("warning") && t.contains("'shadowed' is shadowed")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("error") && t.contains("no attribute 'region'")),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_principal_and_purpose_are_refused() {
+    let (ex, _s) = common::open();
+    let r = common::refused(&ex, "mallory", Some("data_product"), "SELECT 1").await;
+    assert!(r.contains("unknown principal"), "{r}");
+    let r = common::refused(&ex, "market_trader", Some("fun"), "SELECT 1").await;
+    assert!(r.contains("unknown purpose"), "{r}");
+    let r = common::refused(&ex, "market_trader", None, "SELECT 1").await;
+    assert!(r.contains("no purpose"), "{r}");
+}
+
+#[tokio::test]
+async fn syntax_errors_are_errors_not_panics() {
+    let (ex, _s) = common::open();
+    for sql in [
+        "SELEC 1",
+        "",
+        "SELECT (((",
+        "SELECT '\u{0}'",
+        "SELECT * FROM market.enterprises WHERE",
+    ] {
+        let r = ex.execute("market_trader", Some("data_product"), sql).await;
+        assert!(r.is_err() || sql.contains('\u{0}'), "{sql}: {r:?}");
+    }
+}

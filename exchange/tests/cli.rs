@@ -1,0 +1,122 @@
+//! The `exchange` binary, driven as a user would.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+fn exchange(state: &std::path::Path, data: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exchange"));
+    c.arg("--config-dir")
+        .arg(common::repo_root())
+        .arg("--data-root")
+        .arg(data)
+        .arg("--state-dir")
+        .arg(state);
+    c
+}
+
+#[test]
+fn demo_generates_data_and_shows_every_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = exchange(&dir.path().join("state"), &data)
+        .args(["demo", "--scale", "0.01"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in [
+        "civil_analyst",
+        "hrss_analyst",
+        "health_analyst",
+        "hotline_analyst",
+        "market_trader",
+        "auditor",
+    ] {
+        assert!(stdout.contains(p), "{p} missing from the demo");
+    }
+    assert!(stdout.contains("hash chain verified"));
+    assert!(stdout.contains("refused:") || stdout.contains("not found or not granted"));
+    assert!(exchange::demo::data_present(&data));
+}
+
+#[test]
+fn query_prints_results_and_refusals_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let data = common::data_root();
+    let out = exchange(&state, data)
+        .args(["query", "--as", "market_trader", "--purpose", "data_product", "--format", "csv",
+               "SELECT industry, count(*) AS n FROM market.enterprises GROUP BY industry ORDER BY industry"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("industry,n\n"), "{text}");
+
+    let out = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            "SELECT * FROM police.residents",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("refused: table police.residents is not found or not granted")
+    );
+
+    let out = exchange(&state, data)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: 2 records"));
+}
+
+#[test]
+fn policy_check_passes_on_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = exchange(dir.path(), common::data_root())
+        .args(["policy", "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 errors"), "{text}");
+}
+
+#[test]
+fn bad_config_dir_exits_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .args([
+            "--config-dir",
+            "/nonexistent",
+            "query",
+            "--as",
+            "x",
+            "--purpose",
+            "y",
+            "SELECT 1",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/schemas"));
+}

@@ -1,0 +1,112 @@
+//! Shared setup of the end-to-end tests: the demo city at a small scale, generated once
+//! per test binary, with the repository's schemas/ and policies/.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use exchange::{Exchange, ExchangeConfig};
+
+/// Scale of the test city: 3,000 residents.
+pub const SCALE: f64 = 0.03;
+/// Seed of the test city.
+pub const SEED: u64 = 42;
+
+/// The repository root (schemas/ and policies/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Data root of the generated test city, shared by the tests of one binary.
+pub fn data_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("exchange-test-city-{}", std::process::id()));
+        exchange::demo::generate(&dir, SCALE, SEED).expect("generate the test city");
+        dir
+    })
+}
+
+/// An exchange over the test city with a fresh state directory.
+pub fn open() -> (Exchange, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state dir");
+    let ex = Exchange::open(ExchangeConfig {
+        config_dir: repo_root(),
+        data_root: data_root().to_path_buf(),
+        state_dir: state.path().to_path_buf(),
+    })
+    .expect("open the exchange");
+    (ex, state)
+}
+
+/// Every cell of the batches, formatted.
+pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    rows
+}
+
+/// The values of one column, formatted.
+pub fn column(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let idx = b.schema().index_of(name).expect("column");
+        let col = b.column(idx);
+        let f = ArrayFormatter::try_new(col.as_ref(), &options).expect("formatter");
+        for r in 0..col.len() {
+            out.push(f.value(r).to_string());
+        }
+    }
+    out
+}
+
+/// A string column of a raw demo file, read directly with parquet.
+pub fn raw_strings(file: &str, column_name: &str) -> Vec<String> {
+    let path = data_root().join(file);
+    let f = std::fs::File::open(&path).expect("open raw file");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let idx = batch.schema().index_of(column_name).expect("column");
+        let col = batch
+            .column(idx)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
+        out.extend(col.iter().flatten().map(str::to_string));
+    }
+    out
+}
+
+/// Run and expect success.
+pub async fn ok(ex: &Exchange, principal: &str, purpose: &str, sql: &str) -> exchange::QueryOutput {
+    match ex.execute(principal, Some(purpose), sql).await {
+        Ok(o) => o,
+        Err(e) => panic!("{principal} / {purpose}: {sql}\n  -> {e}"),
+    }
+}
+
+/// Run and expect a refusal; returns its reason.
+pub async fn refused(ex: &Exchange, principal: &str, purpose: Option<&str>, sql: &str) -> String {
+    match ex.execute(principal, purpose, sql).await {
+        Err(exchange::QueryError::Refused(r)) => r,
+        other => panic!("{principal}: expected a refusal for {sql}, got {other:?}"),
+    }
+}
