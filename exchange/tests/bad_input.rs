@@ -219,7 +219,7 @@ fn shadowed_grants_and_row_filter_attributes_are_reported() {
     let c = config_copy();
     let file = c.path().join("policies/grants/market.toml");
     let mut text = fs::read_to_string(&file).unwrap();
-    text.push_str("\n[[grant]]\nid = \"shadowed\"\ntable = \"enterprises\"\nto = { principal = \"market_trader\" }\npurposes = [\"data_product\"]\nrow_filter = \"district = principal.region\"\n[grant.columns]\nname = \"plain\"\n");
+    text.push_str("\n[[grant]]\nid = \"shadowed\"\ntable = \"enterprises\"\nto = { principal = \"market_trader\" }\npurposes = [\"data_product\"]\nexpires = 2027-01-01\nrow_filter = \"district = principal.region\"\n[grant.columns]\nname = \"plain\"\n");
     fs::write(&file, text).unwrap();
     let report = exchange::policy::check(&ExchangeConfig {
         config_dir: c.path().to_path_buf(),

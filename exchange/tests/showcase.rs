@@ -12,6 +12,10 @@ use exchange::demo::{SHOWCASE, refusals};
 #[tokio::test]
 async fn every_showcase_query_runs_as_its_principal() {
     let (ex, _state) = open();
+    // As in the demo: refusals first, so the auditor has some to find.
+    for r in refusals() {
+        refused(&ex, r.principal, r.purpose, r.sql).await;
+    }
     for show in SHOWCASE {
         for q in show.queries {
             let out = ok(&ex, show.principal, show.purpose, q.sql).await;

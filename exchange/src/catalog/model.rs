@@ -538,7 +538,7 @@ domain = "person"
         let err = load(&OK.replace("\"utf8\"", "\"varchar\""))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("varchar") && err.contains(":10:"), "{err}");
+        assert!(err.contains("varchar") && err.contains(":9:"), "{err}");
     }
 
     #[test]

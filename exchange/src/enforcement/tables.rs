@@ -17,7 +17,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, Result, TableReference, internal_err};
+use datafusion::common::{DFSchema, Result, TableReference, exec_err, internal_err};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -79,6 +79,11 @@ impl TableProvider for GovernedTable {
 #[derive(Debug)]
 pub struct RawTable {
     inner: ListingTable,
+    /// `agency.table (location)` for error messages.
+    name: String,
+    /// The local file or directory, checked at every scan: a missing file is an error,
+    /// never an empty table.
+    local: Option<std::path::PathBuf>,
     /// Qualifier of the row filter's columns.
     table_ref: TableReference,
     /// Raw columns whose values the principal sees unchanged.
@@ -102,6 +107,11 @@ impl RawTable {
         {
             location.push('/');
         }
+        let local = if location.contains("://") {
+            location.strip_prefix("file://").map(std::path::PathBuf::from)
+        } else {
+            Some(std::path::PathBuf::from(&location))
+        };
         let url = ListingTableUrl::parse(&location)?;
         let options = match dataset.format {
             DataFormat::Parquet => ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -116,6 +126,8 @@ impl RawTable {
             .with_schema(dataset.arrow_schema());
         Ok(Self {
             inner: ListingTable::try_new(config)?,
+            name: format!("{} ({})", dataset.qualified_name(), dataset.location),
+            local,
             table_ref: TableReference::partial(dataset.agency.clone(), dataset.name.clone()),
             pushable,
             row_filter,
@@ -180,6 +192,11 @@ impl TableProvider for RawTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(path) = &self.local
+            && !path.exists()
+        {
+            return exec_err!("the data file of table {} is missing", self.name);
+        }
         // Re-check: only what we accepted may reach the file scan.
         let mut pushed: Vec<Expr> = filters
             .iter()

@@ -69,7 +69,7 @@ pub fn phone_cn(input: &str, out: &mut String) {
     let digits_only: String = input.chars().filter(|c| c.is_ascii_digit()).collect();
     if input.starts_with('0') && !input.starts_with("0086") {
         let area = if let Some(pos) = input.find('-') {
-            input[..pos].chars().count()
+            input[..pos].chars().count() + 1
         } else if input.starts_with("010") || input.starts_with("02") {
             3
         } else {

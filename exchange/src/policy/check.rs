@@ -148,7 +148,9 @@ fn check_row_filters(catalog: &Catalog, policies: &PolicySet, report: &mut Check
                         "grant '{}': row filter cannot be applied for principal {}: {}; queries of that table will be refused",
                         g.id,
                         p.name,
-                        e.strip_backtrace()
+                        crate::enforcement::find_violation(&e)
+                            .map(|v| v.message().to_string())
+                            .unwrap_or_else(|| e.strip_backtrace())
                     ),
                 );
             }
@@ -215,7 +217,8 @@ fn check_pii(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) 
             }
             for (g, r) in rules {
                 let outside = g.to.agency.as_deref() != Some(d.agency.as_str());
-                if outside && r.treatment == Treatment::Plain {
+                let public = c.level == Some(crate::catalog::Level::General1);
+                if outside && !public && r.treatment == Treatment::Plain {
                     report.warn(
                         Some(r.pos.clone()),
                         format!(
