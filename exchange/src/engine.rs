@@ -383,7 +383,8 @@ fn map_error(session: &PrincipalSession, e: DataFusionError) -> QueryError {
         && let Some(name) = rest.split('\'').next()
         && text.contains("not found")
     {
-        let name = name.strip_prefix("exchange.").unwrap_or(name).to_string();
+        let name = name.strip_prefix("exchange.").unwrap_or(name);
+        let name = name.strip_prefix("public.").unwrap_or(name).to_string();
         return QueryError::Refused(not_granted(session, &name));
     }
     if text.contains("not supported")

@@ -285,7 +285,11 @@ fn leaks_in(text: &str, p: &Protected, typed: &str) -> Option<String> {
     p.ids
         .iter()
         .find(|v| text.contains(v.as_str()) && !typed.contains(v.as_str()))
-        .or_else(|| p.texts.iter().find(|v| v.chars().count() >= 2 && text.contains(v.as_str()) && !typed.contains(v.as_str())))
+        .or_else(|| {
+            p.texts.iter().find(|v| {
+                v.chars().count() >= 2 && text.contains(v.as_str()) && !typed.contains(v.as_str())
+            })
+        })
         .cloned()
 }
 

@@ -108,7 +108,9 @@ impl RawTable {
             location.push('/');
         }
         let local = if location.contains("://") {
-            location.strip_prefix("file://").map(std::path::PathBuf::from)
+            location
+                .strip_prefix("file://")
+                .map(std::path::PathBuf::from)
         } else {
             Some(std::path::PathBuf::from(&location))
         };
