@@ -395,6 +395,44 @@ fn map_error(session: &PrincipalSession, e: DataFusionError) -> QueryError {
     QueryError::Failed(text)
 }
 
+/// Whether a plan read any table the principal does not see whole and raw.
+fn reads_governed_data(
+    session: &PrincipalSession,
+    report: &crate::enforcement::EnforcementReport,
+) -> bool {
+    report.scans.iter().any(|s| {
+        session.tables.get(&s.table).is_none_or(|spec| {
+            spec.access.row_filter.is_some()
+                || spec.access.columns.len() != spec.dataset.columns.len()
+                || spec
+                    .access
+                    .columns
+                    .iter()
+                    .any(|c| c.treatment != Treatment::Plain)
+        })
+    })
+}
+
+/// An execution error with its values withheld: only its kind is told.
+fn withheld_error(e: &DataFusionError) -> String {
+    let text = e.strip_backtrace().to_lowercase();
+    let kind = if text.contains("cast") {
+        "a cast failed on a value"
+    } else if text.contains("divide by zero") || text.contains("division by zero") {
+        "a division by zero"
+    } else if text.contains("overflow") {
+        "an arithmetic overflow"
+    } else if text.contains("missing") || text.contains("parquet") || text.contains("no such file")
+    {
+        return e.strip_backtrace();
+    } else {
+        "an expression failed on a value"
+    };
+    format!(
+        "the query failed while running ({kind}); the value is withheld because the query reads governed data"
+    )
+}
+
 fn not_granted(session: &PrincipalSession, table: &str) -> String {
     if let Some(Denial::Expired { grant, on }) = session.expired.get(table) {
         return format!("table {table}: grant {grant} expired on {on}");
@@ -427,15 +465,24 @@ async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, Quer
             sql_options().verify_plan(&plan).map_err(err)?;
             let optimized = state.optimize(&plan).map_err(err)?;
             let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+            // Errors while running may quote values; for governed data they are withheld.
+            let governed = reads_governed_data(session, &report);
+            let run_err = |e: DataFusionError| {
+                if governed && find_violation(&e).is_none() {
+                    QueryError::Failed(withheld_error(&e))
+                } else {
+                    map_error(session, e)
+                }
+            };
             let physical = state
                 .query_planner()
                 .create_physical_plan(&optimized, &state)
                 .await
-                .map_err(err)?;
+                .map_err(run_err)?;
             let schema = physical.schema();
             let batches = collect(physical, session.ctx.task_ctx())
                 .await
-                .map_err(err)?;
+                .map_err(run_err)?;
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
             let digest = digest_batches(&schema, &batches);
             Ok(QueryOutput {
@@ -590,9 +637,8 @@ fn tables_touched(plan: &LogicalPlan, scans: &[crate::enforcement::ScanUse]) -> 
     };
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && source_as_provider(&scan.source)
-                .map(|p| p.is::<RawTable>())
-                .unwrap_or(false)
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(raw) = provider.downcast_ref::<RawTable>()
         {
             let table = scan.table_name.to_string();
             let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
@@ -609,8 +655,10 @@ fn tables_touched(plan: &LogicalPlan, scans: &[crate::enforcement::ScanUse]) -> 
                 .filters
                 .iter()
                 .flat_map(|f| f.column_refs())
-                .map(|c| c.name.clone());
-            for c in filter_cols.collect::<Vec<_>>() {
+                .map(|c| c.name.clone())
+                .chain(raw.row_filter_columns())
+                .collect::<Vec<_>>();
+            for c in filter_cols {
                 if !entry.columns.contains(&c) {
                     entry.columns.push(c);
                 }

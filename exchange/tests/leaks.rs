@@ -471,6 +471,16 @@ async fn specific_attacks_are_refused_with_reasons() {
         ),
     ];
     for ((sql, principal, purpose), expect) in cases {
+        if expect == "ok-if-thresholded" {
+            // A scalar subquery aggregates inside its own block: allowed, thresholded.
+            let out = common::ok(&ex, principal, purpose, sql).await;
+            assert!(
+                out.thresholds.iter().any(|t| t.contains("cost")),
+                "{:?}",
+                out.thresholds
+            );
+            continue;
+        }
         let reason = common::refused(&ex, principal, Some(purpose), sql).await;
         assert!(
             reason.contains(expect),
@@ -520,4 +530,79 @@ async fn explain_names_treatments_but_hides_foreign_row_filters() {
         "{text}"
     );
     assert!(!text.to_lowercase().contains("statistics"), "{text}");
+}
+
+#[tokio::test]
+async fn reviewed_attacks_are_closed() {
+    let (ex, _state) = open();
+    let civil = ("civil_analyst", "elderly_care_planning");
+    let hexi = raw_strings("police/residents.parquet", "district")
+        .iter()
+        .filter(|d| *d == "hexi")
+        .count();
+    let someone = raw_strings("civil/elderly_care.parquet", "person_id")[0].clone();
+
+    // An analyst predicate that fails on rows outside the row filter never sees them.
+    let out = common::ok(
+        &ex,
+        civil.0,
+        civil.1,
+        "SELECT count(*) AS n FROM police.residents
+         WHERE abs(CAST(CASE WHEN district <> 'hexi' THEN concat(district, '|', gender, '|', name, '|', address) ELSE '0' END AS INT)) >= 0",
+    )
+    .await;
+    assert_eq!(common::column(&out.batches, "n"), vec![hexi.to_string()]);
+
+    // A HAVING-like outer filter that fails on a suppressed group never sees it.
+    let sql = format!(
+        "SELECT g FROM (
+           SELECT CASE WHEN e.person_id = '{someone}' THEN 'T' ELSE r.district END AS g, max(v.cost) AS c
+           FROM health.visits v
+           JOIN civil.elderly_care e ON v.person_id = e.person_key
+           JOIN police.residents r ON r.person_id = v.person_id
+           GROUP BY 1) t
+         WHERE CASE WHEN g = 'T' THEN CAST(concat('x', CAST(c AS VARCHAR)) AS INT) ELSE 1 END = 1"
+    );
+    let out = common::ok(&ex, civil.0, civil.1, &sql).await;
+    assert!(!common::column(&out.batches, "g").contains(&"T".to_string()));
+
+    // Aggregate FILTER would narrow an aggregate below the threshold.
+    let sql = format!(
+        "SELECT max(v.diagnosis_code) FILTER (WHERE e.person_id = '{someone}') AS dx
+         FROM health.visits v JOIN civil.elderly_care e ON v.person_id = e.person_key"
+    );
+    let r = common::refused(&ex, civil.0, Some(civil.1), &sql).await;
+    assert!(r.contains("FILTER"), "{r}");
+
+    // Join-key tokens: no casts that fail, no self-comparison, no literals through UNION.
+    for (sql, expect) in [
+        (
+            "SELECT count(*) FROM police.residents WHERE CAST(person_id AS BIGINT) = CAST(person_id AS BIGINT)",
+            "cast",
+        ),
+        (
+            "SELECT count(*) FROM police.residents WHERE person_id = person_id",
+            "another table",
+        ),
+        (
+            "SELECT count(*) FROM police.residents r WHERE r.person_id = (SELECT x FROM (SELECT person_key AS x FROM civil.elderly_care WHERE false UNION ALL SELECT 'abc') u)",
+            "UNION mixing",
+        ),
+    ] {
+        let r = common::refused(&ex, civil.0, Some(civil.1), sql).await;
+        assert!(r.contains(expect), "{sql}\n  -> {r}");
+    }
+
+    // Errors on governed data withhold the value.
+    match ex
+        .execute(
+            civil.0,
+            Some(civil.1),
+            "SELECT CAST(name AS INT) FROM police.residents",
+        )
+        .await
+    {
+        Err(QueryError::Failed(e)) => assert!(e.contains("withheld") && !e.contains('*'), "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }

@@ -221,9 +221,10 @@ async fn aggregate_only_groups_below_k_are_suppressed() {
         &ex,
         "civil_analyst",
         "elderly_care_planning",
-        "SELECT r.gender, r.household_size, v.hospital, avg(v.cost) AS a
+        "SELECT r.gender, r.household_size,
+                CAST(floor(date_part('year', r.birth_date) / 25) AS BIGINT) AS era, avg(v.cost) AS a
          FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
-         GROUP BY r.gender, r.household_size, v.hospital",
+         GROUP BY 1, 2, 3",
     )
     .await;
     assert!(
@@ -257,7 +258,9 @@ async fn aggregate_only_groups_below_k_are_suppressed() {
     .unwrap();
     let truth = ctx
         .sql(
-            "SELECT r.gender, r.household_size, v.hospital, count(DISTINCT v.person_id) AS people
+            "SELECT r.gender, r.household_size,
+                    CAST(floor(date_part('year', r.birth_date) / 25) AS BIGINT) AS era,
+                    count(DISTINCT v.person_id) AS people
               FROM visits v JOIN residents r ON v.person_id = r.person_id
               WHERE r.district = 'hexi' GROUP BY 1, 2, 3",
         )

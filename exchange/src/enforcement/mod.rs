@@ -7,12 +7,14 @@
 //! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
 //! below their minimum size.
 
+mod barrier;
 mod rule;
 mod session;
 mod spec;
 mod tables;
 mod violation;
 
+pub use barrier::{BarrierExec, ExchangeQueryPlanner, PolicyBarrier};
 pub use rule::{EnforcementReport, PolicyRule, ScanUse, Tag};
 pub use session::{
     AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,

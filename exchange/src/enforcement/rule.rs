@@ -41,6 +41,8 @@ pub enum Tag {
         domain: String,
         /// `agency.table.column`, for messages.
         column: String,
+        /// The scan it comes from.
+        scan: usize,
     },
     /// Aggregate input only, in groups of at least `k` distinct entities.
     AggOnly {
@@ -114,7 +116,7 @@ fn refuse<T>(message: String) -> Result<T> {
 
 fn refuse_constrained(tag: &Tag, place: &str) -> Result<()> {
     match tag {
-        Tag::JoinKey { column, domain } => refuse(format!(
+        Tag::JoinKey { column, domain, .. } => refuse(format!(
             "{column} is a join key (domain {domain}): it may only be compared for equality with another join key of domain {domain} in a join, and cannot appear in {place}"
         )),
         Tag::AggOnly { column, k, .. } => refuse(format!(
@@ -137,6 +139,8 @@ struct Enforcer {
     report: EnforcementReport,
     /// Output tags of processed subqueries, by plan address.
     subquery_tags: HashMap<usize, Vec<Tag>>,
+    /// Scans whose fragment carries a hidden entity column.
+    with_entity: std::collections::HashSet<usize>,
 }
 
 fn lookup(col: &Column, scopes: &[Scope]) -> Option<Tag> {
@@ -341,6 +345,12 @@ impl Enforcer {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
                 refuse("EXPLAIN is answered by the exchange itself, not inside a query".into())
             }
+            LogicalPlan::Extension(e) if e.node.as_any().is::<super::barrier::PolicyBarrier>() => {
+                let tags = input_tags.concat();
+                let plan = LogicalPlan::Extension(e).with_new_exprs(vec![], new_inputs)?;
+                check_len(&plan, &tags)?;
+                Ok((plan, tags))
+            }
             LogicalPlan::Extension(_) => {
                 refuse("the plan contains an extension node the exchange does not know".into())
             }
@@ -391,6 +401,7 @@ impl Enforcer {
                 BaseTag::JoinKey { domain, column } => Tag::JoinKey {
                     domain: domain.clone(),
                     column: column.clone(),
+                    scan: id,
                 },
                 BaseTag::AggOnly { k, column } => Tag::AggOnly {
                     k: *k,
@@ -400,6 +411,9 @@ impl Enforcer {
                 BaseTag::Entity => Tag::Entity { scan: id },
             })
             .collect();
+        if spec.base_tags.contains(&BaseTag::Entity) {
+            self.with_entity.insert(id);
+        }
         let fragment = spec.fragment.clone();
         // Keep the visible columns the scan projects, then the hidden ones.
         let visible = spec.visible_schema.fields().len();
@@ -452,9 +466,10 @@ impl Enforcer {
                 refuse_constrained(&t, "an aggregate expression")?;
                 continue;
             };
+            let mut aggregate_only_input: Option<(u32, String)> = None;
             for arg in &params.args {
                 match ctx.tag(arg, "an aggregate argument")? {
-                    Tag::JoinKey { column, domain } => {
+                    Tag::JoinKey { column, domain, .. } => {
                         return refuse(format!(
                             "{column} is a join key (domain {domain}): it cannot be aggregated, only compared for equality with another join key of domain {domain} in a join"
                         ));
@@ -466,6 +481,7 @@ impl Enforcer {
                                 func.name()
                             ));
                         }
+                        aggregate_only_input = Some((k, column.clone()));
                         needs.push((scan, k, column));
                     }
                     _ => {}
@@ -474,6 +490,12 @@ impl Enforcer {
             if let Some(f) = &params.filter {
                 let t = ctx.tag(f, "an aggregate FILTER clause")?;
                 refuse_constrained(&t, "an aggregate FILTER clause")?;
+                // The group threshold counts the whole group, not the filtered part.
+                if let Some((k, column)) = aggregate_only_input {
+                    return refuse(format!(
+                        "{column} is aggregate-only (k = {k}): its aggregates take no FILTER clause, which would narrow them below the group threshold"
+                    ));
+                }
             }
             for s in &params.order_by {
                 let t = ctx.tag(&s.expr, "an aggregate ORDER BY")?;
@@ -486,6 +508,15 @@ impl Enforcer {
                 .map(LogicalPlan::Aggregate)?;
             let n = plan.schema().fields().len();
             return Ok((plan, vec![Tag::Free; n]));
+        }
+        if a.group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+        {
+            return refuse(format!(
+                "{} is aggregate-only: GROUPING SETS, ROLLUP and CUBE over aggregate-only columns are not supported",
+                needs.first().map(|n| n.2.as_str()).unwrap_or("a column")
+            ));
         }
         // Minimum group size per scan: count distinct entities (rows without an entity column).
         let mut scans: Vec<(usize, u32, String)> = Vec::new();
@@ -508,13 +539,22 @@ impl Enforcer {
                 .zip(&tags_in)
                 .find(|(_, t)| **t == Tag::Entity { scan: *scan })
                 .map(|((q, f), _)| Expr::Column(Column::new(q.cloned(), f.name())));
-            let Some(entity) = entity else {
-                return refuse(format!(
-                    "{column} is aggregate-only (k = {k}) but its minimum group size cannot be enforced here; aggregate it in the query block that reads its table"
-                ));
+            let entity = match entity {
+                Some(e) => Some(e),
+                // A table without an entity column: count rows instead.
+                None if !self.with_entity.contains(scan) => None,
+                None => {
+                    return refuse(format!(
+                        "{column} is aggregate-only (k = {k}) but its minimum group size cannot be enforced here; aggregate it in the query block that reads its table"
+                    ));
+                }
             };
             let name = format!("__exchange_k{n}");
-            aggr_expr.push(count_distinct(entity).alias(&name));
+            let counter = match entity {
+                Some(e) => count_distinct(e),
+                None => datafusion::functions_aggregate::count::count(lit(1i64)),
+            };
+            aggr_expr.push(counter.alias(&name));
             conditions.push(Expr::Column(Column::from_name(&name)).gt_eq(lit(i64::from(*k))));
             self.report.thresholds.push((column.clone(), *k));
         }
@@ -533,7 +573,40 @@ impl Enforcer {
         let filtered = Filter::try_new(predicate, Arc::new(agg)).map(LogicalPlan::Filter)?;
         let plan =
             Projection::try_new(original, Arc::new(filtered)).map(LogicalPlan::Projection)?;
+        // Nothing the analyst writes above (HAVING, an outer WHERE) may see a suppressed group.
+        let plan = super::barrier::PolicyBarrier::wrap("minimum group size", plan);
         Ok((plan, vec![Tag::Free; out_len]))
+    }
+}
+
+/// Whether two tags are join keys that may be equated: same domain, different scans.
+fn join_keys_match(a: &Tag, b: &Tag) -> Result<bool> {
+    match (a, b) {
+        (
+            Tag::JoinKey {
+                domain: da,
+                column: ca,
+                scan: sa,
+            },
+            Tag::JoinKey {
+                domain: db,
+                column: cb,
+                scan: sb,
+            },
+        ) => {
+            if da != db {
+                return refuse(format!(
+                    "join keys {ca} (domain {da}) and {cb} (domain {db}) belong to different identity domains"
+                ));
+            }
+            if sa == sb {
+                return refuse(format!(
+                    "{ca} is a join key: it may only be compared with a join key of another table"
+                ));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -557,8 +630,7 @@ fn merge_union(branches: &[Vec<Tag>]) -> Result<Vec<Tag>> {
     for b in branches.iter().skip(1) {
         for (o, t) in out.iter_mut().zip(b) {
             match (&*o, t) {
-                (_, Tag::Free) => {}
-                (Tag::Free, t) => *o = t.clone(),
+                (Tag::Free, Tag::Free) => {}
                 (a, b) if a == b => {}
                 (a, b) => {
                     refuse_constrained(a, "a UNION mixing different column rules")?;
@@ -579,23 +651,10 @@ fn join(
     for (l, r) in &j.on {
         let tl = ctx.tag(l, "a join condition")?;
         let tr = ctx.tag(r, "a join condition")?;
+        if join_keys_match(&tl, &tr)? {
+            continue;
+        }
         match (&tl, &tr) {
-            (
-                Tag::JoinKey {
-                    domain: a,
-                    column: ca,
-                },
-                Tag::JoinKey {
-                    domain: b,
-                    column: cb,
-                },
-            ) => {
-                if a != b {
-                    return refuse(format!(
-                        "join keys {ca} (domain {a}) and {cb} (domain {b}) belong to different identity domains"
-                    ));
-                }
-            }
             (Tag::JoinKey { .. }, _) => refuse_constrained(
                 &tl,
                 "a join with a column that is not a join key of the same domain",
@@ -702,11 +761,9 @@ impl Ctx<'_> {
             Expr::InSubquery(InSubquery { expr, subquery, .. }) => {
                 let te = self.tag(expr, place)?;
                 let ts = self.subquery_tag(subquery);
-                match (&te, &ts) {
-                    (Tag::JoinKey { domain: a, .. }, Tag::JoinKey { domain: b, .. }) if a == b => {
-                        Ok(Tag::Free)
-                    }
-                    _ => {
+                match join_keys_match(&te, &ts)? {
+                    true => Ok(Tag::Free),
+                    false => {
                         refuse_constrained(
                             &te,
                             "an IN (subquery) test against anything but a join key of the same domain",
@@ -752,6 +809,12 @@ impl Ctx<'_> {
 
     fn cast_tag(&self, inner: &Expr, to: &arrow::datatypes::DataType, place: &str) -> Result<Tag> {
         let t = self.tag(inner, place)?;
+        if let Tag::JoinKey { .. } = t {
+            use arrow::datatypes::DataType as T;
+            if !matches!(to, T::Utf8 | T::LargeUtf8 | T::Utf8View) {
+                refuse_constrained(&t, &format!("a cast to {to}"))?;
+            }
+        }
         if let Tag::AggOnly { .. } = t {
             let safe = self
                 .column_type(inner)
@@ -777,23 +840,8 @@ impl Ctx<'_> {
             }) = conjunct
             {
                 let (tl, tr) = (self.tag(left, place)?, self.tag(right, place)?);
-                if let (
-                    Tag::JoinKey {
-                        domain: a,
-                        column: ca,
-                    },
-                    Tag::JoinKey {
-                        domain: b,
-                        column: cb,
-                    },
-                ) = (&tl, &tr)
-                {
-                    if a == b {
-                        continue;
-                    }
-                    return refuse(format!(
-                        "join keys {ca} (domain {a}) and {cb} (domain {b}) belong to different identity domains"
-                    ));
+                if join_keys_match(&tl, &tr)? {
+                    continue;
                 }
             }
             let t = self.tag(conjunct, place)?;

@@ -91,6 +91,7 @@ impl PrincipalSession {
         let state = SessionStateBuilder::new()
             .with_config(locked_config())
             .with_default_features()
+            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         for f in MaskFn::ALL {

@@ -226,5 +226,21 @@ pub fn plan_row_filter(
             ),
         ))));
     }
-    state.create_logical_expr_from_sql_expr(parsed, raw)
+    let expr = state.create_logical_expr_from_sql_expr(parsed, raw)?;
+    // Coerce types now (e.g. an Int32 column against an integer literal), as the analyzer
+    // would for a query.
+    let relation = LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(raw.clone()),
+    });
+    let filter = LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(
+        expr,
+        Arc::new(relation),
+    )?);
+    match TypeCoercion::new().analyze(filter, state.config_options())? {
+        LogicalPlan::Filter(f) => Ok(f.predicate),
+        _ => Err(DataFusionError::Plan(
+            "row filter did not plan as a filter".into(),
+        )),
+    }
 }

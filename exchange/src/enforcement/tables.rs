@@ -73,9 +73,12 @@ impl TableProvider for GovernedTable {
 
 /// The agency's files, read under the exchange's control.
 ///
-/// The owner's row filter is applied here, inside the scan, and not as a logical filter:
-/// no analyst predicate can be ordered before it, so none is ever evaluated on (and can
-/// raise an error about) a row the principal may not see.
+/// The owner's row filter is applied here, inside the scan, under a [`BarrierExec`]: no
+/// analyst predicate (nor a dynamic join filter) can be ordered before it or reach the file
+/// scan, so none is ever evaluated on (and can raise an error about) a row the principal
+/// may not see, and none reaches Parquet statistics or page indexes.
+///
+/// [`BarrierExec`]: super::barrier::BarrierExec
 #[derive(Debug)]
 pub struct RawTable {
     inner: ListingTable,
@@ -134,6 +137,14 @@ impl RawTable {
             pushable,
             row_filter,
         })
+    }
+
+    /// Raw columns the row filter reads (for the audit record).
+    pub fn row_filter_columns(&self) -> Vec<String> {
+        self.row_filter
+            .as_ref()
+            .map(|f| f.column_refs().iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Whether an analyst's predicate may reach the file scan (for pruning only): built-in,
@@ -206,7 +217,8 @@ impl TableProvider for RawTable {
             .cloned()
             .collect();
         let Some(row_filter) = &self.row_filter else {
-            return self.inner.scan(state, projection, &pushed, limit).await;
+            let scan = self.inner.scan(state, projection, &pushed, limit).await?;
+            return Ok(super::barrier::BarrierExec::wrap(scan));
         };
         let schema = self.inner.schema();
         let requested: Vec<usize> = match projection {
@@ -225,10 +237,18 @@ impl TableProvider for RawTable {
         let input = self.inner.scan(state, Some(&read), &pushed, None).await?;
         let read_schema = Arc::new(schema.project(&read)?);
         let df_schema = DFSchema::try_from_qualified_schema(self.table_ref.clone(), &read_schema)?;
-        let predicate = state.create_physical_expr(row_filter.clone(), &df_schema)?;
+        // Never echo another agency's filter in an error.
+        let predicate = state
+            .create_physical_expr(row_filter.clone(), &df_schema)
+            .map_err(|_| {
+                datafusion::common::DataFusionError::Execution(format!(
+                    "the row filter of table {} cannot be applied; the owning agency must fix its policy",
+                    self.name
+                ))
+            })?;
         let filter = FilterExecBuilder::new(predicate, input)
             .apply_projection(Some((0..requested.len()).collect()))?
             .build()?;
-        Ok(Arc::new(filter))
+        Ok(super::barrier::BarrierExec::wrap(Arc::new(filter)))
     }
 }

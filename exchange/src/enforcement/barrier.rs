@@ -1,0 +1,198 @@
+//! Optimization barriers around policy operators.
+//!
+//! DataFusion's optimizers move predicates: logically (`push_down_filter` merges a HAVING
+//! into the filter below it) and physically (filter pushdown merges a parent FilterExec
+//! into the row-filter FilterExec, dynamic join filters reach the file scan). Any such move
+//! could evaluate an analyst's expression on a row or group the policy hides, and an error
+//! from it (a failed cast, a division by zero) would reveal that value. A barrier keeps
+//! every analyst predicate above the policy operator it wraps: the logical node prevents
+//! pushdown through it and plans to [`BarrierExec`], which accepts no pushed filters.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchemaRef, Result, internal_err};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+/// A logical node nothing is pushed through.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct PolicyBarrier {
+    /// What it protects, for plans.
+    pub label: String,
+    /// The protected plan.
+    pub input: LogicalPlan,
+}
+
+impl PolicyBarrier {
+    /// Wrap `input`.
+    pub fn wrap(label: &str, input: LogicalPlan) -> LogicalPlan {
+        LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(PolicyBarrier {
+                label: label.to_string(),
+                input,
+            }),
+        })
+    }
+}
+
+impl UserDefinedLogicalNodeCore for PolicyBarrier {
+    fn name(&self) -> &str {
+        "PolicyBarrier"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PolicyBarrier: {}", self.label)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        match inputs.pop() {
+            Some(input) if inputs.is_empty() => Ok(Self {
+                label: self.label.clone(),
+                input,
+            }),
+            _ => internal_err!("PolicyBarrier takes one input"),
+        }
+    }
+}
+
+/// The physical barrier: passes batches through, accepts no pushed-down filter.
+#[derive(Debug)]
+pub struct BarrierExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl BarrierExec {
+    /// Wrap a physical plan.
+    pub fn wrap(input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        Arc::new(Self { input })
+    }
+}
+
+impl DisplayAs for BarrierExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "BarrierExec")
+    }
+}
+
+impl ExecutionPlan for BarrierExec {
+    fn name(&self) -> &str {
+        "BarrierExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(input) if children.is_empty() => Ok(Arc::new(Self { input })),
+            _ => internal_err!("BarrierExec takes one input"),
+        }
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+}
+
+/// Plans [`PolicyBarrier`] nodes.
+#[derive(Debug, Default)]
+struct BarrierPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for BarrierPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if node.as_any().downcast_ref::<PolicyBarrier>().is_none() {
+            return Ok(None);
+        }
+        match physical_inputs {
+            [input] => Ok(Some(BarrierExec::wrap(input.clone()))),
+            _ => internal_err!("PolicyBarrier takes one input"),
+        }
+    }
+}
+
+/// The exchange's query planner: DataFusion's, plus barriers.
+#[derive(Debug, Default)]
+pub struct ExchangeQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for ExchangeQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
