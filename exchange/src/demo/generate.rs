@@ -17,6 +17,8 @@ use chrono::{Datelike, NaiveDate};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
+use crate::masking::validate::{USCC_CHARSET, id_check_char, uscc_check_char};
+
 /// Errors of generating demo data.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -169,41 +171,6 @@ const MOBILE_PREFIXES: &[&str] = &[
     "156", "157", "158", "159", "176", "177", "180", "181", "186", "187", "188", "189",
 ];
 
-/// The GB 11643 check char of the first 17 digits.
-pub fn id_check_char(first17: &str) -> Option<char> {
-    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let mut sum = 0u32;
-    let mut n = 0;
-    for (c, w) in first17.chars().zip(W) {
-        sum += c.to_digit(10)? * w;
-        n += 1;
-    }
-    if n != 17 {
-        return None;
-    }
-    "10X98765432".chars().nth((sum % 11) as usize)
-}
-
-const USCC_CHARSET: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
-
-/// The GB 32100 check char of the first 17 chars.
-pub fn uscc_check_char(first17: &str) -> Option<char> {
-    const W: [u32; 17] = [
-        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
-    ];
-    let mut sum = 0u32;
-    let mut n = 0;
-    for (c, w) in first17.chars().zip(W) {
-        sum += USCC_CHARSET.find(c)? as u32 * w;
-        n += 1;
-    }
-    if n != 17 {
-        return None;
-    }
-    let c = (31 - sum % 31) % 31;
-    USCC_CHARSET.chars().nth(c as usize)
-}
-
 fn days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32
 }
@@ -309,10 +276,10 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
             birth.format("%Y%m%d"),
             seq
         );
-        let Some(check) = id_check_char(&first17) else {
+        let Some(check) = id_check_char(first17.as_bytes()) else {
             continue;
         };
-        let person_id = format!("{first17}{check}");
+        let person_id = format!("{first17}{}", char::from(check));
         if !ids.insert(person_id.clone()) {
             continue;
         }
@@ -413,18 +380,13 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
     while e_uscc.len() < n_ent {
         let district = rng.below(DISTRICTS.len() as u64) as usize;
         let org: String = (0..9)
-            .map(|_| {
-                USCC_CHARSET
-                    .chars()
-                    .nth(rng.below(31) as usize)
-                    .unwrap_or('0')
-            })
+            .map(|_| char::from(USCC_CHARSET[rng.below(31) as usize % USCC_CHARSET.len()]))
             .collect();
         let first17 = format!("91{}{org}", DISTRICTS[district].2);
-        let Some(check) = uscc_check_char(&first17) else {
+        let Some(check) = uscc_check_char(first17.as_bytes()) else {
             continue;
         };
-        let uscc = format!("{first17}{check}");
+        let uscc = format!("{first17}{}", char::from(check));
         if !usccs.insert(uscc.clone()) {
             continue;
         }
@@ -678,9 +640,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checksums_match_the_spec_examples() {
-        assert_eq!(id_check_char("11010519491231002"), Some('X'));
-        assert_eq!(uscc_check_char("91350100M000100Y4"), Some('3'));
+    fn every_identifier_validates() {
+        use crate::masking::validate::{is_valid_id_cn, is_valid_mobile_cn, is_valid_uscc};
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), 0.005, 3).unwrap();
+        let read = |file: &str, col: &str| -> Vec<String> {
+            let f = fs::File::open(dir.path().join(file)).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap()
+                .build()
+                .unwrap();
+            reader
+                .flat_map(|b| {
+                    let b = b.unwrap();
+                    let c = b.column(b.schema().index_of(col).unwrap()).clone();
+                    let s = c.as_any().downcast_ref::<StringArray>().unwrap().clone();
+                    s.iter().flatten().map(str::to_string).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let ids = read("police/residents.parquet", "person_id");
+        assert_eq!(ids.len(), 500);
+        assert!(ids.iter().all(|i| is_valid_id_cn(i)));
+        assert!(
+            read("police/residents.parquet", "phone")
+                .iter()
+                .all(|p| is_valid_mobile_cn(p))
+        );
+        assert!(
+            read("market/enterprises.parquet", "uscc")
+                .iter()
+                .all(|u| is_valid_uscc(u))
+        );
+        assert!(
+            read("hotline/tickets.parquet", "caller_phone")
+                .iter()
+                .all(|p| is_valid_mobile_cn(p))
+        );
     }
 
     #[test]

@@ -3,9 +3,7 @@
 mod generate;
 mod showcase;
 
-pub use generate::{
-    DISTRICTS, FILES, GenerateError, Rng, generate, id_check_char, uscc_check_char,
-};
+pub use generate::{DISTRICTS, FILES, GenerateError, Rng, generate};
 pub use showcase::{Refusal, SHOWCASE, Showcase, ShowcaseQuery, refusals};
 
 use std::path::Path;

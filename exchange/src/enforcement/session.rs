@@ -97,6 +97,9 @@ impl PrincipalSession {
         for f in MaskFn::ALL {
             ctx.register_udf(f.udf().as_ref().clone());
         }
+        for v in crate::masking::Validator::ALL {
+            ctx.register_udf(v.udf().as_ref().clone());
+        }
         let report = Arc::new(Mutex::new(EnforcementReport::default()));
         ctx.add_analyzer_rule(Arc::new(PolicyRule::new(report.clone())));
 

@@ -4,7 +4,9 @@ pub mod functions;
 mod keys;
 mod token;
 mod udf;
+pub mod validate;
 
 pub use keys::{KeyError, KeyRing, TokenKind};
 pub use token::{TokenKeys, TokenUdf};
 pub use udf::{MaskArg, MaskFn, MaskUdf, ValueKind};
+pub use validate::{Validator, ValidatorUdf};
