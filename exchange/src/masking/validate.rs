@@ -165,7 +165,7 @@ pub fn luhn_ok(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The Luhn check digit to append to `payload`.
