@@ -151,6 +151,137 @@ pub fn address_cn(input: &str, level: AddressLevel, out: &mut String) {
     }
 }
 
+/// Keep the chars at 0-based inclusive positions [x, y], mask the others. When the kept
+/// range covers the whole value, every char is masked.
+pub fn keep_range(input: &str, x: usize, y: usize, mask: char, out: &mut String) {
+    let len = input.chars().count();
+    if len == 0 || (x == 0 && y + 1 >= len) {
+        out.extend(std::iter::repeat_n(mask, len));
+        return;
+    }
+    for (i, c) in input.chars().enumerate() {
+        out.push(if i >= x && i <= y { c } else { mask });
+    }
+}
+
+/// Mask the chars at 0-based inclusive positions [x, y]. When the range misses the value
+/// (it is shorter than x), every char is masked rather than returning it unchanged.
+pub fn mask_range(input: &str, x: usize, y: usize, mask: char, out: &mut String) {
+    let len = input.chars().count();
+    if x >= len {
+        out.extend(std::iter::repeat_n(mask, len));
+        return;
+    }
+    for (i, c) in input.chars().enumerate() {
+        out.push(if i >= x && i <= y { mask } else { c });
+    }
+}
+
+/// Mask the chars before the first `sep`; without `sep`, or with nothing before it, mask all.
+pub fn mask_before(input: &str, sep: &str, mask: char, out: &mut String) {
+    match input.find(sep) {
+        Some(p) if p > 0 && !sep.is_empty() => {
+            out.extend(std::iter::repeat_n(mask, input[..p].chars().count()));
+            out.push_str(&input[p..]);
+        }
+        _ => out.extend(std::iter::repeat_n(mask, input.chars().count())),
+    }
+}
+
+/// Mask the chars after the first `sep`; without `sep`, or with nothing after it, mask all.
+pub fn mask_after(input: &str, sep: &str, mask: char, out: &mut String) {
+    match input.find(sep) {
+        Some(p) if p + sep.len() < input.len() && !sep.is_empty() => {
+            let end = p + sep.len();
+            out.push_str(&input[..end]);
+            out.extend(std::iter::repeat_n(mask, input[end..].chars().count()));
+        }
+        _ => out.extend(std::iter::repeat_n(mask, input.chars().count())),
+    }
+}
+
+/// Ranger's MASK: lower-case letters become x, upper-case X, digits 0; other letters
+/// (CJK included) become the mask char; punctuation and spaces are kept.
+pub fn redact(input: &str, out: &mut String) {
+    for c in input.chars() {
+        out.push(if c.is_ascii_lowercase() {
+            'x'
+        } else if c.is_ascii_uppercase() {
+            'X'
+        } else if c.is_ascii_digit() {
+            '0'
+        } else if c.is_alphanumeric() {
+            MASK_CHAR
+        } else {
+            c
+        });
+    }
+}
+
+/// Bank card: keep the BIN (first 6) and the last 4.
+pub fn bank_card(input: &str, out: &mut String) {
+    keep_first_last(input, 6, 4, MASK_CHAR, out);
+}
+
+/// Licence plate: keep the province char, the authority letter, the next char and the last
+/// char (苏D4H7K0 -> 苏D4***0).
+pub fn plate_cn(input: &str, out: &mut String) {
+    keep_first_last(input, 3, 1, MASK_CHAR, out);
+}
+
+/// E-mail: the first char of the local part, then `***` (hiding its length), then the
+/// whole domain. Without '@', everything is masked.
+pub fn email(input: &str, out: &mut String) {
+    match input.split_once('@') {
+        Some((local, domain)) if !local.is_empty() => {
+            if let Some(first) = local.chars().next() {
+                out.push(first);
+            }
+            out.push_str("***@");
+            out.push_str(domain);
+        }
+        _ => out.extend(std::iter::repeat_n(MASK_CHAR, input.chars().count())),
+    }
+}
+
+/// IPv4 to its /24 network (10.1.2.3 -> 10.1.2.0); anything else is hidden.
+pub fn ipv4(input: &str, out: &mut String) {
+    match input.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            let [a, b, c, _] = ip.octets();
+            out.push_str(&format!("{a}.{b}.{c}.0"));
+        }
+        Err(_) => out.push_str("***"),
+    }
+}
+
+/// IPv6 to its /48 network (2001:db8:1:2::3 -> 2001:db8:1::); anything else is hidden.
+pub fn ipv6(input: &str, out: &mut String) {
+    match input.parse::<std::net::Ipv6Addr>() {
+        Ok(ip) => {
+            let s = ip.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            out.push_str(&net.to_string());
+        }
+        Err(_) => out.push_str("***"),
+    }
+}
+
+/// Hex SHA-256 of salt then value. Unkeyed hashes of identifiers can be brute-forced:
+/// offered for compatibility; prefer pseudonym.
+pub fn sha256(input: &str, salt: &str, out: &mut String) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(salt.as_bytes());
+    ctx.update(input.as_bytes());
+    out.push_str(&hex::encode(ctx.finish().as_ref()));
+}
+
+/// Age band of width `w`: 37 with w = 10 -> "30-39".
+pub fn age_band(v: i64, w: i64) -> String {
+    let lo = v.div_euclid(w) * w;
+    format!("{lo}-{}", lo + w - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +342,34 @@ mod tests {
         assert_eq!(run(|o| phone_cn("13812341234", o)), "138****1234");
         assert_eq!(run(|o| phone_cn("022-23456789", o)), "022-******89");
         assert_eq!(run(|o| phone_cn("02223456789", o)), "022******89");
+    }
+
+    #[test]
+    fn catalogue_examples() {
+        assert_eq!(run(|o| mask_before("zs@gov.cn", "@", '*', o)), "**@gov.cn");
+        assert_eq!(run(|o| mask_before("zsgov.cn", "@", '*', o)), "********");
+        assert_eq!(run(|o| mask_after("zs@gov.cn", "@", '*', o)), "zs@******");
+        assert_eq!(run(|o| redact("Ab-12", o)), "Xx-00");
+        assert_eq!(run(|o| redact("张三", o)), "**");
+        assert_eq!(
+            run(|o| bank_card("6222021234567890123", o)),
+            "622202*********0123"
+        );
+        assert_eq!(run(|o| plate_cn("苏D4H7K0", o)), "苏D4***0");
+        assert_eq!(run(|o| email("zs@gov.cn", o)), "z***@gov.cn");
+        assert_eq!(run(|o| email("no-at-sign", o)), "**********");
+        assert_eq!(run(|o| ipv4("10.1.2.3", o)), "10.1.2.0");
+        assert_eq!(run(|o| ipv6("2001:db8:1:2::3", o)), "2001:db8:1::");
+        assert_eq!(run(|o| keep_range("abcdef", 1, 2, '*', o)), "*bc***");
+        assert_eq!(run(|o| keep_range("abc", 0, 5, '*', o)), "***");
+        assert_eq!(run(|o| mask_range("abcdef", 1, 2, '*', o)), "a**def");
+        assert_eq!(run(|o| mask_range("ab", 5, 6, '*', o)), "**");
+        assert_eq!(age_band(37, 10), "30-39");
+        assert_eq!(age_band(-1, 10), "-10--1");
+        assert_eq!(
+            run(|o| sha256("abc", "", o)),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

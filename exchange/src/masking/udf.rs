@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Date32Array, Float64Array, Int64Array, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, Date32Array, Float64Array, Int64Array, StringArray, StringBuilder,
+};
 use arrow::datatypes::DataType;
 use datafusion::common::cast::{
     as_date32_array, as_float64_array, as_int64_array, as_string_array,
@@ -65,6 +67,36 @@ pub enum MaskFn {
     YearOnly,
     /// round_num(k): round to the nearest multiple of k.
     RoundNum,
+    /// keep_range(x, y): keep chars at 0-based inclusive positions [x, y].
+    KeepRange,
+    /// mask_range(x, y): mask chars at 0-based inclusive positions [x, y].
+    MaskRange,
+    /// mask_before(sep): mask what precedes the first sep.
+    MaskBefore,
+    /// mask_after(sep): mask what follows the first sep.
+    MaskAfter,
+    /// fixed_mask(k): k mask chars whatever the value (hides length).
+    FixedMask,
+    /// redact: letters to x/X, digits to 0 (Ranger MASK).
+    Redact,
+    /// bank_card: keep BIN (6) and last 4.
+    BankCard,
+    /// plate_cn: keep the first 3 chars and the last.
+    PlateCn,
+    /// email: first char of the local part and the domain.
+    Email,
+    /// ipv4: to the /24 network.
+    Ipv4,
+    /// ipv6: to the /48 network.
+    Ipv6,
+    /// hash_sha256(salt?): hex SHA-256 (compatibility only: brute-forceable).
+    HashSha256,
+    /// age_band(w): 37 -> '30-39' for w = 10.
+    AgeBand,
+    /// top_bottom_code(lo, hi): clamp to [lo, hi].
+    TopBottomCode,
+    /// trunc_date(unit): 'year', 'month' or 'day'.
+    TruncDate,
 }
 
 /// What kind of value a masking function takes and returns.
@@ -76,6 +108,8 @@ pub enum ValueKind {
     Date,
     /// Numbers in, numbers of the same type out.
     Number,
+    /// Numbers in, text labels out.
+    NumberLabel,
 }
 
 impl MaskFn {
@@ -89,6 +123,21 @@ impl MaskFn {
         MaskFn::AddressCn,
         MaskFn::YearOnly,
         MaskFn::RoundNum,
+        MaskFn::KeepRange,
+        MaskFn::MaskRange,
+        MaskFn::MaskBefore,
+        MaskFn::MaskAfter,
+        MaskFn::FixedMask,
+        MaskFn::Redact,
+        MaskFn::BankCard,
+        MaskFn::PlateCn,
+        MaskFn::Email,
+        MaskFn::Ipv4,
+        MaskFn::Ipv6,
+        MaskFn::HashSha256,
+        MaskFn::AgeBand,
+        MaskFn::TopBottomCode,
+        MaskFn::TruncDate,
     ];
 
     /// The function's SQL and policy name.
@@ -102,6 +151,21 @@ impl MaskFn {
             MaskFn::AddressCn => "address_cn",
             MaskFn::YearOnly => "year_only",
             MaskFn::RoundNum => "round_num",
+            MaskFn::KeepRange => "keep_range",
+            MaskFn::MaskRange => "mask_range",
+            MaskFn::MaskBefore => "mask_before",
+            MaskFn::MaskAfter => "mask_after",
+            MaskFn::FixedMask => "fixed_mask",
+            MaskFn::Redact => "redact",
+            MaskFn::BankCard => "bank_card",
+            MaskFn::PlateCn => "plate_cn",
+            MaskFn::Email => "email",
+            MaskFn::Ipv4 => "ipv4",
+            MaskFn::Ipv6 => "ipv6",
+            MaskFn::HashSha256 => "hash_sha256",
+            MaskFn::AgeBand => "age_band",
+            MaskFn::TopBottomCode => "top_bottom_code",
+            MaskFn::TruncDate => "trunc_date",
         }
     }
 
@@ -113,8 +177,9 @@ impl MaskFn {
     /// The kind of value the function applies to.
     pub fn value_kind(self) -> ValueKind {
         match self {
-            MaskFn::YearOnly => ValueKind::Date,
-            MaskFn::RoundNum => ValueKind::Number,
+            MaskFn::YearOnly | MaskFn::TruncDate => ValueKind::Date,
+            MaskFn::RoundNum | MaskFn::TopBottomCode => ValueKind::Number,
+            MaskFn::AgeBand => ValueKind::NumberLabel,
             _ => ValueKind::Text,
         }
     }
@@ -123,10 +188,25 @@ impl MaskFn {
     pub fn check_args(self, args: &[MaskArg]) -> std::result::Result<(), String> {
         let usage = match self {
             MaskFn::KeepFirstLast | MaskFn::MaskFirstLast => "(n, m) with n, m >= 0",
-            MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly => "no parameters",
+            MaskFn::KeepRange | MaskFn::MaskRange => "(x, y) with 0 <= x <= y",
+            MaskFn::NameCn
+            | MaskFn::PhoneCn
+            | MaskFn::YearOnly
+            | MaskFn::Redact
+            | MaskFn::BankCard
+            | MaskFn::PlateCn
+            | MaskFn::Email
+            | MaskFn::Ipv4
+            | MaskFn::Ipv6 => "no parameters",
             MaskFn::IdCn => "('display' | 'operator')",
             MaskFn::AddressCn => "('province' | 'city' | 'district')",
             MaskFn::RoundNum => "(k) with k > 0",
+            MaskFn::MaskBefore | MaskFn::MaskAfter => "('separator')",
+            MaskFn::FixedMask => "(k) with 1 <= k <= 64",
+            MaskFn::HashSha256 => "() or ('salt')",
+            MaskFn::AgeBand => "(width) with width > 0",
+            MaskFn::TopBottomCode => "(lo, hi) with lo <= hi",
+            MaskFn::TruncDate => "('year' | 'month' | 'day')",
         };
         let ok = match (self, args) {
             (MaskFn::KeepFirstLast | MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
@@ -136,6 +216,26 @@ impl MaskFn {
             (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),
             (MaskFn::AddressCn, [MaskArg::Str(l)]) => AddressLevel::parse(l).is_some(),
             (MaskFn::RoundNum, [MaskArg::Int(k)]) => *k > 0,
+            (MaskFn::KeepRange | MaskFn::MaskRange, [MaskArg::Int(x), MaskArg::Int(y)]) => {
+                *x >= 0 && x <= y
+            }
+            (
+                MaskFn::Redact
+                | MaskFn::BankCard
+                | MaskFn::PlateCn
+                | MaskFn::Email
+                | MaskFn::Ipv4
+                | MaskFn::Ipv6,
+                [],
+            ) => true,
+            (MaskFn::MaskBefore | MaskFn::MaskAfter, [MaskArg::Str(s)]) => !s.is_empty(),
+            (MaskFn::FixedMask, [MaskArg::Int(k)]) => (1..=64).contains(k),
+            (MaskFn::HashSha256, []) | (MaskFn::HashSha256, [MaskArg::Str(_)]) => true,
+            (MaskFn::AgeBand, [MaskArg::Int(w)]) => *w > 0,
+            (MaskFn::TopBottomCode, [MaskArg::Int(lo), MaskArg::Int(hi)]) => lo <= hi,
+            (MaskFn::TruncDate, [MaskArg::Str(u)]) => {
+                matches!(u.as_str(), "year" | "month" | "day")
+            }
             _ => false,
         };
         if ok {
@@ -222,6 +322,14 @@ fn year_start(days: i32) -> i32 {
         .unwrap_or(0)
 }
 
+fn month_start(days: i32) -> i32 {
+    use chrono::{Datelike, NaiveDate};
+    NaiveDate::from_num_days_from_ce_opt(days + DAYS_0000_TO_1970)
+        .and_then(|d| NaiveDate::from_ymd_opt(d.year(), d.month(), 1))
+        .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
+        .unwrap_or(0)
+}
+
 fn round_to(v: i64, k: i64) -> i64 {
     let half = k / 2;
     let r = v.rem_euclid(k);
@@ -269,7 +377,7 @@ impl ScalarUDFImpl for MaskUdf {
                 | DataType::Null => DataType::Date32,
                 other => return plan_err!("{} applies to dates, not {other}", self.func.name()),
             },
-            ValueKind::Number => match first {
+            ValueKind::Number | ValueKind::NumberLabel => match first {
                 t if t.is_integer() => DataType::Int64,
                 t if t.is_floating() || matches!(t, DataType::Decimal128(_, _)) => {
                     DataType::Float64
@@ -296,6 +404,7 @@ impl ScalarUDFImpl for MaskUdf {
             ValueKind::Text => DataType::Utf8,
             ValueKind::Date => DataType::Date32,
             ValueKind::Number => arg_types.first().cloned().unwrap_or(DataType::Int64),
+            ValueKind::NumberLabel => DataType::Utf8,
         })
     }
 
@@ -360,6 +469,81 @@ impl ScalarUDFImpl for MaskUdf {
                     }
                 }
             }
+            (MaskFn::KeepRange, [x, y]) => {
+                let (x, y) = (usize_param(x, func)?, usize_param(y, func)?);
+                map_strings(&array, |s, o| functions::keep_range(s, x, y, MASK_CHAR, o))?
+            }
+            (MaskFn::MaskRange, [x, y]) => {
+                let (x, y) = (usize_param(x, func)?, usize_param(y, func)?);
+                map_strings(&array, |s, o| functions::mask_range(s, x, y, MASK_CHAR, o))?
+            }
+            (MaskFn::MaskBefore, [sep]) => {
+                let sep = scalar_str(sep, func)?;
+                map_strings(&array, |s, o| functions::mask_before(s, &sep, MASK_CHAR, o))?
+            }
+            (MaskFn::MaskAfter, [sep]) => {
+                let sep = scalar_str(sep, func)?;
+                map_strings(&array, |s, o| functions::mask_after(s, &sep, MASK_CHAR, o))?
+            }
+            (MaskFn::FixedMask, [k]) => {
+                let k = usize_param(k, func)?;
+                map_strings(&array, |_, o| o.extend(std::iter::repeat_n(MASK_CHAR, k)))?
+            }
+            (MaskFn::Redact, []) => map_strings(&array, functions::redact)?,
+            (MaskFn::BankCard, []) => map_strings(&array, functions::bank_card)?,
+            (MaskFn::PlateCn, []) => map_strings(&array, functions::plate_cn)?,
+            (MaskFn::Email, []) => map_strings(&array, functions::email)?,
+            (MaskFn::Ipv4, []) => map_strings(&array, functions::ipv4)?,
+            (MaskFn::Ipv6, []) => map_strings(&array, functions::ipv6)?,
+            (MaskFn::HashSha256, []) => map_strings(&array, |s, o| functions::sha256(s, "", o))?,
+            (MaskFn::HashSha256, [salt]) => {
+                let salt = scalar_str(salt, func)?;
+                map_strings(&array, |s, o| functions::sha256(s, &salt, o))?
+            }
+            (MaskFn::AgeBand, [w]) => {
+                let w = scalar_int(w, func)?;
+                if w <= 0 {
+                    return plan_err!("age_band: width must be positive");
+                }
+                let labels: StringArray = match array.data_type() {
+                    DataType::Int64 => as_int64_array(&array)?
+                        .iter()
+                        .map(|v| v.map(|v| functions::age_band(v, w)))
+                        .collect(),
+                    _ => as_float64_array(&array)?
+                        .iter()
+                        .map(|v| v.map(|v| functions::age_band(v.floor() as i64, w)))
+                        .collect(),
+                };
+                Arc::new(labels)
+            }
+            (MaskFn::TopBottomCode, [lo, hi]) => {
+                let (lo, hi) = (scalar_int(lo, func)?, scalar_int(hi, func)?);
+                match array.data_type() {
+                    DataType::Int64 => {
+                        let out: Int64Array =
+                            as_int64_array(&array)?.unary(|v| v.clamp(lo, hi.max(lo)));
+                        Arc::new(out)
+                    }
+                    _ => {
+                        let (lo, hi) = (lo as f64, hi as f64);
+                        let out: Float64Array =
+                            as_float64_array(&array)?.unary(|v| v.clamp(lo, hi.max(lo)));
+                        Arc::new(out)
+                    }
+                }
+            }
+            (MaskFn::TruncDate, [unit]) => {
+                let unit = scalar_str(unit, func)?;
+                let dates = as_date32_array(&array)?;
+                let out: Date32Array = match unit.as_str() {
+                    "year" => dates.unary(year_start),
+                    "month" => dates.unary(month_start),
+                    "day" => dates.unary(|d| d),
+                    other => return plan_err!("trunc_date: unknown unit '{other}'"),
+                };
+                Arc::new(out)
+            }
             _ => {
                 return plan_err!(
                     "{}: wrong number of parameters ({})",
@@ -404,5 +588,95 @@ mod tests {
         assert_eq!(round_to(1234, 100), 1200);
         assert_eq!(round_to(1250, 100), 1300);
         assert_eq!(round_to(-1250, 100), -1200);
+    }
+
+    async fn eval(sql: &str) -> Vec<String> {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for f in MaskFn::ALL {
+            ctx.register_udf(f.udf().as_ref().clone());
+        }
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+        let mut out = Vec::new();
+        for b in &batches {
+            for c in b.columns() {
+                let f =
+                    arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).unwrap();
+                for r in 0..b.num_rows() {
+                    out.push(f.value(r).to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_function_runs_in_sql_with_null_semantics() {
+        let got = eval(
+            "SELECT keep_first_last('13812341234', 3, 4), mask_first_last('abcdef', 1, 1),
+                    name_cn('欧阳娜娜'), id_cn('110105194912310021', 'display'), phone_cn('13812341234'),
+                    address_cn('天津市河西区友谊路10号', 'district'), year_only(DATE '2019-05-12'),
+                    round_num(1234, 100), keep_range('abcdef', 1, 2), mask_range('abcdef', 1, 2),
+                    mask_before('zs@gov.cn', '@'), mask_after('zs@gov.cn', '@'), fixed_mask('password', 6),
+                    redact('Ab-12'), bank_card('6222021234567890123'), plate_cn('苏D4H7K0'),
+                    email('zs@gov.cn'), ipv4('10.1.2.3'), ipv6('2001:db8:1:2::3'),
+                    age_band(37, 10), top_bottom_code(250, 0, 120), trunc_date(DATE '2019-05-12', 'month'),
+                    length(hash_sha256('x', 'salt'))",
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                "138****1234",
+                "*bcde*",
+                "欧阳**",
+                "1****************1",
+                "138****1234",
+                "天津市河西区",
+                "2019-01-01",
+                "1200",
+                "*bc***",
+                "a**def",
+                "**@gov.cn",
+                "zs@******",
+                "******",
+                "Xx-00",
+                "622202*********0123",
+                "苏D4***0",
+                "z***@gov.cn",
+                "10.1.2.0",
+                "2001:db8:1::",
+                "30-39",
+                "120",
+                "2019-05-01",
+                "64",
+            ]
+        );
+        let nulls = eval(
+            "SELECT name_cn(CAST(NULL AS VARCHAR)), year_only(CAST(NULL AS DATE)), round_num(CAST(NULL AS BIGINT), 10), email(CAST(NULL AS VARCHAR))",
+        )
+        .await;
+        assert_eq!(nulls, vec!["NULL"; 4]);
+    }
+
+    #[test]
+    fn new_functions_check_their_parameters() {
+        assert!(
+            MaskFn::KeepRange
+                .check_args(&[MaskArg::Int(3), MaskArg::Int(1)])
+                .is_err()
+        );
+        assert!(MaskFn::FixedMask.check_args(&[MaskArg::Int(0)]).is_err());
+        assert!(
+            MaskFn::TruncDate
+                .check_args(&[MaskArg::Str("week".into())])
+                .is_err()
+        );
+        assert!(MaskFn::HashSha256.check_args(&[]).is_ok());
+        assert!(
+            MaskFn::TopBottomCode
+                .check_args(&[MaskArg::Int(5), MaskArg::Int(1)])
+                .is_err()
+        );
     }
 }

@@ -638,7 +638,7 @@ fn parse_columns(
                         ColumnType::Utf8 | ColumnType::Int32 | ColumnType::Int64
                     ),
                     ValueKind::Date => matches!(col.ty, ColumnType::Date | ColumnType::Timestamp),
-                    ValueKind::Number => matches!(
+                    ValueKind::Number | ValueKind::NumberLabel => matches!(
                         col.ty,
                         ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64
                     ),
