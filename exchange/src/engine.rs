@@ -101,7 +101,7 @@ pub struct QueryOutput {
     pub tables: Vec<TableUse>,
     /// Group thresholds applied.
     pub thresholds: Vec<String>,
-    /// SHA-256 of the result.
+    /// Keyed digest (HMAC-SHA256) of the result.
     pub digest: String,
 }
 
@@ -251,21 +251,29 @@ impl Exchange {
         let started = Instant::now();
         let agency = self.policies.principal(principal).map(|p| p.agency.clone());
         let mut kind_label = "other";
+        let mut named_tables = Vec::new();
         let outcome = match self.session(principal, purpose) {
             Err(e) => Err(e),
             Ok(session) => match classify(&session, sql) {
                 Err(e) => Err(e),
                 Ok(kind) => {
                     kind_label = kind.label();
-                    run(&session, kind).await
+                    let (outcome, named) = run(&session, kind).await;
+                    named_tables = named;
+                    outcome
                 }
             },
         };
+        let outcome = outcome.map(|mut o| {
+            o.digest = digest_batches(&self.keys.digest_key(), &o.schema, &o.batches);
+            o
+        });
         let (decision, reason) = match &outcome {
             Ok(_) => (Decision::Allowed, None),
             Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
+            // Error texts may quote values; the log keeps them out of auditors' sight.
             Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
-                (Decision::Failed, Some(r.clone()))
+                (Decision::Failed, Some(redact_values(r)))
             }
         };
         let out = outcome.as_ref().ok();
@@ -275,12 +283,12 @@ impl Exchange {
             purpose: purpose.map(str::to_string),
             statement: sql.to_string(),
             kind: kind_label.to_string(),
-            tables: out.map(|o| o.tables.clone()).unwrap_or_default(),
+            tables: out.map(|o| o.tables.clone()).unwrap_or(named_tables),
             thresholds: out.map(|o| o.thresholds.clone()).unwrap_or_default(),
             decision,
             reason,
             rows: out.map(|o| o.rows),
-            result_sha256: out.map(|o| o.digest.clone()),
+            result_digest: out.map(|o| o.digest.clone()),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
         self.audit
@@ -456,12 +464,28 @@ fn sql_options() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, QueryError> {
+/// Run a classified statement. Besides the outcome, returns the tables the statement
+/// named (with their grants), so that refused statements are audited with them too.
+async fn run(
+    session: &PrincipalSession,
+    kind: Kind,
+) -> (Result<QueryOutput, QueryError>, Vec<TableUse>) {
+    let mut named = Vec::new();
+    let outcome = run_inner(session, kind, &mut named).await;
+    (outcome, named)
+}
+
+async fn run_inner(
+    session: &PrincipalSession,
+    kind: Kind,
+    named: &mut Vec<TableUse>,
+) -> Result<QueryOutput, QueryError> {
     let state = session.ctx.state();
     let err = |e| map_error(session, e);
     match kind {
         Kind::Query(stmt) => {
             let plan = state.statement_to_plan(*stmt).await.map_err(err)?;
+            *named = governed_scans(&plan);
             sql_options().verify_plan(&plan).map_err(err)?;
             let optimized = state.optimize(&plan).map_err(err)?;
             let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
@@ -484,7 +508,7 @@ async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, Quer
                 .await
                 .map_err(run_err)?;
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-            let digest = digest_batches(&schema, &batches);
+            let digest = String::new();
             Ok(QueryOutput {
                 schema,
                 batches,
@@ -500,6 +524,7 @@ async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, Quer
         }
         Kind::Explain { verbose, inner } => {
             let plan = state.statement_to_plan(*inner).await.map_err(err)?;
+            *named = governed_scans(&plan);
             sql_options().verify_plan(&plan).map_err(err)?;
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
             let optimized = state.optimize(&plan).map_err(err)?;
@@ -539,7 +564,7 @@ async fn run(session: &PrincipalSession, kind: Kind) -> Result<QueryOutput, Quer
                 ],
             )
             .map_err(|e| QueryError::Failed(e.to_string()))?;
-            let digest = digest_batches(&schema, std::slice::from_ref(&batch));
+            let digest = String::new();
             Ok(QueryOutput {
                 schema,
                 rows: batch.num_rows() as u64,
@@ -560,7 +585,7 @@ fn text_output(
     let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
         .map_err(|e| QueryError::Failed(e.to_string()))?;
-    let digest = digest_batches(&schema, std::slice::from_ref(&batch));
+    let digest = String::new();
     Ok(QueryOutput {
         schema,
         rows: batch.num_rows() as u64,
@@ -603,6 +628,11 @@ fn render_explain(
                 "    rows: filtered by a row filter of {} (not shown)\n",
                 spec.dataset.agency
             )),
+        }
+        if let Some(k) = spec.access.min_group {
+            out.push_str(&format!(
+                "    rows leave only aggregated, in groups of at least {k} entities\n"
+            ));
         }
         for (c, field) in spec.access.columns.iter().zip(spec.visible_schema.fields()) {
             if verbose {
@@ -677,9 +707,73 @@ fn tables_touched(plan: &LogicalPlan, scans: &[crate::enforcement::ScanUse]) -> 
     by_table.into_values().collect()
 }
 
-/// SHA-256 over the Arrow IPC stream of the batches.
-fn digest_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> String {
-    struct Hasher(ring::digest::Context);
+/// Tables the (unanalyzed) plan names, with the grants that apply.
+fn governed_scans(plan: &LogicalPlan) -> Vec<TableUse> {
+    let mut out: Vec<TableUse> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(g) = provider.downcast_ref::<crate::enforcement::GovernedTable>()
+        {
+            let table = g.spec().dataset.qualified_name();
+            if !out.iter().any(|t| t.table == table) {
+                out.push(TableUse {
+                    table,
+                    grant: g.spec().access.grant_ref.clone(),
+                    columns: vec![],
+                });
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Replace quoted strings and long digit runs of an error text with '…'.
+fn redact_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 4 {
+            out.push('…');
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '\'' || c == '"' => {
+                flush(&mut digits, &mut out);
+                out.push(c);
+                quote = Some(c);
+            }
+            None if c.is_ascii_digit() => digits.push(c),
+            None => {
+                flush(&mut digits, &mut out);
+                out.push(c);
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    flush(&mut digits, &mut out);
+    out
+}
+
+/// HMAC-SHA256 (under the exchange's digest key) over the Arrow IPC stream of the batches:
+/// the exchange can later prove a result, while nobody without the key (auditors included)
+/// can confirm a guessed result from the log.
+fn digest_batches(key: &ring::hmac::Key, schema: &SchemaRef, batches: &[RecordBatch]) -> String {
+    struct Hasher(ring::hmac::Context);
     impl std::io::Write for Hasher {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.update(buf);
@@ -689,23 +783,27 @@ fn digest_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> String {
             Ok(())
         }
     }
-    let mut hasher = Hasher(ring::digest::Context::new(&ring::digest::SHA256));
+    let mut hasher = Hasher(ring::hmac::Context::with_key(key));
     if let Ok(mut w) = arrow::ipc::writer::StreamWriter::try_new(&mut hasher, schema) {
         for b in batches {
             let _ = w.write(b);
         }
         let _ = w.finish();
     }
-    hex::encode(hasher.0.finish().as_ref())
+    hex::encode(hasher.0.sign().as_ref())
 }
 
 /// Resolve a path that may be relative to the current directory.
 pub fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
-    }
+    };
+    joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }

@@ -469,6 +469,82 @@ async fn specific_attacks_are_refused_with_reasons() {
             civil("SELECT * FROM market.no_such_table"),
             "not found or not granted",
         ),
+        // propagation through aliases, nested subqueries, CTEs used twice, UNION, outer joins
+        (
+            civil(
+                "SELECT k FROM (SELECT k FROM (SELECT person_id AS k FROM police.residents) a) b",
+            ),
+            "join key",
+        ),
+        (
+            civil(
+                "WITH r AS (SELECT person_id AS k FROM police.residents) SELECT a.k FROM r a JOIN r b ON a.k = b.k",
+            ),
+            "join key",
+        ),
+        (
+            civil(
+                "SELECT person_id FROM police.residents UNION ALL SELECT name FROM police.residents",
+            ),
+            "UNION mixing",
+        ),
+        (
+            civil(
+                "SELECT r.district, v.person_id FROM police.residents r LEFT JOIN health.visits v ON v.person_id = r.person_id",
+            ),
+            "join key",
+        ),
+        (
+            civil("SELECT c FROM (SELECT cost AS c FROM health.visits) t ORDER BY c"),
+            "aggregate-only",
+        ),
+        (
+            civil("SELECT (SELECT max(cost) FROM health.visits) + 0 AS x"),
+            "ok-if-thresholded",
+        ),
+        (
+            civil(
+                "SELECT district, sum(household_size) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id GROUP BY ROLLUP(district)",
+            ),
+            "ROLLUP",
+        ),
+        (
+            civil(
+                "SELECT count(*) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id AND v.cost > 10",
+            ),
+            "aggregate-only",
+        ),
+        (
+            civil(
+                "SELECT count(*) FROM police.residents WHERE person_id = ANY(SELECT person_key FROM civil.elderly_care)",
+            ),
+            "join key",
+        ),
+        // rows of a min_group table leave only aggregated
+        (
+            civil(
+                "SELECT count(*) FROM police.residents r WHERE EXISTS (SELECT 1 FROM health.visits v WHERE v.person_id = r.person_id)",
+            ),
+            "only be used aggregated",
+        ),
+        (
+            civil(
+                "SELECT e.person_id FROM civil.elderly_care e JOIN health.visits v ON e.person_key = v.person_id",
+            ),
+            "only be used aggregated",
+        ),
+        (
+            civil(
+                "SELECT DISTINCT e.person_id FROM civil.elderly_care e JOIN health.visits v ON e.person_key = v.person_id",
+            ),
+            "only be used aggregated",
+        ),
+        (
+            civil(
+                "SELECT e.person_id, v.visit_date FROM civil.elderly_care e, health.visits v WHERE e.person_key = v.person_id",
+            ),
+            "only be used aggregated",
+        ),
     ];
     for ((sql, principal, purpose), expect) in cases {
         if expect == "ok-if-thresholded" {
@@ -497,7 +573,6 @@ async fn allowed_uses_of_constrained_columns_still_work() {
         // join keys through aliases, CTEs used twice, IN subqueries and outer joins
         "WITH r AS (SELECT person_id AS k, district FROM police.residents) SELECT count(*) FROM r a JOIN r b ON a.k = b.k",
         "SELECT count(*) FROM police.residents WHERE person_id IN (SELECT person_key FROM civil.elderly_care)",
-        "SELECT count(*) FROM police.residents r WHERE EXISTS (SELECT 1 FROM health.visits v WHERE v.person_id = r.person_id)",
         "SELECT r.district, count(v.hospital) FROM police.residents r LEFT JOIN health.visits v ON v.person_id = r.person_id GROUP BY r.district",
         "SELECT r.district, sum(v.cost) AS s FROM police.residents r, health.visits v WHERE r.person_id = v.person_id GROUP BY r.district",
         "SELECT avg(c) FROM (SELECT r.district, v.cost AS c, v.person_id FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id) t",
@@ -592,6 +667,16 @@ async fn reviewed_attacks_are_closed() {
         let r = common::refused(&ex, civil.0, Some(civil.1), sql).await;
         assert!(r.contains(expect), "{sql}\n  -> {r}");
     }
+
+    // Per-person visit counts: every group is one person, so all are suppressed.
+    let out = common::ok(
+        &ex,
+        civil.0,
+        civil.1,
+        "SELECT e.person_id, count(*) AS visits FROM civil.elderly_care e JOIN health.visits v ON e.person_key = v.person_id GROUP BY e.person_id",
+    )
+    .await;
+    assert_eq!(out.rows, 0);
 
     // Errors on governed data withhold the value.
     match ex

@@ -307,7 +307,7 @@ async fn audit_records_every_statement() {
             .grant
             .contains("enterprises-trade-product@2026-11-01")
     );
-    assert!(records[0].result_sha256.is_some());
+    assert!(records[0].result_digest.is_some());
     assert_eq!(records[1].decision, exchange::audit::Decision::Refused);
     assert!(
         records[2]
@@ -328,6 +328,47 @@ async fn audit_records_every_statement() {
         column(&out.batches, "decision"),
         vec!["allowed", "refused", "refused"]
     );
+}
+
+#[tokio::test]
+async fn audit_keeps_values_of_failed_statements_and_tables_of_refused_ones() {
+    let (ex, _state) = open();
+    // The owner sees its own raw error; the log does not keep the value.
+    let err = ex
+        .execute(
+            "police_officer",
+            Some("law_enforcement"),
+            "SELECT CAST(name AS INT) FROM police.residents",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    let raw_names = raw_strings("police/residents.parquet", "name");
+    assert!(raw_names.iter().any(|n| err.contains(n.as_str())), "{err}");
+    refused(
+        &ex,
+        "civil_analyst",
+        Some("elderly_care_planning"),
+        "SELECT person_id FROM police.residents",
+    )
+    .await;
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let reason = records[0].reason.clone().unwrap_or_default();
+    assert!(
+        !raw_names.iter().any(|n| reason.contains(n.as_str())),
+        "{reason}"
+    );
+    assert_eq!(records[1].tables.len(), 1, "{:?}", records[1]);
+    assert_eq!(records[1].tables[0].table, "police.residents");
+    // Digests are keyed: the same result under another key differs, so guesses cannot be confirmed.
+    let a = ok(&ex, "market_trader", "data_product", "SELECT 1 AS x")
+        .await
+        .digest;
+    let (other, _s2) = open();
+    let b = ok(&other, "market_trader", "data_product", "SELECT 1 AS x")
+        .await
+        .digest;
+    assert_ne!(a, b);
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub fn events_schema() -> SchemaRef {
         Field::new("decision", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, true),
         Field::new("rows", DataType::Int64, true),
-        Field::new("result_sha256", DataType::Utf8, true),
+        Field::new("result_digest", DataType::Utf8, true),
         Field::new("duration_ms", DataType::Int64, false),
     ]))
 }
@@ -110,7 +110,7 @@ impl AuditEvents {
             });
             reason.append_option(r.reason.as_deref());
             rows.append_option(r.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
-            digest.append_option(r.result_sha256.as_deref());
+            digest.append_option(r.result_digest.as_deref());
             duration.append_value(i64::try_from(r.duration_ms).unwrap_or(i64::MAX));
         }
         let arrays: Vec<ArrayRef> = vec![

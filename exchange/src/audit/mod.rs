@@ -88,8 +88,8 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     /// Rows returned.
     pub rows: Option<u64>,
-    /// SHA-256 of the result (Arrow IPC stream of the returned batches).
-    pub result_sha256: Option<String>,
+    /// HMAC-SHA256 of the result (Arrow IPC stream of the returned batches) under the exchange's digest key.
+    pub result_digest: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
     /// SHA-256 of the previous record's line (64 zeros for the first).
@@ -120,7 +120,7 @@ pub struct Entry {
     /// Rows returned.
     pub rows: Option<u64>,
     /// Result digest.
-    pub result_sha256: Option<String>,
+    pub result_digest: Option<String>,
     /// Wall time.
     pub duration_ms: u64,
 }
@@ -198,7 +198,7 @@ impl AuditLog {
             decision: entry.decision,
             reason: entry.reason,
             rows: entry.rows,
-            result_sha256: entry.result_sha256,
+            result_digest: entry.result_digest,
             duration_ms: entry.duration_ms,
             prev: tail.prev.clone(),
         };
@@ -315,7 +315,7 @@ mod tests {
             decision: Decision::Allowed,
             reason: None,
             rows: Some(1),
-            result_sha256: None,
+            result_digest: None,
             duration_ms: 0,
         }
     }

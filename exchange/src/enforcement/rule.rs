@@ -18,7 +18,6 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, DFSchemaRef, DataFusionError, Result};
 use datafusion::datasource::source_as_provider;
-use datafusion::functions_aggregate::count::count_distinct;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias, InSubquery};
 use datafusion::logical_expr::{
     Aggregate, BinaryExpr, Distinct, Expr, Filter, Join, JoinType, LogicalPlan, Operator,
@@ -98,7 +97,7 @@ impl AnalyzerRule for PolicyRule {
         for (field, tag) in plan.schema().columns().iter().zip(&tags) {
             refuse_constrained(tag, &format!("the query's output column {}", field.name))?;
         }
-        let plan = strip_hidden(plan, &tags)?;
+        let plan = strip_hidden(plan, &tags, &enforcer.min_group, "the query's output")?;
         if let Ok(mut r) = self.report.lock() {
             *r = enforcer.report;
         }
@@ -141,6 +140,8 @@ struct Enforcer {
     subquery_tags: HashMap<usize, Vec<Tag>>,
     /// Scans whose fragment carries a hidden entity column.
     with_entity: std::collections::HashSet<usize>,
+    /// Scans whose rows may only leave aggregated: (k, table).
+    min_group: HashMap<usize, (u32, String)>,
 }
 
 fn lookup(col: &Column, scopes: &[Scope]) -> Option<Tag> {
@@ -210,7 +211,7 @@ impl Enforcer {
                     return Ok(Transformed::no(sub));
                 };
                 let (inner, tags) = self.node(Arc::unwrap_or_clone(sq.subquery), &scopes)?;
-                let inner = strip_hidden(inner, &tags)?;
+                let inner = strip_hidden(inner, &tags, &self.min_group, "a subquery")?;
                 let inner = Arc::new(inner);
                 self.subquery_tags
                     .insert(Arc::as_ptr(&inner) as usize, tags);
@@ -315,7 +316,7 @@ impl Enforcer {
                             .cloned()
                             .collect::<Vec<_>>(),
                     );
-                    stripped.push(strip_hidden(p, &t)?);
+                    stripped.push(strip_hidden(p, &t, &self.min_group, place)?);
                 }
                 let tags = match &plan {
                     LogicalPlan::Union(_) => merge_union(&stripped_tags)?,
@@ -408,11 +409,17 @@ impl Enforcer {
                     scan: id,
                     column: column.clone(),
                 },
-                BaseTag::Entity => Tag::Entity { scan: id },
+                BaseTag::Entity { .. } => Tag::Entity { scan: id },
             })
             .collect();
-        if spec.base_tags.contains(&BaseTag::Entity) {
-            self.with_entity.insert(id);
+        for t in &spec.base_tags {
+            if let BaseTag::Entity { min_group } = t {
+                self.with_entity.insert(id);
+                if let Some(k) = min_group {
+                    self.min_group
+                        .insert(id, (*k, spec.dataset.qualified_name()));
+                }
+            }
         }
         let fragment = spec.fragment.clone();
         // Keep the visible columns the scan projects, then the hidden ones.
@@ -455,7 +462,8 @@ impl Enforcer {
             refuse_constrained(&t, "GROUP BY")?;
         }
         // (scan, k, column) of every aggregate-only input.
-        let mut needs: Vec<(usize, u32, String)> = Vec::new();
+        // (scan, k, column, aggregated argument) of every threshold this aggregate needs.
+        let mut needs: Vec<(usize, u32, String, Option<Expr>)> = Vec::new();
         for e in &a.aggr_expr {
             let inner = match e {
                 Expr::Alias(Alias { expr, .. }) => expr.as_ref(),
@@ -482,7 +490,7 @@ impl Enforcer {
                             ));
                         }
                         aggregate_only_input = Some((k, column.clone()));
-                        needs.push((scan, k, column));
+                        needs.push((scan, k, column, Some(arg.clone())));
                     }
                     _ => {}
                 }
@@ -502,6 +510,14 @@ impl Enforcer {
                 refuse_constrained(&t, "an aggregate ORDER BY")?;
             }
         }
+        // Tables whose rows may only leave aggregated are thresholded whatever is computed.
+        for t in &tags_in {
+            if let Tag::Entity { scan } = t
+                && let Some((k, table)) = self.min_group.get(scan)
+            {
+                needs.push((*scan, *k, table.clone(), None));
+            }
+        }
         let out_len = a.group_expr.len() + a.aggr_expr.len();
         if needs.is_empty() {
             let plan = Aggregate::try_new(Arc::new(input), a.group_expr, a.aggr_expr)
@@ -518,21 +534,11 @@ impl Enforcer {
                 needs.first().map(|n| n.2.as_str()).unwrap_or("a column")
             ));
         }
-        // Minimum group size per scan: count distinct entities (rows without an entity column).
-        let mut scans: Vec<(usize, u32, String)> = Vec::new();
-        for (scan, k, column) in needs {
-            match scans.iter_mut().find(|s| s.0 == scan) {
-                Some(s) if s.1 < k => {
-                    s.1 = k;
-                    s.2 = column;
-                }
-                Some(_) => {}
-                None => scans.push((scan, k, column)),
-            }
-        }
+        // Each need: count the distinct entities that actually contribute (non-NULL inputs);
+        // a table without an entity column counts rows instead.
         let mut aggr_expr = a.aggr_expr;
         let mut conditions = Vec::new();
-        for (n, (scan, k, column)) in scans.iter().enumerate() {
+        for (n, (scan, k, column, arg)) in needs.iter().enumerate() {
             let entity = input
                 .schema()
                 .iter()
@@ -540,23 +546,31 @@ impl Enforcer {
                 .find(|(_, t)| **t == Tag::Entity { scan: *scan })
                 .map(|((q, f), _)| Expr::Column(Column::new(q.cloned(), f.name())));
             let entity = match entity {
-                Some(e) => Some(e),
-                // A table without an entity column: count rows instead.
-                None if !self.with_entity.contains(scan) => None,
+                Some(e) => e,
+                None if !self.with_entity.contains(scan) => lit(1i64),
                 None => {
                     return refuse(format!(
                         "{column} is aggregate-only (k = {k}) but its minimum group size cannot be enforced here; aggregate it in the query block that reads its table"
                     ));
                 }
             };
+            let distinct = self.with_entity.contains(scan);
+            let filter = arg.as_ref().map(|a| Box::new(a.clone().is_not_null()));
+            let counter = Expr::AggregateFunction(AggregateFunction::new_udf(
+                datafusion::functions_aggregate::count::count_udaf(),
+                vec![entity],
+                distinct,
+                filter,
+                vec![],
+                None,
+            ));
             let name = format!("__exchange_k{n}");
-            let counter = match entity {
-                Some(e) => count_distinct(e),
-                None => datafusion::functions_aggregate::count::count(lit(1i64)),
-            };
             aggr_expr.push(counter.alias(&name));
             conditions.push(Expr::Column(Column::from_name(&name)).gt_eq(lit(i64::from(*k))));
-            self.report.thresholds.push((column.clone(), *k));
+            let entry = (column.clone(), *k);
+            if !self.report.thresholds.contains(&entry) {
+                self.report.thresholds.push(entry);
+            }
         }
         let agg = Aggregate::try_new(Arc::new(input), a.group_expr, aggr_expr)
             .map(LogicalPlan::Aggregate)?;
@@ -691,7 +705,24 @@ fn join(
 }
 
 /// Drop hidden entity columns (at a query's root, subquery roots, DISTINCT and UNION).
-fn strip_hidden(plan: LogicalPlan, tags: &[Tag]) -> Result<LogicalPlan> {
+///
+/// Rows of a table whose grant sets `min_group` may not pass such a point unaggregated: that
+/// would list, count or test individual entities.
+fn strip_hidden(
+    plan: LogicalPlan,
+    tags: &[Tag],
+    min_group: &HashMap<usize, (u32, String)>,
+    place: &str,
+) -> Result<LogicalPlan> {
+    for t in tags {
+        if let Tag::Entity { scan } = t
+            && let Some((k, table)) = min_group.get(scan)
+        {
+            return refuse(format!(
+                "rows of {table} may only be used aggregated, in groups of at least {k} entities, and cannot reach {place} row by row"
+            ));
+        }
+    }
     if !tags.iter().any(|t| matches!(t, Tag::Entity { .. })) {
         return Ok(plan);
     }

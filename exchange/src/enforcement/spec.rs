@@ -40,8 +40,11 @@ pub enum BaseTag {
         /// `agency.table.column`.
         column: String,
     },
-    /// The hidden entity column.
-    Entity,
+    /// The hidden entity column; with `min_group`, rows may only leave aggregated.
+    Entity {
+        /// Minimum distinct entities per output group, if the grant sets one.
+        min_group: Option<u32>,
+    },
 }
 
 /// The keyed token functions of one consumer agency.
@@ -149,12 +152,16 @@ impl GovernedSpec {
             base_tags.push(tag);
         }
         let visible_len = exprs.len();
-        if has_agg_only && let Some(entity) = &dataset.entity {
+        if (has_agg_only || access.min_group.is_some())
+            && let Some(entity) = &dataset.entity
+        {
             exprs.push(
                 Expr::Column(Column::new(Some(table_ref.clone()), entity))
                     .alias_qualified(Some(table_ref.clone()), HIDDEN_ENTITY),
             );
-            base_tags.push(BaseTag::Entity);
+            base_tags.push(BaseTag::Entity {
+                min_group: access.min_group,
+            });
         }
         let plan = builder.project(exprs)?.build()?;
         let fragment = TypeCoercion::new().analyze(plan, state.config_options())?;

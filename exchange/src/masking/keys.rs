@@ -129,6 +129,12 @@ impl KeyRing {
         }
     }
 
+    /// The key of result digests in the audit log.
+    pub fn digest_key(&self) -> hmac::Key {
+        let derived = hmac::sign(&self.master, b"exchange/v1/result-digest");
+        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+    }
+
     /// The token key for one scope.
     pub fn token_key(&self, kind: TokenKind, consumer: &str, domain: &str) -> hmac::Key {
         let info = format!("exchange/v1/{}/{consumer}/{domain}", kind.label());

@@ -105,6 +105,7 @@ pub fn check(config: &ExchangeConfig) -> CheckReport {
     check_row_filters(&catalog, &policies, &mut report);
     check_shadowing(&policies, &mut report);
     check_pii(&catalog, &policies, &mut report);
+    check_linkage(&catalog, &policies, &mut report);
     report
         .findings
         .sort_by_key(|f| f.severity != Severity::Error);
@@ -227,6 +228,51 @@ fn check_pii(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) 
                             d.qualified_name(),
                             c.name,
                             g.to
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Warn where a principal holds identifiers of a domain plain and receives another
+/// agency's tokens of the same domain: a join links those rows to identities it holds.
+fn check_linkage(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) {
+    let today = chrono::Utc::now().date_naive();
+    for p in policies.principals() {
+        for purpose in &p.purposes {
+            let mut plain: Vec<(String, String)> = Vec::new();
+            let mut tokens: Vec<(String, String, String)> = Vec::new();
+            for d in catalog.datasets() {
+                let Ok(access) = policies.resolve(d, p, purpose, today) else {
+                    continue;
+                };
+                for rule in &access.columns {
+                    let domain = rule
+                        .domain
+                        .clone()
+                        .or_else(|| d.column(&rule.source).and_then(|c| c.domain.clone()));
+                    let Some(domain) = domain else { continue };
+                    let at = format!("{}.{}", d.qualified_name(), rule.name);
+                    match &rule.treatment {
+                        Treatment::Plain => plain.push((domain, at)),
+                        Treatment::Pseudonym { .. } | Treatment::JoinKey { .. }
+                            if d.agency != p.agency =>
+                        {
+                            tokens.push((domain, at, rule.treatment.to_string()))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for (domain, at, treatment) in &tokens {
+                if let Some((_, held)) = plain.iter().find(|(d, _)| d == domain) {
+                    report.warn(
+                        Some(p.pos.clone()),
+                        format!(
+                            "principal {} (purpose {purpose}) holds {held} plain and receives {at} as {treatment}: joined on domain {domain}, that agency's rows are linked to identities {} already holds",
+                            p.name, p.name
                         ),
                     );
                 }

@@ -144,6 +144,8 @@ pub struct Grant {
     pub expires: Option<NaiveDate>,
     /// Which rows.
     pub row_filter: Option<RowFilter>,
+    /// Rows leave only aggregated, in groups of at least this many entities.
+    pub min_group: Option<u32>,
     /// Visible columns in table order.
     pub columns: Vec<ColumnRule>,
     /// Where declared.
@@ -159,6 +161,8 @@ pub struct Access {
     pub columns: Vec<ColumnRule>,
     /// Row filter, if any.
     pub row_filter: Option<RowFilter>,
+    /// Rows leave only aggregated, in groups of at least this many entities.
+    pub min_group: Option<u32>,
     /// Whether the principal belongs to the owning agency (may see the filter text).
     pub owner: bool,
 }
@@ -240,6 +244,7 @@ struct GrantEntry {
     purposes: Vec<Spanned<String>>,
     expires: Option<Spanned<toml::value::Datetime>>,
     row_filter: Option<Spanned<String>>,
+    min_group: Option<Spanned<u32>>,
     description: Option<String>,
     columns: BTreeMap<String, Spanned<ColumnEntry>>,
 }
@@ -460,6 +465,25 @@ impl PolicySet {
                 Some(f) => Some(parse_row_filter(&ctx, &id, f)?),
             };
             let columns = parse_columns(&ctx, &id, dataset, g.columns)?;
+            let min_group = match g.min_group {
+                None => None,
+                Some(k) if *k.get_ref() == 0 => {
+                    return Err(ctx.invalid(
+                        k.span(),
+                        format!("grant '{id}': min_group must be at least 1"),
+                    ));
+                }
+                Some(k) if dataset.entity.is_none() => {
+                    return Err(ctx.invalid(
+                        k.span(),
+                        format!(
+                            "grant '{id}': min_group needs the table's entity column (declare `entity` on {})",
+                            dataset.qualified_name()
+                        ),
+                    ));
+                }
+                Some(k) => Some(k.into_inner()),
+            };
             let _ = g.description;
             self.grants.push(Grant {
                 pos: ctx.pos(g.id.span()),
@@ -471,6 +495,7 @@ impl PolicySet {
                 purposes,
                 expires,
                 row_filter,
+                min_group,
                 columns,
             });
         }
@@ -540,6 +565,7 @@ impl PolicySet {
                 grant_ref: format!("{}/{}@{}", g.agency, g.id, g.version),
                 columns: g.columns.clone(),
                 row_filter: g.row_filter.clone(),
+                min_group: g.min_group,
                 owner: principal.agency == dataset.agency,
             });
         }
@@ -558,6 +584,7 @@ impl PolicySet {
                     })
                     .collect(),
                 row_filter: None,
+                min_group: None,
                 owner: true,
             });
         }
