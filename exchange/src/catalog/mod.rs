@@ -4,6 +4,7 @@
 //! with [`Catalog::check_data`], that every dataset's files exist and match the declared
 //! columns.
 
+pub mod discover;
 mod model;
 
 pub(crate) use model::line_of as model_line_of;

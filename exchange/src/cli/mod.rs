@@ -114,6 +114,18 @@ pub enum Command {
         /// The query.
         sql: String,
     },
+    /// Discover personal information in a dataset: per column, the PII type detected with the
+    /// share of values that validate, a suggested level and treatment.
+    Scan {
+        /// `agency.table` of the catalog, or the path of a Parquet or CSV file.
+        target: String,
+        /// Rows to sample.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// `table`, or `schema` for a ready-to-edit schemas/ snippet.
+        #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
+        format: ScanFormat,
+    },
     /// Policy administration.
     Policy {
         /// What to do.
@@ -126,6 +138,15 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// Output of `exchange scan`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScanFormat {
+    /// Aligned table.
+    Table,
+    /// A schemas/ snippet.
+    Schema,
 }
 
 /// `exchange policy ...`
@@ -250,6 +271,11 @@ async fn run(cli: Cli) -> ExitCode {
             };
             repl(&ex, principal, purpose.as_deref()).await
         }
+        Command::Scan {
+            target,
+            sample,
+            format,
+        } => run_scan(&cli, target, *sample, *format),
         Command::Policy {
             command: PolicyCommand::Check,
         } => {
@@ -287,6 +313,64 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn run_scan(cli: &Cli, target: &str, sample: usize, format: ScanFormat) -> ExitCode {
+    use crate::catalog::{Catalog, discover};
+    let config = config(cli);
+    // A catalog table, or else a path.
+    let (agency, table, path) = match target.split_once('.').and_then(|(a, t)| {
+        Catalog::load(&config.schemas_dir())
+            .ok()
+            .and_then(|c| c.dataset(a, t).cloned())
+    }) {
+        Some(d) => {
+            let location = std::path::PathBuf::from(d.resolve_location(&config.data_root));
+            let file = if location.is_dir() {
+                std::fs::read_dir(&location)
+                    .ok()
+                    .and_then(|rd| {
+                        let mut files: Vec<_> =
+                            rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                        files.sort();
+                        files.into_iter().next()
+                    })
+                    .unwrap_or(location)
+            } else {
+                location
+            };
+            (d.agency.clone(), d.name.clone(), file)
+        }
+        None => {
+            let path = absolute(std::path::Path::new(target));
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "table".into());
+            ("AGENCY".to_string(), stem, path)
+        }
+    };
+    match discover::scan_file(&path, sample.max(1)) {
+        Ok(findings) => {
+            match format {
+                ScanFormat::Table => print!("{}", discover::render_table(&findings)),
+                ScanFormat::Schema => print!(
+                    "{}",
+                    discover::render_schema(
+                        &agency,
+                        &table,
+                        &path.display().to_string(),
+                        &findings
+                    )
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

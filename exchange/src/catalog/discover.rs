@@ -1,0 +1,362 @@
+//! PII discovery: sample a Parquet or CSV file's columns, detect personal-information types
+//! with the validators, and suggest a classification level and a treatment. Agencies use it
+//! to write `schemas/` for a new dataset (`exchange scan`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use super::{CatalogError, Level, PiiType, SourcePos};
+use crate::masking::functions::COMPOUND_SURNAMES;
+use crate::masking::validate;
+
+/// What discovery found in one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnFinding {
+    /// Column name.
+    pub name: String,
+    /// Arrow type in the file.
+    pub data_type: DataType,
+    /// Schema type to declare (`utf8`, `int64`, ...).
+    pub schema_type: &'static str,
+    /// Detected PII type.
+    pub pii: Option<PiiType>,
+    /// Share of sampled non-null values that matched (1.0 for name-based detection).
+    pub share: f64,
+    /// Non-null values sampled.
+    pub sampled: usize,
+    /// Suggested classification level.
+    pub level: Level,
+    /// Suggested treatment for other agencies.
+    pub treatment: &'static str,
+    /// Suggested identity domain.
+    pub domain: Option<&'static str>,
+}
+
+/// Minimum share of values that must validate for a type to be reported.
+pub const MIN_SHARE: f64 = 0.8;
+
+const COMMON_SURNAMES: &str = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧程曹袁邓许傅沈曾彭吕苏卢蒋蔡贾丁魏薛叶阎余潘杜戴夏钟汪田任姜范方石姚谭廖邹熊金陆郝孔白崔康毛邱秦江史顾侯邵孟龙万段漕钱汤尹黎易常武乔贺赖龚文";
+
+fn is_cn_name(s: &str) -> bool {
+    let n = s.chars().count();
+    if !(2..=4).contains(&n) || !s.chars().all(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)) {
+        return false;
+    }
+    COMPOUND_SURNAMES.iter().any(|c| s.starts_with(c))
+        || s.chars()
+            .next()
+            .is_some_and(|c| COMMON_SURNAMES.contains(c))
+}
+
+fn is_cn_address(s: &str) -> bool {
+    s.chars().count() >= 6
+        && ["省", "市", "区", "县"].iter().any(|m| s.contains(m))
+        && ["路", "街", "道", "号", "村", "巷", "弄", "区"]
+            .iter()
+            .any(|m| s.contains(m))
+}
+
+fn is_icd10(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 3
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_digit()
+        && (b[2].is_ascii_digit() || b[2] == b'A' || b[2] == b'B')
+        && (b.len() == 3
+            || (b[3] == b'.' && b.len() <= 6 && b[4..].iter().all(|c| c.is_ascii_alphanumeric())))
+}
+
+/// Detectors of text columns, in order of precedence.
+/// Recognises one kind of value.
+type Detector = fn(&str) -> bool;
+
+const TEXT_DETECTORS: &[(PiiType, Detector)] = &[
+    (PiiType::ResidentId, validate::is_valid_id_cn),
+    (PiiType::Uscc, validate::is_valid_uscc),
+    (PiiType::Phone, |s| {
+        validate::is_valid_mobile_cn(s) || validate::is_valid_landline_cn(s)
+    }),
+    (PiiType::BankCard, validate::is_valid_bank_card),
+    (PiiType::Plate, validate::is_valid_plate_cn),
+    (PiiType::Email, validate::is_valid_email),
+    (PiiType::Name, is_cn_name),
+    (PiiType::Address, is_cn_address),
+    (PiiType::Health, is_icd10),
+];
+
+fn name_hint(name: &str, data_type: &DataType) -> Option<PiiType> {
+    let n = name.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| n.contains(w));
+    if matches!(
+        data_type,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+    ) && has(&["birth", "dob", "出生"])
+    {
+        return Some(PiiType::BirthDate);
+    }
+    if data_type.is_numeric() && has(&["wage", "salary", "income", "balance", "deposit"]) {
+        return Some(PiiType::Financial);
+    }
+    if has(&["diagnos", "icd", "disease", "disability"]) {
+        return Some(PiiType::Health);
+    }
+    None
+}
+
+/// Suggested (level, treatment, domain) of a PII type (masking.md, classification defaults).
+pub fn suggestion(pii: Option<PiiType>) -> (Level, &'static str, Option<&'static str>) {
+    match pii {
+        Some(PiiType::ResidentId) => (Level::General3, "join_key(person)", Some("person")),
+        Some(PiiType::Uscc) => (Level::General1, "plain", Some("enterprise")),
+        Some(PiiType::Phone) => (Level::General3, "mask(phone_cn)", Some("phone")),
+        Some(PiiType::BankCard) => (Level::General4, "mask(bank_card)", None),
+        Some(PiiType::Plate) => (Level::General3, "mask(plate_cn)", None),
+        Some(PiiType::Email) => (Level::General3, "mask(email)", None),
+        Some(PiiType::Name) => (Level::General3, "mask(name_cn)", None),
+        Some(PiiType::Address) => (Level::General3, "mask(address_cn, 'district')", None),
+        Some(PiiType::BirthDate) => (Level::General3, "mask(year_only)", None),
+        Some(PiiType::Health) | Some(PiiType::Financial) => {
+            (Level::General4, "aggregate_only(5)", None)
+        }
+        None => (Level::General2, "plain", None),
+    }
+}
+
+fn schema_type(t: &DataType) -> &'static str {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "utf8",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => {
+            "int32"
+        }
+        t if t.is_integer() => "int64",
+        t if t.is_floating() || matches!(t, DataType::Decimal128(_, _)) => "float64",
+        DataType::Boolean => "boolean",
+        DataType::Date32 | DataType::Date64 => "date",
+        DataType::Timestamp(_, _) => "timestamp",
+        _ => "utf8",
+    }
+}
+
+fn read_sample(path: &Path, sample: usize) -> Result<Vec<RecordBatch>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let is_csv = path.extension().is_some_and(|e| e == "csv");
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    if is_csv {
+        let format = arrow::csv::reader::Format::default().with_header(true);
+        let (schema, _) = format
+            .infer_schema(
+                std::fs::File::open(path).map_err(|e| e.to_string())?,
+                Some(sample),
+            )
+            .map_err(|e| e.to_string())?;
+        let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
+            .with_format(format)
+            .build(file)
+            .map_err(|e| e.to_string())?;
+        for b in reader {
+            let b = b.map_err(|e| e.to_string())?;
+            rows += b.num_rows();
+            batches.push(b);
+            if rows >= sample {
+                break;
+            }
+        }
+    } else {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| format!("not valid Parquet: {e}"))?
+            .with_batch_size(sample.clamp(1, 8192))
+            .build()
+            .map_err(|e| e.to_string())?;
+        for b in reader {
+            let b = b.map_err(|e| e.to_string())?;
+            rows += b.num_rows();
+            batches.push(b);
+            if rows >= sample {
+                break;
+            }
+        }
+    }
+    Ok(batches)
+}
+
+/// Sample up to `sample` rows of a Parquet or CSV file and classify each column.
+pub fn scan_file(path: &Path, sample: usize) -> Result<Vec<ColumnFinding>, CatalogError> {
+    let batches = read_sample(path, sample).map_err(|message| CatalogError::Data {
+        pos: SourcePos {
+            path: path.to_path_buf(),
+            line: 0,
+        },
+        table: path.display().to_string(),
+        message,
+    })?;
+    let Some(first) = batches.first() else {
+        return Ok(vec![]);
+    };
+    let schema = first.schema();
+    let options = FormatOptions::default();
+    let mut findings = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let mut values = Vec::new();
+        for b in &batches {
+            let col = b.column(i);
+            let Ok(f) = ArrayFormatter::try_new(col.as_ref(), &options) else {
+                continue;
+            };
+            for r in 0..col.len() {
+                if col.is_valid(r) && values.len() < sample {
+                    values.push(f.value(r).to_string());
+                }
+            }
+        }
+        let text = matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        );
+        let mut pii = None;
+        let mut share = 0.0;
+        if text && !values.is_empty() {
+            for (t, detect) in TEXT_DETECTORS {
+                let hits = values.iter().filter(|v| detect(v)).count();
+                let s = hits as f64 / values.len() as f64;
+                if s >= MIN_SHARE {
+                    pii = Some(*t);
+                    share = s;
+                    break;
+                }
+            }
+        }
+        if pii.is_none()
+            && let Some(t) = name_hint(field.name(), field.data_type())
+        {
+            pii = Some(t);
+            share = 1.0;
+        }
+        let (level, treatment, domain) = suggestion(pii);
+        findings.push(ColumnFinding {
+            name: field.name().clone(),
+            data_type: field.data_type().clone(),
+            schema_type: schema_type(field.data_type()),
+            pii,
+            share,
+            sampled: values.len(),
+            level,
+            treatment,
+            domain,
+        });
+    }
+    Ok(findings)
+}
+
+fn pii_name(p: PiiType) -> &'static str {
+    match p {
+        PiiType::ResidentId => "resident_id",
+        PiiType::Name => "name",
+        PiiType::Phone => "phone",
+        PiiType::Address => "address",
+        PiiType::BirthDate => "birth_date",
+        PiiType::BankCard => "bank_card",
+        PiiType::Uscc => "uscc",
+        PiiType::Plate => "plate",
+        PiiType::Email => "email",
+        PiiType::Health => "health",
+        PiiType::Financial => "financial",
+    }
+}
+
+fn level_name(l: Level) -> &'static str {
+    match l {
+        Level::Core => "core",
+        Level::Important => "important",
+        Level::General4 => "general-4",
+        Level::General3 => "general-3",
+        Level::General2 => "general-2",
+        Level::General1 => "general-1",
+    }
+}
+
+/// The findings as an aligned table.
+pub fn render_table(findings: &[ColumnFinding]) -> String {
+    let mut out = format!(
+        "{:<20} {:<10} {:<12} {:>6} {:<10} {}\n",
+        "column", "type", "pii", "share", "level", "suggested treatment"
+    );
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<12} {:>5.0}% {:<10} {}",
+            f.name,
+            f.schema_type,
+            f.pii.map(pii_name).unwrap_or("-"),
+            f.share * 100.0,
+            level_name(f.level),
+            f.treatment
+        );
+    }
+    out
+}
+
+/// The findings as a ready-to-edit `schemas/` snippet.
+pub fn render_schema(
+    agency: &str,
+    table: &str,
+    location: &str,
+    findings: &[ColumnFinding],
+) -> String {
+    let mut out = format!(
+        "# Generated by `exchange scan`: review every line before use.\nagency = \"{agency}\"\n\n[[dataset]]\nname = \"{table}\"\nlocation = \"{location}\"\n"
+    );
+    if let Some(id) = findings.iter().find(|f| f.pii == Some(PiiType::ResidentId)) {
+        let _ = writeln!(out, "entity = \"{}\"", id.name);
+    }
+    for f in findings {
+        let _ = write!(
+            out,
+            "\n[[dataset.column]]\nname = \"{}\"\ntype = \"{}\"\n",
+            f.name, f.schema_type
+        );
+        if let Some(p) = f.pii {
+            let _ = writeln!(
+                out,
+                "pii = \"{}\"  # {:.0}% of sampled values",
+                pii_name(p),
+                f.share * 100.0
+            );
+        }
+        let _ = writeln!(out, "level = \"{}\"", level_name(f.level));
+        if let Some(d) = f.domain {
+            let _ = writeln!(out, "domain = \"{d}\"");
+        }
+        if f.pii.is_some() {
+            let _ = writeln!(
+                out,
+                "# suggested treatment for other agencies: {}",
+                f.treatment
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detectors() {
+        assert!(is_cn_name("张三"));
+        assert!(is_cn_name("欧阳娜娜"));
+        assert!(!is_cn_name("张"));
+        assert!(!is_cn_name("hexi"));
+        assert!(is_cn_address("天津市河西区友谊路10号"));
+        assert!(!is_cn_address("天津"));
+        assert!(is_icd10("I10"));
+        assert!(is_icd10("E11.9"));
+        assert!(!is_icd10("hexi"));
+    }
+}
