@@ -6,9 +6,12 @@ mod common;
 use exchange::catalog::PiiType;
 use exchange::catalog::discover::scan_file;
 
+/// Expected PII type per column of one file.
+type Expectation = (&'static str, &'static [(&'static str, Option<PiiType>)]);
+
 #[test]
 fn scan_identifies_the_demo_city_pii_columns() {
-    let expected: &[(&str, &[(&str, Option<PiiType>)])] = &[
+    let expected: &[Expectation] = &[
         (
             "police/residents.parquet",
             &[
