@@ -397,3 +397,57 @@ async fn audit_records_columns_used_only_in_where() {
     let cols = &records[0].tables[0].columns;
     assert!(cols.contains(&"household_size".to_string()), "{cols:?}");
 }
+
+#[tokio::test]
+async fn typed_random_replace_outputs_valid_unlinkable_ids() {
+    let state = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let root = common::repo_root();
+    copy_dir(&root.join("schemas"), &config.path().join("schemas"));
+    copy_dir(&root.join("policies"), &config.path().join("policies"));
+    let grants = config.path().join("policies/grants/market.toml");
+    let text = std::fs::read_to_string(&grants)
+        .unwrap()
+        .replace("uscc = \"plain\"", "uscc = \"typed_random_replace(uscc)\"\nlegal_rep_id = \"typed_random_replace(resident_id)\"");
+    std::fs::write(&grants, text).unwrap();
+    let ex = exchange::Exchange::open(exchange::ExchangeConfig {
+        config_dir: config.path().to_path_buf(),
+        data_root: common::data_root().to_path_buf(),
+        state_dir: state.path().to_path_buf(),
+    })
+    .unwrap();
+    let out = ok(
+        &ex,
+        "market_trader",
+        "data_product",
+        "SELECT uscc, legal_rep_id FROM market.enterprises",
+    )
+    .await;
+    let raw_ids: HashSet<String> = raw_strings("market/enterprises.parquet", "legal_rep_id")
+        .into_iter()
+        .collect();
+    let raw_prefixes: HashSet<String> = raw_ids.iter().map(|i| i[..14].to_string()).collect();
+    let raw_usccs: HashSet<String> = raw_strings("market/enterprises.parquet", "uscc")
+        .into_iter()
+        .collect();
+    let ids = column(&out.batches, "legal_rep_id");
+    assert!(!ids.is_empty());
+    let mut unchanged = 0;
+    for id in &ids {
+        assert!(exchange::masking::validate::is_valid_id_cn(id), "{id}");
+        assert!(
+            raw_prefixes.contains(&id[..14]),
+            "region and birth date kept: {id}"
+        );
+        unchanged += usize::from(raw_ids.contains(id));
+    }
+    assert!(
+        unchanged * 10 < ids.len(),
+        "{unchanged} of {} unchanged",
+        ids.len()
+    );
+    for u in column(&out.batches, "uscc") {
+        assert!(exchange::masking::validate::is_valid_uscc(&u), "{u}");
+        assert!(!raw_usccs.contains(&u), "{u}");
+    }
+}

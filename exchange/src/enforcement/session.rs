@@ -135,6 +135,12 @@ impl PrincipalSession {
                 consumer,
                 domains.iter().copied(),
             ))),
+            replace: TokenUdf::udf(Arc::new(TokenKeys::derive(
+                inputs.keys,
+                TokenKind::Replace,
+                consumer,
+                crate::masking::replace::KINDS.iter().copied(),
+            ))),
         };
 
         let catalog = Arc::new(MemoryCatalogProvider::new());

@@ -54,6 +54,8 @@ pub struct TokenFns {
     pub pseudonym: Arc<ScalarUDF>,
     /// `join_key(value, domain)`.
     pub join_key: Arc<ScalarUDF>,
+    /// `typed_random_replace(value, kind)`.
+    pub replace: Arc<ScalarUDF>,
 }
 
 /// A table as one principal sees it.
@@ -137,6 +139,10 @@ impl GovernedSpec {
                     };
                     (udf.call(vec![as_text(raw_col), lit(domain)]), tag)
                 }
+                Treatment::Replace { kind } => (
+                    tokens.replace.call(vec![raw_col, lit(kind.clone())]),
+                    BaseTag::Free,
+                ),
                 Treatment::AggregateOnly { k } => {
                     has_agg_only = true;
                     (

@@ -27,10 +27,11 @@ pub fn keep_first_last(input: &str, n: usize, m: usize, mask: char, out: &mut St
     }
 }
 
-/// Replace the first `n` and last `m` chars with `mask`; when they cover the value, mask all.
+/// Replace the first `n` and last `m` chars with `mask`; when they cover the value (or
+/// would mask nothing), mask all.
 pub fn mask_first_last(input: &str, n: usize, m: usize, mask: char, out: &mut String) {
     let len = input.chars().count();
-    if n + m >= len {
+    if n + m >= len || n + m == 0 {
         out.extend(std::iter::repeat_n(mask, len));
         return;
     }

@@ -51,6 +51,8 @@ pub enum TokenKind {
     Pseudonym,
     /// Join keys, never output.
     JoinKey,
+    /// Typed random replacements (valid-looking identifiers).
+    Replace,
 }
 
 impl TokenKind {
@@ -58,6 +60,7 @@ impl TokenKind {
         match self {
             TokenKind::Pseudonym => "pseudonym",
             TokenKind::JoinKey => "join_key",
+            TokenKind::Replace => "typed_random_replace",
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod functions;
 mod keys;
+pub mod replace;
 mod token;
 mod udf;
 pub mod validate;

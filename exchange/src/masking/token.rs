@@ -106,6 +106,7 @@ impl ScalarUDFImpl for TokenUdf {
         match self.keys.kind {
             TokenKind::Pseudonym => "pseudonym",
             TokenKind::JoinKey => "join_key",
+            TokenKind::Replace => "typed_random_replace",
         }
     }
 
@@ -144,7 +145,11 @@ impl ScalarUDFImpl for TokenUdf {
                 None => builder.append_null(),
                 Some(s) => {
                     buf.clear();
-                    token_hex(key, s.as_bytes(), &mut buf);
+                    if self.keys.kind == TokenKind::Replace {
+                        super::replace::replace(key, domain, s, &mut buf);
+                    } else {
+                        token_hex(key, s.as_bytes(), &mut buf);
+                    }
                     builder.append_value(&buf);
                 }
             }

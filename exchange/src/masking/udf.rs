@@ -209,8 +209,9 @@ impl MaskFn {
             MaskFn::TruncDate => "('year' | 'month' | 'day')",
         };
         let ok = match (self, args) {
-            (MaskFn::KeepFirstLast | MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
-                *n >= 0 && *m >= 0
+            (MaskFn::KeepFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => *n >= 0 && *m >= 0,
+            (MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
+                *n >= 0 && *m >= 0 && n + m >= 1
             }
             (MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly, []) => true,
             (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),

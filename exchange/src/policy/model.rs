@@ -709,6 +709,15 @@ fn parse_columns(
                 }
                 None
             }
+            Treatment::Replace { .. } => {
+                if col.ty != ColumnType::Utf8 {
+                    return Err(ctx.invalid(
+                        span,
+                        format!("grant '{id}', column {name}: typed_random_replace applies to text columns"),
+                    ));
+                }
+                None
+            }
             Treatment::Plain => None,
         };
         rules.push((

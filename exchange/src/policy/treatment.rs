@@ -30,6 +30,11 @@ pub enum Treatment {
         /// Identity domain (None: the column's declared domain).
         domain: Option<String>,
     },
+    /// A keyed, valid-looking replacement identifier of the given type.
+    Replace {
+        /// resident_id, uscc, phone or bank_card.
+        kind: String,
+    },
     /// Usable only as input of aggregate functions, in groups of at least `k` entities.
     AggregateOnly {
         /// Minimum distinct entities per output group.
@@ -53,6 +58,7 @@ impl fmt::Display for Treatment {
             Treatment::JoinKey { domain: Some(d) } => write!(f, "join_key({d})"),
             Treatment::JoinKey { domain: None } => write!(f, "join_key"),
             Treatment::AggregateOnly { k } => write!(f, "aggregate_only({k})"),
+            Treatment::Replace { kind } => write!(f, "typed_random_replace({kind})"),
         }
     }
 }
@@ -144,6 +150,15 @@ impl Treatment {
             "join_key" => Ok(Treatment::JoinKey {
                 domain: domain_arg(name, &args)?,
             }),
+            "typed_random_replace" => match args.as_slice() {
+                [kind] if crate::masking::replace::KINDS.contains(kind) => Ok(Treatment::Replace {
+                    kind: (*kind).to_string(),
+                }),
+                _ => Err(format!(
+                    "typed_random_replace takes one of {}",
+                    crate::masking::replace::KINDS.join(", ")
+                )),
+            },
             "aggregate_only" => match args.as_slice() {
                 [k] => match k.parse::<u32>() {
                     Ok(k) if k >= 1 => Ok(Treatment::AggregateOnly { k }),
@@ -156,7 +171,7 @@ impl Treatment {
                 ),
             },
             other => Err(format!(
-                "unknown treatment '{other}' (expected plain, mask(..), pseudonym, join_key or aggregate_only(k))"
+                "unknown treatment '{other}' (expected plain, mask(..), pseudonym, join_key, typed_random_replace(..) or aggregate_only(k))"
             )),
         }
     }
