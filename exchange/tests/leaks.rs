@@ -404,26 +404,26 @@ async fn specific_attacks_are_refused_with_reasons() {
             civil("SELECT district FROM police.residents ORDER BY person_id"),
             "join key",
         ),
-        (civil("SELECT cost FROM health.visits"), "aggregate-only"),
+        (civil("SELECT cost FROM health.visits"), "aggregate"),
         (
             civil("SELECT count(*) FROM health.visits WHERE cost > 100"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil("SELECT sum(cost) OVER () FROM health.visits"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil("SELECT array_agg(cost) FROM health.visits"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil("SELECT sum(CAST(diagnosis_code AS INT)) FROM health.visits"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil("SELECT diagnosis_code, count(*) FROM health.visits GROUP BY diagnosis_code"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil(
@@ -496,7 +496,7 @@ async fn specific_attacks_are_refused_with_reasons() {
         ),
         (
             civil("SELECT c FROM (SELECT cost AS c FROM health.visits) t ORDER BY c"),
-            "aggregate-only",
+            "aggregate",
         ),
         (
             civil("SELECT (SELECT max(cost) FROM health.visits) + 0 AS x"),
@@ -690,4 +690,80 @@ async fn reviewed_attacks_are_closed() {
         Err(QueryError::Failed(e)) => assert!(e.contains("withheld") && !e.contains('*'), "{e}"),
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn min_group_rows_leave_only_whole_group_aggregates() {
+    let (ex, _state) = open();
+    let civil = ("civil_analyst", "elderly_care_planning");
+    let t = raw_strings("civil/elderly_care.parquet", "person_id")[0].clone();
+    let from = "FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key";
+    for (sql, expect) in [
+        (
+            "SELECT e.person_id FROM civil.elderly_care e LEFT SEMI JOIN health.visits v ON v.person_id = e.person_key".to_string(),
+            "semi or anti join",
+        ),
+        (
+            "SELECT count(*) FROM civil.elderly_care e LEFT ANTI JOIN health.visits v ON v.person_id = e.person_key".to_string(),
+            "semi or anti join",
+        ),
+        (
+            "SELECT count(*) FROM health.visits v RIGHT SEMI JOIN civil.elderly_care e ON v.person_id = e.person_key".to_string(),
+            "semi or anti join",
+        ),
+        (
+            format!(
+                "SELECT count(*) AS a, count(*) FILTER (WHERE e.person_id = '{t}') AS b {from}"
+            ),
+            "FILTER",
+        ),
+        (
+            format!("SELECT sum(CASE WHEN e.person_id = '{t}' THEN 1 ELSE 0 END) {from}"),
+            "plain columns",
+        ),
+        (
+            format!("SELECT max(CASE WHEN e.person_id = '{t}' THEN v.visit_date END) {from}"),
+            "plain columns",
+        ),
+        (
+            format!("SELECT array_agg(e.person_id) {from}"),
+            "does not summarise",
+        ),
+        (
+            format!("SELECT string_agg(e.person_id, ',') {from}"),
+            "does not summarise",
+        ),
+        (
+            format!(
+                "SELECT sum(flag) FROM (SELECT CASE WHEN e.person_id = '{t}' THEN 1 ELSE 0 END AS flag {from}) x"
+            ),
+            "computed from them",
+        ),
+        (
+            format!(
+                "SELECT string_agg(person_id, ',') FROM (SELECT e.person_id, count(*) OVER (PARTITION BY e.person_id) c {from}) x"
+            ),
+            "window functions",
+        ),
+    ] {
+        let r = common::refused(&ex, civil.0, Some(civil.1), &sql).await;
+        assert!(r.contains(expect), "{sql}\n  -> {r}");
+    }
+    // Group keys may be computed: a one-person group is then suppressed.
+    let out = common::ok(
+        &ex,
+        civil.0,
+        civil.1,
+        &format!("SELECT CASE WHEN e.person_id = '{t}' THEN 'T' ELSE 'others' END AS g, count(*) AS n {from} GROUP BY 1"),
+    )
+    .await;
+    assert_eq!(common::column(&out.batches, "g"), vec!["others"]);
+    // A plain aggregate of the whole group still works, per district for instance.
+    common::ok(
+        &ex,
+        civil.0,
+        civil.1,
+        &format!("SELECT count(*), count(DISTINCT e.person_id), max(v.visit_date) {from}"),
+    )
+    .await;
 }

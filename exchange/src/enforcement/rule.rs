@@ -52,6 +52,12 @@ pub enum Tag {
         /// `agency.table.column`, for messages.
         column: String,
     },
+    /// A value computed (not merely passed through) from rows of a `min_group` table before
+    /// aggregation: usable as a group key, never as an aggregate's argument.
+    Computed {
+        /// The table whose rows it was computed from.
+        table: String,
+    },
     /// The hidden entity column of a scan, used to count distinct entities.
     Entity {
         /// The scan.
@@ -246,8 +252,20 @@ impl Enforcer {
                 let tags_in = input_tags.concat();
                 let mut exprs = Vec::with_capacity(p.expr.len());
                 let mut tags = Vec::with_capacity(p.expr.len());
+                let rows_of = min_group_rows(&tags_in, &self.min_group)
+                    .first()
+                    .map(|(_, (_, table))| table.clone());
                 for e in p.expr {
-                    tags.push(ctx.tag(&e, "a SELECT expression")?);
+                    let mut t = ctx.tag(&e, "a SELECT expression")?;
+                    if let Some(table) = &rows_of
+                        && t == Tag::Free
+                        && !is_bare(&e)
+                    {
+                        t = Tag::Computed {
+                            table: table.clone(),
+                        };
+                    }
+                    tags.push(t);
                     exprs.push(e);
                 }
                 // Hidden entity columns travel up until an aggregate consumes them.
@@ -268,7 +286,7 @@ impl Enforcer {
                     Filter::try_new(f.predicate, Arc::new(input)).map(LogicalPlan::Filter)?;
                 Ok((plan, input_tags.concat()))
             }
-            LogicalPlan::Join(j) => join(j, new_inputs, input_tags, ctx),
+            LogicalPlan::Join(j) => join(j, new_inputs, input_tags, ctx, &self.min_group),
             LogicalPlan::Aggregate(a) => {
                 let input = one(new_inputs)?;
                 let tags_in = input_tags.concat();
@@ -286,6 +304,13 @@ impl Enforcer {
                     _ => "a partitioning expression",
                 };
                 let mut tags = input_tags.concat();
+                if matches!(plan, LogicalPlan::Window(_))
+                    && let Some((_, (k, table))) = min_group_rows(&tags, &self.min_group).first()
+                {
+                    return refuse(format!(
+                        "rows of {table} may only be used aggregated, in groups of at least {k} entities: window functions over them are not allowed"
+                    ));
+                }
                 for e in plan.expressions() {
                     let t = ctx.tag(&e, place)?;
                     refuse_constrained(&t, place)?;
@@ -461,9 +486,14 @@ impl Enforcer {
             let t = ctx.tag(g, "GROUP BY")?;
             refuse_constrained(&t, "GROUP BY")?;
         }
-        // (scan, k, column) of every aggregate-only input.
         // (scan, k, column, aggregated argument) of every threshold this aggregate needs.
         let mut needs: Vec<(usize, u32, String, Option<Expr>)> = Vec::new();
+        // Rows of min_group tables: each aggregate must summarise the whole group, so only
+        // plain arguments of summarising aggregates, no FILTER, no per-aggregate ordering.
+        let rows: Vec<(usize, u32, String)> = min_group_rows(&tags_in, &self.min_group)
+            .into_iter()
+            .map(|(s, (k, t))| (s, *k, t.clone()))
+            .collect();
         for e in &a.aggr_expr {
             let inner = match e {
                 Expr::Alias(Alias { expr, .. }) => expr.as_ref(),
@@ -474,6 +504,36 @@ impl Enforcer {
                 refuse_constrained(&t, "an aggregate expression")?;
                 continue;
             };
+            if let Some((_, k, table)) = rows.first() {
+                let why = |what: &str| {
+                    format!(
+                        "rows of {table} may only be used aggregated, in groups of at least {k} entities: {what}"
+                    )
+                };
+                if !AGGREGATES_RELEASING.contains(&func.name()) {
+                    return refuse(why(&format!("{}() does not summarise them", func.name())));
+                }
+                if params.filter.is_some() || !params.order_by.is_empty() {
+                    return refuse(why("aggregates over them take no FILTER or ORDER BY"));
+                }
+                for arg in &params.args {
+                    if !is_bare(arg) {
+                        return refuse(why(
+                            "aggregate arguments must be plain columns, not expressions",
+                        ));
+                    }
+                    if let Tag::Computed { .. } = ctx.tag(arg, "an aggregate argument")? {
+                        return refuse(why(
+                            "an aggregate argument was computed from them row by row",
+                        ));
+                    }
+                    if !matches!(arg, Expr::Literal(..)) {
+                        for (scan, k, table) in &rows {
+                            needs.push((*scan, *k, table.clone(), Some(arg.clone())));
+                        }
+                    }
+                }
+            }
             let mut aggregate_only_input: Option<(u32, String)> = None;
             for arg in &params.args {
                 match ctx.tag(arg, "an aggregate argument")? {
@@ -624,6 +684,30 @@ fn join_keys_match(a: &Tag, b: &Tag) -> Result<bool> {
     }
 }
 
+/// An expression that only passes a column (or literal) through.
+fn is_bare(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) | Expr::OuterReferenceColumn(..) | Expr::Literal(..) => true,
+        Expr::Alias(a) => is_bare(&a.expr),
+        Expr::Cast(c) => is_bare(&c.expr),
+        Expr::TryCast(c) => is_bare(&c.expr),
+        _ => false,
+    }
+}
+
+/// The `min_group` tables whose rows flow in `tags` (by their hidden entity columns).
+fn min_group_rows<'a>(
+    tags: &[Tag],
+    min_group: &'a HashMap<usize, (u32, String)>,
+) -> Vec<(usize, &'a (u32, String))> {
+    tags.iter()
+        .filter_map(|t| match t {
+            Tag::Entity { scan } => min_group.get(scan).map(|m| (*scan, m)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn one(mut inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
     match inputs.pop() {
         Some(p) if inputs.is_empty() => Ok(p),
@@ -661,6 +745,7 @@ fn join(
     inputs: Vec<LogicalPlan>,
     input_tags: Vec<Vec<Tag>>,
     ctx: &Ctx<'_>,
+    min_group: &HashMap<usize, (u32, String)>,
 ) -> Result<(LogicalPlan, Vec<Tag>)> {
     for (l, r) in &j.on {
         let tl = ctx.tag(l, "a join condition")?;
@@ -689,6 +774,20 @@ fn join(
     let mut it = input_tags.into_iter();
     let left = it.next().unwrap_or_default();
     let right = it.next().unwrap_or_default();
+    // A semi, anti or mark join tests rows of one side for presence and drops them: rows of
+    // a min_group table may not be tested that way.
+    let dropped = match j.join_type {
+        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => Some(&right),
+        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => Some(&left),
+        _ => None,
+    };
+    if let Some(side) = dropped
+        && let Some((_, (k, table))) = min_group_rows(side, min_group).first()
+    {
+        return refuse(format!(
+            "rows of {table} may only be used aggregated, in groups of at least {k} entities, and cannot be tested one by one in a semi or anti join"
+        ));
+    }
     let tags = match j.join_type {
         JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
             [left, right].concat()
