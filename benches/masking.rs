@@ -1,0 +1,185 @@
+//! Masking throughput: values per second per core on 1,000,000 demo-like values for each
+//! function family, next to a naive per-row `String` implementation, in the same run.
+//!
+//! Run: `cargo bench --bench masking` (prints a markdown table, writes
+//! `target/bench-masking.json`). Single-threaded: the numbers are per core.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, Date32Array, StringArray};
+use arrow::datatypes::{DataType, Field};
+use datafusion::common::ScalarValue;
+use datafusion::common::config::ConfigOptions;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
+use exchange::demo::Rng;
+use exchange::masking::{KeyRing, MaskFn, TokenKeys, TokenKind, TokenUdf};
+
+const N: usize = 1_000_000;
+const RUNS: usize = 5;
+
+fn phones(rng: &mut Rng) -> Vec<String> {
+    (0..N)
+        .map(|_| format!("13{}{:08}", rng.below(10), rng.below(100_000_000)))
+        .collect()
+}
+
+fn ids(rng: &mut Rng) -> Vec<String> {
+    (0..N)
+        .map(|_| {
+            let first17 = format!(
+                "120103{}{:02}{:02}{:03}",
+                1930 + rng.below(80),
+                1 + rng.below(12),
+                1 + rng.below(28),
+                rng.below(1000)
+            );
+            let check =
+                exchange::masking::validate::id_check_char(first17.as_bytes()).unwrap_or(b'0');
+            format!("{first17}{}", char::from(check))
+        })
+        .collect()
+}
+
+fn names(rng: &mut Rng) -> Vec<String> {
+    let s = ["王", "李", "张", "欧阳", "诸葛"];
+    let g = ["伟", "芳", "娜", "强", "磊", "静"];
+    (0..N)
+        .map(|_| format!("{}{}{}", rng.pick(&s), rng.pick(&g), rng.pick(&g)))
+        .collect()
+}
+
+fn invoke(udf: &ScalarUDF, array: &ArrayRef, extra: &[ScalarValue]) -> usize {
+    let mut args = vec![ColumnarValue::Array(array.clone())];
+    args.extend(extra.iter().cloned().map(ColumnarValue::Scalar));
+    let arg_fields = args
+        .iter()
+        .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
+        .collect();
+    let ret = Arc::new(Field::new("r", DataType::Utf8, true));
+    match udf.invoke_with_args(ScalarFunctionArgs {
+        args,
+        arg_fields,
+        number_rows: array.len(),
+        return_field: ret,
+        config_options: Arc::new(ConfigOptions::default()),
+    }) {
+        Ok(ColumnarValue::Array(a)) => a.len(),
+        _ => 0,
+    }
+}
+
+/// Median seconds of RUNS runs after a warm-up.
+fn time(mut f: impl FnMut() -> usize) -> (f64, f64, f64) {
+    black_box(f());
+    let mut t: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[RUNS / 2], t[0], t[RUNS - 1])
+}
+
+/// The obvious implementation: one String per row.
+fn naive_keep_first_last(v: &[String], n: usize, m: usize) -> usize {
+    let out: Vec<String> = v
+        .iter()
+        .map(|s| {
+            let len = s.chars().count();
+            s.chars()
+                .enumerate()
+                .map(|(i, c)| if i < n || i + m >= len { c } else { '*' })
+                .collect()
+        })
+        .collect();
+    StringArray::from(out).len()
+}
+
+fn main() {
+    let mut rng = Rng::new(7);
+    let phone_values = phones(&mut rng);
+    let id_values = ids(&mut rng);
+    let name_values = names(&mut rng);
+    let phone_arr: ArrayRef = Arc::new(StringArray::from(phone_values.clone()));
+    let id_arr: ArrayRef = Arc::new(StringArray::from(id_values.clone()));
+    let name_arr: ArrayRef = Arc::new(StringArray::from(name_values.clone()));
+    let date_arr: ArrayRef = Arc::new(Date32Array::from(
+        (0..N as i32).map(|i| i % 40_000).collect::<Vec<_>>(),
+    ));
+    let ring = KeyRing::from_secret(&[9u8; 32]);
+    let pseudonym = TokenUdf::udf(Arc::new(TokenKeys::derive(
+        &ring,
+        TokenKind::Pseudonym,
+        "hrss",
+        ["person"],
+    )));
+    let replace = TokenUdf::udf(Arc::new(TokenKeys::derive(
+        &ring,
+        TokenKind::Replace,
+        "hrss",
+        ["resident_id"],
+    )));
+    let i = |v: i64| ScalarValue::Int64(Some(v));
+    let s = |v: &str| ScalarValue::Utf8(Some(v.to_string()));
+
+    type Case<'a> = (&'a str, &'a str, Box<dyn FnMut() -> usize + 'a>);
+    let kfl = MaskFn::KeepFirstLast.udf();
+    let idm = MaskFn::IdCn.udf();
+    let nm = MaskFn::NameCn.udf();
+    let yo = MaskFn::YearOnly.udf();
+    let cases: Vec<Case> = vec![
+        (
+            "keep_first_last(3,4)",
+            "phones",
+            Box::new(|| invoke(&kfl, &phone_arr, &[i(3), i(4)])),
+        ),
+        (
+            "naive String keep_first_last(3,4)",
+            "phones",
+            Box::new(|| naive_keep_first_last(&phone_values, 3, 4)),
+        ),
+        (
+            "id_cn('operator')",
+            "resident IDs",
+            Box::new(|| invoke(&idm, &id_arr, &[s("operator")])),
+        ),
+        (
+            "naive String keep_first_last(6,4)",
+            "resident IDs",
+            Box::new(|| naive_keep_first_last(&id_values, 6, 4)),
+        ),
+        ("name_cn", "names", Box::new(|| invoke(&nm, &name_arr, &[]))),
+        (
+            "year_only",
+            "dates",
+            Box::new(|| invoke(&yo, &date_arr, &[])),
+        ),
+        (
+            "pseudonym (HMAC-SHA256)",
+            "resident IDs",
+            Box::new(|| invoke(&pseudonym, &id_arr, &[s("person")])),
+        ),
+        (
+            "typed_random_replace(resident_id)",
+            "resident IDs",
+            Box::new(|| invoke(&replace, &id_arr, &[s("resident_id")])),
+        ),
+    ];
+    println!("| function | values | median M values/s | min-max s |");
+    println!("|---|---|---|---|");
+    let mut json = Vec::new();
+    for (name, data, mut f) in cases {
+        let (median, min, max) = time(&mut f);
+        let rate = N as f64 / median / 1e6;
+        println!("| {name} | {data} | {rate:.1} | {min:.3}-{max:.3} |");
+        json.push(format!("{{\"function\":\"{name}\",\"values\":\"{data}\",\"m_values_per_s\":{rate:.2},\"median_s\":{median:.4}}}"));
+    }
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-masking.json");
+    let _ = std::fs::write(&path, format!("[{}]\n", json.join(",")));
+    println!("\nwritten {}", path.display());
+}
