@@ -8,21 +8,7 @@ use std::path::Path;
 
 use exchange::{Exchange, ExchangeConfig, QueryError};
 
-/// A copy of the repository's configuration to break.
-fn config_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["schemas", "policies", "policies/grants"] {
-        fs::create_dir_all(dir.path().join(sub)).unwrap();
-        let from = common::repo_root().join(sub);
-        for e in fs::read_dir(&from).unwrap() {
-            let e = e.unwrap();
-            if e.path().is_file() {
-                fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
-            }
-        }
-    }
-    dir
-}
+use common::{config_copy, edit};
 
 fn open_with(config: &Path, data: &Path) -> Result<Exchange, exchange::OpenError> {
     let state = tempfile::tempdir().unwrap().keep();
@@ -31,12 +17,6 @@ fn open_with(config: &Path, data: &Path) -> Result<Exchange, exchange::OpenError
         data_root: data.to_path_buf(),
         state_dir: state,
     })
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{from} not in {}", path.display());
-    fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 #[test]

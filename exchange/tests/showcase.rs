@@ -116,24 +116,13 @@ async fn pseudonyms_are_stable_within_an_agency_and_join() {
 #[tokio::test]
 async fn pseudonyms_differ_across_consumer_agencies() {
     // A second consumer agency with a pseudonym grant on the same column.
-    let state = tempfile::tempdir().unwrap();
-    let config = tempfile::tempdir().unwrap();
-    let root = common::repo_root();
-    copy_dir(&root.join("schemas"), &config.path().join("schemas"));
-    copy_dir(&root.join("policies"), &config.path().join("policies"));
-    let grants = config.path().join("policies/grants/police.toml");
-    let text = std::fs::read_to_string(&grants).unwrap().replacen(
+    let config = common::config_copy();
+    common::edit(
+        &config.path().join("policies/grants/police.toml"),
         "[[grant]]",
         "[[grant]]\nid = \"residents-health-pseudonym\"\ntable = \"residents\"\nto = { principal = \"health_analyst\" }\npurposes = [\"public_health_statistics\"]\n[grant.columns]\nperson_id = \"pseudonym(person)\"\n\n[[grant]]",
-        1,
     );
-    std::fs::write(&grants, text).unwrap();
-    let ex = exchange::Exchange::open(exchange::ExchangeConfig {
-        config_dir: config.path().to_path_buf(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
-    .unwrap();
+    let (ex, _state) = common::open_config(config.path());
     let sql = "SELECT person_id FROM police.residents";
     let hrss: HashSet<String> = column(
         &ok(&ex, "hrss_analyst", "new_employment_services", sql)
@@ -156,19 +145,6 @@ async fn pseudonyms_differ_across_consumer_agencies() {
         hrss.is_disjoint(&health),
         "two agencies' pseudonyms must not link"
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 #[tokio::test]
@@ -400,22 +376,13 @@ async fn audit_records_columns_used_only_in_where() {
 
 #[tokio::test]
 async fn typed_random_replace_outputs_valid_unlinkable_ids() {
-    let state = tempfile::tempdir().unwrap();
-    let config = tempfile::tempdir().unwrap();
-    let root = common::repo_root();
-    copy_dir(&root.join("schemas"), &config.path().join("schemas"));
-    copy_dir(&root.join("policies"), &config.path().join("policies"));
-    let grants = config.path().join("policies/grants/market.toml");
-    let text = std::fs::read_to_string(&grants)
-        .unwrap()
-        .replace("uscc = \"plain\"", "uscc = \"typed_random_replace(uscc)\"\nlegal_rep_id = \"typed_random_replace(resident_id)\"");
-    std::fs::write(&grants, text).unwrap();
-    let ex = exchange::Exchange::open(exchange::ExchangeConfig {
-        config_dir: config.path().to_path_buf(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
-    .unwrap();
+    let config = common::config_copy();
+    common::edit(
+        &config.path().join("policies/grants/market.toml"),
+        "uscc = \"plain\"",
+        "uscc = \"typed_random_replace(uscc)\"\nlegal_rep_id = \"typed_random_replace(resident_id)\"",
+    );
+    let (ex, _state) = common::open_config(config.path());
     let out = ok(
         &ex,
         "market_trader",

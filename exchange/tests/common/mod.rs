@@ -41,6 +41,47 @@ pub fn open() -> (Exchange, tempfile::TempDir) {
     (ex, state)
 }
 
+/// Copy a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+/// A copy of the repository's schemas/ and policies/ to change.
+pub fn config_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("config dir");
+    copy_dir(&repo_root().join("schemas"), &dir.path().join("schemas"));
+    copy_dir(&repo_root().join("policies"), &dir.path().join("policies"));
+    dir
+}
+
+/// Replace the first `from` by `to` in a file, which must contain it.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{from} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
+}
+
+/// An exchange over the test city with another configuration and a fresh state directory.
+pub fn open_config(config: &Path) -> (Exchange, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state dir");
+    let ex = Exchange::open(ExchangeConfig {
+        config_dir: config.to_path_buf(),
+        data_root: data_root().to_path_buf(),
+        state_dir: state.path().to_path_buf(),
+    })
+    .expect("open the exchange");
+    (ex, state)
+}
+
 /// Every cell of the batches, formatted.
 pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
