@@ -142,47 +142,45 @@ fn schema_type(t: &DataType) -> &'static str {
     }
 }
 
-fn read_sample(path: &Path, sample: usize) -> Result<Vec<RecordBatch>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let is_csv = path.extension().is_some_and(|e| e == "csv");
+/// Take batches until `sample` rows are read.
+fn take_rows<E: std::fmt::Display>(
+    reader: impl Iterator<Item = Result<RecordBatch, E>>,
+    sample: usize,
+) -> Result<Vec<RecordBatch>, String> {
     let mut batches = Vec::new();
     let mut rows = 0;
-    if is_csv {
-        let format = arrow::csv::reader::Format::default().with_header(true);
-        let (schema, _) = format
-            .infer_schema(
-                std::fs::File::open(path).map_err(|e| e.to_string())?,
-                Some(sample),
-            )
-            .map_err(|e| e.to_string())?;
-        let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
-            .with_format(format)
-            .build(file)
-            .map_err(|e| e.to_string())?;
-        for b in reader {
-            let b = b.map_err(|e| e.to_string())?;
-            rows += b.num_rows();
-            batches.push(b);
-            if rows >= sample {
-                break;
-            }
-        }
-    } else {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| format!("not valid Parquet: {e}"))?
-            .with_batch_size(sample.clamp(1, 8192))
-            .build()
-            .map_err(|e| e.to_string())?;
-        for b in reader {
-            let b = b.map_err(|e| e.to_string())?;
-            rows += b.num_rows();
-            batches.push(b);
-            if rows >= sample {
-                break;
-            }
+    for b in reader {
+        let b = b.map_err(|e| e.to_string())?;
+        rows += b.num_rows();
+        batches.push(b);
+        if rows >= sample {
+            break;
         }
     }
     Ok(batches)
+}
+
+fn read_sample(path: &Path, sample: usize) -> Result<Vec<RecordBatch>, String> {
+    let open = || std::fs::File::open(path).map_err(|e| e.to_string());
+    if path.extension().is_some_and(|e| e == "csv") {
+        let format = arrow::csv::reader::Format::default().with_header(true);
+        let (schema, _) = format
+            .infer_schema(open()?, Some(sample))
+            .map_err(|e| e.to_string())?;
+        let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
+            .with_format(format)
+            .build(open()?)
+            .map_err(|e| e.to_string())?;
+        take_rows(reader, sample)
+    } else {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open()?)
+                .map_err(|e| format!("not valid Parquet: {e}"))?
+                .with_batch_size(sample.clamp(1, 8192))
+                .build()
+                .map_err(|e| e.to_string())?;
+        take_rows(reader, sample)
+    }
 }
 
 /// Sample up to `sample` rows of a Parquet or CSV file and classify each column.
