@@ -154,18 +154,10 @@ pub fn is_valid_landline_cn(s: &str) -> bool {
 
 /// Whether the digits pass the Luhn check.
 pub fn luhn_ok(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, b) in digits.iter().rev().enumerate() {
-        let mut d = u32::from(b - b'0');
-        if i % 2 == 1 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
+    match digits.split_last() {
+        Some((last, payload)) => luhn_check_digit(payload) == *last,
+        None => false,
     }
-    sum.is_multiple_of(10)
 }
 
 /// The Luhn check digit to append to `payload`.
