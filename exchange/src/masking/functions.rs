@@ -4,6 +4,8 @@
 //! its input unchanged merely because it is short: when the kept parts would cover the
 //! whole value, every char is masked (masking.md, "General rules").
 
+use std::fmt::Write as _;
+
 /// Mask char used when a function is not told otherwise.
 pub const MASK_CHAR: char = '*';
 
@@ -17,8 +19,20 @@ pub const COMPOUND_SURNAMES: &[&str] = &[
 /// Keep the first `n` and last `m` chars, replace the ones between with `mask`.
 /// When `n + m >= len` every char is masked (ShardingSphere returns plaintext there: a leak).
 pub fn keep_first_last(input: &str, n: usize, m: usize, mask: char, out: &mut String) {
+    if input.is_ascii() {
+        // Identifiers are ASCII: slice by bytes instead of walking chars.
+        let len = input.len();
+        if n.saturating_add(m) >= len {
+            out.extend(std::iter::repeat_n(mask, len));
+        } else {
+            out.push_str(&input[..n]);
+            out.extend(std::iter::repeat_n(mask, len - n - m));
+            out.push_str(&input[len - m..]);
+        }
+        return;
+    }
     let len = input.chars().count();
-    if n + m >= len {
+    if n.saturating_add(m) >= len {
         out.extend(std::iter::repeat_n(mask, len));
         return;
     }
@@ -30,8 +44,19 @@ pub fn keep_first_last(input: &str, n: usize, m: usize, mask: char, out: &mut St
 /// Replace the first `n` and last `m` chars with `mask`; when they cover the value (or
 /// would mask nothing), mask all.
 pub fn mask_first_last(input: &str, n: usize, m: usize, mask: char, out: &mut String) {
+    if input.is_ascii() {
+        let len = input.len();
+        if n.saturating_add(m) >= len || n + m == 0 {
+            out.extend(std::iter::repeat_n(mask, len));
+        } else {
+            out.extend(std::iter::repeat_n(mask, n));
+            out.push_str(&input[n..len - m]);
+            out.extend(std::iter::repeat_n(mask, m));
+        }
+        return;
+    }
     let len = input.chars().count();
-    if n + m >= len || n + m == 0 {
+    if n.saturating_add(m) >= len || n + m == 0 {
         out.extend(std::iter::repeat_n(mask, len));
         return;
     }
@@ -67,7 +92,6 @@ pub fn id_cn_keep(profile: &str) -> Option<(usize, usize)> {
 /// Chinese phone numbers: mobiles keep 3 + 4; landlines (leading 0) keep the area code and
 /// the last 2 digits; anything else is treated like a mobile.
 pub fn phone_cn(input: &str, out: &mut String) {
-    let digits_only: String = input.chars().filter(|c| c.is_ascii_digit()).collect();
     if input.starts_with('0') && !input.starts_with("0086") {
         let area = if let Some(pos) = input.find('-') {
             input[..pos].chars().count() + 1
@@ -79,7 +103,6 @@ pub fn phone_cn(input: &str, out: &mut String) {
         keep_first_last(input, area, 2, MASK_CHAR, out);
         return;
     }
-    let _ = digits_only;
     keep_first_last(input, 3, 4, MASK_CHAR, out);
 }
 
@@ -250,7 +273,7 @@ pub fn ipv4(input: &str, out: &mut String) {
     match input.parse::<std::net::Ipv4Addr>() {
         Ok(ip) => {
             let [a, b, c, _] = ip.octets();
-            out.push_str(&format!("{a}.{b}.{c}.0"));
+            let _ = write!(out, "{a}.{b}.{c}.0");
         }
         Err(_) => out.push_str("***"),
     }
@@ -262,7 +285,7 @@ pub fn ipv6(input: &str, out: &mut String) {
         Ok(ip) => {
             let s = ip.segments();
             let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
-            out.push_str(&net.to_string());
+            let _ = write!(out, "{net}");
         }
         Err(_) => out.push_str("***"),
     }

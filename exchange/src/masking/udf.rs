@@ -7,12 +7,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Date32Array, Float64Array, Int64Array, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
+    LargeStringBuilder, StringArray, StringBuilder, StringViewBuilder, make_array, new_null_array,
 };
-use arrow::datatypes::DataType;
-use datafusion::common::cast::{
-    as_date32_array, as_float64_array, as_int64_array, as_string_array,
-};
+use arrow::datatypes::{DataType, Decimal128Type};
+use datafusion::common::cast::{as_date32_array, as_float64_array, as_int64_array};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -97,6 +96,12 @@ pub enum MaskFn {
     TopBottomCode,
     /// trunc_date(unit): 'year', 'month' or 'day'.
     TruncDate,
+    /// nullify: NULL of the column's type.
+    Nullify,
+    /// type_default: '' / 0 / false / 1970-01-01 for present values, NULL stays NULL.
+    TypeDefault,
+    /// bucket(e1, e2, ...): a number becomes the label of its interval between the edges.
+    Bucket,
 }
 
 /// What kind of value a masking function takes and returns.
@@ -110,6 +115,8 @@ pub enum ValueKind {
     Number,
     /// Numbers in, text labels out.
     NumberLabel,
+    /// Any type in, the same type out.
+    Any,
 }
 
 impl MaskFn {
@@ -138,6 +145,9 @@ impl MaskFn {
         MaskFn::AgeBand,
         MaskFn::TopBottomCode,
         MaskFn::TruncDate,
+        MaskFn::Nullify,
+        MaskFn::TypeDefault,
+        MaskFn::Bucket,
     ];
 
     /// The function's SQL and policy name.
@@ -166,6 +176,9 @@ impl MaskFn {
             MaskFn::AgeBand => "age_band",
             MaskFn::TopBottomCode => "top_bottom_code",
             MaskFn::TruncDate => "trunc_date",
+            MaskFn::Nullify => "nullify",
+            MaskFn::TypeDefault => "type_default",
+            MaskFn::Bucket => "bucket",
         }
     }
 
@@ -179,7 +192,8 @@ impl MaskFn {
         match self {
             MaskFn::YearOnly | MaskFn::TruncDate => ValueKind::Date,
             MaskFn::RoundNum | MaskFn::TopBottomCode => ValueKind::Number,
-            MaskFn::AgeBand => ValueKind::NumberLabel,
+            MaskFn::AgeBand | MaskFn::Bucket => ValueKind::NumberLabel,
+            MaskFn::Nullify | MaskFn::TypeDefault => ValueKind::Any,
             _ => ValueKind::Text,
         }
     }
@@ -197,7 +211,10 @@ impl MaskFn {
             | MaskFn::PlateCn
             | MaskFn::Email
             | MaskFn::Ipv4
-            | MaskFn::Ipv6 => "no parameters",
+            | MaskFn::Ipv6
+            | MaskFn::Nullify
+            | MaskFn::TypeDefault => "no parameters",
+            MaskFn::Bucket => "(e1, e2, ...) with 1 to 32 strictly increasing integer edges",
             MaskFn::IdCn => "('display' | 'operator')",
             MaskFn::AddressCn => "('province' | 'city' | 'district')",
             MaskFn::RoundNum => "(k) with k > 0",
@@ -226,9 +243,12 @@ impl MaskFn {
                 | MaskFn::PlateCn
                 | MaskFn::Email
                 | MaskFn::Ipv4
-                | MaskFn::Ipv6,
+                | MaskFn::Ipv6
+                | MaskFn::Nullify
+                | MaskFn::TypeDefault,
                 [],
             ) => true,
+            (MaskFn::Bucket, edges) => bucket_edges(edges).is_some(),
             (MaskFn::MaskBefore | MaskFn::MaskAfter, [MaskArg::Str(s)]) => !s.is_empty(),
             (MaskFn::FixedMask, [MaskArg::Int(k)]) => (1..=64).contains(k),
             (MaskFn::HashSha256, []) | (MaskFn::HashSha256, [MaskArg::Str(_)]) => true,
@@ -295,22 +315,51 @@ fn usize_param(v: &ColumnarValue, func: MaskFn) -> Result<usize> {
     })
 }
 
-/// Apply a char-level mask to each string, reusing one buffer; NULL stays NULL.
-fn map_strings(array: &ArrayRef, f: impl Fn(&str, &mut String)) -> Result<ArrayRef> {
-    let strings = as_string_array(array)?;
-    let mut builder = StringBuilder::with_capacity(strings.len(), strings.value_data().len());
-    let mut buf = String::new();
-    for value in strings.iter() {
+/// Run `f` over every present value with one reused buffer; NULL stays NULL.
+fn each_string<'a>(
+    values: impl Iterator<Item = Option<&'a str>>,
+    f: &impl Fn(&str, &mut String),
+    mut emit: impl FnMut(Option<&str>),
+) {
+    let mut buf = String::with_capacity(64);
+    for value in values {
         match value {
-            None => builder.append_null(),
+            None => emit(None),
             Some(s) => {
                 buf.clear();
                 f(s, &mut buf);
-                builder.append_value(&buf);
+                emit(Some(&buf));
             }
         }
     }
-    Ok(Arc::new(builder.finish()))
+}
+
+/// Apply a char-level mask to each string of a Utf8, LargeUtf8 or Utf8View array, into
+/// an array of the same type. Outputs are sized from the input (masks keep or shorten the
+/// byte length in the common case), so builders rarely grow.
+fn map_strings(array: &ArrayRef, f: impl Fn(&str, &mut String)) -> Result<ArrayRef> {
+    Ok(match array.data_type() {
+        DataType::Utf8 => {
+            let strings = array.as_string::<i32>();
+            let mut b = StringBuilder::with_capacity(strings.len(), strings.value_data().len());
+            each_string(strings.iter(), &f, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        DataType::LargeUtf8 => {
+            let strings = array.as_string::<i64>();
+            let mut b =
+                LargeStringBuilder::with_capacity(strings.len(), strings.value_data().len());
+            each_string(strings.iter(), &f, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        DataType::Utf8View => {
+            let strings = array.as_string_view();
+            let mut b = StringViewBuilder::with_capacity(strings.len());
+            each_string(strings.iter(), &f, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        other => return exec_err!("expected a string array, got {other}"),
+    })
 }
 
 const DAYS_0000_TO_1970: i32 = 719_163;
@@ -342,6 +391,65 @@ fn round_to(v: i64, k: i64) -> i64 {
     }
 }
 
+/// The edges of `bucket`: 1 to 32 strictly increasing integers.
+fn bucket_edges(args: &[MaskArg]) -> Option<Vec<i64>> {
+    let edges: Vec<i64> = args
+        .iter()
+        .map(|a| match a {
+            MaskArg::Int(i) => Some(*i),
+            MaskArg::Str(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    let increasing = edges.windows(2).all(|w| w[0] < w[1]);
+    ((1..=32).contains(&edges.len()) && increasing).then_some(edges)
+}
+
+fn bucket_edges_of(params: &[ColumnarValue], func: MaskFn) -> Result<Vec<i64>> {
+    let args = params
+        .iter()
+        .map(|p| scalar_int(p, func).map(MaskArg::Int))
+        .collect::<Result<Vec<_>>>()?;
+    match bucket_edges(&args) {
+        Some(edges) => Ok(edges),
+        None => plan_err!("bucket: edges must be 1 to 32 strictly increasing integers"),
+    }
+}
+
+/// Labels of `bucket`: `<e1`, `e1-e2` (integers: inclusive, `e1-(e2-1)`), ..., `>=en`.
+fn bucket_labels(edges: &[i64], integers: bool) -> Vec<String> {
+    let mut labels = Vec::with_capacity(edges.len() + 1);
+    if let Some(first) = edges.first() {
+        labels.push(format!("<{first}"));
+    }
+    for w in edges.windows(2) {
+        labels.push(if integers {
+            if w[1] - 1 == w[0] {
+                w[0].to_string()
+            } else {
+                format!("{}-{}", w[0], w[1] - 1)
+            }
+        } else {
+            format!("[{}, {})", w[0], w[1])
+        });
+    }
+    if let Some(last) = edges.last() {
+        labels.push(format!(">={last}"));
+    }
+    labels
+}
+
+/// Round a decimal's unscaled value to a multiple of `k` whole units.
+fn round_decimal(v: i128, k: i64, scale: i8) -> Option<i128> {
+    let step = i128::from(k).checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?;
+    let r = v.rem_euclid(step);
+    let base = v - r;
+    Some(if r * 2 >= step {
+        base.checked_add(step)?
+    } else {
+        base
+    })
+}
+
 impl ScalarUDFImpl for MaskUdf {
     fn name(&self) -> &str {
         self.func.name()
@@ -357,9 +465,8 @@ impl ScalarUDFImpl for MaskUdf {
         };
         let value = match self.func.value_kind() {
             ValueKind::Text => match first {
+                DataType::LargeUtf8 | DataType::Utf8View => first.clone(),
                 DataType::Utf8
-                | DataType::LargeUtf8
-                | DataType::Utf8View
                 | DataType::Null
                 | DataType::Int8
                 | DataType::Int16
@@ -378,8 +485,12 @@ impl ScalarUDFImpl for MaskUdf {
                 | DataType::Null => DataType::Date32,
                 other => return plan_err!("{} applies to dates, not {other}", self.func.name()),
             },
+            ValueKind::Any => first.clone(),
             ValueKind::Number | ValueKind::NumberLabel => match first {
                 t if t.is_integer() => DataType::Int64,
+                DataType::Decimal128(_, _) if self.func.value_kind() == ValueKind::Number => {
+                    first.clone()
+                }
                 t if t.is_floating() || matches!(t, DataType::Decimal128(_, _)) => {
                     DataType::Float64
                 }
@@ -401,8 +512,13 @@ impl ScalarUDFImpl for MaskUdf {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let first = arg_types.first().cloned().unwrap_or(DataType::Null);
         Ok(match self.func.value_kind() {
-            ValueKind::Text => DataType::Utf8,
+            ValueKind::Text => match first {
+                DataType::LargeUtf8 | DataType::Utf8View => first,
+                _ => DataType::Utf8,
+            },
+            ValueKind::Any => first,
             ValueKind::Date => DataType::Date32,
             ValueKind::Number => arg_types.first().cloned().unwrap_or(DataType::Int64),
             ValueKind::NumberLabel => DataType::Utf8,
@@ -461,6 +577,18 @@ impl ScalarUDFImpl for MaskUdf {
                     DataType::Int64 => {
                         let out: Int64Array = as_int64_array(&array)?.unary(|v| round_to(v, k));
                         Arc::new(out)
+                    }
+                    DataType::Decimal128(p, scale) => {
+                        let (p, scale) = (*p, *scale);
+                        let out: Decimal128Array =
+                            array.as_primitive::<Decimal128Type>().try_unary(|v| {
+                                round_decimal(v, k, scale).ok_or_else(|| {
+                                    arrow::error::ArrowError::ComputeError(
+                                        "round_num: value out of range".into(),
+                                    )
+                                })
+                            })?;
+                        Arc::new(out.with_precision_and_scale(p, scale)?)
                     }
                     _ => {
                         let kf = k as f64;
@@ -526,6 +654,21 @@ impl ScalarUDFImpl for MaskUdf {
                             as_int64_array(&array)?.unary(|v| v.clamp(lo, hi.max(lo)));
                         Arc::new(out)
                     }
+                    DataType::Decimal128(p, scale) => {
+                        let (p, scale) = (*p, *scale);
+                        let unit = u32::try_from(scale)
+                            .ok()
+                            .and_then(|s| 10i128.checked_pow(s))
+                            .unwrap_or(1);
+                        let (lo, hi) = (
+                            i128::from(lo).saturating_mul(unit),
+                            i128::from(hi.max(lo)).saturating_mul(unit),
+                        );
+                        let out: Decimal128Array = array
+                            .as_primitive::<Decimal128Type>()
+                            .unary(|v| v.clamp(lo, hi));
+                        Arc::new(out.with_precision_and_scale(p, scale)?)
+                    }
                     _ => {
                         let (lo, hi) = (lo as f64, hi as f64);
                         let out: Float64Array =
@@ -544,6 +687,45 @@ impl ScalarUDFImpl for MaskUdf {
                     other => return plan_err!("trunc_date: unknown unit '{other}'"),
                 };
                 Arc::new(out)
+            }
+            (MaskFn::Bucket, edges) if !edges.is_empty() => {
+                let edges = bucket_edges_of(edges, func)?;
+                let integers = array.data_type() == &DataType::Int64;
+                let labels = bucket_labels(&edges, integers);
+                // The bucket of v is the number of edges <= v.
+                let label = |i: usize| labels.get(i).map(String::as_str);
+                let out: StringArray = if integers {
+                    as_int64_array(&array)?
+                        .iter()
+                        .map(|v| v.and_then(|v| label(edges.partition_point(|e| *e <= v))))
+                        .collect()
+                } else {
+                    as_float64_array(&array)?
+                        .iter()
+                        .map(|v| {
+                            v.and_then(|v| {
+                                if v.is_nan() {
+                                    Some("NaN")
+                                } else {
+                                    label(edges.partition_point(|e| (*e as f64) <= v))
+                                }
+                            })
+                        })
+                        .collect()
+                };
+                Arc::new(out)
+            }
+            (MaskFn::Nullify, []) => new_null_array(array.data_type(), array.len()),
+            (MaskFn::TypeDefault, []) => {
+                let default =
+                    ScalarValue::new_default(array.data_type())?.to_array_of_size(array.len())?;
+                // Present values become the default; NULL stays NULL.
+                let data = default
+                    .to_data()
+                    .into_builder()
+                    .nulls(array.nulls().cloned())
+                    .build()?;
+                make_array(data)
             }
             _ => {
                 return plan_err!(
@@ -658,6 +840,96 @@ mod tests {
         )
         .await;
         assert_eq!(nulls, vec!["NULL"; 4]);
+    }
+
+    #[tokio::test]
+    async fn string_masks_keep_the_string_type() {
+        let got = eval(
+            "SELECT arrow_typeof(name_cn(arrow_cast('张三丰', 'Utf8View'))),
+                    name_cn(arrow_cast('张三丰', 'Utf8View')),
+                    arrow_typeof(phone_cn(arrow_cast('13812341234', 'LargeUtf8'))),
+                    phone_cn(arrow_cast('13812341234', 'LargeUtf8')),
+                    arrow_typeof(keep_first_last('abc', 1, 1)),
+                    keep_first_last(arrow_cast('一个非常长的、超过十二字节的字符串值', 'Utf8View'), 2, 2),
+                    email(arrow_cast(NULL, 'Utf8View'))",
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                "Utf8View",
+                "张**",
+                "LargeUtf8",
+                "138****1234",
+                "Utf8",
+                "一个**************串值",
+                "NULL"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn nullify_type_default_bucket_and_decimals() {
+        let got = eval(
+            "SELECT nullify('secret'), nullify(42), type_default('secret'), type_default(42),
+                    type_default(true), type_default(DATE '2019-05-12'), type_default(CAST(NULL AS INT)),
+                    arrow_typeof(type_default(arrow_cast(7, 'Int16'))), arrow_typeof(nullify(DATE '2019-05-12')),
+                    bucket(17, 18, 35, 60), bucket(18, 18, 35, 60), bucket(34, 18, 35, 60),
+                    bucket(60, 18, 35, 60), bucket(99, 18, 35, 60), bucket(2.5, 0, 5),
+                    bucket(CAST(NULL AS BIGINT), 0, 5), bucket(5, 5, 6, 10),
+                    round_num(CAST(1234.56 AS DECIMAL(10, 2)), 100),
+                    arrow_typeof(round_num(CAST(1234.56 AS DECIMAL(10, 2)), 100)),
+                    top_bottom_code(CAST(250.5 AS DECIMAL(6, 1)), 0, 120)",
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                "NULL",
+                "NULL",
+                "",
+                "0",
+                "false",
+                "1970-01-01",
+                "NULL",
+                "Int16",
+                "Date32",
+                "<18",
+                "18-34",
+                "18-34",
+                ">=60",
+                ">=60",
+                "[0, 5)",
+                "NULL",
+                "5",
+                "1200.00",
+                "Decimal128(10, 2)",
+                "120.0",
+            ]
+        );
+    }
+
+    #[test]
+    fn bucket_checks_its_edges() {
+        assert!(
+            MaskFn::Bucket
+                .check_args(&[MaskArg::Int(18), MaskArg::Int(35)])
+                .is_ok()
+        );
+        assert!(MaskFn::Bucket.check_args(&[]).is_err());
+        assert!(
+            MaskFn::Bucket
+                .check_args(&[MaskArg::Int(35), MaskArg::Int(18)])
+                .is_err()
+        );
+        assert!(
+            MaskFn::Bucket
+                .check_args(&[MaskArg::Int(1), MaskArg::Str("x".into())])
+                .is_err()
+        );
+        assert!(MaskFn::Nullify.check_args(&[MaskArg::Int(1)]).is_err());
+        assert_eq!(round_decimal(123_456, 100, 2), Some(120_000));
+        assert_eq!(round_decimal(-5_000, 100, 2), Some(0));
     }
 
     #[test]

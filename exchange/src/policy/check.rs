@@ -204,7 +204,8 @@ fn check_pii(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) 
                         .map(move |r| (g, r))
                 })
                 .collect();
-            if rules.is_empty() {
+            let suppressed = grants.iter().any(|g| g.suppressed.contains(&c.name));
+            if rules.is_empty() && !suppressed {
                 report.warn(
                     Some(c.pos.clone()),
                     format!(

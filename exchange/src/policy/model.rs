@@ -148,6 +148,8 @@ pub struct Grant {
     pub min_group: Option<u32>,
     /// Visible columns in table order.
     pub columns: Vec<ColumnRule>,
+    /// Columns the grant names as `suppress`: deliberately left out of the visible schema.
+    pub suppressed: Vec<String>,
     /// Where declared.
     pub pos: SourcePos,
 }
@@ -464,7 +466,7 @@ impl PolicySet {
                 None => None,
                 Some(f) => Some(parse_row_filter(&ctx, &id, f)?),
             };
-            let columns = parse_columns(&ctx, &id, dataset, g.columns)?;
+            let (columns, suppressed) = parse_columns(&ctx, &id, dataset, g.columns)?;
             let min_group = match g.min_group {
                 None => None,
                 Some(k) if *k.get_ref() == 0 => {
@@ -490,6 +492,7 @@ impl PolicySet {
                 id,
                 agency: agency.clone(),
                 version: file.version.clone(),
+                suppressed,
                 table: dataset.name.clone(),
                 to,
                 purposes,
@@ -634,9 +637,10 @@ fn parse_columns(
     id: &str,
     dataset: &Dataset,
     entries: BTreeMap<String, Spanned<ColumnEntry>>,
-) -> Result<Vec<ColumnRule>, PolicyError> {
+) -> Result<(Vec<ColumnRule>, Vec<String>), PolicyError> {
     let table = dataset.qualified_name();
     let mut rules = Vec::new();
+    let mut suppressed = Vec::new();
     for (name, entry) in entries {
         let span = entry.span();
         let (source, text) = match entry.into_inner() {
@@ -655,6 +659,18 @@ fn parse_columns(
                 format!("grant '{id}': derived column '{name}' hides the table's own column of that name"),
             ));
         }
+        if text.trim() == "suppress" {
+            // Spelled out so that reviewers and `policy check` see the decision; the
+            // column simply stays out of the visible schema (as an unlisted one would).
+            if name != source {
+                return Err(ctx.invalid(
+                    span,
+                    format!("grant '{id}', column {name}: a derived column cannot be suppressed (leave it out)"),
+                ));
+            }
+            suppressed.push(name);
+            continue;
+        }
         let treatment = Treatment::parse(&text)
             .map_err(|e| ctx.invalid(span.clone(), format!("grant '{id}', column {name}: {e}")))?;
         let domain = match &treatment {
@@ -669,6 +685,7 @@ fn parse_columns(
                         col.ty,
                         ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64
                     ),
+                    ValueKind::Any => true,
                 };
                 if !fits {
                     return Err(ctx.invalid(
@@ -738,5 +755,5 @@ fn parse_columns(
     }
     // Table order; derived columns right after their source.
     rules.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
-    Ok(rules.into_iter().map(|r| r.2).collect())
+    Ok((rules.into_iter().map(|r| r.2).collect(), suppressed))
 }

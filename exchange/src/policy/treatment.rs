@@ -171,7 +171,7 @@ impl Treatment {
                 ),
             },
             other => Err(format!(
-                "unknown treatment '{other}' (expected plain, mask(..), pseudonym, join_key, typed_random_replace(..) or aggregate_only(k))"
+                "unknown treatment '{other}' (expected plain, mask(..), pseudonym, join_key, typed_random_replace(..), aggregate_only(k) or suppress)"
             )),
         }
     }
