@@ -18,24 +18,46 @@ use datafusion::physical_plan::collect;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
-use crate::audit::{AuditError, AuditLog, Decision, Entry, TableUse};
+use crate::audit::{AuditError, AuditLog, AuditOptions, Decision, Entry, TableUse};
 use crate::catalog::{Catalog, CatalogError};
 use crate::enforcement::{PrincipalSession, RawTable, SessionInputs, find_violation};
-use crate::masking::{KeyError, KeyRing};
+use crate::keys::{KeyError, Keys, SigningKey};
+use crate::masking::KeyRing;
 use crate::policy::{Denial, PolicyError, PolicySet, Treatment};
 
-/// Where the exchange finds its configuration, data and state.
+/// Where the exchange finds its configuration, data, keys and state.
 #[derive(Debug, Clone)]
 pub struct ExchangeConfig {
     /// Directory holding `schemas/` and `policies/`.
     pub config_dir: PathBuf,
     /// Root of relative dataset locations.
     pub data_root: PathBuf,
-    /// Directory for the secret key file and the audit log.
+    /// Directory of the audit log (and the REPL history).
     pub state_dir: PathBuf,
+    /// Directory of the keys (`exchange keys init`).
+    pub key_dir: PathBuf,
+    /// Checkpoint and rotation intervals of the audit log.
+    pub audit: AuditOptions,
 }
 
 impl ExchangeConfig {
+    /// A configuration with keys in `<config_dir>/keys` and default audit options.
+    pub fn new(config_dir: PathBuf, data_root: PathBuf, state_dir: PathBuf) -> Self {
+        Self {
+            key_dir: crate::keys::default_dir(&config_dir),
+            config_dir,
+            data_root,
+            state_dir,
+            audit: AuditOptions::default(),
+        }
+    }
+
+    /// The same configuration with keys in `key_dir`.
+    pub fn with_key_dir(mut self, key_dir: PathBuf) -> Self {
+        self.key_dir = key_dir;
+        self
+    }
+
     /// `schemas/` under the config dir.
     pub fn schemas_dir(&self) -> PathBuf {
         self.config_dir.join("schemas")
@@ -46,14 +68,14 @@ impl ExchangeConfig {
         self.config_dir.join("policies")
     }
 
-    /// The secret key file.
-    pub fn key_file(&self) -> PathBuf {
-        self.state_dir.join("secret.key")
+    /// The audit log's directory.
+    pub fn audit_log(&self) -> PathBuf {
+        self.state_dir.join("audit")
     }
 
-    /// The audit log.
-    pub fn audit_log(&self) -> PathBuf {
-        self.state_dir.join("audit.jsonl")
+    /// The public key file verifiers use.
+    pub fn public_key_file(&self) -> PathBuf {
+        self.key_dir.join(crate::keys::PUBLIC_FILE)
     }
 }
 
@@ -122,6 +144,7 @@ pub struct Exchange {
     catalog: Catalog,
     policies: PolicySet,
     keys: KeyRing,
+    signer: Arc<SigningKey>,
     audit: AuditLog,
 }
 
@@ -149,13 +172,15 @@ impl Exchange {
     pub fn open(config: ExchangeConfig) -> Result<Self, OpenError> {
         let catalog = Catalog::load(&config.schemas_dir())?;
         let policies = PolicySet::load(&config.policies_dir(), &catalog)?;
-        let keys = KeyRing::load_or_create(&config.key_file())?;
-        let audit = AuditLog::open(&config.audit_log())?;
+        let Keys { ring, signing } = Keys::load(&config.key_dir)?;
+        let signer = Arc::new(signing);
+        let audit = AuditLog::open(&config.audit_log(), signer.clone(), config.audit)?;
         Ok(Self {
             config,
             catalog,
             policies,
-            keys,
+            keys: ring,
+            signer,
             audit,
         })
     }
@@ -178,6 +203,16 @@ impl Exchange {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The signing key (export manifests).
+    pub fn signer(&self) -> &SigningKey {
+        &self.signer
+    }
+
+    /// The HMAC key ring.
+    pub fn key_ring(&self) -> &KeyRing {
+        &self.keys
     }
 
     fn today() -> NaiveDate {
@@ -290,6 +325,7 @@ impl Exchange {
             rows: out.map(|o| o.rows),
             result_digest: out.map(|o| o.digest.clone()),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ..Entry::default()
         };
         self.audit
             .append(entry)

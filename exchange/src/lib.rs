@@ -7,6 +7,7 @@
 //!
 //! - [`catalog`]: agencies, datasets and column metadata (`schemas/`).
 //! - [`policy`]: principals, purposes and grants (`policies/`), and the checker.
+//! - [`keys`]: the HMAC master secret and the Ed25519 signing key (`exchange keys init`).
 //! - [`masking`]: masking functions, keyed pseudonyms and join keys.
 //! - [`enforcement`]: per-principal sessions and the policy analyzer rule.
 //! - [`audit`]: the hash-chained audit log and `audit.events`.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod demo;
 pub mod enforcement;
 pub mod engine;
+pub mod keys;
 pub mod masking;
 pub mod policy;
 

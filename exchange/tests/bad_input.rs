@@ -12,11 +12,7 @@ use common::{config_copy, edit};
 
 fn open_with(config: &Path, data: &Path) -> Result<Exchange, exchange::OpenError> {
     let state = tempfile::tempdir().unwrap().keep();
-    Exchange::open(ExchangeConfig {
-        config_dir: config.to_path_buf(),
-        data_root: data.to_path_buf(),
-        state_dir: state,
-    })
+    Exchange::open(common::test_config(config, data, &state))
 }
 
 #[test]
@@ -144,11 +140,11 @@ async fn missing_and_corrupt_data_files_fail_the_query_clearly() {
         other => panic!("expected an error, got {other:?}"),
     }
     // The checker names both.
-    let report = exchange::policy::check(&ExchangeConfig {
-        config_dir: common::repo_root(),
-        data_root: data.path().to_path_buf(),
-        state_dir: data.path().join("state"),
-    });
+    let report = exchange::policy::check(&ExchangeConfig::new(
+        common::repo_root(),
+        data.path().to_path_buf(),
+        data.path().join("state"),
+    ));
     let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     assert!(report.has_errors());
     assert!(
@@ -171,11 +167,11 @@ fn schema_type_mismatch_is_reported_by_the_checker() {
         "name = \"care_level\"\ntype = \"int32\"",
         "name = \"care_level\"\ntype = \"utf8\"",
     );
-    let report = exchange::policy::check(&ExchangeConfig {
-        config_dir: c.path().to_path_buf(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: c.path().join("state"),
-    });
+    let report = exchange::policy::check(&ExchangeConfig::new(
+        c.path().to_path_buf(),
+        common::data_root().to_path_buf(),
+        c.path().join("state"),
+    ));
     let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     assert!(
         text.iter()
@@ -186,11 +182,11 @@ fn schema_type_mismatch_is_reported_by_the_checker() {
 
 #[test]
 fn repository_configuration_checks_clean() {
-    let report = exchange::policy::check(&ExchangeConfig {
-        config_dir: common::repo_root(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: common::data_root().join("state"),
-    });
+    let report = exchange::policy::check(&ExchangeConfig::new(
+        common::repo_root(),
+        common::data_root().to_path_buf(),
+        common::data_root().join("state"),
+    ));
     assert!(!report.has_errors(), "{:?}", report.findings);
 }
 
@@ -201,11 +197,11 @@ fn shadowed_grants_and_row_filter_attributes_are_reported() {
     let mut text = fs::read_to_string(&file).unwrap();
     text.push_str("\n[[grant]]\nid = \"shadowed\"\ntable = \"enterprises\"\nto = { principal = \"market_trader\" }\npurposes = [\"data_product\"]\nexpires = 2027-01-01\nrow_filter = \"district = principal.region\"\n[grant.columns]\nname = \"plain\"\n");
     fs::write(&file, text).unwrap();
-    let report = exchange::policy::check(&ExchangeConfig {
-        config_dir: c.path().to_path_buf(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: c.path().join("state"),
-    });
+    let report = exchange::policy::check(&ExchangeConfig::new(
+        c.path().to_path_buf(),
+        common::data_root().to_path_buf(),
+        c.path().join("state"),
+    ));
     let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     assert!(
         text.iter()

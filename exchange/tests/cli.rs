@@ -12,7 +12,9 @@ fn exchange(state: &std::path::Path, data: &std::path::Path) -> Command {
         .arg("--data-root")
         .arg(data)
         .arg("--state-dir")
-        .arg(state);
+        .arg(state)
+        .arg("--key-dir")
+        .arg(state.join("keys"));
     c
 }
 
@@ -40,7 +42,7 @@ fn demo_generates_data_and_shows_every_principal() {
     ] {
         assert!(stdout.contains(p), "{p} missing from the demo");
     }
-    assert!(stdout.contains("hash chain verified"));
+    assert!(stdout.contains("signed checkpoints verified"));
     assert!(stdout.contains("refused:") || stdout.contains("not found or not granted"));
     assert!(exchange::demo::data_present(&data));
 }
@@ -50,6 +52,29 @@ fn query_prints_results_and_refusals_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let data = common::data_root();
+    // Without keys the exchange does not start, and says how to create them.
+    let out = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exchange keys init"));
+    let out = exchange(&state, data)
+        .args(["keys", "init"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = exchange(&state, data)
         .args(["query", "--as", "market_trader", "--purpose", "data_product", "--format", "csv",
                "SELECT industry, count(*) AS n FROM market.enterprises GROUP BY industry ORDER BY industry"])

@@ -40,11 +40,11 @@ type = "int64"
     )
     .unwrap();
 
-    let ex = exchange::Exchange::open(exchange::ExchangeConfig {
-        config_dir: config.path().to_path_buf(),
-        data_root: data.path().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
+    let ex = exchange::Exchange::open(common::test_config(
+        config.path(),
+        data.path(),
+        state.path(),
+    ))
     .unwrap();
     let out = common::ok(
         &ex,

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use exchange::demo::SHOWCASE;
-use exchange::{Exchange, ExchangeConfig};
+use exchange::Exchange;
 
 fn snapshot_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,19 +50,17 @@ fn check(name: &str, actual: &str) {
 /// An exchange whose secret key is fixed, so pseudonyms are reproducible.
 fn fixed_key_exchange() -> (Exchange, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let key = state.path().join("secret.key");
+    let config = common::test_config(&common::repo_root(), common::data_root(), state.path());
+    // Replace the fresh HMAC secret by a fixed one (the signing key does not matter here).
+    let key = config.key_dir.join(exchange::keys::SECRET_FILE);
+    std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, "5e".repeat(32)).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let ex = Exchange::open(ExchangeConfig {
-        config_dir: common::repo_root(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
-    .unwrap();
+    let ex = Exchange::open(config).unwrap();
     (ex, state)
 }
 

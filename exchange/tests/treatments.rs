@@ -96,10 +96,12 @@ async fn suppress_nullify_type_default_and_bucket_apply_as_written() {
 #[test]
 fn suppress_is_a_rule_for_the_checker_and_rejects_derived_columns() {
     let c = config();
-    let cfg = |dir: &std::path::Path| ExchangeConfig {
-        config_dir: dir.to_path_buf(),
-        data_root: common::data_root().to_path_buf(),
-        state_dir: dir.join("state"),
+    let cfg = |dir: &std::path::Path| {
+        ExchangeConfig::new(
+            dir.to_path_buf(),
+            common::data_root().to_path_buf(),
+            dir.join("state"),
+        )
     };
     let report = exchange::policy::check(&cfg(c.path()));
     assert!(!report.has_errors(), "{:?}", report.findings);

@@ -45,6 +45,9 @@ pub fn events_schema() -> SchemaRef {
         Field::new("rows", DataType::Int64, true),
         Field::new("result_digest", DataType::Utf8, true),
         Field::new("duration_ms", DataType::Int64, false),
+        Field::new("recipient", DataType::Utf8, true),
+        Field::new("export", DataType::Utf8, true),
+        Field::new("guard", DataType::Utf8, true),
     ]))
 }
 
@@ -56,13 +59,9 @@ pub struct AuditEvents {
 }
 
 impl AuditEvents {
-    /// Load the (verified) log at `path` into a table.
+    /// Load the log in directory `path` (chain checked) into a table.
     pub fn load(path: &Path) -> Result<Self> {
-        let records = if path.exists() {
-            read_all(path).map_err(|e| DataFusionError::External(Box::new(e)))?
-        } else {
-            vec![]
-        };
+        let records = read_all(path).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut seq = Int64Builder::new();
         let mut time = TimestampMicrosecondBuilder::new().with_timezone("UTC");
         let (mut principal, mut agency, mut purpose, mut statement, mut kind) = (
@@ -81,6 +80,11 @@ impl AuditEvents {
             StringBuilder::new(),
         );
         let (mut rows, mut duration) = (Int64Builder::new(), Int64Builder::new());
+        let (mut recipient, mut export, mut guard) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
         for r in &records {
             seq.append_value(i64::try_from(r.seq).unwrap_or(i64::MAX));
             time.append_value(
@@ -112,6 +116,9 @@ impl AuditEvents {
             rows.append_option(r.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
             digest.append_option(r.result_digest.as_deref());
             duration.append_value(i64::try_from(r.duration_ms).unwrap_or(i64::MAX));
+            recipient.append_option(r.recipient.as_deref());
+            export.append_option(r.export.as_deref());
+            guard.append_option(r.guard.as_deref());
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -129,6 +136,9 @@ impl AuditEvents {
             Arc::new(rows.finish()),
             Arc::new(digest.finish()),
             Arc::new(duration.finish()),
+            Arc::new(recipient.finish()),
+            Arc::new(export.finish()),
+            Arc::new(guard.finish()),
         ];
         let schema = events_schema();
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;

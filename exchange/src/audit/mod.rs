@@ -1,16 +1,33 @@
-//! The audit log: every statement, allowed or refused, as one canonical JSON line.
+//! The audit log: every statement, allowed or refused, as one canonical JSON line, in a
+//! hash chain signed at checkpoints.
 //!
-//! Records are append-only and chained: each carries the SHA-256 of the previous line, so
-//! that deleting, editing or reordering a record breaks the chain ([`verify`]). Each record
-//! is fsynced before the query's result is returned.
+//! - Every line (record or checkpoint) carries the SHA-256 of the line before it, across
+//!   segment files, so deleting, editing, reordering or inserting a line breaks the chain.
+//! - A checkpoint line signs (Ed25519) the number of records and the chain head. One is
+//!   written every `checkpoint_every` records, when a segment is rotated, when the log
+//!   closes, and when it is reopened after an unclean shutdown. A log that does not end with
+//!   a checkpoint was cut short (or the exchange is running): `verify` says so.
+//! - Each record is written and fsynced before the statement's result is returned.
+//! - A torn last line (the process died mid-write) is reported by `verify`; when the
+//!   exchange reopens the log, it moves the torn bytes to a `.torn` file beside the segment
+//!   (nothing is lost) and records that in a signed checkpoint. Any other damage refuses
+//!   to open: the exchange does not append to a log it cannot vouch for.
+//! - Segments (`audit-000001.jsonl`, ...) rotate every `segment_records` records; the
+//!   chain continues across them and the rotation checkpoint names the next segment.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod events;
+mod log;
+mod report;
+mod verify;
 
-use ring::digest;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+pub use events::{AuditEvents, events_schema};
+pub use log::{AuditLog, AuditOptions, in_use};
+pub use report::{Report, report};
+pub use verify::{Summary, read_all, verify};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +35,32 @@ pub enum AuditError {
     /// The log could not be read or written.
     #[error("audit log {path}: {source}")]
     Io {
-        /// The log file.
+        /// The file or directory.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
-    /// A record does not parse or does not chain.
-    #[error("audit log {path}, line {line}: {message}")]
+    /// A line does not parse, chain or verify.
+    #[error("audit log broken at segment {segment} ({path}), line {line}{}: {message}", .seq.map(|s| format!(", after record {s}")).unwrap_or_default())]
     Broken {
-        /// The log file.
+        /// The segment file.
         path: PathBuf,
-        /// 1-based line.
+        /// Segment number.
+        segment: u32,
+        /// 1-based line within the segment.
         line: usize,
+        /// Sequence number of the last good record before the damage.
+        seq: Option<u64>,
         /// What is wrong.
         message: String,
+    },
+    /// Another process holds the log.
+    #[error(
+        "audit log {path} is in use by another exchange process; one process writes a log at a time"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
     },
     /// The log lock was poisoned by a panic elsewhere.
     #[error("audit log is unavailable after an internal failure")]
@@ -39,10 +68,11 @@ pub enum AuditError {
 }
 
 /// The decision recorded for a statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Ran and returned a result.
+    #[default]
     Allowed,
     /// Refused by policy.
     Refused,
@@ -92,12 +122,21 @@ pub struct AuditRecord {
     pub result_digest: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
-    /// SHA-256 of the previous record's line (64 zeros for the first).
+    /// For exports: the recipient the file was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// For exports: the file's name and SHA-256 (`name sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
+    /// What a guard did (k-anonymity on exports): classes suppressed or why refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+    /// SHA-256 of the previous line of the log (64 zeros for the very first).
     pub prev: String,
 }
 
 /// A record before the log numbers and chains it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Entry {
     /// Principal as stated.
     pub principal: String,
@@ -123,243 +162,104 @@ pub struct Entry {
     pub result_digest: Option<String>,
     /// Wall time.
     pub duration_ms: u64,
+    /// Export recipient.
+    pub recipient: Option<String>,
+    /// Export file and digest.
+    pub export: Option<String>,
+    /// Guard outcome.
+    pub guard: Option<String>,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-struct Tail {
-    file: File,
-    seq: u64,
-    prev: String,
+/// A signed checkpoint line: the number of records so far and the chain head, under the
+/// exchange's Ed25519 key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Records in the whole log up to here (the sequence number of the last record).
+    pub checkpoint: u64,
+    /// Segment holding this line.
+    pub segment: u32,
+    /// UTC time, RFC 3339.
+    pub time: String,
+    /// interval, rotate, shutdown or recovered.
+    pub reason: String,
+    /// What a recovery found, or the next segment of a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Identifier of the signing key (see `exchange keys public`).
+    pub key_id: String,
+    /// Ed25519 signature (hex) of [`Checkpoint::message`].
+    pub signature: String,
+    /// SHA-256 of the previous line: the chain head being signed.
+    pub prev: String,
 }
 
-/// The append-only audit log.
-pub struct AuditLog {
-    path: PathBuf,
-    tail: Mutex<Tail>,
+impl Checkpoint {
+    /// The signed bytes: every field but the signature, in a fixed layout.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "exchange-audit-checkpoint/v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.checkpoint,
+            self.segment,
+            self.time,
+            self.reason,
+            self.note.as_deref().unwrap_or(""),
+            self.key_id,
+            self.prev
+        )
+        .into_bytes()
+    }
 }
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// A statement.
+    Record(Box<AuditRecord>),
+    /// A signed checkpoint.
+    Checkpoint(Checkpoint),
+}
+
+impl Line {
+    /// Parse a line: a checkpoint has a `checkpoint` field, a record a `seq`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if value.get("checkpoint").is_some() {
+            serde_json::from_value(value)
+                .map(Line::Checkpoint)
+                .map_err(|e| format!("not a valid checkpoint: {e}"))
+        } else {
+            serde_json::from_value(value)
+                .map(|r| Line::Record(Box::new(r)))
+                .map_err(|e| format!("not a valid record: {e}"))
+        }
+    }
+
+    /// The previous-line hash this line carries.
+    pub fn prev(&self) -> &str {
+        match self {
+            Line::Record(r) => &r.prev,
+            Line::Checkpoint(c) => &c.prev,
+        }
+    }
+}
+
+/// The chain value before the first line.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-impl AuditLog {
-    /// Open (or create) the log, checking the whole chain first: a log that does not
-    /// verify is not appended to.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let io = |source| AuditError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
-        let summary = if path.exists() {
-            verify(path)?
-        } else {
-            Summary {
-                records: 0,
-                head: GENESIS.to_string(),
-            }
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            tail: Mutex::new(Tail {
-                file,
-                seq: summary.records,
-                prev: summary.head,
-            }),
-        })
-    }
-
-    /// The log file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Append a record durably; returns it as written.
-    pub fn append(&self, entry: Entry) -> Result<AuditRecord, AuditError> {
-        let mut tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
-        let record = AuditRecord {
-            seq: tail.seq + 1,
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            principal: entry.principal,
-            agency: entry.agency,
-            purpose: entry.purpose,
-            statement: entry.statement,
-            kind: entry.kind,
-            tables: entry.tables,
-            thresholds: entry.thresholds,
-            decision: entry.decision,
-            reason: entry.reason,
-            rows: entry.rows,
-            result_digest: entry.result_digest,
-            duration_ms: entry.duration_ms,
-            prev: tail.prev.clone(),
-        };
-        let line = serde_json::to_string(&record).map_err(|e| AuditError::Broken {
-            path: self.path.clone(),
-            line: 0,
-            message: e.to_string(),
-        })?;
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut buf = line.clone().into_bytes();
-        buf.push(b'\n');
-        tail.file.write_all(&buf).map_err(io)?;
-        tail.file.sync_data().map_err(io)?;
-        tail.seq = record.seq;
-        tail.prev = sha256_hex(line.as_bytes());
-        Ok(record)
-    }
+/// File name of segment `n`.
+pub fn segment_name(n: u32) -> String {
+    format!("audit-{n:06}.jsonl")
 }
 
-/// What a verified log holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// Number of records.
-    pub records: u64,
-    /// Hash of the last record (the chain head).
-    pub head: String,
+/// The segment number of a file name, if it is one.
+fn segment_number(name: &str) -> Option<u32> {
+    name.strip_prefix("audit-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
 }
-
-/// Check every record parses, is numbered in order and chains to its predecessor.
-pub fn verify(path: &Path) -> Result<Summary, AuditError> {
-    let io = |source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let mut reader = BufReader::new(file);
-    let mut prev = GENESIS.to_string();
-    let mut records = 0u64;
-    let mut line_no = 0usize;
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        let n = reader.read_line(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let broken = |message: String| AuditError::Broken {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
-        let Some(line) = buf.strip_suffix('\n') else {
-            return Err(broken("torn record: the last line is incomplete".into()));
-        };
-        let record: AuditRecord =
-            serde_json::from_str(line).map_err(|e| broken(format!("not a valid record: {e}")))?;
-        if record.seq != records + 1 {
-            return Err(broken(format!(
-                "sequence {} where {} was expected",
-                record.seq,
-                records + 1
-            )));
-        }
-        if record.prev != prev {
-            return Err(broken(
-                "chain broken: previous-record hash does not match".into(),
-            ));
-        }
-        prev = sha256_hex(line.as_bytes());
-        records += 1;
-    }
-    Ok(Summary {
-        records,
-        head: prev,
-    })
-}
-
-/// Read every record (after verifying the chain).
-pub fn read_all(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
-    verify(path)?;
-    let text = fs::read_to_string(path).map_err(|source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| AuditError::Broken {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: e.to_string(),
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(statement: &str) -> Entry {
-        Entry {
-            principal: "p".into(),
-            agency: Some("a".into()),
-            purpose: Some("x".into()),
-            statement: statement.into(),
-            kind: "query".into(),
-            tables: vec![],
-            thresholds: vec![],
-            decision: Decision::Allowed,
-            reason: None,
-            rows: Some(1),
-            result_digest: None,
-            duration_ms: 0,
-        }
-    }
-
-    #[test]
-    fn chain_verifies_and_continues_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
-        log.append(entry("select 1")).unwrap();
-        log.append(entry("select 2")).unwrap();
-        drop(log);
-        let log = AuditLog::open(&path).unwrap();
-        let r = log.append(entry("select 3")).unwrap();
-        assert_eq!(r.seq, 3);
-        assert_eq!(verify(&path).unwrap().records, 3);
-    }
-
-    #[test]
-    fn edits_deletions_and_torn_tails_are_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
-        for i in 0..3 {
-            log.append(entry(&format!("select {i}"))).unwrap();
-        }
-        let text = fs::read_to_string(&path).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-
-        fs::write(&path, text.replace("select 1", "select 9")).unwrap();
-        assert!(verify(&path).unwrap_err().to_string().contains("line 3"));
-
-        fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        assert!(
-            verify(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("sequence 3")
-        );
-
-        fs::write(&path, &text[..text.len() - 5]).unwrap();
-        assert!(verify(&path).unwrap_err().to_string().contains("torn"));
-    }
-}
-
-mod events;
-pub use events::{AuditEvents, events_schema};

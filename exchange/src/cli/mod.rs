@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
+
 use crate::demo;
 use crate::engine::{Exchange, ExchangeConfig, QueryError, QueryOutput, absolute};
 use crate::policy::{self, Treatment};
@@ -26,7 +28,7 @@ pub struct Cli {
         env = "EXCHANGE_DATA_ROOT"
     )]
     pub data_root: PathBuf,
-    /// Directory of the secret key file and the audit log.
+    /// Directory of the audit log and REPL history.
     #[arg(
         long,
         global = true,
@@ -34,6 +36,9 @@ pub struct Cli {
         env = "EXCHANGE_STATE_DIR"
     )]
     pub state_dir: PathBuf,
+    /// Directory of the keys [default: <config-dir>/keys].
+    #[arg(long, global = true, env = "EXCHANGE_KEY_DIR")]
+    pub key_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -138,6 +143,26 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Key administration.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `exchange keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the HMAC secret and the Ed25519 signing key (owner-only files) and the public
+    /// key for verifiers; refuses to overwrite existing keys.
+    Init,
+    /// Print (or write) the public key verifiers need.
+    Public {
+        /// Write it to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Output of `exchange scan`.
@@ -159,8 +184,21 @@ pub enum PolicyCommand {
 /// `exchange audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the audit log's hash chain.
-    Verify,
+    /// Verify the audit log: chain, sequence, segments and checkpoint signatures.
+    Verify {
+        /// The exchange's public key [default: signing.pub in the key dir].
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Summarise the log: statements per principal and purpose, refusals, tables touched.
+    Report {
+        /// From this date (YYYY-MM-DD) or time (RFC 3339) on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+    },
 }
 
 /// Entry point of the binary.
@@ -180,10 +218,14 @@ pub fn main() -> ExitCode {
 }
 
 fn config(cli: &Cli) -> ExchangeConfig {
-    ExchangeConfig {
-        config_dir: absolute(&cli.config_dir),
-        data_root: absolute(&cli.data_root),
-        state_dir: absolute(&cli.state_dir),
+    let config = ExchangeConfig::new(
+        absolute(&cli.config_dir),
+        absolute(&cli.data_root),
+        absolute(&cli.state_dir),
+    );
+    match &cli.key_dir {
+        Some(k) => config.with_key_dir(absolute(k)),
+        None => config,
     }
 }
 
@@ -300,20 +342,17 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let path = config(&cli).audit_log();
-            match crate::audit::verify(&path) {
-                Ok(s) => {
-                    println!("OK: {} records, chain head {}", s.records, s.head);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("BROKEN: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+            command: AuditCommand::Verify { public_key },
+        } => admin::audit_verify(&config(&cli), public_key.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Report { since, principal },
+        } => admin::audit_report(&config(&cli), since.as_deref(), principal.as_deref()),
+        Command::Keys {
+            command: KeysCommand::Init,
+        } => admin::keys_init(&config(&cli)),
+        Command::Keys {
+            command: KeysCommand::Public { out },
+        } => admin::keys_public(&config(&cli), out.as_deref()),
     }
 }
 
@@ -487,6 +526,11 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
             }
         }
     }
+    // The demo's first run creates its keys; anywhere else that is `exchange keys init`.
+    if let Err(e) = crate::keys::ensure(&config(cli).key_dir) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let ex = match open(cli) {
         Ok(e) => e,
         Err(c) => return c,
@@ -556,11 +600,12 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
     {
         println!("  ✗ {} as {}: {reason}", r.sql, r.principal);
     }
-    match crate::audit::verify(ex.audit().path()) {
+    match crate::audit::verify(ex.audit().path(), &ex.signer().public_key()) {
         Ok(s) => println!(
-            "Audit log {}: {} records, hash chain verified.",
+            "Audit log {}: {} records, hash chain and {} signed checkpoints verified.",
             ex.audit().path().display(),
-            s.records
+            s.records,
+            s.checkpoints
         ),
         Err(e) => {
             failures += 1;

@@ -1,13 +1,12 @@
 //! The desensitization library: masking functions, keyed tokens and the key ring.
 
 pub mod functions;
-mod keys;
 pub mod replace;
 mod token;
 mod udf;
 pub mod validate;
 
-pub use keys::{KeyError, KeyRing, TokenKind};
+pub use crate::keys::{KeyError, KeyRing, TokenKind};
 pub use token::{TokenKeys, TokenUdf};
 pub use udf::{MaskArg, MaskFn, MaskUdf, ValueKind};
 pub use validate::{Validator, ValidatorUdf};

@@ -17,7 +17,7 @@ use datafusion::logical_expr::{
 };
 use ring::hmac;
 
-use super::keys::{KeyRing, TokenKind};
+use crate::keys::{KeyRing, TokenKind};
 
 /// Bytes of the HMAC kept in a token (128 bits, 32 hex chars).
 const TOKEN_BYTES: usize = 16;

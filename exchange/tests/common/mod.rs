@@ -32,13 +32,21 @@ pub fn data_root() -> &'static Path {
 /// An exchange over the test city with a fresh state directory.
 pub fn open() -> (Exchange, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("state dir");
-    let ex = Exchange::open(ExchangeConfig {
-        config_dir: repo_root(),
-        data_root: data_root().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
-    .expect("open the exchange");
+    let ex = Exchange::open(test_config(&repo_root(), data_root(), state.path()))
+        .expect("open the exchange");
     (ex, state)
+}
+
+/// A configuration over `config` and `data` with fresh keys in `state/keys`.
+pub fn test_config(config: &Path, data: &Path, state: &Path) -> ExchangeConfig {
+    let key_dir = state.join("keys");
+    exchange::keys::ensure(&key_dir).expect("create test keys");
+    ExchangeConfig::new(
+        config.to_path_buf(),
+        data.to_path_buf(),
+        state.to_path_buf(),
+    )
+    .with_key_dir(key_dir)
 }
 
 /// Copy a directory tree.
@@ -73,12 +81,8 @@ pub fn edit(path: &Path, from: &str, to: &str) {
 /// An exchange over the test city with another configuration and a fresh state directory.
 pub fn open_config(config: &Path) -> (Exchange, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("state dir");
-    let ex = Exchange::open(ExchangeConfig {
-        config_dir: config.to_path_buf(),
-        data_root: data_root().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-    })
-    .expect("open the exchange");
+    let ex =
+        Exchange::open(test_config(config, data_root(), state.path())).expect("open the exchange");
     (ex, state)
 }
 

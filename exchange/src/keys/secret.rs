@@ -1,12 +1,10 @@
 //! The exchange's secret key and the per-scope keys derived from it.
 //!
-//! One 256-bit master secret lives in a key file (created on first run, owner-only
-//! permissions). Token keys are derived per (token kind, consumer agency, identity domain)
+//! One 256-bit master secret lives in a key file (created by `exchange keys init`,
+//! owner-only permissions). Token keys are derived per (token kind, consumer agency, identity domain)
 //! with HMAC-SHA256, so two consumer agencies' pseudonyms cannot be linked. No key is ever
 //! formatted: the `Debug` impls print placeholders.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -42,6 +40,28 @@ pub enum KeyError {
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// No key where one is expected.
+    #[error(
+        "no key at {path}: create the exchange's keys with `exchange keys init` (they are never created implicitly: new keys change every pseudonym)"
+    )]
+    Missing {
+        /// The expected key file.
+        path: PathBuf,
+    },
+    /// `keys init` would overwrite keys.
+    #[error(
+        "keys already exist in {dir}; refusing to overwrite them (new keys change every pseudonym and orphan every signature)"
+    )]
+    Exists {
+        /// The key directory.
+        dir: PathBuf,
+    },
+    /// A public key file does not hold an Ed25519 public key.
+    #[error("public key {path} is not an Ed25519 public key (expected 64 hex digits)")]
+    BadPublicKey {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// What a token is for: output pseudonyms and join-only keys never share keys.
@@ -77,43 +97,19 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// Load the key file, creating it (mode 600) when it does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if !path.exists() {
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io)?;
-            }
-            let mut secret = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut secret)
-                .map_err(|_| KeyError::Random)?;
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(path).map_err(io)?;
-            file.write_all(hex::encode(secret).as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-        }
-        let text = fs::read_to_string(path).map_err(io)?;
+    /// Create a new random master secret in `path` (mode 600); never overwrites.
+    pub fn create(path: &Path) -> Result<Self, KeyError> {
+        let mut secret = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| KeyError::Random)?;
+        super::write_private(path, hex::encode(secret).as_bytes())?;
+        Ok(Self::from_secret(&secret))
+    }
+
+    /// Load the key file; it must exist, be owner-only and hold 64 hex digits.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = super::read_private(path)?;
         let secret = hex::decode(text.trim()).map_err(|_| KeyError::Corrupt {
             path: path.to_path_buf(),
         })?;
@@ -138,6 +134,12 @@ impl KeyRing {
         hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
     }
 
+    /// The key of export pseudonyms for one recipient: exports to two recipients are keyed
+    /// apart so that their files cannot be linked, and a leaked file can be traced.
+    pub fn recipient_scope(recipient: &str) -> String {
+        format!("recipient:{recipient}")
+    }
+
     /// The token key for one scope.
     pub fn token_key(&self, kind: TokenKind, consumer: &str, domain: &str) -> hmac::Key {
         let info = format!("exchange/v1/{}/{consumer}/{domain}", kind.label());
@@ -149,13 +151,15 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn creates_owner_only_key_and_reloads_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/secret.key");
-        let a = KeyRing::load_or_create(&path).unwrap();
-        let b = KeyRing::load_or_create(&path).unwrap();
+        let a = KeyRing::create(&path).unwrap();
+        let b = KeyRing::load(&path).unwrap();
+        assert!(matches!(KeyRing::create(&path), Err(KeyError::Io { .. })));
         let ka = a.token_key(TokenKind::Pseudonym, "hrss", "person");
         let kb = b.token_key(TokenKind::Pseudonym, "hrss", "person");
         assert_eq!(
@@ -192,7 +196,7 @@ mod tests {
         let path = dir.path().join("secret.key");
         fs::write(&path, "00".repeat(32)).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = KeyRing::load_or_create(&path).unwrap_err().to_string();
+        let err = KeyRing::load(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 
@@ -206,7 +210,7 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let err = KeyRing::load_or_create(&path).unwrap_err().to_string();
+        let err = KeyRing::load(&path).unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
     }
 }

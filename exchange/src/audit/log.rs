@@ -1,0 +1,350 @@
+//! Writing the log: records, checkpoints, rotation, recovery after a crash.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::verify::scan;
+use super::{AuditError, AuditRecord, Checkpoint, Entry, segment_name, sha256_hex};
+use crate::keys::SigningKey;
+
+/// How often the log signs and rotates.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditOptions {
+    /// A signed checkpoint at least every this many records.
+    pub checkpoint_every: u64,
+    /// Records per segment file before rotating to the next.
+    pub segment_records: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 100,
+            segment_records: 100_000,
+        }
+    }
+}
+
+struct Tail {
+    file: File,
+    path: PathBuf,
+    segment: u32,
+    segment_records: u64,
+    seq: u64,
+    head: String,
+    since_checkpoint: u64,
+    /// The last line is a shutdown checkpoint.
+    sealed: bool,
+}
+
+/// The append-only, hash-chained, signed audit log of one exchange process.
+pub struct AuditLog {
+    dir: PathBuf,
+    options: AuditOptions,
+    signer: Arc<SigningKey>,
+    key_id: String,
+    tail: Mutex<Tail>,
+    /// Held for the life of the log: one writer per log.
+    _lock: File,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Make a directory entry (a new or renamed file) durable.
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Whether another process holds the log of `dir` (a running exchange).
+pub fn in_use(dir: &Path) -> bool {
+    let Ok(lock) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("LOCK"))
+    else {
+        return false;
+    };
+    match lock.try_lock() {
+        Ok(()) => {
+            let _ = lock.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`. The whole log is verified first under the
+    /// signer's public key; a log that does not verify is not appended to. A torn last
+    /// line is moved to a `.torn` file beside its segment and an unclean shutdown is
+    /// sealed with a `recovered` checkpoint that says what was found.
+    pub fn open(
+        dir: &Path,
+        signer: Arc<SigningKey>,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(AuditError::Locked { path: lock_path });
+        }
+        migrate_legacy(dir)?;
+        let public = signer.public_key();
+        let found = scan(dir, Some(&public), false)?;
+        let mut notes = Vec::new();
+        if let Some(t) = &found.torn {
+            let aside = t.path.with_extension(format!(
+                "jsonl.torn-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+            ));
+            fs::write(&aside, &t.bytes).map_err(io_err(&aside))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&t.path)
+                .map_err(io_err(&t.path))?;
+            f.set_len(t.offset).map_err(io_err(&t.path))?;
+            f.sync_all().map_err(io_err(&t.path))?;
+            sync_dir(dir)?;
+            notes.push(format!(
+                "torn last line {} of segment {} ({} bytes) moved to {}",
+                t.line,
+                t.segment,
+                t.bytes.len(),
+                aside
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        let (segment, path) = if found.last_segment == 0 {
+            (1, dir.join(segment_name(1)))
+        } else {
+            (
+                found.last_segment,
+                dir.join(segment_name(found.last_segment)),
+            )
+        };
+        let mut segment = segment;
+        let mut path = path;
+        let mut segment_records = found.segment_records;
+        if let Some(next) = found.pending_segment {
+            // The last rotation announced a segment that is not there: the exchange died
+            // while rotating, or the segment was deleted. Say so in the recovery.
+            notes.push(format!(
+                "segment {next}, announced by the last rotation, was missing and is started anew"
+            ));
+            segment = next;
+            path = dir.join(segment_name(next));
+            segment_records = 0;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(dir)?;
+        let empty = found.summary.records == 0 && found.summary.checkpoints == 0;
+        if !empty && !found.summary.sealed && notes.is_empty() {
+            notes.push(format!(
+                "the log was not closed cleanly: {} records after the last checkpoint",
+                found.since_checkpoint
+            ));
+        } else if !notes.is_empty() && found.since_checkpoint > 0 {
+            notes.push(format!(
+                "{} records after the last checkpoint",
+                found.since_checkpoint
+            ));
+        }
+        let log = Self {
+            dir: dir.to_path_buf(),
+            options,
+            key_id: public.id(),
+            signer,
+            tail: Mutex::new(Tail {
+                file,
+                path,
+                segment,
+                segment_records,
+                seq: found.summary.records,
+                head: found.summary.head,
+                since_checkpoint: found.since_checkpoint,
+                sealed: found.summary.sealed,
+            }),
+            _lock: lock,
+        };
+        if !notes.is_empty() {
+            let mut tail = log.tail.lock().map_err(|_| AuditError::Poisoned)?;
+            log.checkpoint(&mut tail, "recovered", Some(notes.join("; ")))?;
+        }
+        Ok(log)
+    }
+
+    /// The log directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_line(&self, tail: &mut Tail, line: &str) -> Result<(), AuditError> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let io = io_err(&tail.path);
+        tail.file.write_all(&buf).map_err(&io)?;
+        tail.file.sync_data().map_err(&io)?;
+        tail.head = sha256_hex(line.as_bytes());
+        Ok(())
+    }
+
+    fn checkpoint(
+        &self,
+        tail: &mut Tail,
+        reason: &str,
+        note: Option<String>,
+    ) -> Result<(), AuditError> {
+        let mut c = Checkpoint {
+            checkpoint: tail.seq,
+            segment: tail.segment,
+            time: now(),
+            reason: reason.to_string(),
+            note,
+            key_id: self.key_id.clone(),
+            signature: String::new(),
+            prev: tail.head.clone(),
+        };
+        c.signature = self.signer.sign_hex(&c.message());
+        let line = serde_json::to_string(&c).map_err(|e| AuditError::Broken {
+            path: tail.path.clone(),
+            segment: tail.segment,
+            line: 0,
+            seq: Some(tail.seq),
+            message: e.to_string(),
+        })?;
+        self.write_line(tail, &line)?;
+        tail.since_checkpoint = 0;
+        tail.sealed = reason == "shutdown";
+        Ok(())
+    }
+
+    fn rotate(&self, tail: &mut Tail) -> Result<(), AuditError> {
+        let next = tail.segment + 1;
+        let path = self.dir.join(segment_name(next));
+        self.checkpoint(
+            tail,
+            "rotate",
+            Some(format!("continues in {}", segment_name(next))),
+        )?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        tail.file = file;
+        tail.path = path;
+        tail.segment = next;
+        tail.segment_records = 0;
+        Ok(())
+    }
+
+    /// Append a record durably (written and fsynced before this returns); returns it as
+    /// written. Signs a checkpoint and rotates segments as the options say.
+    pub fn append(&self, entry: Entry) -> Result<AuditRecord, AuditError> {
+        let mut tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
+        let record = AuditRecord {
+            seq: tail.seq + 1,
+            time: now(),
+            principal: entry.principal,
+            agency: entry.agency,
+            purpose: entry.purpose,
+            statement: entry.statement,
+            kind: entry.kind,
+            tables: entry.tables,
+            thresholds: entry.thresholds,
+            decision: entry.decision,
+            reason: entry.reason,
+            rows: entry.rows,
+            result_digest: entry.result_digest,
+            duration_ms: entry.duration_ms,
+            recipient: entry.recipient,
+            export: entry.export,
+            guard: entry.guard,
+            prev: tail.head.clone(),
+        };
+        let line = serde_json::to_string(&record).map_err(|e| AuditError::Broken {
+            path: tail.path.clone(),
+            segment: tail.segment,
+            line: 0,
+            seq: Some(tail.seq),
+            message: e.to_string(),
+        })?;
+        self.write_line(&mut tail, &line)?;
+        tail.seq = record.seq;
+        tail.since_checkpoint += 1;
+        tail.segment_records += 1;
+        tail.sealed = false;
+        if tail.segment_records >= self.options.segment_records.max(1) {
+            self.rotate(&mut tail)?;
+        } else if tail.since_checkpoint >= self.options.checkpoint_every.max(1) {
+            self.checkpoint(&mut tail, "interval", None)?;
+        }
+        Ok(record)
+    }
+
+    /// Seal the log with a shutdown checkpoint (also done when the log is dropped).
+    pub fn close(&self) -> Result<(), AuditError> {
+        let mut tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
+        if tail.sealed {
+            return Ok(());
+        }
+        self.checkpoint(&mut tail, "shutdown", None)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            eprintln!("exchange: could not seal the audit log: {e}");
+        }
+    }
+}
+
+/// Logs of earlier versions lived in one `audit.jsonl` beside the directory: it becomes
+/// segment 1 (its chain is the same).
+fn migrate_legacy(dir: &Path) -> Result<(), AuditError> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let legacy = parent.join("audit.jsonl");
+    let first = dir.join(segment_name(1));
+    if legacy.is_file() && !first.exists() {
+        fs::rename(&legacy, &first).map_err(io_err(&legacy))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

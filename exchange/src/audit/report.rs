@@ -1,0 +1,142 @@
+//! `exchange audit report`: what the log says, summarised for a reviewer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::{AuditRecord, Decision};
+
+/// A summary of the records in a period.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// First and last record time covered.
+    pub period: Option<(String, String)>,
+    /// Statements by decision.
+    pub decisions: BTreeMap<String, u64>,
+    /// (principal, purpose) -> (allowed, refused, failed).
+    pub by_principal: BTreeMap<(String, String), [u64; 3]>,
+    /// Refusal reason -> count.
+    pub refusals: BTreeMap<String, u64>,
+    /// owning agency -> table -> (statements, principals).
+    pub tables: BTreeMap<String, BTreeMap<String, (u64, BTreeSet<String>)>>,
+    /// Exports: (time, principal, recipient, file).
+    pub exports: Vec<(String, String, String, String)>,
+}
+
+/// Summarise `records` from `since` on, for one principal when given.
+pub fn report(
+    records: &[AuditRecord],
+    since: Option<DateTime<Utc>>,
+    principal: Option<&str>,
+) -> Report {
+    let mut r = Report::default();
+    for rec in records {
+        if let Some(since) = since {
+            let Ok(t) = DateTime::parse_from_rfc3339(&rec.time) else {
+                continue;
+            };
+            if t < since {
+                continue;
+            }
+        }
+        if principal.is_some_and(|p| p != rec.principal) {
+            continue;
+        }
+        r.period = Some(match r.period.take() {
+            None => (rec.time.clone(), rec.time.clone()),
+            Some((first, _)) => (first, rec.time.clone()),
+        });
+        let d = match rec.decision {
+            Decision::Allowed => 0,
+            Decision::Refused => 1,
+            Decision::Failed => 2,
+        };
+        *r.decisions
+            .entry(["allowed", "refused", "failed"][d].to_string())
+            .or_default() += 1;
+        r.by_principal
+            .entry((
+                rec.principal.clone(),
+                rec.purpose.clone().unwrap_or_else(|| "(none)".into()),
+            ))
+            .or_default()[d] += 1;
+        if rec.decision == Decision::Refused {
+            *r.refusals
+                .entry(rec.reason.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        for t in &rec.tables {
+            let (agency, table) = t.table.split_once('.').unwrap_or(("?", &t.table));
+            let e = r
+                .tables
+                .entry(agency.to_string())
+                .or_default()
+                .entry(table.to_string())
+                .or_default();
+            e.0 += 1;
+            e.1.insert(rec.principal.clone());
+        }
+        if rec.kind == "export" && rec.decision == Decision::Allowed {
+            r.exports.push((
+                rec.time.clone(),
+                rec.principal.clone(),
+                rec.recipient.clone().unwrap_or_default(),
+                rec.export.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    r
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((first, last)) = &self.period else {
+            return writeln!(f, "no statements in the period");
+        };
+        writeln!(f, "# Audit report\n\nperiod: {first} .. {last}")?;
+        let total: u64 = self.decisions.values().sum();
+        let parts: Vec<String> = self
+            .decisions
+            .iter()
+            .map(|(d, n)| format!("{n} {d}"))
+            .collect();
+        writeln!(f, "statements: {total} ({})\n", parts.join(", "))?;
+        writeln!(f, "## Statements per principal and purpose\n")?;
+        writeln!(f, "| principal | purpose | allowed | refused | failed |")?;
+        writeln!(f, "|---|---|---|---|---|")?;
+        for ((p, purpose), [a, r, x]) in &self.by_principal {
+            writeln!(f, "| {p} | {purpose} | {a} | {r} | {x} |")?;
+        }
+        writeln!(f, "\n## Refusals\n")?;
+        if self.refusals.is_empty() {
+            writeln!(f, "none")?;
+        } else {
+            writeln!(f, "| count | reason |")?;
+            writeln!(f, "|---|---|")?;
+            let mut by_count: Vec<_> = self.refusals.iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            for (reason, n) in by_count {
+                writeln!(f, "| {n} | {} |", reason.replace('|', "\\|"))?;
+            }
+        }
+        writeln!(f, "\n## Tables touched per owning agency\n")?;
+        writeln!(f, "| agency | table | statements | principals |")?;
+        writeln!(f, "|---|---|---|---|")?;
+        for (agency, tables) in &self.tables {
+            for (table, (n, principals)) in tables {
+                let who: Vec<&str> = principals.iter().map(String::as_str).collect();
+                writeln!(f, "| {agency} | {table} | {n} | {} |", who.join(", "))?;
+            }
+        }
+        if !self.exports.is_empty() {
+            writeln!(f, "\n## Exports\n")?;
+            writeln!(f, "| time | principal | recipient | file |")?;
+            writeln!(f, "|---|---|---|---|")?;
+            for (t, p, r, file) in &self.exports {
+                writeln!(f, "| {t} | {p} | {r} | {file} |")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! `exchange keys ...` and `exchange audit ...`: commands for operators and auditors.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::audit;
+use crate::engine::ExchangeConfig;
+use crate::keys::{self, PublicKey};
+
+pub(super) fn keys_init(config: &ExchangeConfig) -> ExitCode {
+    match keys::init(&config.key_dir) {
+        Ok(public) => {
+            println!(
+                "created keys in {} (owner-only): {}, {}; public key {} (id {})",
+                config.key_dir.display(),
+                keys::SECRET_FILE,
+                keys::SIGNING_FILE,
+                config.public_key_file().display(),
+                public.id()
+            );
+            println!("{}", public.to_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub(super) fn keys_public(config: &ExchangeConfig, out: Option<&Path>) -> ExitCode {
+    // The public half is derived from the private key, so it cannot drift from it.
+    let public = match keys::SigningKey::load(&config.key_dir.join(keys::SIGNING_FILE)) {
+        Ok(k) => k.public_key(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match out {
+        Some(path) => match public.write(path) {
+            Ok(()) => {
+                println!(
+                    "public key (id {}) written to {}",
+                    public.id(),
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            println!("{}", public.to_hex());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The verifier's public key: the given file, or the key dir's `signing.pub`.
+pub(super) fn public_key(
+    config: &ExchangeConfig,
+    file: Option<&Path>,
+) -> Result<PublicKey, String> {
+    let path = file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| config.public_key_file());
+    PublicKey::read(&path).map_err(|e| e.to_string())
+}
+
+pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> ExitCode {
+    let key = match public_key(config, key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = config.audit_log();
+    let s = match audit::verify(&dir, &key) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("BROKEN: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let counts = format!(
+        "{} records in {} segment{}, {} signed checkpoint{} (key {})",
+        s.records,
+        s.segments,
+        if s.segments == 1 { "" } else { "s" },
+        s.checkpoints,
+        if s.checkpoints == 1 { "" } else { "s" },
+        key.id()
+    );
+    let recoveries = if s.recoveries > 0 {
+        format!(
+            "; {} recover{} after an unclean shutdown (see the checkpoints' notes)",
+            s.recoveries,
+            if s.recoveries == 1 { "y" } else { "ies" }
+        )
+    } else {
+        String::new()
+    };
+    if s.sealed {
+        println!("OK: {counts}, closed cleanly{recoveries}");
+    } else if audit::in_use(&dir) {
+        println!(
+            "OK (live): {counts}; the exchange is running: {} records after the last checkpoint are not signed yet{recoveries}",
+            s.unsigned_tail
+        );
+    } else if s.records == 0 && s.checkpoints == 0 {
+        println!("OK: the log is empty");
+    } else {
+        eprintln!(
+            "UNSEALED: {counts}, but the log does not end with a shutdown checkpoint and no exchange is running: {} records after the last checkpoint (at record {}). Either the exchange died (it seals the log with a recovery checkpoint when next opened) or the log's tail was cut.",
+            s.unsigned_tail,
+            s.last_checkpoint.unwrap_or(0)
+        );
+        return ExitCode::from(1);
+    }
+    println!(
+        "chain head: record {} {} (keep it: a later verification must extend it)",
+        s.records, s.head
+    );
+    ExitCode::SUCCESS
+}
+
+pub(super) fn audit_report(
+    config: &ExchangeConfig,
+    since: Option<&str>,
+    principal: Option<&str>,
+) -> ExitCode {
+    let since = match since.map(parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match audit::read_all(&config.audit_log()) {
+        Ok(records) => {
+            print!("{}", audit::report(&records, since, principal));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("BROKEN: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("--since '{text}': expected YYYY-MM-DD or an RFC 3339 time"))
+}
