@@ -10,8 +10,8 @@ mod common;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use exchange::demo::SHOWCASE;
 use exchange::Exchange;
+use exchange::demo::SHOWCASE;
 
 fn snapshot_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
