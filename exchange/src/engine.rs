@@ -148,7 +148,7 @@ pub struct Exchange {
     audit: AuditLog,
 }
 
-enum Kind {
+pub(crate) enum Kind {
     Query(Box<DFStatement>),
     Explain {
         verbose: bool,
@@ -158,7 +158,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Kind::Query(_) => "query",
             Kind::Explain { .. } => "explain",
@@ -225,6 +225,17 @@ impl Exchange {
         principal: &str,
         purpose: Option<&str>,
     ) -> Result<PrincipalSession, QueryError> {
+        self.scoped_session(principal, purpose, None)
+    }
+
+    /// A session whose pseudonyms are keyed for `token_scope` instead of the principal's
+    /// agency (exports, keyed per recipient).
+    pub fn scoped_session(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        token_scope: Option<&str>,
+    ) -> Result<PrincipalSession, QueryError> {
         let Some(p) = self.policies.principal(principal) else {
             return Err(QueryError::Refused(format!(
                 "unknown principal '{principal}'"
@@ -254,6 +265,7 @@ impl Exchange {
             data_root: &self.config.data_root,
             today: Self::today(),
             audit_log: self.audit.path(),
+            token_scope,
         };
         PrincipalSession::build(&inputs, p, purpose)
             .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))
@@ -334,7 +346,7 @@ impl Exchange {
     }
 }
 
-fn classify(session: &PrincipalSession, sql: &str) -> Result<Kind, QueryError> {
+pub(crate) fn classify(session: &PrincipalSession, sql: &str) -> Result<Kind, QueryError> {
     let mut statements = session
         .parse(sql)
         .map_err(|e| QueryError::Failed(e.strip_backtrace()))?;
@@ -500,6 +512,67 @@ fn sql_options() -> SQLOptions {
         .with_allow_statements(false)
 }
 
+/// A query planned under policy, ready to run.
+pub(crate) struct Planned {
+    /// The optimized logical plan (policy applied).
+    pub optimized: LogicalPlan,
+    /// The physical plan.
+    pub physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    /// Tables and raw columns read, with grants.
+    pub tables: Vec<TableUse>,
+    /// Group thresholds applied.
+    pub thresholds: Vec<String>,
+    /// Whether it reads data the principal does not see whole and raw.
+    pub governed: bool,
+}
+
+/// Plan a query statement as the session's principal. `named` receives the tables the
+/// statement names, so that a refusal is audited with them.
+pub(crate) async fn plan_query(
+    session: &PrincipalSession,
+    stmt: DFStatement,
+    named: &mut Vec<TableUse>,
+) -> Result<Planned, QueryError> {
+    let state = session.ctx.state();
+    let err = |e| map_error(session, e);
+    let plan = state.statement_to_plan(stmt).await.map_err(err)?;
+    *named = governed_scans(&plan);
+    sql_options().verify_plan(&plan).map_err(err)?;
+    let optimized = state.optimize(&plan).map_err(err)?;
+    let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+    let governed = reads_governed_data(session, &report);
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&optimized, &state)
+        .await
+        .map_err(|e| run_error(session, governed, e))?;
+    Ok(Planned {
+        tables: tables_touched(&optimized, &report.scans),
+        thresholds: report
+            .thresholds
+            .iter()
+            .map(|(c, k)| format!("{c} >= {k} distinct entities"))
+            .collect(),
+        optimized,
+        physical,
+        governed,
+    })
+}
+
+/// What a principal is told of an error while running: for governed data, values are
+/// withheld (error texts may quote them).
+pub(crate) fn run_error(
+    session: &PrincipalSession,
+    governed: bool,
+    e: DataFusionError,
+) -> QueryError {
+    if governed && find_violation(&e).is_none() {
+        QueryError::Failed(withheld_error(&e))
+    } else {
+        map_error(session, e)
+    }
+}
+
 /// Run a classified statement. Besides the outcome, returns the tables the statement
 /// named (with their grants), so that refused statements are audited with them too.
 async fn run(
@@ -520,42 +593,20 @@ async fn run_inner(
     let err = |e| map_error(session, e);
     match kind {
         Kind::Query(stmt) => {
-            let plan = state.statement_to_plan(*stmt).await.map_err(err)?;
-            *named = governed_scans(&plan);
-            sql_options().verify_plan(&plan).map_err(err)?;
-            let optimized = state.optimize(&plan).map_err(err)?;
-            let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
-            // Errors while running may quote values; for governed data they are withheld.
-            let governed = reads_governed_data(session, &report);
-            let run_err = |e: DataFusionError| {
-                if governed && find_violation(&e).is_none() {
-                    QueryError::Failed(withheld_error(&e))
-                } else {
-                    map_error(session, e)
-                }
-            };
-            let physical = state
-                .query_planner()
-                .create_physical_plan(&optimized, &state)
+            let planned = plan_query(session, *stmt, named).await?;
+            let schema = planned.physical.schema();
+            let governed = planned.governed;
+            let batches = collect(planned.physical, session.ctx.task_ctx())
                 .await
-                .map_err(run_err)?;
-            let schema = physical.schema();
-            let batches = collect(physical, session.ctx.task_ctx())
-                .await
-                .map_err(run_err)?;
+                .map_err(|e| run_error(session, governed, e))?;
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-            let digest = String::new();
             Ok(QueryOutput {
                 schema,
                 batches,
                 rows,
-                tables: tables_touched(&optimized, &report.scans),
-                thresholds: report
-                    .thresholds
-                    .iter()
-                    .map(|(c, k)| format!("{c} >= {k} distinct entities"))
-                    .collect(),
-                digest,
+                tables: planned.tables,
+                thresholds: planned.thresholds,
+                digest: String::new(),
             })
         }
         Kind::Explain { verbose, inner } => {
@@ -766,7 +817,7 @@ fn governed_scans(plan: &LogicalPlan) -> Vec<TableUse> {
 }
 
 /// Replace quoted strings and long digit runs of an error text with '…'.
-fn redact_values(text: &str) -> String {
+pub(crate) fn redact_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut quote: Option<char> = None;
     let mut digits = String::new();

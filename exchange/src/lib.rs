@@ -11,6 +11,7 @@
 //! - [`masking`]: masking functions, keyed pseudonyms and join keys.
 //! - [`enforcement`]: per-principal sessions and the policy analyzer rule.
 //! - [`audit`]: the hash-chained audit log and `audit.events`.
+//! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard.
 //! - [`engine`]: [`Exchange`], running a statement as a principal, audited.
 //! - [`demo`]: the demo city's generator and showcase.
 //! - [`cli`]: the `exchange` command line.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod demo;
 pub mod enforcement;
 pub mod engine;
+pub mod export;
 pub mod keys;
 pub mod masking;
 pub mod policy;

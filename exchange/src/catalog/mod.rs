@@ -8,7 +8,10 @@ pub mod discover;
 mod model;
 
 pub(crate) use model::line_of as model_line_of;
-pub use model::{Catalog, ColumnDef, ColumnType, DataFormat, Dataset, Level, PiiType, SourcePos};
+pub use model::{
+    Catalog, ColumnDef, ColumnType, DataFormat, Dataset, ExportK, KAction, Level, PiiType,
+    SourcePos,
+};
 
 use std::path::PathBuf;
 

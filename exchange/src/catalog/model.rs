@@ -149,6 +149,9 @@ struct DatasetFile {
     format: DataFormat,
     description: Option<String>,
     entity: Option<Spanned<String>>,
+    export_k: Option<Spanned<u32>>,
+    #[serde(default)]
+    export_k_action: KAction,
     #[serde(default)]
     column: Vec<ColumnFile>,
 }
@@ -165,6 +168,28 @@ struct ColumnFile {
     description: Option<String>,
     #[serde(default)]
     nullable: Option<bool>,
+    #[serde(default)]
+    quasi_identifier: bool,
+}
+
+/// What an export does when an equivalence class over quasi-identifiers is below k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KAction {
+    /// Drop the rows of the small classes and say so in the audit record.
+    #[default]
+    Suppress,
+    /// Refuse the export.
+    Refuse,
+}
+
+/// The k-anonymity requirement of a dataset's exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportK {
+    /// Minimum rows per equivalence class over the exported quasi-identifiers.
+    pub k: u32,
+    /// What happens to smaller classes.
+    pub action: KAction,
 }
 
 /// A declared column.
@@ -182,6 +207,9 @@ pub struct ColumnDef {
     pub domain: Option<String>,
     /// Free text.
     pub description: Option<String>,
+    /// Part of a quasi-identifier (birth year, district, gender...): exports are
+    /// k-anonymous over such columns.
+    pub quasi_identifier: bool,
     /// Where declared.
     pub pos: SourcePos,
 }
@@ -201,6 +229,8 @@ pub struct Dataset {
     pub description: Option<String>,
     /// The column identifying the data subject, used to count distinct entities.
     pub entity: Option<String>,
+    /// k-anonymity of exports over this table's quasi-identifiers.
+    pub export_k: Option<ExportK>,
     /// Declared columns, in order.
     pub columns: Vec<ColumnDef>,
     /// Where declared.
@@ -338,6 +368,7 @@ impl Catalog {
                     level: c.level,
                     domain: c.domain,
                     description: c.description,
+                    quasi_identifier: c.quasi_identifier,
                     pos: cpos,
                 });
             }
@@ -357,6 +388,21 @@ impl Catalog {
                 }
                 None => None,
             };
+            let export_k = match ds.export_k {
+                None => None,
+                Some(k) if *k.get_ref() < 2 => {
+                    return Err(CatalogError::Invalid {
+                        pos: pos(k.span()),
+                        message: format!(
+                            "export_k of {agency}.{name} must be at least 2 (every class of one row identifies it)"
+                        ),
+                    });
+                }
+                Some(k) => Some(ExportK {
+                    k: k.into_inner(),
+                    action: ds.export_k_action,
+                }),
+            };
             self.datasets.push(Dataset {
                 agency: agency.clone(),
                 name,
@@ -364,6 +410,7 @@ impl Catalog {
                 format: ds.format,
                 description: ds.description,
                 entity,
+                export_k,
                 columns,
                 pos: ds_pos,
             });

@@ -3,9 +3,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use crate::audit;
-use crate::engine::ExchangeConfig;
+use crate::engine::{Exchange, ExchangeConfig};
+use crate::export::{self, ExportRequest};
 use crate::keys::{self, PublicKey};
+
+use super::ExportArgs;
 
 pub(super) fn keys_init(config: &ExchangeConfig) -> ExitCode {
     match keys::init(&config.key_dir) {
@@ -161,4 +166,146 @@ fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
         .ok_or_else(|| format!("--since '{text}': expected YYYY-MM-DD or an RFC 3339 time"))
+}
+
+pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
+    let (Some(principal), Some(recipient), Some(out), Some(sql)) =
+        (&args.principal, &args.recipient, &args.out, &args.sql)
+    else {
+        eprintln!("error: export needs --as, --recipient, --out and a query");
+        return ExitCode::from(2);
+    };
+    let req = ExportRequest {
+        principal: principal.clone(),
+        purpose: args.purpose.clone(),
+        recipient: recipient.clone(),
+        out: crate::engine::absolute(out),
+        sql: sql.clone(),
+        expires: args.expires,
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let mut progress = |rows: u64, bytes: u64| {
+        if terminal && last.elapsed().as_millis() >= 100 {
+            last = std::time::Instant::now();
+            eprint!("\r  {rows} rows, {:.1} MB written", bytes as f64 / 1e6);
+        }
+    };
+    let result = export::export(ex, &req, &mut progress).await;
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    match result {
+        Ok(s) => {
+            let b = &s.manifest.body;
+            println!(
+                "exported {} rows to {} ({} bytes, sha256 {}) for recipient {}",
+                b.rows,
+                req.out.display(),
+                b.bytes,
+                b.sha256,
+                b.recipient
+            );
+            println!(
+                "manifest {} signed by key {}; audit record {}",
+                s.manifest_path.display(),
+                s.manifest.key_id,
+                b.audit_seq
+            );
+            if let Some(g) = &b.guard {
+                println!("guard: {g}");
+            }
+            if let Some(e) = &b.expires {
+                println!("expires: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(super) fn export_verify(
+    config: &ExchangeConfig,
+    file: &Path,
+    key_file: Option<&Path>,
+) -> ExitCode {
+    let key = match public_key(config, key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match export::verify(file, &key) {
+        Ok(m) => {
+            let b = &m.body;
+            println!(
+                "OK: {} ({} rows, sha256 {}) issued by {} ({}) for purpose {} to recipient {} on {}{}; signed by key {}",
+                b.file,
+                b.rows,
+                b.sha256,
+                b.principal,
+                b.agency,
+                b.purpose,
+                b.recipient,
+                b.created,
+                b.expires
+                    .as_ref()
+                    .map(|e| format!(", valid until {e}"))
+                    .unwrap_or_default(),
+                m.key_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("INVALID: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
+    match export::trace(ex, file).await {
+        Ok(r) => {
+            if r.columns.is_empty() {
+                println!(
+                    "no pseudonym-like columns in {}: nothing to trace",
+                    file.display()
+                );
+                return ExitCode::from(1);
+            }
+            println!("| scope | domain | column | matched |");
+            println!("|---|---|---|---|");
+            for s in r.scores.iter().take(10) {
+                println!(
+                    "| {} | {} | {} | {}/{} |",
+                    s.scope, s.domain, s.column, s.matched, s.sampled
+                );
+            }
+            match r.verdict {
+                Some(v) => {
+                    println!(
+                        "traced: the pseudonyms of {} were keyed for {v}",
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    println!(
+                        "no recipient or agency of this exchange explains the pseudonyms in {} (columns {})",
+                        file.display(),
+                        r.columns.join(", ")
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -143,11 +143,63 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Export a query result for a recipient as a signed Parquet file (pseudonyms keyed for
+    /// the recipient); `export verify FILE` and `export trace FILE` check one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Export {
+        /// verify or trace.
+        #[command(subcommand)]
+        command: Option<ExportCommand>,
+        /// The export to run.
+        #[command(flatten)]
+        args: ExportArgs,
+    },
     /// Key administration.
     Keys {
         /// What to do.
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+/// `exchange export --as P --purpose X --recipient R --out FILE SQL`
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The principal.
+    #[arg(long = "as", required = true)]
+    pub principal: Option<String>,
+    /// The declared purpose.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// To whom the file is issued.
+    #[arg(long, required = true)]
+    pub recipient: Option<String>,
+    /// The Parquet file to write (never overwritten); the manifest goes beside it.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// Last day of use (YYYY-MM-DD), if earlier than the grants' expiry.
+    #[arg(long)]
+    pub expires: Option<chrono::NaiveDate>,
+    /// The query.
+    #[arg(required = true)]
+    pub sql: Option<String>,
+}
+
+/// `exchange export verify|trace FILE`
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Check an export against its manifest: signature, size and SHA-256.
+    Verify {
+        /// The export file.
+        file: PathBuf,
+        /// The exchange's public key [default: signing.pub in the key dir].
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Tell from the pseudonyms in a file alone which recipient it was issued to.
+    Trace {
+        /// The (leaked) Parquet file.
+        file: PathBuf,
     },
 }
 
@@ -350,6 +402,30 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::Init,
         } => admin::keys_init(&config(&cli)),
+        Command::Export {
+            command: Some(ExportCommand::Verify { file, public_key }),
+            ..
+        } => admin::export_verify(&config(&cli), file, public_key.as_deref()),
+        Command::Export {
+            command: Some(ExportCommand::Trace { file }),
+            ..
+        } => {
+            let ex = match open(&cli) {
+                Ok(e) => e,
+                Err(c) => return c,
+            };
+            admin::export_trace(&ex, file).await
+        }
+        Command::Export {
+            command: None,
+            args,
+        } => {
+            let ex = match open(&cli) {
+                Ok(e) => e,
+                Err(c) => return c,
+            };
+            admin::export_run(&ex, args).await
+        }
         Command::Keys {
             command: KeysCommand::Public { out },
         } => admin::keys_public(&config(&cli), out.as_deref()),

@@ -65,6 +65,9 @@ pub struct SessionInputs<'a> {
     pub today: NaiveDate,
     /// The audit log, offered as `audit.events` to principals with the auditor role.
     pub audit_log: &'a Path,
+    /// Scope of pseudonyms and replacements instead of the principal's agency (exports:
+    /// one scope per recipient, so that recipients' files cannot be linked).
+    pub token_scope: Option<&'a str>,
 }
 
 /// The role that may read `audit.events`.
@@ -121,7 +124,7 @@ impl PrincipalSession {
             d.dedup();
             d
         };
-        let consumer = principal.agency.as_str();
+        let consumer = inputs.token_scope.unwrap_or(principal.agency.as_str());
         let tokens = TokenFns {
             pseudonym: TokenUdf::udf(Arc::new(TokenKeys::derive(
                 inputs.keys,

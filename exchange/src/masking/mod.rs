@@ -7,6 +7,6 @@ mod udf;
 pub mod validate;
 
 pub use crate::keys::{KeyError, KeyRing, TokenKind};
-pub use token::{TokenKeys, TokenUdf};
+pub use token::{TokenKeys, TokenUdf, token_hex};
 pub use udf::{MaskArg, MaskFn, MaskUdf, ValueKind};
 pub use validate::{Validator, ValidatorUdf};

@@ -1,0 +1,418 @@
+//! Signed, desensitized exports for data-trade platforms.
+//!
+//! `exchange export` runs a query as a principal, exactly as `query` would (same session,
+//! same policy rule), except that pseudonyms and replacements are keyed for the recipient:
+//! two recipients' files cannot be linked, and a leaked file names its recipient
+//! ([`trace`]). The result streams into a Parquet file (bounded memory) carrying the
+//! statement, principal, purpose, recipient, grants, creation and expiry as key-value
+//! metadata. A k-anonymity guard checks the equivalence classes over exported
+//! quasi-identifiers. The export is audited before the file appears, and a manifest beside
+//! it (`FILE.manifest.json`) holds the file's SHA-256 under the exchange's Ed25519
+//! signature ([`verify`]).
+
+mod guard;
+mod manifest;
+mod trace;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use futures::StreamExt;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+pub use guard::{ClassCounter, GuardSpec, lineage};
+pub use manifest::{Manifest, ManifestBody, manifest_path, sha256_file, verify};
+pub use trace::{TraceReport, TraceScore, trace};
+
+use crate::audit::{Decision, Entry, TableUse};
+use crate::catalog::KAction;
+use crate::engine::{Exchange, Kind, QueryError, classify, plan_query, redact_values, run_error};
+use crate::keys::KeyRing;
+
+/// Errors of export files and manifests (the export itself fails with a [`QueryError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A manifest does not parse.
+    #[error("manifest {path}: {message}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file does not match what was issued.
+    #[error("export {path} does not verify: {message}")]
+    Invalid {
+        /// The export file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Parquet or Arrow error reading the file.
+    #[error("{path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        message: String,
+    },
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// Who asks.
+    pub principal: String,
+    /// Why.
+    pub purpose: Option<String>,
+    /// To whom the file is issued.
+    pub recipient: String,
+    /// The Parquet file to write (must not exist).
+    pub out: PathBuf,
+    /// The query.
+    pub sql: String,
+    /// Last day of use, if earlier than the grants' expiry.
+    pub expires: Option<NaiveDate>,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// The signed manifest (also written beside the file).
+    pub manifest: Manifest,
+    /// The manifest file.
+    pub manifest_path: PathBuf,
+}
+
+/// A result staged in a partial file, before audit and manifest.
+struct Staged {
+    partial: PathBuf,
+    rows: u64,
+    sha256: String,
+    bytes: u64,
+    guard: Option<String>,
+    created: String,
+    expires: Option<String>,
+}
+
+/// Rows per batch written; also the progress granularity.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+fn valid_recipient(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 64
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Run an export as the request's principal; audited whatever happens, the file and its
+/// manifest appear only after the audit record is durable. `progress` is called with rows
+/// and bytes written so far.
+pub async fn export(
+    ex: &Exchange,
+    req: &ExportRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExportSummary, QueryError> {
+    let started = Instant::now();
+    let mut named = Vec::new();
+    let mut tables: Option<(Vec<TableUse>, Vec<String>)> = None;
+    let mut guard_note = None;
+    let staged = stage(ex, req, progress, &mut named, &mut tables, &mut guard_note).await;
+    let (decision, reason) = match &staged {
+        Ok(_) => (Decision::Allowed, None),
+        Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
+        Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
+            (Decision::Failed, Some(redact_values(r)))
+        }
+    };
+    let file_name = req
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let (tables, thresholds) = tables.unwrap_or((named, vec![]));
+    let grants: Vec<String> = tables.iter().map(|t| t.grant.clone()).collect();
+    let entry = Entry {
+        principal: req.principal.clone(),
+        agency: ex
+            .policies()
+            .principal(&req.principal)
+            .map(|p| p.agency.clone()),
+        purpose: req.purpose.clone(),
+        statement: req.sql.clone(),
+        kind: "export".into(),
+        tables,
+        thresholds,
+        decision,
+        reason,
+        rows: staged.as_ref().ok().map(|s| s.rows),
+        result_digest: None,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        recipient: Some(req.recipient.clone()),
+        export: staged
+            .as_ref()
+            .ok()
+            .map(|s| format!("{file_name} sha256:{}", s.sha256)),
+        guard: staged
+            .as_ref()
+            .ok()
+            .and_then(|s| s.guard.clone())
+            .or(guard_note),
+    };
+    let audited = ex.audit().append(entry);
+    let staged = match (staged, audited) {
+        (Err(e), _) => return Err(e),
+        (Ok(s), Err(e)) => {
+            let _ = fs::remove_file(&s.partial);
+            return Err(QueryError::Audit(e.to_string()));
+        }
+        (Ok(s), Ok(record)) => (s, record.seq),
+    };
+    let (s, seq) = staged;
+    let failed = |e: String| {
+        let _ = fs::remove_file(&s.partial);
+        QueryError::Failed(e)
+    };
+    let body = ManifestBody {
+        format: "exchange-export/v1".into(),
+        file: file_name,
+        sha256: s.sha256.clone(),
+        bytes: s.bytes,
+        rows: s.rows,
+        statement: req.sql.clone(),
+        principal: req.principal.clone(),
+        agency: ex
+            .policies()
+            .principal(&req.principal)
+            .map(|p| p.agency.clone())
+            .unwrap_or_default(),
+        purpose: req.purpose.clone().unwrap_or_default(),
+        recipient: req.recipient.clone(),
+        grants,
+        created: s.created.clone(),
+        expires: s.expires.clone(),
+        guard: s.guard.clone(),
+        audit_seq: seq,
+    };
+    let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
+    let mpath = manifest_path(&req.out);
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+    fs::write(&mpath, format!("{json}\n"))
+        .map_err(|e| failed(format!("{}: {e}", mpath.display())))?;
+    fs::rename(&s.partial, &req.out).map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
+    Ok(ExportSummary {
+        manifest,
+        manifest_path: mpath,
+    })
+}
+
+fn partial_path(out: &Path, n: u32) -> PathBuf {
+    let mut name = out.as_os_str().to_os_string();
+    name.push(format!(".partial{n}"));
+    PathBuf::from(name)
+}
+
+/// Plan, run and write the result to a partial file, guard applied.
+async fn stage(
+    ex: &Exchange,
+    req: &ExportRequest,
+    progress: &mut dyn FnMut(u64, u64),
+    named: &mut Vec<TableUse>,
+    tables: &mut Option<(Vec<TableUse>, Vec<String>)>,
+    guard_note: &mut Option<String>,
+) -> Result<Staged, QueryError> {
+    if !valid_recipient(&req.recipient) {
+        return Err(QueryError::Refused(
+            "a recipient is 1 to 64 letters, digits, '-', '_' or '.'".into(),
+        ));
+    }
+    if req.out.exists() || manifest_path(&req.out).exists() {
+        return Err(QueryError::Failed(format!(
+            "{} already exists: exports are never overwritten",
+            req.out.display()
+        )));
+    }
+    let scope = KeyRing::recipient_scope(&req.recipient);
+    let session = ex.scoped_session(&req.principal, req.purpose.as_deref(), Some(&scope))?;
+    let stmt = match classify(&session, &req.sql)? {
+        Kind::Query(stmt) => stmt,
+        other => {
+            return Err(QueryError::Refused(format!(
+                "only queries can be exported, not {}",
+                other.label()
+            )));
+        }
+    };
+    let planned = plan_query(&session, *stmt, named).await?;
+    *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
+    let guard = GuardSpec::of(&planned.optimized, ex.catalog());
+
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let expires = req
+        .expires
+        .into_iter()
+        .chain(
+            planned
+                .tables
+                .iter()
+                .filter_map(|t| grant_expiry(ex, &t.grant)),
+        )
+        .min()
+        .map(|d| d.to_string());
+    let grants: Vec<String> = planned.tables.iter().map(|t| t.grant.clone()).collect();
+    let metadata = vec![
+        kv("exchange.format", "exchange-export/v1"),
+        kv("exchange.statement", &req.sql),
+        kv("exchange.principal", &req.principal),
+        kv("exchange.purpose", req.purpose.as_deref().unwrap_or("")),
+        kv("exchange.recipient", &req.recipient),
+        kv("exchange.grants", &grants.join(",")),
+        kv("exchange.created", &created),
+        kv("exchange.expires", expires.as_deref().unwrap_or("")),
+    ];
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(metadata))
+        .build();
+
+    let schema = planned.physical.schema();
+    let first = partial_path(&req.out, 1);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| QueryError::Failed(format!("{}: {e}", p.display()))
+    };
+    let pq = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: parquet::errors::ParquetError| QueryError::Failed(format!("{}: {e}", p.display()))
+    };
+    let file = File::create(&first).map_err(io(&first))?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq(&first))?;
+    let mut counter = match &guard {
+        Some(g) if !g.aggregated => {
+            Some(ClassCounter::new(g, &schema).map_err(|e| QueryError::Failed(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let governed = planned.governed;
+    let cleanup = |e: QueryError| {
+        let _ = fs::remove_file(&first);
+        e
+    };
+    let mut stream = datafusion::physical_plan::execute_stream(
+        Arc::clone(&planned.physical),
+        session.ctx.task_ctx(),
+    )
+    .map_err(|e| cleanup(run_error(&session, governed, e)))?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| cleanup(run_error(&session, governed, e)))?;
+        if let Some(c) = counter.as_mut() {
+            c.add(&batch)
+                .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;
+        }
+        writer.write(&batch).map_err(|e| cleanup(pq(&first)(e)))?;
+        rows += batch.num_rows() as u64;
+        progress(rows, writer.bytes_written() as u64);
+    }
+    writer.close().map_err(|e| cleanup(pq(&first)(e)))?;
+
+    let mut partial = first.clone();
+    let mut note = guard.as_ref().filter(|g| g.aggregated).map(|g| {
+        format!(
+            "k-anonymity k={} over ({}): not applied, the rows are aggregated groups, not records",
+            g.k,
+            g.names.join(", ")
+        )
+    });
+    if let (Some(g), Some(c)) = (&guard, &counter) {
+        let (classes, small_rows) = c.small(g.k);
+        let over = format!("k-anonymity k={} over ({})", g.k, g.names.join(", "));
+        if classes == 0 {
+            note = Some(format!("{over}: {} classes, none below k", c.classes()));
+        } else if g.action == KAction::Refuse {
+            let _ = fs::remove_file(&first);
+            let msg = format!(
+                "{over}: {classes} of {} equivalence classes ({small_rows} rows) have fewer than {} rows, and the owning agency's policy refuses such exports; generalise the quasi-identifiers further (e.g. coarser bands) or export aggregates",
+                c.classes(),
+                g.k
+            );
+            *guard_note = Some(format!("refused: {msg}"));
+            return Err(QueryError::Refused(msg));
+        } else {
+            // Second pass over the staged file: drop the rows of small classes.
+            let second = partial_path(&req.out, 2);
+            let cleanup2 = |e: QueryError| {
+                let _ = fs::remove_file(&first);
+                let _ = fs::remove_file(&second);
+                e
+            };
+            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&first).map_err(|e| cleanup2(io(&first)(e)))?,
+            )
+            .and_then(|b| b.build())
+            .map_err(|e| cleanup2(pq(&first)(e)))?;
+            let file = File::create(&second).map_err(|e| cleanup2(io(&second)(e)))?;
+            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+                .map_err(|e| cleanup2(pq(&second)(e)))?;
+            rows = 0;
+            for batch in reader {
+                let batch = batch.map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
+                let kept = c
+                    .suppress(&batch, g.k)
+                    .map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
+                rows += kept.num_rows() as u64;
+                writer.write(&kept).map_err(|e| cleanup2(pq(&second)(e)))?;
+            }
+            writer.close().map_err(|e| cleanup2(pq(&second)(e)))?;
+            let _ = fs::remove_file(&first);
+            partial = second;
+            note = Some(format!(
+                "{over}: {classes} of {} classes below k suppressed ({small_rows} rows)",
+                c.classes()
+            ));
+        }
+    }
+    let (sha256, bytes) = sha256_file(&partial).map_err(|e| {
+        let _ = fs::remove_file(&partial);
+        QueryError::Failed(e.to_string())
+    })?;
+    Ok(Staged {
+        partial,
+        rows,
+        sha256,
+        bytes,
+        guard: note,
+        created,
+        expires,
+    })
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue::new(k.to_string(), v.to_string())
+}
+
+/// The expiry of a grant by its `agency/id@version` reference.
+fn grant_expiry(ex: &Exchange, grant_ref: &str) -> Option<NaiveDate> {
+    ex.policies()
+        .grants()
+        .iter()
+        .find(|g| format!("{}/{}@{}", g.agency, g.id, g.version) == grant_ref)
+        .and_then(|g| g.expires)
+}

@@ -1,0 +1,428 @@
+//! Exports for data-trade platforms: signed, recipient-keyed, traceable, k-anonymous.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow::array::RecordBatch;
+use exchange::export::{self, ExportRequest};
+use exchange::{Exchange, QueryError};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use common::{cells, column, config_copy, edit, ok, open, open_config};
+
+const HRSS: (&str, &str) = ("hrss_analyst", "new_employment_services");
+const DETAIL: &str =
+    "SELECT person_id, gender, birth_date, district FROM police.residents ORDER BY person_id";
+
+fn request(recipient: &str, out: &Path, sql: &str) -> ExportRequest {
+    ExportRequest {
+        principal: HRSS.0.into(),
+        purpose: Some(HRSS.1.into()),
+        recipient: recipient.into(),
+        out: out.to_path_buf(),
+        sql: sql.into(),
+        expires: None,
+    }
+}
+
+async fn run(ex: &Exchange, req: &ExportRequest) -> Result<export::ExportSummary, QueryError> {
+    export::export(ex, req, &mut |_, _| {}).await
+}
+
+fn read(path: &Path) -> (Vec<RecordBatch>, BTreeMap<String, String>) {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap();
+    let meta = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let batches = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    (batches, meta)
+}
+
+fn public_key(ex: &Exchange) -> exchange::keys::PublicKey {
+    ex.signer().public_key()
+}
+
+#[tokio::test]
+async fn an_export_is_signed_carries_its_provenance_and_verifies() {
+    let (ex, state) = open();
+    let out = state.path().join("residents.parquet");
+    let s = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let m = &s.manifest.body;
+    assert_eq!(m.recipient, "research-a");
+    assert_eq!(
+        m.grants,
+        vec!["police/residents-hrss-employment@2026-11-01"]
+    );
+    assert_eq!(m.expires.as_deref(), Some("2027-06-30"));
+    assert!(s.manifest_path.ends_with("residents.parquet.manifest.json"));
+
+    let (batches, meta) = read(&out);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows as u64, m.rows);
+    for (k, v) in [
+        ("exchange.principal", "hrss_analyst"),
+        ("exchange.purpose", "new_employment_services"),
+        ("exchange.recipient", "research-a"),
+        ("exchange.statement", DETAIL),
+        ("exchange.expires", "2027-06-30"),
+    ] {
+        assert_eq!(meta.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(meta["exchange.grants"].contains("residents-hrss-employment"));
+
+    let verified = export::verify(&out, &public_key(&ex)).unwrap();
+    assert_eq!(verified, s.manifest);
+
+    // The audit record came first and says what was issued to whom.
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let r = records.last().unwrap();
+    assert_eq!(r.kind, "export");
+    assert_eq!(r.seq, m.audit_seq);
+    assert_eq!(r.recipient.as_deref(), Some("research-a"));
+    assert_eq!(
+        r.export.as_deref(),
+        Some(format!("residents.parquet sha256:{}", m.sha256).as_str())
+    );
+    let auditor = ok(
+        &ex,
+        "auditor",
+        "audit_review",
+        "SELECT kind, recipient FROM audit.events WHERE kind = 'export'",
+    )
+    .await;
+    assert_eq!(cells(&auditor.batches), vec![vec!["export", "research-a"]]);
+}
+
+#[tokio::test]
+async fn edited_files_manifests_and_other_keys_fail_verification() {
+    let (ex, state) = open();
+    let out = state.path().join("r.parquet");
+    run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let key = public_key(&ex);
+    let manifest = export::manifest_path(&out);
+    let original_file = fs::read(&out).unwrap();
+    let original_manifest = fs::read_to_string(&manifest).unwrap();
+
+    // One byte of the data changed.
+    let mut bytes = original_file.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&out, &bytes).unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("does not match its manifest"), "{e}");
+    fs::write(&out, &original_file).unwrap();
+
+    // The manifest re-addressed to another recipient.
+    fs::write(
+        &manifest,
+        original_manifest.replace("\"research-a\"", "\"research-z\""),
+    )
+    .unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("signature does not verify"), "{e}");
+    fs::write(&manifest, &original_manifest).unwrap();
+
+    // Another exchange's key.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = exchange::keys::init(other.path()).unwrap();
+    let e = export::verify(&out, &other_key).unwrap_err().to_string();
+    assert!(e.contains("signed by key"), "{e}");
+
+    // A renamed file is not the file the manifest is about.
+    let renamed = state.path().join("renamed.parquet");
+    fs::copy(&out, &renamed).unwrap();
+    fs::copy(&manifest, export::manifest_path(&renamed)).unwrap();
+    let e = export::verify(&renamed, &key).unwrap_err().to_string();
+    assert!(e.contains("manifest is for file 'r.parquet'"), "{e}");
+
+    assert!(export::verify(&out, &key).is_ok());
+}
+
+#[tokio::test]
+async fn recipients_cannot_link_their_files_and_trace_names_the_recipient() {
+    let (ex, state) = open();
+    let sql = "SELECT person_id, district FROM police.residents";
+    let mut tokens: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    for r in ["research-a", "bureau-b", "insurer-c"] {
+        let out = state.path().join(format!("{r}.parquet"));
+        run(&ex, &request(r, &out, sql)).await.unwrap();
+        tokens.insert(r, column(&read(&out).0, "person_id").into_iter().collect());
+        files.push((r, out));
+    }
+    // Same persons, disjoint pseudonyms: no two recipients can join their files.
+    let sets: Vec<_> = tokens.values().collect();
+    assert_eq!(sets[0].len(), sets[1].len());
+    assert!(sets[0].is_disjoint(sets[1]) && sets[1].is_disjoint(sets[2]));
+    // Nor with what hrss analysts see in their own queries.
+    let own: BTreeSet<String> = column(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches, "person_id")
+        .into_iter()
+        .collect();
+    assert!(own.is_disjoint(sets[0]));
+
+    for (recipient, path) in &files {
+        // A leaker strips the manifest; the trace needs only the file.
+        let _ = fs::remove_file(export::manifest_path(path));
+        let report = export::trace(&ex, path).await.unwrap();
+        assert_eq!(
+            report.verdict.as_deref(),
+            Some(format!("recipient {recipient}").as_str()),
+            "{report:?}"
+        );
+    }
+    // A file without pseudonyms has nothing to trace.
+    let out = state.path().join("plain.parquet");
+    run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT district, gender FROM police.residents",
+        ),
+    )
+    .await
+    .unwrap();
+    let report = export::trace(&ex, &out).await.unwrap();
+    assert!(report.columns.is_empty() && report.verdict.is_none());
+}
+
+/// Rows per class over the columns of an export.
+fn classes(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<Vec<String>, usize> {
+    let cols: Vec<Vec<String>> = columns.iter().map(|c| column(batches, c)).collect();
+    let mut out = BTreeMap::new();
+    for i in 0..cols[0].len() {
+        *out.entry(cols.iter().map(|c| c[i].clone()).collect())
+            .or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
+    let (ex, state) = open();
+    let out = state.path().join("qi.parquet");
+    let s = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let guard = s.manifest.body.guard.clone().unwrap();
+    assert!(
+        guard.contains("k-anonymity k=3 over (gender, birth_date, district)")
+            && guard.contains("suppressed"),
+        "{guard}"
+    );
+    let (batches, _) = read(&out);
+    let exported = classes(&batches, &["gender", "birth_date", "district"]);
+    assert!(exported.values().all(|n| *n >= 3), "a class below k left");
+
+    // Against the same query's result: exactly the small classes are gone.
+    let full = ok(&ex, HRSS.0, HRSS.1, DETAIL).await;
+    let all = classes(&full.batches, &["gender", "birth_date", "district"]);
+    let expected: BTreeMap<_, _> = all.into_iter().filter(|(_, n)| *n >= 3).collect();
+    assert_eq!(exported, expected);
+    let dropped = full.rows - s.manifest.body.rows;
+    assert!(
+        dropped > 0 && guard.contains(&format!("({dropped} rows)")),
+        "{guard}"
+    );
+
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let r = records.iter().rfind(|r| r.kind == "export").unwrap();
+    assert_eq!(r.guard.as_deref(), Some(guard.as_str()));
+
+    // Aggregates over generalised quasi-identifiers pass when every class is large.
+    let out = state.path().join("agg.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT district, gender, count(*) AS n FROM police.residents GROUP BY district, gender",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(s.manifest.body.guard.unwrap().contains("not applied"));
+    // Record-level rows over coarse quasi-identifiers pass whole.
+    let out = state.path().join("coarse.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT person_id, district, gender FROM police.residents",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(s.manifest.body.guard.unwrap().contains("none below k"));
+}
+
+#[tokio::test]
+async fn a_refusing_policy_refuses_the_export_and_writes_nothing() {
+    let c = config_copy();
+    edit(
+        &c.path().join("schemas/police.toml"),
+        "export_k_action = \"suppress\"",
+        "export_k_action = \"refuse\"",
+    );
+    let (ex, state) = open_config(c.path());
+    let out = state.path().join("qi.parquet");
+    let err = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap_err();
+    let QueryError::Refused(reason) = err else {
+        panic!("expected a refusal, got {err:?}")
+    };
+    assert!(reason.contains("fewer than 3 rows"), "{reason}");
+    assert!(!out.exists() && !export::manifest_path(&out).exists());
+    let leftovers: Vec<_> = fs::read_dir(state.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let r = records.last().unwrap();
+    assert_eq!(r.decision, exchange::audit::Decision::Refused);
+    assert!(
+        r.guard
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("refused: k-anonymity")
+    );
+}
+
+#[tokio::test]
+async fn refused_and_invalid_exports_write_nothing_and_are_audited() {
+    let (ex, state) = open();
+    let out = state.path().join("x.parquet");
+    for (req, expect) in [
+        (
+            request("research-a", &out, "SELECT * FROM health.visits"),
+            "not found or not granted",
+        ),
+        (
+            request("research-a", &out, &format!("EXPLAIN {DETAIL}")),
+            "only queries can be exported",
+        ),
+        (request("no spaces allowed", &out, DETAIL), "a recipient is"),
+        (
+            ExportRequest {
+                purpose: None,
+                ..request("research-a", &out, DETAIL)
+            },
+            "no purpose declared",
+        ),
+    ] {
+        let e = run(&ex, &req).await.unwrap_err().to_string();
+        assert!(e.contains(expect), "{e}");
+        assert!(!out.exists());
+    }
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    assert_eq!(records.len(), 4);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.kind == "export" || r.kind == "other")
+    );
+
+    // Never overwritten.
+    run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let e = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never overwritten"), "{e}");
+}
+
+#[test]
+fn trader_workflow_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let cli = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_exchange"));
+        c.arg("--config-dir")
+            .arg(common::repo_root())
+            .arg("--data-root")
+            .arg(common::data_root())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--key-dir")
+            .arg(state.join("keys"));
+        c
+    };
+    assert!(cli().args(["keys", "init"]).status().unwrap().success());
+    let file = tmp.path().join("enterprises.parquet");
+    let out = cli()
+        .args([
+            "export",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            "--recipient",
+            "buyer-1",
+            "--expires",
+            "2027-01-31",
+            "--out",
+        ])
+        .arg(&file)
+        .arg("SELECT industry, district, count(*) AS enterprises FROM market.enterprises GROUP BY industry, district")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("for recipient buyer-1") && stdout.contains("expires: 2027-01-31"));
+
+    let out = cli()
+        .args(["export", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("OK: enterprises.parquet") && stdout.contains("to recipient buyer-1")
+    );
+
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    fs::write(&file, bytes).unwrap();
+    let out = cli()
+        .args(["export", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("INVALID:"));
+
+    // The export is in the log, and the log still verifies.
+    let out = cli().args(["audit", "report"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("| market_trader | buyer-1 | enterprises.parquet")
+    );
+    assert!(cli().args(["audit", "verify"]).status().unwrap().success());
+}
