@@ -676,12 +676,59 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
     {
         println!("  ✗ {} as {}: {reason}", r.sql, r.principal);
     }
-    match crate::audit::verify(ex.audit().path(), &ex.signer().public_key()) {
+    // Showcase 5 leaves as a signed export for a buyer of the trade platform.
+    if let Some(q) = demo::SHOWCASE
+        .iter()
+        .find(|s| s.principal == "market_trader")
+        .and_then(|s| s.queries.first())
+    {
+        let dir = absolute(&cli.state_dir).join("exports");
+        let out = dir.join(format!(
+            "enterprises-{}.parquet",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        let req = crate::export::ExportRequest {
+            principal: "market_trader".into(),
+            purpose: Some("data_product".into()),
+            recipient: "demo-buyer".into(),
+            out: out.clone(),
+            sql: q.sql.into(),
+            expires: None,
+        };
+        let result = match std::fs::create_dir_all(&dir) {
+            Ok(()) => crate::export::export(&ex, &req, &mut |_, _| {})
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    crate::export::verify(&out, &ex.signer().public_key())
+                        .map_err(|e| e.to_string())
+                }),
+            Err(e) => Err(format!("{}: {e}", dir.display())),
+        };
+        match result {
+            Ok(m) => println!(
+                "Export for recipient demo-buyer: {} ({} rows), manifest signed and verified (exchange export verify {}).\n",
+                out.display(),
+                m.body.rows,
+                out.display()
+            ),
+            Err(e) => {
+                failures += 1;
+                println!("Export FAILED: {e}\n");
+            }
+        }
+    }
+    // Close the exchange (the log is sealed with a signed shutdown checkpoint), then verify
+    // it as an auditor would.
+    let (audit_dir, public) = (ex.audit().path().to_path_buf(), ex.signer().public_key());
+    drop(ex);
+    match crate::audit::verify(&audit_dir, &public) {
         Ok(s) => println!(
-            "Audit log {}: {} records, hash chain and {} signed checkpoints verified.",
-            ex.audit().path().display(),
+            "Audit log {}: {} records, hash chain and {} signed checkpoints verified{}.",
+            audit_dir.display(),
             s.records,
-            s.checkpoints
+            s.checkpoints,
+            if s.sealed { ", closed cleanly" } else { "" }
         ),
         Err(e) => {
             failures += 1;
