@@ -404,3 +404,68 @@ fn auditor_workflow_from_the_command_line() {
     assert_eq!(code, 1);
     assert!(err.contains("UNSEALED"), "{err}");
 }
+
+#[test]
+fn tampering_cannot_pass_as_a_crash() {
+    // Lines run together into one "torn" line: an edit, refused on open and by verify.
+    let (t, dir, key) = log_of(8);
+    let path = seg(&dir, 1);
+    let l = lines(&path);
+    let text = format!("{}\n{}", l[..3].join("\n"), l[3..].join(""));
+    fs::write(&path, text).unwrap();
+    let e = broken(verify(&dir, &key));
+    assert!(e.contains("an edit, not a torn write"), "{e}");
+    let signer = Arc::new(SigningKey::load(&t.path().join("signing.key")).unwrap());
+    let e = AuditLog::open(&dir, signer, OPTIONS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("an edit, not a torn write"), "{e}");
+
+    // A last line without its end can be a crash, and can be an edit that hides the line:
+    // either way it is moved aside, named with its SHA-256 in a signed recovery, and the
+    // auditor is warned.
+    let (t, dir, key) = log_of(8);
+    let path = seg(&dir, 1);
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, text.trim_end()).unwrap();
+    assert!(broken(verify(&dir, &key)).contains("torn"));
+    let signer = Arc::new(SigningKey::load(&t.path().join("signing.key")).unwrap());
+    drop(AuditLog::open(&dir, signer, OPTIONS).unwrap());
+    let s = verify(&dir, &key).unwrap();
+    assert_eq!(s.recoveries, 1);
+    assert!(s.recovery_notes[0].1.contains("SHA-256"), "{s:?}");
+
+    // A deleted last segment is not re-created on open.
+    let (t, dir, _key) = log_of(25);
+    fs::remove_file(seg(&dir, 3)).unwrap();
+    let signer = Arc::new(SigningKey::load(&t.path().join("signing.key")).unwrap());
+    let e = AuditLog::open(&dir, signer, OPTIONS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("segment 3") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn recoveries_are_visible_to_the_auditor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    exchange::keys::init(&state.join("keys")).unwrap();
+    let key = SigningKey::load(&state.join("keys").join("signing.key")).unwrap();
+    let dir = state.join("audit");
+    let log = AuditLog::open(&dir, Arc::new(key), AuditOptions::default()).unwrap();
+    log.append(entry(1)).unwrap();
+    drop(log);
+    // As if the process had died before its shutdown checkpoint.
+    let path = seg(&dir, 1);
+    let mut l = lines(&path);
+    assert!(l.pop().unwrap().contains("\"shutdown\""));
+    write_lines(&path, &l);
+    let key = SigningKey::load(&state.join("keys").join("signing.key")).unwrap();
+    drop(AuditLog::open(&dir, Arc::new(key), AuditOptions::default()).unwrap());
+    let (code, out, err) = run(cli(&state).args(["audit", "verify"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("WARNING: recovery after an unclean shutdown, at record 1"),
+        "{out}"
+    );
+}

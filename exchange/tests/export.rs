@@ -144,6 +144,16 @@ async fn edited_files_manifests_and_other_keys_fail_verification() {
     let e = export::verify(&out, &other_key).unwrap_err().to_string();
     assert!(e.contains("signed by key"), "{e}");
 
+    // Fields outside the signature are refused, not passed on as if vouched for.
+    fs::write(
+        &manifest,
+        original_manifest.replacen('{', "{\n  \"licensed_to\": \"everyone\",", 1),
+    )
+    .unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("signature does not cover: licensed_to"), "{e}");
+    fs::write(&manifest, &original_manifest).unwrap();
+
     // A renamed file is not the file the manifest is about.
     let renamed = state.path().join("renamed.parquet");
     fs::copy(&out, &renamed).unwrap();
@@ -182,9 +192,12 @@ async fn recipients_cannot_link_their_files_and_trace_names_the_recipient() {
         let report = export::trace(&ex, path).await.unwrap();
         assert_eq!(
             report.verdict.as_deref(),
-            Some(format!("recipient {recipient}").as_str()),
+            Some(format!("recipient {recipient} (exports of agency hrss)").as_str()),
             "{report:?}"
         );
+        // The verdict comes with the audit record of the export.
+        assert_eq!(report.exports.len(), 1, "{report:?}");
+        assert!(report.exports[0].contains(&format!("{recipient}.parquet sha256:")));
     }
     // A file without pseudonyms has nothing to trace.
     let out = state.path().join("plain.parquet");
@@ -257,7 +270,30 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     )
     .await
     .unwrap();
-    assert!(s.manifest.body.guard.unwrap().contains("not applied"));
+    // Without a group threshold from the policy, aggregated rows count as records: each
+    // (district, gender) row is a class of one, below k.
+    let g = s.manifest.body.guard.unwrap();
+    assert!(g.contains("12 of 12 classes below k suppressed"), "{g}");
+    assert_eq!(s.manifest.body.rows, 0);
+    // DISTINCT does not turn records into groups either.
+    let out = state.path().join("distinct.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT DISTINCT person_id, gender, birth_date, district FROM police.residents",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(s.manifest.body.guard.unwrap().contains("suppressed"));
+    let (batches, _) = read(&out);
+    assert!(
+        classes(&batches, &["gender", "birth_date", "district"])
+            .values()
+            .all(|n| *n >= 3)
+    );
     // Record-level rows over coarse quasi-identifiers pass whole.
     let out = state.path().join("coarse.parquet");
     let s = run(
@@ -425,4 +461,29 @@ fn trader_workflow_from_the_command_line() {
             .contains("| market_trader | buyer-1 | enterprises.parquet")
     );
     assert!(cli().args(["audit", "verify"]).status().unwrap().success());
+}
+
+#[tokio::test]
+async fn aggregates_under_a_policy_threshold_are_groups_not_records() {
+    let c = config_copy();
+    edit(
+        &c.path().join("policies/grants/police.toml"),
+        "expires = 2027-06-30\n",
+        "expires = 2027-06-30\nmin_group = 5\n",
+    );
+    let (ex, state) = open_config(c.path());
+    let out = state.path().join("agg.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT district, gender, count(*) AS n FROM police.residents GROUP BY district, gender",
+        ),
+    )
+    .await
+    .unwrap();
+    let g = s.manifest.body.guard.unwrap();
+    assert!(g.contains("not counted") && g.contains(">= 5"), "{g}");
+    assert_eq!(s.manifest.body.rows, 12);
 }

@@ -27,6 +27,8 @@ pub struct Summary {
     pub sealed: bool,
     /// Checkpoints that record a recovery after an unclean shutdown.
     pub recoveries: u64,
+    /// Each recovery: the records it covers and what it found.
+    pub recovery_notes: Vec<(u64, String)>,
 }
 
 /// A torn last line: bytes of a record that was being written when the process died.
@@ -53,6 +55,8 @@ pub(super) struct Scan {
     pub records: Vec<AuditRecord>,
     /// A segment the last rotation announced that does not exist.
     pub pending_segment: Option<u32>,
+    /// An empty last segment that no rotation announced (a rotation died half-way).
+    pub dangling: Option<PathBuf>,
 }
 
 /// The segment files of `dir`, checked to be numbered 1..=n without gaps.
@@ -108,7 +112,18 @@ pub(super) fn scan(
         since_checkpoint: 0,
         records: vec![],
         pending_segment: None,
+        dangling: None,
     };
+    // An empty last segment is either announced by the rotation before it (nothing written
+    // yet) or left by a rotation that died before announcing it.
+    let mut files = files;
+    let empty_last = match files.last() {
+        Some((n, p)) if *n > 1 && fs::metadata(p).map(|m| m.len() == 0).unwrap_or(false) => {
+            files.pop()
+        }
+        _ => None,
+    };
+    s.last_segment = files.last().map(|f| f.0).unwrap_or(0);
     // The segment a rotation checkpoint announced, and whether the last line was one.
     let mut expect_next: Option<u32> = None;
     for (index, (segment, path)) in files.iter().enumerate() {
@@ -161,6 +176,13 @@ pub(super) fn scan(
             if buf.last() != Some(&b'\n') {
                 if !is_last {
                     return Err(broken("torn line inside an earlier segment".into()));
+                }
+                // A crash cuts one line short; lines run together or a complete line
+                // without its end are edits, not a crash.
+                if holds_complete_line(&buf) {
+                    return Err(broken(
+                        "the last line has no line end and holds several lines run together: an edit, not a torn write".into(),
+                    ));
                 }
                 s.torn = Some(Torn {
                     path: path.clone(),
@@ -230,6 +252,9 @@ pub(super) fn scan(
                     s.summary.sealed = c.reason == "shutdown";
                     if c.reason == "recovered" {
                         s.summary.recoveries += 1;
+                        s.summary
+                            .recovery_notes
+                            .push((c.checkpoint, c.note.clone().unwrap_or_default()));
                     }
                     if c.reason == "rotate" {
                         rotated = true;
@@ -250,9 +275,34 @@ pub(super) fn scan(
             });
         }
     }
-    s.pending_segment = expect_next;
+    match (empty_last, expect_next) {
+        (Some((n, _)), Some(next)) if n == next => {
+            s.last_segment = n;
+            s.segment_records = 0;
+        }
+        (Some((_, path)), None) => s.dangling = Some(path),
+        (Some((n, path)), Some(next)) => {
+            return Err(AuditError::Broken {
+                path,
+                segment: n,
+                line: 0,
+                seq: Some(s.summary.records),
+                message: format!("segment {n} follows a rotation that announced segment {next}"),
+            });
+        }
+        (None, next) => s.pending_segment = next,
+    }
+    if s.dangling.is_some() {
+        s.summary.sealed = false;
+    }
     s.summary.unsigned_tail = s.since_checkpoint;
     Ok(s)
+}
+
+/// Whether bytes hold two lines run together (`}{`). A crash cuts the last write at any
+/// byte, so one line, even complete but for its end, can be torn; several cannot.
+fn holds_complete_line(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"}{")
 }
 
 /// Verify the whole log under `key`: every line chains, records are numbered without gaps,
@@ -270,6 +320,15 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Summary, AuditError> {
             message: format!(
                 "segment {next}, announced by the last rotation checkpoint, is missing (deleted, or the exchange died while rotating)"
             ),
+        });
+    }
+    if let Some(path) = scan.dangling {
+        return Err(AuditError::Broken {
+            segment: scan.last_segment + 1,
+            path,
+            line: 0,
+            seq: Some(scan.summary.records),
+            message: "an empty segment that no rotation announced: the exchange died while rotating; it removes it when it next opens the log".into(),
         });
     }
     if let Some(t) = scan.torn {

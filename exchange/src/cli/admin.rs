@@ -72,7 +72,13 @@ pub(super) fn public_key(
     let path = file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.public_key_file());
-    PublicKey::read(&path).map_err(|e| e.to_string())
+    PublicKey::read(&path).map_err(|e| match e {
+        keys::KeyError::Missing { path } => format!(
+            "no public key at {}: pass --public-key FILE (the exchange operator's signing.pub, from `exchange keys public`)",
+            path.display()
+        ),
+        other => other.to_string(),
+    })
 }
 
 pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> ExitCode {
@@ -109,11 +115,14 @@ pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> 
     } else {
         String::new()
     };
+    for (at, note) in &s.recovery_notes {
+        println!("WARNING: recovery after an unclean shutdown, at record {at}: {note}");
+    }
     if s.sealed {
         println!("OK: {counts}, closed cleanly{recoveries}");
     } else if audit::in_use(&dir) {
         println!(
-            "OK (live): {counts}; the exchange is running: {} records after the last checkpoint are not signed yet{recoveries}",
+            "OK (live): {counts}; an exchange holds the log, so it has no shutdown checkpoint yet ({} records after the last checkpoint){recoveries}",
             s.unsigned_tail
         );
     } else if s.records == 0 && s.checkpoints == 0 {
@@ -145,6 +154,18 @@ pub(super) fn audit_report(
             return ExitCode::from(2);
         }
     };
+    // A report is only as good as the log: verify signatures first.
+    let key = match public_key(config, None) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = audit::verify(&config.audit_log(), &key) {
+        eprintln!("BROKEN: {e}");
+        return ExitCode::from(1);
+    }
     match audit::read_all(&config.audit_log()) {
         Ok(records) => {
             print!("{}", audit::report(&records, since, principal));
@@ -268,7 +289,33 @@ pub(super) fn export_verify(
 }
 
 pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
-    match export::trace(ex, file).await {
+    let started = std::time::Instant::now();
+    let result = export::trace(ex, file).await;
+    // Tracing recomputes pseudonyms with the exchange's secret: it is audited too.
+    let entry = crate::audit::Entry {
+        principal: "(operator)".into(),
+        statement: format!("export trace {}", file.display()),
+        kind: "trace".into(),
+        decision: if result.is_ok() {
+            crate::audit::Decision::Allowed
+        } else {
+            crate::audit::Decision::Failed
+        },
+        reason: Some(match &result {
+            Ok(r) => r
+                .verdict
+                .clone()
+                .unwrap_or_else(|| "no recipient or agency explains the file".into()),
+            Err(e) => e.to_string(),
+        }),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ..crate::audit::Entry::default()
+    };
+    if let Err(e) = ex.audit().append(entry) {
+        eprintln!("error: audit log unavailable, trace withheld: {e}");
+        return ExitCode::from(2);
+    }
+    match result {
         Ok(r) => {
             if r.columns.is_empty() {
                 println!(
@@ -291,6 +338,9 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
                         "traced: the pseudonyms of {} were keyed for {v}",
                         file.display()
                     );
+                    for e in &r.exports {
+                        println!("  issued in {e}");
+                    }
                     ExitCode::SUCCESS
                 }
                 None => {

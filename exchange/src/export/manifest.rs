@@ -117,6 +117,32 @@ pub fn verify(file: &Path, key: &PublicKey) -> Result<Manifest, ExportError> {
         path: mpath.clone(),
         message: format!("not a manifest: {e}"),
     })?;
+    // Fields the signature does not cover would be read by other tools as if vouched for.
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ExportError::Manifest {
+            path: mpath.clone(),
+            message: format!("not a manifest: {e}"),
+        })?;
+    let expected = serde_json::to_value(&manifest).map_err(|e| ExportError::Manifest {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
+    if let (Some(got), Some(known)) = (value.as_object(), expected.as_object()) {
+        let extra: Vec<&str> = got
+            .keys()
+            .filter(|k| !known.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !extra.is_empty() {
+            return Err(ExportError::Invalid {
+                path: file.to_path_buf(),
+                message: format!(
+                    "the manifest carries fields its signature does not cover: {}",
+                    extra.join(", ")
+                ),
+            });
+        }
+    }
     let bad = |message: String| ExportError::Invalid {
         path: file.to_path_buf(),
         message,

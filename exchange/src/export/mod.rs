@@ -212,9 +212,20 @@ pub async fn export(
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
     let mpath = manifest_path(&req.out);
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
-    fs::write(&mpath, format!("{json}\n"))
-        .map_err(|e| failed(format!("{}: {e}", mpath.display())))?;
-    fs::rename(&s.partial, &req.out).map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
+    // Publish without replacing anything that appeared meanwhile: the file by a hard link
+    // (fails if the name exists), the manifest created new.
+    fs::hard_link(&s.partial, &req.out)
+        .map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
+    let _ = fs::remove_file(&s.partial);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&mpath)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&req.out);
+        return Err(QueryError::Failed(format!("{}: {e}", mpath.display())));
+    }
     Ok(ExportSummary {
         manifest,
         manifest_path: mpath,
@@ -247,7 +258,12 @@ async fn stage(
             req.out.display()
         )));
     }
-    let scope = KeyRing::recipient_scope(&req.recipient);
+    let agency = ex
+        .policies()
+        .principal(&req.principal)
+        .map(|p| p.agency.clone())
+        .unwrap_or_default();
+    let scope = KeyRing::recipient_scope(&agency, &req.recipient);
     let session = ex.scoped_session(&req.principal, req.purpose.as_deref(), Some(&scope))?;
     let stmt = match classify(&session, &req.sql)? {
         Kind::Query(stmt) => stmt,
@@ -260,7 +276,12 @@ async fn stage(
     };
     let planned = plan_query(&session, *stmt, named).await?;
     *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
-    let guard = GuardSpec::of(&planned.optimized, ex.catalog());
+    // Aggregated rows are groups, and only group thresholds applied by the policy make
+    // them safe; without one they are counted as records like any other row.
+    let guard = GuardSpec::of(&planned.optimized, ex.catalog()).map(|g| GuardSpec {
+        aggregated: g.aggregated && !planned.thresholds.is_empty(),
+        ..g
+    });
 
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires = req
@@ -301,7 +322,8 @@ async fn stage(
         let p = p.to_path_buf();
         move |e: parquet::errors::ParquetError| QueryError::Failed(format!("{}: {e}", p.display()))
     };
-    let file = File::create(&first).map_err(io(&first))?;
+    let create = |p: &Path| fs::OpenOptions::new().write(true).create_new(true).open(p);
+    let file = create(&first).map_err(io(&first))?;
     let mut writer =
         ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq(&first))?;
     let mut counter = match &guard {
@@ -336,9 +358,10 @@ async fn stage(
     let mut partial = first.clone();
     let mut note = guard.as_ref().filter(|g| g.aggregated).map(|g| {
         format!(
-            "k-anonymity k={} over ({}): not applied, the rows are aggregated groups, not records",
+            "k-anonymity k={} over ({}): not counted, the rows are groups of the policy's thresholds ({})",
             g.k,
-            g.names.join(", ")
+            g.names.join(", "),
+            planned.thresholds.join("; ")
         )
     });
     if let (Some(g), Some(c)) = (&guard, &counter) {
@@ -368,7 +391,7 @@ async fn stage(
             )
             .and_then(|b| b.build())
             .map_err(|e| cleanup2(pq(&first)(e)))?;
-            let file = File::create(&second).map_err(|e| cleanup2(io(&second)(e)))?;
+            let file = create(&second).map_err(|e| cleanup2(io(&second)(e)))?;
             let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
                 .map_err(|e| cleanup2(pq(&second)(e)))?;
             rows = 0;

@@ -49,15 +49,16 @@ pub struct TraceReport {
     pub verdict: Option<String>,
     /// Columns that look like pseudonyms.
     pub columns: Vec<String>,
+    /// The audit records of the exports to the verdict's recipient: `seq time principal file`.
+    pub exports: Vec<String>,
 }
 
 fn looks_like_token(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Token-like values of a Parquet file, per string column.
+/// Token-like values of a Parquet file (lower-cased), per string column where most
+/// values look like tokens: a few other values do not hide a column.
 fn sample_tokens(file: &Path) -> Result<BTreeMap<String, HashSet<String>>, ExportError> {
     let read = |message: String| ExportError::Read {
         path: file.to_path_buf(),
@@ -69,39 +70,45 @@ fn sample_tokens(file: &Path) -> Result<BTreeMap<String, HashSet<String>>, Expor
     })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.build())
-        .map_err(|e| read(e.to_string()))?;
-    let mut out: BTreeMap<String, HashSet<String>> = BTreeMap::new();
-    let mut rejected: BTreeSet<String> = BTreeSet::new();
+        .map_err(|e| read(format!("not a readable Parquet file: {e}")))?;
+    // column -> (sample, token-like values, other values)
+    let mut seen: BTreeMap<String, (HashSet<String>, u64, u64)> = BTreeMap::new();
     for batch in reader {
         let batch = batch.map_err(|e| read(e.to_string()))?;
         for (i, field) in batch.schema().fields().iter().enumerate() {
-            let name = field.name().clone();
-            if rejected.contains(&name) {
-                continue;
-            }
-            let col = batch.column(i);
-            let values: Vec<&str> = match field.data_type() {
-                DataType::Utf8 => col.as_string::<i32>().iter().flatten().collect(),
-                DataType::LargeUtf8 => col.as_string::<i64>().iter().flatten().collect(),
-                DataType::Utf8View => col.as_string_view().iter().flatten().collect(),
-                _ => continue,
-            };
-            if values.iter().any(|v| !looks_like_token(v)) {
-                rejected.insert(name.clone());
-                out.remove(&name);
-                continue;
-            }
-            let set = out.entry(name).or_default();
-            for v in values {
-                if set.len() >= SAMPLE {
-                    break;
+            let textual = match field.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+                DataType::Dictionary(_, v) => {
+                    matches!(
+                        v.as_ref(),
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )
                 }
-                set.insert(v.to_string());
+                _ => false,
+            };
+            if !textual {
+                continue;
+            }
+            let text = arrow::compute::cast(batch.column(i), &DataType::Utf8)
+                .map_err(|e| read(e.to_string()))?;
+            let entry = seen.entry(field.name().clone()).or_default();
+            for v in text.as_string::<i32>().iter().flatten() {
+                if looks_like_token(v) {
+                    entry.1 += 1;
+                    if entry.0.len() < SAMPLE {
+                        entry.0.insert(v.to_ascii_lowercase());
+                    }
+                } else {
+                    entry.2 += 1;
+                }
             }
         }
     }
-    out.retain(|_, v| !v.is_empty());
-    Ok(out)
+    Ok(seen
+        .into_iter()
+        .filter(|(_, (sample, tokens, others))| !sample.is_empty() && *tokens >= *others * 4)
+        .map(|(name, (sample, _, _))| (name, sample))
+        .collect())
 }
 
 /// Distinct raw identifiers of each identity domain, from the datasets that declare it.
@@ -160,12 +167,31 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
         path: ex.audit().path().to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut scopes: Vec<(String, String)> = records
-        .iter()
-        .filter_map(|r| r.recipient.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(|r| (format!("recipient {r}"), KeyRing::recipient_scope(&r)))
+    // Every (exporting agency, recipient) the log has issued files to.
+    let mut issued: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.kind == "export") {
+        if let (Some(agency), Some(recipient)) = (&r.agency, &r.recipient) {
+            issued
+                .entry((agency.clone(), recipient.clone()))
+                .or_default()
+                .push(format!(
+                    "audit record {} at {}: {} ({:?}) {}",
+                    r.seq,
+                    r.time,
+                    r.principal,
+                    r.decision,
+                    r.export.as_deref().unwrap_or("no file")
+                ));
+        }
+    }
+    let mut scopes: Vec<(String, String)> = issued
+        .keys()
+        .map(|(a, r)| {
+            (
+                format!("recipient {r} (exports of agency {a})"),
+                KeyRing::recipient_scope(a, r),
+            )
+        })
         .collect();
     let agencies: BTreeSet<String> = ex
         .policies()
@@ -215,5 +241,12 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
         .first()
         .filter(|s| s.matched * 2 > s.sampled)
         .map(|s| s.scope.clone());
+    if let Some(v) = &report.verdict {
+        report.exports = issued
+            .iter()
+            .find(|((a, r), _)| *v == format!("recipient {r} (exports of agency {a})"))
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default();
+    }
     Ok(report)
 }

@@ -58,11 +58,15 @@ pub fn init(dir: &Path) -> Result<PublicKey, KeyError> {
             dir: dir.to_path_buf(),
         });
     }
-    fs::create_dir_all(dir).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    if !dir.exists() {
+        // Only a directory created here is made owner-only; an existing one is the
+        // operator's (the key files themselves are always 600).
+        fs::create_dir_all(dir).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
     }
     KeyRing::create(&dir.join(SECRET_FILE))?;
     let signing = SigningKey::create(&dir.join(SIGNING_FILE))?;

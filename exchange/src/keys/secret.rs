@@ -134,10 +134,13 @@ impl KeyRing {
         hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
     }
 
-    /// The key of export pseudonyms for one recipient: exports to two recipients are keyed
-    /// apart so that their files cannot be linked, and a leaked file can be traced.
-    pub fn recipient_scope(recipient: &str) -> String {
-        format!("recipient:{recipient}")
+    /// The scope of export pseudonyms of one agency for one recipient: exports to two
+    /// recipients are keyed apart so that their files cannot be linked, and a leaked file
+    /// can be traced.
+    pub fn recipient_scope(agency: &str, recipient: &str) -> String {
+        // Keyed per exporting agency too: two agencies' files to one recipient stay as
+        // unlinkable as the agencies' own results are.
+        format!("recipient:{agency}:{recipient}")
     }
 
     /// The token key for one scope.

@@ -38,6 +38,10 @@ pub struct Principal {
     pub attributes: BTreeMap<String, AttrValue>,
     /// Purposes the principal may declare.
     pub purposes: Vec<String>,
+    /// Salted slow hash of the password (`exchange auth set-password`), for Flight SQL logins.
+    pub password_hash: Option<String>,
+    /// SHA-256 hashes of long-lived API tokens (`exchange auth new-token`), for services.
+    pub api_tokens: Vec<String>,
     /// Where declared.
     pub pos: SourcePos,
 }
@@ -211,6 +215,10 @@ struct PrincipalEntry {
     purposes: Vec<Spanned<String>>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default)]
+    api_tokens: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +384,8 @@ impl PolicySet {
                 roles: p.roles,
                 attributes: p.attributes,
                 purposes,
+                password_hash: p.password_hash,
+                api_tokens: p.api_tokens,
             });
         }
         Ok(())
