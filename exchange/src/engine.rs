@@ -38,6 +38,8 @@ pub struct ExchangeConfig {
     pub key_dir: PathBuf,
     /// Checkpoint and rotation intervals of the audit log.
     pub audit: AuditOptions,
+    /// Memory limit of each query in bytes (DataFusion memory pool); None: unbounded.
+    pub memory_limit: Option<usize>,
 }
 
 impl ExchangeConfig {
@@ -49,6 +51,7 @@ impl ExchangeConfig {
             data_root,
             state_dir,
             audit: AuditOptions::default(),
+            memory_limit: None,
         }
     }
 
@@ -266,6 +269,7 @@ impl Exchange {
             today: Self::today(),
             audit_log: self.audit.path(),
             token_scope,
+            memory_limit: self.config.memory_limit,
         };
         PrincipalSession::build(&inputs, p, purpose)
             .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))
@@ -286,6 +290,53 @@ impl Exchange {
                 })
                 .collect(),
         )
+    }
+
+    /// The result schema of a query as `principal` for `purpose`, planned under policy but
+    /// not run (prepared statements). A refusal is audited (kind `prepare`).
+    pub async fn query_schema(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<SchemaRef, QueryError> {
+        let started = Instant::now();
+        let mut named = Vec::new();
+        let outcome = async {
+            let session = self.session(principal, purpose)?;
+            match classify(&session, sql)? {
+                Kind::Query(stmt) => plan_query(&session, *stmt, &mut named)
+                    .await
+                    .map(|p| p.physical.schema()),
+                _ => Err(QueryError::Refused(
+                    "only queries (SELECT, WITH, VALUES) can be prepared".into(),
+                )),
+            }
+        }
+        .await;
+        if let Err(e) = &outcome {
+            let (decision, reason) = match e {
+                QueryError::Refused(r) => (Decision::Refused, r.clone()),
+                QueryError::Failed(r) | QueryError::Audit(r) => {
+                    (Decision::Failed, redact_values(r))
+                }
+            };
+            self.audit
+                .append(Entry {
+                    principal: principal.to_string(),
+                    agency: self.policies.principal(principal).map(|p| p.agency.clone()),
+                    purpose: purpose.map(str::to_string),
+                    statement: sql.to_string(),
+                    kind: "prepare".into(),
+                    tables: named,
+                    decision,
+                    reason: Some(reason),
+                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    ..Entry::default()
+                })
+                .map_err(|e| QueryError::Audit(e.to_string()))?;
+        }
+        outcome
     }
 
     /// Run one statement as `principal` for `purpose`, and audit it whatever happens.

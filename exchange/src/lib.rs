@@ -13,6 +13,7 @@
 //! - [`audit`]: the hash-chained audit log and `audit.events`.
 //! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard.
 //! - [`engine`]: [`Exchange`], running a statement as a principal, audited.
+//! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication.
 //! - [`demo`]: the demo city's generator and showcase.
 //! - [`cli`]: the `exchange` command line.
 
@@ -26,5 +27,6 @@ pub mod export;
 pub mod keys;
 pub mod masking;
 pub mod policy;
+pub mod server;
 
 pub use engine::{Exchange, ExchangeConfig, OpenError, QueryError, QueryOutput};

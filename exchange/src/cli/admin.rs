@@ -359,3 +359,74 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
         }
     }
 }
+
+pub(super) fn auth(config: &ExchangeConfig, command: &super::AuthCommand) -> ExitCode {
+    let file = config.policies_dir().join("principals.toml");
+    let result = match command {
+        super::AuthCommand::SetPassword {
+            principal,
+            iterations,
+        } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("error: reading the password from standard input: {e}");
+                return ExitCode::from(2);
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.len() < 8 {
+                eprintln!("error: a password has at least 8 characters");
+                return ExitCode::from(2);
+            }
+            crate::server::hash_password(password, *iterations)
+                .and_then(|h| {
+                    crate::server::set_principal_field(
+                        &file,
+                        principal,
+                        "password_hash",
+                        &format!("\"{h}\""),
+                    )
+                })
+                .map(|()| format!("password of {principal} set (PBKDF2-SHA256, {iterations} iterations) in {}", file.display()))
+        }
+        super::AuthCommand::NewToken { principal } => {
+            let policies = crate::catalog::Catalog::load(&config.schemas_dir())
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    crate::policy::PolicySet::load(&config.policies_dir(), &c)
+                        .map_err(|e| e.to_string())
+                });
+            let policies = match policies {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::server::stored_tokens(&policies, principal).and_then(|mut stored| {
+                let (token, hash) = crate::server::new_api_token()?;
+                stored.push(hash);
+                let list: Vec<String> = stored.iter().map(|h| format!("\"{h}\"")).collect();
+                crate::server::set_principal_field(
+                    &file,
+                    principal,
+                    "api_tokens",
+                    &format!("[{}]", list.join(", ")),
+                )?;
+                Ok(format!(
+                    "API token for {principal} (shown once; only its hash is stored in {}):\n{token}",
+                    file.display()
+                ))
+            })
+        }
+    };
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -154,6 +154,39 @@ pub enum Command {
         #[command(flatten)]
         args: ExportArgs,
     },
+    /// Serve analysts over Arrow Flight SQL until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on (port 0: any free port, printed on start).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain, for TLS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key, for TLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Queries running at once; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = 8)]
+        max_concurrent: usize,
+        /// Seconds an excess query waits for a slot.
+        #[arg(long, default_value_t = 10)]
+        queue_wait: u64,
+        /// Seconds a query may run (DEADLINE_EXCEEDED after).
+        #[arg(long, default_value_t = 300)]
+        query_timeout: u64,
+        /// Memory limit of each query, in MiB (DataFusion memory pool).
+        #[arg(long, default_value_t = 2048)]
+        memory_limit_mib: usize,
+        /// Seconds a login's bearer token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl: u64,
+    },
+    /// Credentials of principals for the Flight SQL server.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Key administration.
     Keys {
         /// What to do.
@@ -200,6 +233,25 @@ pub enum ExportCommand {
     Trace {
         /// The (leaked) Parquet file.
         file: PathBuf,
+    },
+}
+
+/// `exchange auth ...`
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Set a principal's password (read from standard input); only a salted PBKDF2 hash is
+    /// stored, in policies/principals.toml.
+    SetPassword {
+        /// The principal.
+        principal: String,
+        /// PBKDF2 iterations.
+        #[arg(long, default_value_t = crate::server::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+    /// Create a long-lived API token for a service principal; printed once, stored hashed.
+    NewToken {
+        /// The principal.
+        principal: String,
     },
 }
 
@@ -402,6 +454,57 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::Init,
         } => admin::keys_init(&config(&cli)),
+        Command::Auth { command } => admin::auth(&config(&cli), command),
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            max_concurrent,
+            queue_wait,
+            query_timeout,
+            memory_limit_mib,
+            token_ttl,
+        } => {
+            let mut cfg = config(&cli);
+            cfg.memory_limit = Some(memory_limit_mib.saturating_mul(1 << 20));
+            let ex = match Exchange::open(cfg) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = crate::server::ServeOptions {
+                listen: *listen,
+                tls: tls_cert.clone().zip(tls_key.clone()),
+                limits: crate::server::Limits {
+                    max_concurrent: *max_concurrent,
+                    queue_wait: std::time::Duration::from_secs(*queue_wait),
+                    query_timeout: std::time::Duration::from_secs(*query_timeout),
+                    result_ttl: std::time::Duration::from_secs(600),
+                },
+                token_ttl: std::time::Duration::from_secs(*token_ttl),
+            };
+            let tls = options.tls.is_some();
+            let result = crate::server::serve(ex, options, |addr| {
+                println!(
+                    "exchange Flight SQL server listening on {}://{addr}",
+                    if tls { "grpc+tls" } else { "grpc" }
+                );
+                let _ = std::io::stdout().flush();
+            })
+            .await;
+            match result {
+                Ok(()) => {
+                    println!("exchange server stopped; audit log sealed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Export {
             command: Some(ExportCommand::Verify { file, public_key }),
             ..

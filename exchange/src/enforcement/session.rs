@@ -68,6 +68,8 @@ pub struct SessionInputs<'a> {
     /// Scope of pseudonyms and replacements instead of the principal's agency (exports:
     /// one scope per recipient, so that recipients' files cannot be linked).
     pub token_scope: Option<&'a str>,
+    /// Memory limit of each query, in bytes.
+    pub memory_limit: Option<usize>,
 }
 
 /// The role that may read `audit.events`.
@@ -91,11 +93,18 @@ pub fn locked_config() -> SessionConfig {
 impl PrincipalSession {
     /// Build the session of `principal` for `purpose`.
     pub fn build(inputs: &SessionInputs<'_>, principal: &Principal, purpose: &str) -> Result<Self> {
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(locked_config())
             .with_default_features()
-            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
-            .build();
+            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner));
+        if let Some(limit) = inputs.memory_limit {
+            // Operators that exceed it fail the query (or spill), never the server.
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_limit(limit, 1.0)
+                .build()?;
+            builder = builder.with_runtime_env(Arc::new(runtime));
+        }
+        let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
         for f in MaskFn::ALL {
             ctx.register_udf(f.udf().as_ref().clone());

@@ -1,0 +1,127 @@
+//! `exchange serve`: the exchange over Arrow Flight SQL.
+//!
+//! Every request authenticates (Flight handshake with user name and password, giving an
+//! expiring bearer token; or a long-lived API token), states its purpose in the
+//! `x-exchange-purpose` header, and runs through [`crate::Exchange::execute`], the code path
+//! of the CLI: same sessions, same policy rule, same audit. Results are computed and audited
+//! when the statement is described (`GetFlightInfo`), then streamed by `DoGet`.
+
+mod auth;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use auth::{
+    AuthError, DEFAULT_ITERATIONS, SessionTokens, hash_api_token, hash_password, new_api_token,
+    set_principal_field, stored_tokens, verify_password,
+};
+pub use service::{ExchangeFlightService, Limits, PURPOSE_HEADER};
+
+use crate::engine::Exchange;
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A TLS file could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The transport failed.
+    #[error("server: {0}")]
+    Transport(String),
+    /// Setting up the service failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key, for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Limits per query and on concurrency.
+    pub limits: Limits,
+    /// Lifetime of the bearer tokens the handshake issues.
+    pub token_ttl: Duration,
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Serve until Ctrl-C or SIGTERM; in-flight requests finish, then the exchange (and its
+/// audit log, sealed with a shutdown checkpoint) is closed. `ready` is told the bound
+/// address once the server accepts connections.
+pub async fn serve(
+    ex: Exchange,
+    options: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Transport(e.to_string()))?;
+    let ex = Arc::new(ex);
+    let ttl = i64::try_from(options.token_ttl.as_secs()).unwrap_or(i64::MAX);
+    let tokens = SessionTokens::new(ttl).map_err(|e| ServerError::Setup(e.to_string()))?;
+    let service = ExchangeFlightService::new(Arc::clone(&ex), tokens, options.limits)
+        .map_err(|e| ServerError::Setup(e.message().to_string()))?;
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &options.tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())))
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    }
+    ready(addr);
+    builder
+        .add_service(FlightServiceServer::new(service))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
+        .await
+        .map_err(|e| ServerError::Transport(e.to_string()))?;
+    // The service is gone with the server; the last handle closes the audit log.
+    drop(ex);
+    Ok(())
+}

@@ -1,0 +1,597 @@
+//! The Flight SQL service: every call authenticated, every statement run by
+//! [`Exchange::execute`] (the CLI's code path) in its principal's session.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine;
+use futures::{Stream, TryStreamExt, stream};
+use prost::Message;
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{SessionTokens, principal_of_api_token, verify_password};
+use crate::audit::{Decision, Entry};
+use crate::engine::{Exchange, QueryError, QueryOutput};
+
+/// The header that states each call's purpose.
+pub const PURPOSE_HEADER: &str = "x-exchange-purpose";
+
+/// Limits that keep one analyst from taking the server down.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Queries running at once; more wait.
+    pub max_concurrent: usize,
+    /// How long an excess query waits for a slot before `RESOURCE_EXHAUSTED`.
+    pub queue_wait: Duration,
+    /// Wall-clock limit of one query (`DEADLINE_EXCEEDED`, audited).
+    pub query_timeout: Duration,
+    /// How long a result waits to be fetched before it is dropped.
+    pub result_ttl: Duration,
+}
+
+struct PendingResult {
+    principal: String,
+    created: Instant,
+    output: QueryOutput,
+}
+
+struct Prepared {
+    principal: String,
+    purpose: Option<String>,
+    sql: String,
+}
+
+/// The exchange as a Flight SQL service.
+pub struct ExchangeFlightService {
+    ex: Arc<Exchange>,
+    tokens: SessionTokens,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    results: Mutex<HashMap<String, PendingResult>>,
+    prepared: Mutex<HashMap<String, Prepared>>,
+    sql_info: SqlInfoData,
+}
+
+fn status_of(e: QueryError) -> Status {
+    match e {
+        QueryError::Refused(r) => Status::permission_denied(format!("refused: {r}")),
+        QueryError::Failed(r) => Status::invalid_argument(format!("error: {r}")),
+        QueryError::Audit(r) => {
+            Status::unavailable(format!("audit log unavailable, result withheld: {r}"))
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn random_handle() -> Result<String, Status> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| Status::internal("random generator failed"))?;
+    Ok(hex::encode(b))
+}
+
+type DataStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+fn batches_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> DataStream {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(stream::iter(batches.into_iter().map(Ok)))
+        .map_err(Status::from);
+    Box::pin(stream)
+}
+
+fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<DataStream, Status> {
+    let batch = batch.map_err(internal)?;
+    Ok(batches_stream(batch.schema(), vec![batch]))
+}
+
+impl ExchangeFlightService {
+    /// A service over `ex`.
+    pub fn new(ex: Arc<Exchange>, tokens: SessionTokens, limits: Limits) -> Result<Self, Status> {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "exchange");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+        info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            ex,
+            tokens,
+            limits,
+            results: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
+            sql_info: info.build().map_err(internal)?,
+        })
+    }
+
+    fn audit_auth_failure(&self, who: &str, reason: &str) {
+        let _ = self.ex.audit().append(Entry {
+            principal: who.to_string(),
+            statement: "(Flight SQL authentication)".into(),
+            kind: "auth".into(),
+            decision: Decision::Refused,
+            reason: Some(reason.to_string()),
+            ..Entry::default()
+        });
+    }
+
+    /// The principal of a call's bearer token (session or API token).
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(token) = header.strip_prefix("Bearer ") else {
+            self.audit_auth_failure("(unknown)", "no bearer token");
+            return Err(Status::unauthenticated(
+                "log in first (Flight handshake with username and password) or send an API token as 'authorization: Bearer exk_...'",
+            ));
+        };
+        if token.starts_with("exk_") {
+            return match principal_of_api_token(self.ex.policies(), token) {
+                Some(p) => Ok(p.name.clone()),
+                None => {
+                    self.audit_auth_failure("(unknown)", "unknown API token");
+                    Err(Status::unauthenticated("unknown API token"))
+                }
+            };
+        }
+        self.tokens.check(token).map_err(|why| {
+            self.audit_auth_failure("(unknown)", why);
+            Status::unauthenticated(why)
+        })
+    }
+
+    fn purpose<T>(req: &Request<T>) -> Option<String> {
+        req.metadata()
+            .get(PURPOSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// Run a statement under the limits, exactly as the CLI does.
+    async fn run(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryOutput, Status> {
+        let permit = tokio::time::timeout(
+            self.limits.queue_wait,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} queries are running and none finished within {:?}: try again later",
+                self.limits.max_concurrent, self.limits.queue_wait
+            ))
+        })?
+        .map_err(internal)?;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            self.limits.query_timeout,
+            self.ex.execute(principal, purpose, sql),
+        )
+        .await;
+        drop(permit);
+        match outcome {
+            Ok(r) => r.map_err(status_of),
+            Err(_) => {
+                // The query was dropped (cancelled) before it could audit itself.
+                let reason = format!("timed out after {:?}", self.limits.query_timeout);
+                self.ex
+                    .audit()
+                    .append(Entry {
+                        principal: principal.to_string(),
+                        agency: self
+                            .ex
+                            .policies()
+                            .principal(principal)
+                            .map(|p| p.agency.clone()),
+                        purpose: purpose.map(str::to_string),
+                        statement: sql.to_string(),
+                        kind: "query".into(),
+                        decision: Decision::Failed,
+                        reason: Some(reason.clone()),
+                        duration_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        ..Entry::default()
+                    })
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                Err(Status::deadline_exceeded(reason))
+            }
+        }
+    }
+
+    /// Keep a result for its DoGet and describe it.
+    fn stash(
+        &self,
+        principal: String,
+        output: QueryOutput,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = random_handle()?;
+        let info = FlightInfo::new()
+            .try_with_schema(&output.schema)
+            .map_err(internal)?
+            .with_endpoint(
+                FlightEndpoint::new().with_ticket(Ticket::new(
+                    TicketStatementQuery {
+                        statement_handle: handle.clone().into(),
+                    }
+                    .as_any()
+                    .encode_to_vec(),
+                )),
+            )
+            .with_descriptor(descriptor)
+            .with_total_records(i64::try_from(output.rows).unwrap_or(-1))
+            .with_ordered(true);
+        let mut results = self.results.lock().map_err(internal)?;
+        let ttl = self.limits.result_ttl;
+        results.retain(|_, r| r.created.elapsed() < ttl);
+        results.insert(
+            handle,
+            PendingResult {
+                principal,
+                created: Instant::now(),
+                output,
+            },
+        );
+        Ok(Response::new(info))
+    }
+
+    /// Tables the principal sees for the purpose: (schema, table, visible schema).
+    async fn visible_tables<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<Vec<(String, String, SchemaRef)>, Status> {
+        let principal = self.authenticate(req)?;
+        let purpose = Self::purpose(req);
+        let session = self
+            .ex
+            .session(&principal, purpose.as_deref())
+            .map_err(status_of)?;
+        let mut out = Vec::new();
+        if let Some(catalog) = session.ctx.catalog(crate::enforcement::CATALOG) {
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table in schema.table_names() {
+                    if let Ok(Some(t)) = schema.table(&table).await {
+                        out.push((schema_name.clone(), table, t.schema()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    fn info_for(
+        &self,
+        command: impl ProstMessageExt,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(internal)?
+            .with_endpoint(
+                FlightEndpoint::new().with_ticket(Ticket::new(command.as_any().encode_to_vec())),
+            )
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for ExchangeFlightService {
+    type FlightService = ExchangeFlightService;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(basic) = header.strip_prefix("Basic ") else {
+            return Err(Status::unauthenticated(
+                "handshake needs 'authorization: Basic base64(user:password)'",
+            ));
+        };
+        let decoded = base64::prelude::BASE64_STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let (user, password) = decoded.split_once(':').unwrap_or(("", ""));
+        let ok = self
+            .ex
+            .policies()
+            .principal(user)
+            .and_then(|p| p.password_hash.as_deref())
+            .is_some_and(|h| verify_password(password, h));
+        if !ok {
+            // Same answer for unknown users, users without a password and wrong passwords.
+            self.audit_auth_failure(
+                if user.is_empty() { "(unknown)" } else { user },
+                "wrong user name or password",
+            );
+            return Err(Status::unauthenticated("wrong user name or password"));
+        }
+        let token = self.tokens.issue(user);
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(internal)?;
+        let output = stream::iter(vec![Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        })]);
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(output));
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.authenticate(&request)?;
+        let purpose = Self::purpose(&request);
+        let output = self
+            .run(&principal, purpose.as_deref(), &query.query)
+            .await?;
+        self.stash(principal, output, request.into_inner())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&cmd.prepared_statement_handle).to_string();
+        let (purpose, sql) = {
+            let prepared = self.prepared.lock().map_err(internal)?;
+            match prepared.get(&handle) {
+                Some(p) if p.principal == principal => (p.purpose.clone(), p.sql.clone()),
+                _ => return Err(Status::not_found("unknown prepared statement")),
+            }
+        };
+        let output = self.run(&principal, purpose.as_deref(), &sql).await?;
+        self.stash(principal, output, request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
+        let pending = {
+            let mut results = self.results.lock().map_err(internal)?;
+            match results.get(&handle) {
+                Some(r) if r.principal == principal => results.remove(&handle),
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return Err(Status::not_found(
+                "unknown or expired result: run the statement again",
+            ));
+        };
+        // Dropped with the stream: a client that goes away frees its result.
+        let out = pending.output;
+        Ok(Response::new(batches_stream(out.schema, out.batches)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = self.authenticate(&request)?;
+        let purpose = Self::purpose(&request);
+        let schema = self
+            .ex
+            .query_schema(&principal, purpose.as_deref(), &query.query)
+            .await
+            .map_err(status_of)?;
+        let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| internal(e))?;
+        let handle = random_handle()?;
+        self.prepared.lock().map_err(internal)?.insert(
+            handle.clone(),
+            Prepared {
+                principal,
+                purpose,
+                sql: query.query,
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_bytes,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
+        let mut prepared = self.prepared.lock().map_err(internal)?;
+        if prepared
+            .get(&handle)
+            .is_some_and(|p| p.principal == principal)
+        {
+            prepared.remove(&handle);
+        }
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let mut builder = query.into_builder();
+        builder.append(crate::enforcement::CATALOG);
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let tables = self.visible_tables(&request).await?;
+        let mut builder = query.into_builder();
+        let mut schemas: Vec<&String> = tables.iter().map(|t| &t.0).collect();
+        schemas.dedup();
+        for s in schemas {
+            builder.append(crate::enforcement::CATALOG, s);
+        }
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let tables = self.visible_tables(&request).await?;
+        let mut builder = query.into_builder();
+        for (schema, table, columns) in &tables {
+            builder
+                .append(crate::enforcement::CATALOG, schema, table, "TABLE", columns)
+                .map_err(internal)?;
+        }
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let builder = query.into_builder(&self.sql_info);
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        request: Request<Ticket>,
+        _message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Err(Status::unimplemented("not offered by this server"))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
