@@ -478,7 +478,7 @@ impl FlightSqlService for ExchangeFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.authenticate(&request)?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info_for(query, &schema, request.into_inner())
     }
 
@@ -508,7 +508,7 @@ impl FlightSqlService for ExchangeFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.authenticate(&request)?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info_for(query, &schema, request.into_inner())
     }
 
