@@ -496,7 +496,10 @@ async fn run(cli: Cli) -> ExitCode {
             .await;
             match result {
                 Ok(()) => {
-                    println!("exchange server stopped; audit log sealed");
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "exchange server stopped; audit log sealed"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

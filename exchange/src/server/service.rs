@@ -337,8 +337,9 @@ impl FlightSqlService for ExchangeFlightService {
                 "handshake needs 'authorization: Basic base64(user:password)'",
             ));
         };
-        let decoded = base64::prelude::BASE64_STANDARD
-            .decode(basic.trim())
+        // Clients differ on padding (the Go ADBC driver sends none).
+        let decoded = base64::prelude::BASE64_STANDARD_NO_PAD
+            .decode(basic.trim().trim_end_matches('='))
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();

@@ -1,0 +1,398 @@
+//! `exchange serve` driven by real clients: the arrow-flight Rust client here, and the
+//! Python ADBC Flight SQL driver (tests/python/flight_client_suite.py) against the same
+//! running server. The server is the real binary on a free loopback port.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use exchange::demo::SHOWCASE;
+use exchange::{Exchange, ExchangeConfig};
+use futures::TryStreamExt;
+use tonic::transport::Endpoint;
+
+use common::config_copy;
+
+const PURPOSE: &str = "x-exchange-purpose";
+
+fn password(principal: &str) -> String {
+    format!("pw-{principal}-2026")
+}
+
+/// A configuration where every principal has a password and market_trader an API token.
+fn credentials(config: &Path) -> String {
+    let file = config.join("policies/principals.toml");
+    for p in [
+        "police_officer",
+        "civil_analyst",
+        "hrss_analyst",
+        "health_analyst",
+        "hotline_analyst",
+        "market_trader",
+        "auditor",
+    ] {
+        let hash = exchange::server::hash_password(&password(p), 1000).unwrap();
+        exchange::server::set_principal_field(&file, p, "password_hash", &format!("\"{hash}\""))
+            .unwrap();
+    }
+    let (token, hash) = exchange::server::new_api_token().unwrap();
+    exchange::server::set_principal_field(
+        &file,
+        "market_trader",
+        "api_tokens",
+        &format!("[\"{hash}\"]"),
+    )
+    .unwrap();
+    token
+}
+
+struct Server {
+    child: Child,
+    uri: String,
+}
+
+fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config-dir")
+        .arg(config)
+        .arg("--data-root")
+        .arg(common::data_root())
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--key-dir")
+        .arg(keys)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("grpc://")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("listening on"), "{line}");
+    Server {
+        child,
+        uri: format!("http://{addr}"),
+    }
+}
+
+impl Server {
+    /// SIGTERM, then wait: the server finishes and seals the audit log.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave its server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(uri: &str) -> FlightSqlServiceClient<tonic::transport::Channel> {
+    let channel = Endpoint::from_shared(uri.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn query(
+    c: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = c
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for ep in info.endpoint {
+        let ticket = ep.ticket.unwrap();
+        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
+        out.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// The Python interpreter with the ADBC driver: $EXCHANGE_PYTHON (set by .ci/run), or a
+/// virtual environment under target/ created on first use from PyPI.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("EXCHANGE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = common::repo_root().join("target/adbc-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin/pip"))
+                .args([
+                    "install",
+                    "-q",
+                    "adbc-driver-flightsql",
+                    "adbc-driver-manager",
+                    "pyarrow",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not set up {} with the ADBC Flight SQL driver",
+            venv.display()
+        );
+    }
+    py
+}
+
+/// Write the in-process results of the showcase (auditor's excepted: its log differs).
+fn expected(
+    config: &Path,
+    keys: &Path,
+    dir: &Path,
+    token: &str,
+) -> Vec<(String, String, String, Vec<RecordBatch>)> {
+    let state = tempfile::tempdir().unwrap();
+    let ex = Exchange::open(
+        ExchangeConfig::new(
+            config.to_path_buf(),
+            common::data_root().to_path_buf(),
+            state.path().to_path_buf(),
+        )
+        .with_key_dir(keys.to_path_buf()),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let mut cases = Vec::new();
+    let mut index = Vec::new();
+    for show in SHOWCASE.iter().filter(|s| s.principal != "auditor") {
+        for (i, q) in show.queries.iter().enumerate() {
+            let out = tokio::task::block_in_place(|| {
+                rt.block_on(ex.execute(show.principal, Some(show.purpose), q.sql))
+            })
+            .unwrap();
+            let file = format!("{}-{i}.arrow", show.principal);
+            let mut w = arrow::ipc::writer::FileWriter::try_new(
+                std::fs::File::create(dir.join(&file)).unwrap(),
+                &out.schema,
+            )
+            .unwrap();
+            for b in &out.batches {
+                w.write(b).unwrap();
+            }
+            w.finish().unwrap();
+            index.push(serde_json::json!({
+                "principal": show.principal, "purpose": show.purpose, "sql": q.sql, "file": file,
+            }));
+            cases.push((
+                show.principal.to_string(),
+                show.purpose.to_string(),
+                q.sql.to_string(),
+                out.batches,
+            ));
+        }
+    }
+    let session = ex
+        .session("hrss_analyst", Some("new_employment_services"))
+        .unwrap();
+    let visible: Vec<String> = Exchange::visible_columns(&session, "police.residents")
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let passwords: serde_json::Map<String, serde_json::Value> = [
+        "police_officer",
+        "civil_analyst",
+        "hrss_analyst",
+        "health_analyst",
+        "hotline_analyst",
+        "market_trader",
+        "auditor",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), serde_json::Value::from(password(p))))
+    .collect();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::json!({
+            "cases": index, "passwords": passwords, "token": token,
+            "visible": { "police.residents": visible },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_server_with_rust_and_python_clients() {
+    let config = config_copy();
+    let token = credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let expected_dir = tmp.path().join("expected");
+    std::fs::create_dir_all(&expected_dir).unwrap();
+    let cases = expected(config.path(), &keys, &expected_dir, &token);
+
+    let state = tmp.path().join("state");
+    let server = start(config.path(), &keys, &state, &[]);
+
+    // The Rust arrow-flight client: log in, state a purpose, same results as in-process.
+    let mut c = client(&server.uri).await;
+    let err = c
+        .handshake("hrss_analyst", "nope")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong user name or password"), "{err}");
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("log in first"), "{err}");
+    for (principal, purpose, sql, want) in &cases {
+        let mut c = client(&server.uri).await;
+        c.handshake(principal, &password(principal)).await.unwrap();
+        c.set_header(PURPOSE, purpose.clone());
+        let got = query(&mut c, sql).await.unwrap();
+        assert_eq!(
+            common::cells(&got),
+            common::cells(want),
+            "{principal}: {sql}"
+        );
+    }
+    let mut c = client(&server.uri).await;
+    c.handshake("hrss_analyst", &password("hrss_analyst"))
+        .await
+        .unwrap();
+    let err = query(&mut c, "SELECT district FROM police.residents")
+        .await
+        .unwrap_err();
+    assert!(err.contains("no purpose declared"), "{err}");
+    c.set_header(PURPOSE, "new_employment_services");
+    let err = query(&mut c, "SELECT * FROM health.visits")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("permission") && err.contains("not found or not granted"),
+        "{err}"
+    );
+    let err = query(&mut c, "DROP TABLE police.residents")
+        .await
+        .unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+
+    // The Python ADBC driver against the same server.
+    let out = Command::new(python())
+        .arg(common::repo_root().join("exchange/tests/python/flight_client_suite.py"))
+        .arg(server.uri.replace("http://", "grpc://"))
+        .arg(&expected_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "python ADBC suite failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Graceful shutdown seals the log, and it holds every one of the load test's queries.
+    assert!(server.stop().success());
+    let public = exchange::keys::PublicKey::read(&keys.join("signing.pub")).unwrap();
+    let summary = exchange::audit::verify(&state.join("audit"), &public).unwrap();
+    assert!(summary.sealed, "{summary:?}");
+    let records = exchange::audit::read_all(&state.join("audit")).unwrap();
+    let load = records
+        .iter()
+        .filter(|r| {
+            r.principal == "market_trader"
+                && r.statement.contains("count(*) + ")
+                && r.decision == exchange::audit::Decision::Allowed
+        })
+        .count();
+    assert_eq!(load, 16 * 20);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "auth" && r.reason.as_deref() == Some("wrong user name or password"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excess_queries_wait_then_get_resource_exhausted() {
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &[
+            "--max-concurrent",
+            "1",
+            "--queue-wait",
+            "0",
+            "--query-timeout",
+            "30",
+        ],
+    );
+    // Many clients at once against one slot and no waiting: some are turned away with
+    // RESOURCE_EXHAUSTED, none fails otherwise.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let uri = server.uri.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(&uri).await;
+            c.handshake("police_officer", &password("police_officer")).await.unwrap();
+            c.set_header(PURPOSE, "law_enforcement");
+            let mut exhausted = 0;
+            for _ in 0..5 {
+                match query(
+                    &mut c,
+                    "SELECT r.district, count(*) FROM police.residents r JOIN police.residents s ON r.district = s.district GROUP BY 1",
+                )
+                .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.contains("try again later") => exhausted += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            exhausted
+        }));
+    }
+    let mut exhausted = 0;
+    for t in tasks {
+        exhausted += t.await.unwrap();
+    }
+    assert!(exhausted > 0, "no query was turned away");
+    assert!(server.stop().success());
+}
