@@ -91,6 +91,16 @@ pub async fn serve(
     options: ServeOptions,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    serve_until(ex, options, ready, shutdown_signal()).await
+}
+
+/// [`serve`] until `shutdown` completes instead of a signal (embedding, benchmarks).
+pub async fn serve_until(
+    ex: Exchange,
+    options: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -118,7 +128,7 @@ pub async fn serve(
     ready(addr);
     builder
         .add_service(FlightServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| ServerError::Transport(e.to_string()))?;
     // The service is gone with the server; the last handle closes the audit log.

@@ -1,0 +1,176 @@
+//! Flight SQL delivery next to in-process collection, in the same run.
+//!
+//! Run: `cargo bench --bench flight` (prints a markdown table, writes
+//! `target/bench-flight.json`). Generates the demo city at scale 1 (100,000 residents) in a
+//! temporary directory, starts `exchange serve` in-process on a loopback port, and runs, as
+//! police_officer, a query whose result is over 1 GB of Arrow data: in-process through
+//! `Exchange::execute`, and through the arrow-flight Flight SQL client (GetFlightInfo then
+//! DoGet of every endpoint). Median of 3 alternating runs after a warm-up. Target: Flight
+//! delivery >= 70% of in-process throughput.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use exchange::server::{Limits, ServeOptions};
+use exchange::{Exchange, ExchangeConfig};
+use futures::TryStreamExt;
+
+const COPIES: usize = 80;
+const RUNS: usize = 3;
+
+fn config(root: &std::path::Path, state: &str) -> ExchangeConfig {
+    ExchangeConfig::new(root.join("config"), root.join("data"), root.join(state))
+        .with_key_dir(root.join("keys"))
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    copy_dir(&repo.join("schemas"), &root.join("config/schemas"))?;
+    copy_dir(&repo.join("policies"), &root.join("config/policies"))?;
+    exchange::server::set_principal_field(
+        &root.join("config/policies/principals.toml"),
+        "police_officer",
+        "password_hash",
+        &format!(
+            "\"{}\"",
+            exchange::server::hash_password("bench-password", 1000)?
+        ),
+    )?;
+    exchange::keys::init(&root.join("keys"))?;
+    let residents = exchange::demo::generate(&root.join("data"), 1.0, 42)?;
+
+    let values: Vec<String> = (1..=COPIES).map(|i| format!("({i})")).collect();
+    let sql = format!(
+        "SELECT r.*, v.n FROM police.residents r CROSS JOIN (VALUES {}) AS v(n)",
+        values.join(", ")
+    );
+    let (principal, purpose) = ("police_officer", "law_enforcement");
+
+    let local = Exchange::open(config(root, "state-local"))?;
+    let server = Exchange::open(config(root, "state-server"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse()?,
+        tls: None,
+        limits: Limits {
+            max_concurrent: 4,
+            queue_wait: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(600),
+            result_ttl: Duration::from_secs(600),
+        },
+        token_ttl: Duration::from_secs(3600),
+    };
+    let handle = tokio::spawn(exchange::server::serve_until(
+        server,
+        options,
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let addr = addr_rx.await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake(principal, "bench-password").await?;
+    client.set_header("x-exchange-purpose", purpose);
+
+    // (rows, bytes of Arrow data)
+    let in_process = |local: Arc<Exchange>, sql: String| async move {
+        let out = local.execute(principal, Some(purpose), &sql).await?;
+        let bytes: usize = out.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        Ok::<_, Box<dyn std::error::Error>>((out.rows, bytes))
+    };
+    let local = Arc::new(local);
+    let mut flight_times = Vec::new();
+    let mut local_times = Vec::new();
+    let mut shape = (0u64, 0usize);
+    for run in 0..=RUNS {
+        let start = Instant::now();
+        shape = in_process(Arc::clone(&local), sql.clone()).await?;
+        let t_local = start.elapsed().as_secs_f64();
+
+        let start = Instant::now();
+        let info = client.execute(sql.clone(), None).await?;
+        let mut rows = 0u64;
+        for ep in info.endpoint {
+            let Some(ticket) = ep.ticket else { continue };
+            let mut stream = client.do_get(ticket).await?;
+            while let Some(batch) = stream.try_next().await? {
+                rows += batch.num_rows() as u64;
+            }
+        }
+        let t_flight = start.elapsed().as_secs_f64();
+        assert_eq!(rows, shape.0, "Flight returned another row count");
+        if run > 0 {
+            local_times.push(t_local);
+            flight_times.push(t_flight);
+        }
+    }
+    let _ = tx.send(());
+    handle.await??;
+
+    let (rows, bytes) = shape;
+    let mb = bytes as f64 / 1e6;
+    let (tl, tf) = (median(local_times.clone()), median(flight_times.clone()));
+    println!("Result: {rows} rows, {mb:.0} MB of Arrow data ({residents} residents x {COPIES}).\n");
+    println!("| path | median s | rows/s | MB/s | min-max s |");
+    println!("|---|---|---|---|---|");
+    let line = |name: &str, t: f64, v: &[f64]| {
+        let (lo, hi) = (
+            v.iter().copied().fold(f64::MAX, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        );
+        println!(
+            "| {name} | {t:.2} | {:.1} M | {:.0} | {lo:.2}-{hi:.2} |",
+            rows as f64 / t / 1e6,
+            mb / t
+        );
+    };
+    line("in-process (Exchange::execute)", tl, &local_times);
+    line(
+        "Flight SQL on loopback (GetFlightInfo + DoGet)",
+        tf,
+        &flight_times,
+    );
+    println!(
+        "\nFlight / in-process throughput: {:.0}% (target >= 70%)",
+        100.0 * tl / tf
+    );
+    let json = serde_json::json!({
+        "rows": rows, "arrow_bytes": bytes,
+        "in_process_s": local_times, "flight_s": flight_times,
+        "ratio": tl / tf,
+    });
+    let out = repo.join("target/bench-flight.json");
+    std::fs::write(&out, json.to_string())?;
+    println!("written {}", out.display());
+    Ok(())
+}
