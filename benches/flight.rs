@@ -81,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             queue_wait: Duration::from_secs(10),
             query_timeout: Duration::from_secs(600),
             result_ttl: Duration::from_secs(600),
+            max_result_bytes: 16 << 30,
         },
         token_ttl: Duration::from_secs(3600),
     };

@@ -89,6 +89,20 @@ pub fn report(
     r
 }
 
+/// Control characters (terminal escapes, line breaks) in logged text are shown escaped,
+/// never sent raw to the reader's terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some((first, last)) = &self.period else {
@@ -106,7 +120,7 @@ impl fmt::Display for Report {
         writeln!(f, "| principal | purpose | allowed | refused | failed |")?;
         writeln!(f, "|---|---|---|---|---|")?;
         for ((p, purpose), [a, r, x]) in &self.by_principal {
-            writeln!(f, "| {p} | {purpose} | {a} | {r} | {x} |")?;
+            writeln!(f, "| {} | {} | {a} | {r} | {x} |", clean(p), clean(purpose))?;
         }
         writeln!(f, "\n## Refusals\n")?;
         if self.refusals.is_empty() {
@@ -117,7 +131,7 @@ impl fmt::Display for Report {
             let mut by_count: Vec<_> = self.refusals.iter().collect();
             by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             for (reason, n) in by_count {
-                writeln!(f, "| {n} | {} |", reason.replace('|', "\\|"))?;
+                writeln!(f, "| {n} | {} |", clean(reason).replace('|', "\\|"))?;
             }
         }
         writeln!(f, "\n## Tables touched per owning agency\n")?;
@@ -126,7 +140,11 @@ impl fmt::Display for Report {
         for (agency, tables) in &self.tables {
             for (table, (n, principals)) in tables {
                 let who: Vec<&str> = principals.iter().map(String::as_str).collect();
-                writeln!(f, "| {agency} | {table} | {n} | {} |", who.join(", "))?;
+                writeln!(
+                    f,
+                    "| {agency} | {table} | {n} | {} |",
+                    clean(&who.join(", "))
+                )?;
             }
         }
         if !self.exports.is_empty() {
@@ -134,7 +152,7 @@ impl fmt::Display for Report {
             writeln!(f, "| time | principal | recipient | file |")?;
             writeln!(f, "|---|---|---|---|")?;
             for (t, p, r, file) in &self.exports {
-                writeln!(f, "| {t} | {p} | {r} | {file} |")?;
+                writeln!(f, "| {t} | {} | {} | {} |", clean(p), clean(r), clean(file))?;
             }
         }
         Ok(())

@@ -177,8 +177,11 @@ pub enum Command {
         /// Memory limit of each query, in MiB (DataFusion memory pool).
         #[arg(long, default_value_t = 2048)]
         memory_limit_mib: usize,
-        /// Seconds a login's bearer token stays valid.
-        #[arg(long, default_value_t = 3600)]
+        /// Largest result kept for a client, in MiB of Arrow data (RESOURCE_EXHAUSTED above).
+        #[arg(long, default_value_t = 4096)]
+        max_result_mib: usize,
+        /// Seconds a login's bearer token stays valid (at most a week).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
         token_ttl: u64,
     },
     /// Credentials of principals for the Flight SQL server.
@@ -463,6 +466,7 @@ async fn run(cli: Cli) -> ExitCode {
             queue_wait,
             query_timeout,
             memory_limit_mib,
+            max_result_mib,
             token_ttl,
         } => {
             let mut cfg = config(&cli);
@@ -482,6 +486,7 @@ async fn run(cli: Cli) -> ExitCode {
                     queue_wait: std::time::Duration::from_secs(*queue_wait),
                     query_timeout: std::time::Duration::from_secs(*query_timeout),
                     result_ttl: std::time::Duration::from_secs(600),
+                    max_result_bytes: max_result_mib.saturating_mul(1 << 20),
                 },
                 token_ttl: std::time::Duration::from_secs(*token_ttl),
             };

@@ -160,7 +160,7 @@ impl SessionTokens {
 
     /// A token for `principal`, valid until now + ttl.
     pub fn issue(&self, principal: &str) -> String {
-        let expiry = chrono::Utc::now().timestamp() + self.ttl_secs;
+        let expiry = chrono::Utc::now().timestamp().saturating_add(self.ttl_secs);
         let name = base64::prelude::BASE64_URL_SAFE_NO_PAD.encode(principal);
         let body = format!("exs.{name}.{expiry}");
         let tag = hmac::sign(&self.key, body.as_bytes());
@@ -205,6 +205,14 @@ pub fn set_principal_field(
     let text = fs::read_to_string(file).map_err(io)?;
     let lines: Vec<&str> = text.lines().collect();
     let name_line = format!("name = \"{principal}\"");
+    if lines.iter().any(|l| {
+        l.trim_start().starts_with(&format!("{key} =")) && l.contains('[') && !l.contains(']')
+    }) {
+        return Err(AuthError::Invalid(format!(
+            "{}: a multi-line `{key}` array; write it on one line before using this command",
+            file.display()
+        )));
+    }
     let start = lines
         .iter()
         .position(|l| l.trim() == name_line)
@@ -235,9 +243,19 @@ pub fn set_principal_field(
     }
     let mut new_text = out.join("\n");
     new_text.push('\n');
-    // Write beside and rename, so a crash never leaves half a principals file.
-    let tmp = file.with_extension("toml.tmp");
+    if let Err(e) = toml::from_str::<toml::Table>(&new_text) {
+        return Err(AuthError::Invalid(format!(
+            "{}: the edited file would not parse ({e}); left unchanged",
+            file.display()
+        )));
+    }
+    // Write beside (same permissions as the original) and rename, so a crash never
+    // leaves half a principals file and the hashes never become more readable.
+    let tmp = file.with_extension(format!("toml.tmp-{}", std::process::id()));
     fs::write(&tmp, new_text).map_err(io)?;
+    if let Ok(meta) = fs::metadata(file) {
+        fs::set_permissions(&tmp, meta.permissions()).map_err(io)?;
+    }
     fs::rename(&tmp, file).map_err(io)
 }
 

@@ -26,6 +26,9 @@ pub use service::{ExchangeFlightService, Limits, PURPOSE_HEADER};
 
 use crate::engine::Exchange;
 
+/// How long in-flight calls may take to finish after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(30);
+
 /// Errors of the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -125,13 +128,32 @@ pub async fn serve_until(
             .tls_config(ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServerError::Tls(e.to_string()))?;
     }
+    if !options.listen.ip().is_loopback() && options.tls.is_none() {
+        eprintln!(
+            "warning: listening on {addr} without TLS: passwords and tokens cross the network in clear text (use --tls-cert and --tls-key)"
+        );
+    }
     ready(addr);
-    builder
+    // On shutdown, in-flight calls get DRAIN to finish; then the server stops anyway, so a
+    // stalled client cannot keep the audit log from being sealed.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = Arc::clone(&stop);
+    let signal = async move {
+        shutdown.await;
+        stopping.notify_one();
+    };
+    let server = builder
         .add_service(FlightServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await
-        .map_err(|e| ServerError::Transport(e.to_string()))?;
-    // The service is gone with the server; the last handle closes the audit log.
-    drop(ex);
-    Ok(())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    let result = tokio::select! {
+        r = server => r.map_err(|e| ServerError::Transport(e.to_string())),
+        _ = async { stop.notified().await; tokio::time::sleep(DRAIN).await } => {
+            eprintln!("warning: calls still open {DRAIN:?} after shutdown began were cut off");
+            Ok(())
+        }
+    };
+    ex.audit()
+        .close()
+        .map_err(|e| ServerError::Setup(format!("audit log not sealed: {e}")))?;
+    result
 }

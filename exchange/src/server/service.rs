@@ -48,7 +48,14 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// How long a result waits to be fetched before it is dropped.
     pub result_ttl: Duration,
+    /// Largest result kept for a client, in bytes of Arrow data.
+    pub max_result_bytes: usize,
 }
+
+/// Results of one principal waiting for their DoGet.
+const MAX_PENDING_PER_PRINCIPAL: usize = 16;
+/// Open prepared statements of one principal.
+const MAX_PREPARED_PER_PRINCIPAL: usize = 64;
 
 struct PendingResult {
     principal: String,
@@ -65,6 +72,8 @@ struct Prepared {
 /// The exchange as a Flight SQL service.
 pub struct ExchangeFlightService {
     ex: Arc<Exchange>,
+    dummy_hash: String,
+    hashing: Arc<Semaphore>,
     tokens: SessionTokens,
     limits: Limits,
     permits: Arc<Semaphore>,
@@ -122,7 +131,20 @@ impl ExchangeFlightService {
         info.append(SqlInfo::FlightSqlServerSubstrait, false);
         info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
         info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        // As costly as the costliest stored hash, so unknown names take as long.
+        let iterations = ex
+            .policies()
+            .principals()
+            .iter()
+            .filter_map(|p| p.password_hash.as_deref())
+            .filter_map(|h| h.split('$').nth(1).and_then(|i| i.parse::<u32>().ok()))
+            .max()
+            .unwrap_or(super::DEFAULT_ITERATIONS);
+        let dummy_hash =
+            super::auth::hash_password("not a password", iterations).map_err(internal)?;
         Ok(Self {
+            dummy_hash,
+            hashing: Arc::new(Semaphore::new(2)),
             permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             ex,
             tokens,
@@ -199,15 +221,37 @@ impl ExchangeFlightService {
         })?
         .map_err(internal)?;
         let started = Instant::now();
-        let outcome = tokio::time::timeout(
-            self.limits.query_timeout,
-            self.ex.execute(principal, purpose, sql),
-        )
-        .await;
-        drop(permit);
+        // The query runs in its own task: a client that goes away does not cancel it
+        // half-way, so it still completes its audit record (its result is then dropped).
+        let ex = Arc::clone(&self.ex);
+        let (p, pu, s) = (
+            principal.to_string(),
+            purpose.map(str::to_string),
+            sql.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let out = ex.execute(&p, pu.as_deref(), &s).await;
+            drop(permit);
+            out
+        });
+        let abort = task.abort_handle();
+        let outcome = tokio::time::timeout(self.limits.query_timeout, task).await;
         match outcome {
-            Ok(r) => r.map_err(status_of),
+            Ok(Ok(r)) => {
+                let out = r.map_err(status_of)?;
+                let bytes: usize = out.batches.iter().map(|b| b.get_array_memory_size()).sum();
+                if bytes > self.limits.max_result_bytes {
+                    return Err(Status::resource_exhausted(format!(
+                        "the result holds {} MiB, more than this server's limit of {} MiB per result: aggregate or filter further",
+                        bytes >> 20,
+                        self.limits.max_result_bytes >> 20
+                    )));
+                }
+                Ok(out)
+            }
+            Ok(Err(e)) => Err(internal(e)),
             Err(_) => {
+                abort.abort();
                 // The query was dropped (cancelled) before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);
                 self.ex
@@ -260,6 +304,15 @@ impl ExchangeFlightService {
         let mut results = self.results.lock().map_err(internal)?;
         let ttl = self.limits.result_ttl;
         results.retain(|_, r| r.created.elapsed() < ttl);
+        let waiting = results
+            .values()
+            .filter(|r| r.principal == principal)
+            .count();
+        if waiting >= MAX_PENDING_PER_PRINCIPAL {
+            return Err(Status::resource_exhausted(format!(
+                "{waiting} results of {principal} are waiting to be fetched: fetch them (DoGet) first"
+            )));
+        }
         results.insert(
             handle,
             PendingResult {
@@ -344,16 +397,39 @@ impl FlightSqlService for ExchangeFlightService {
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         let (user, password) = decoded.split_once(':').unwrap_or(("", ""));
-        let ok = self
+        let known = self.ex.policies().principal(user).is_some();
+        // Unknown users and users without a password are checked against a dummy hash of
+        // the same cost, so timing does not tell which names exist.
+        let stored = self
             .ex
             .policies()
             .principal(user)
-            .and_then(|p| p.password_hash.as_deref())
-            .is_some_and(|h| verify_password(password, h));
+            .and_then(|p| p.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let has_password = self
+            .ex
+            .policies()
+            .principal(user)
+            .is_some_and(|p| p.password_hash.is_some());
+        // The slow hash runs on a blocking thread, a few at a time, never on the workers.
+        let slot = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = verify_password(&password, &stored);
+            drop(slot);
+            ok
+        })
+        .await
+        .map_err(internal)?
+            && has_password;
         if !ok {
-            // Same answer for unknown users, users without a password and wrong passwords.
+            // Same answer for unknown users, users without a password and wrong passwords;
+            // the log names only declared principals (never attacker-chosen text).
             self.audit_auth_failure(
-                if user.is_empty() { "(unknown)" } else { user },
+                if known { user } else { "(unknown)" },
                 "wrong user name or password",
             );
             return Err(Status::unauthenticated("wrong user name or password"));
@@ -393,7 +469,14 @@ impl FlightSqlService for ExchangeFlightService {
         let (purpose, sql) = {
             let prepared = self.prepared.lock().map_err(internal)?;
             match prepared.get(&handle) {
-                Some(p) if p.principal == principal => (p.purpose.clone(), p.sql.clone()),
+                Some(p) if p.principal == principal => {
+                    if Self::purpose(&request).is_some_and(|now| Some(&now) != p.purpose.as_ref()) {
+                        return Err(Status::invalid_argument(
+                            "the purpose differs from the one the statement was prepared for: prepare it again",
+                        ));
+                    }
+                    (p.purpose.clone(), p.sql.clone())
+                }
                 _ => return Err(Status::not_found("unknown prepared statement")),
             }
         };
@@ -411,7 +494,11 @@ impl FlightSqlService for ExchangeFlightService {
         let pending = {
             let mut results = self.results.lock().map_err(internal)?;
             match results.get(&handle) {
-                Some(r) if r.principal == principal => results.remove(&handle),
+                Some(r)
+                    if r.principal == principal && r.created.elapsed() < self.limits.result_ttl =>
+                {
+                    results.remove(&handle)
+                }
                 _ => None,
             }
         };
@@ -432,11 +519,35 @@ impl FlightSqlService for ExchangeFlightService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = self.authenticate(&request)?;
         let purpose = Self::purpose(&request);
-        let schema = self
-            .ex
-            .query_schema(&principal, purpose.as_deref(), &query.query)
-            .await
-            .map_err(status_of)?;
+        {
+            let prepared = self.prepared.lock().map_err(internal)?;
+            if prepared
+                .values()
+                .filter(|p| p.principal == principal)
+                .count()
+                >= MAX_PREPARED_PER_PRINCIPAL
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "{principal} holds {MAX_PREPARED_PER_PRINCIPAL} prepared statements: close some first"
+                )));
+            }
+        }
+        // Planning takes a query slot like running does.
+        let _permit = tokio::time::timeout(
+            self.limits.queue_wait,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        .map_err(|_| Status::resource_exhausted("all query slots are busy: try again later"))?
+        .map_err(internal)?;
+        let schema = tokio::time::timeout(
+            self.limits.query_timeout,
+            self.ex
+                .query_schema(&principal, purpose.as_deref(), &query.query),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded("planning timed out"))?
+        .map_err(status_of)?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: arrow::error::ArrowError| internal(e))?;
