@@ -222,6 +222,11 @@ impl Exchange {
         chrono::Utc::now().date_naive()
     }
 
+    /// The agency of a declared principal.
+    pub fn agency_of(&self, principal: &str) -> Option<String> {
+        self.policies.principal(principal).map(|p| p.agency.clone())
+    }
+
     /// The session of a principal for a purpose, after checking both.
     pub fn session(
         &self,
@@ -314,23 +319,18 @@ impl Exchange {
             }
         }
         .await;
-        if let Err(e) = &outcome {
-            let (decision, reason) = match e {
-                QueryError::Refused(r) => (Decision::Refused, r.clone()),
-                QueryError::Failed(r) | QueryError::Audit(r) => {
-                    (Decision::Failed, redact_values(r))
-                }
-            };
+        if outcome.is_err() {
+            let (decision, reason) = audit_decision(&outcome);
             self.audit
                 .append(Entry {
                     principal: principal.to_string(),
-                    agency: self.policies.principal(principal).map(|p| p.agency.clone()),
+                    agency: self.agency_of(principal),
                     purpose: purpose.map(str::to_string),
                     statement: sql.to_string(),
                     kind: "prepare".into(),
                     tables: named,
                     decision,
-                    reason: Some(reason),
+                    reason,
                     duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     ..Entry::default()
                 })
@@ -347,7 +347,7 @@ impl Exchange {
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
-        let agency = self.policies.principal(principal).map(|p| p.agency.clone());
+        let agency = self.agency_of(principal);
         let mut kind_label = "other";
         let mut named_tables = Vec::new();
         let outcome = match self.session(principal, purpose) {
@@ -366,14 +366,7 @@ impl Exchange {
             o.digest = digest_batches(&self.keys.digest_key(), &o.schema, &o.batches);
             o
         });
-        let (decision, reason) = match &outcome {
-            Ok(_) => (Decision::Allowed, None),
-            Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
-            // Error texts may quote values; the log keeps them out of auditors' sight.
-            Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
-                (Decision::Failed, Some(redact_values(r)))
-            }
-        };
+        let (decision, reason) = audit_decision(&outcome);
         let out = outcome.as_ref().ok();
         let entry = Entry {
             principal: principal.to_string(),
@@ -868,6 +861,18 @@ fn governed_scans(plan: &LogicalPlan) -> Vec<TableUse> {
 }
 
 /// Replace quoted strings and long digit runs of an error text with '…'.
+/// The decision and reason an outcome is audited with. Error texts may quote values; the
+/// log keeps them out of auditors' sight.
+pub(crate) fn audit_decision<T>(outcome: &Result<T, QueryError>) -> (Decision, Option<String>) {
+    match outcome {
+        Ok(_) => (Decision::Allowed, None),
+        Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
+        Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
+            (Decision::Failed, Some(redact_values(r)))
+        }
+    }
+}
+
 pub(crate) fn redact_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut quote: Option<char> = None;

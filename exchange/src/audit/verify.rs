@@ -179,7 +179,7 @@ pub(super) fn scan(
                 }
                 // A crash cuts one line short; lines run together or a complete line
                 // without its end are edits, not a crash.
-                if holds_complete_line(&buf) {
+                if runs_lines_together(&buf) {
                     return Err(broken(
                         "the last line has no line end and holds several lines run together: an edit, not a torn write".into(),
                     ));
@@ -301,7 +301,7 @@ pub(super) fn scan(
 
 /// Whether bytes hold two lines run together (`}{`). A crash cuts the last write at any
 /// byte, so one line, even complete but for its end, can be torn; several cannot.
-fn holds_complete_line(bytes: &[u8]) -> bool {
+fn runs_lines_together(bytes: &[u8]) -> bool {
     bytes.windows(2).any(|w| w == b"}{")
 }
 

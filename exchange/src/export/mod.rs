@@ -31,9 +31,9 @@ pub use guard::{ClassCounter, GuardSpec, lineage};
 pub use manifest::{Manifest, ManifestBody, manifest_path, sha256_file, verify};
 pub use trace::{TraceReport, TraceScore, trace};
 
-use crate::audit::{Decision, Entry, TableUse};
+use crate::audit::{Entry, TableUse};
 use crate::catalog::KAction;
-use crate::engine::{Exchange, Kind, QueryError, classify, plan_query, redact_values, run_error};
+use crate::engine::{Exchange, Kind, QueryError, audit_decision, classify, plan_query, run_error};
 use crate::keys::KeyRing;
 
 /// Errors of export files and manifests (the export itself fails with a [`QueryError`]).
@@ -133,13 +133,8 @@ pub async fn export(
     let mut tables: Option<(Vec<TableUse>, Vec<String>)> = None;
     let mut guard_note = None;
     let staged = stage(ex, req, progress, &mut named, &mut tables, &mut guard_note).await;
-    let (decision, reason) = match &staged {
-        Ok(_) => (Decision::Allowed, None),
-        Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
-        Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
-            (Decision::Failed, Some(redact_values(r)))
-        }
-    };
+    let (decision, reason) = audit_decision(&staged);
+    let agency = ex.agency_of(&req.principal);
     let file_name = req
         .out
         .file_name()
@@ -149,10 +144,7 @@ pub async fn export(
     let grants: Vec<String> = tables.iter().map(|t| t.grant.clone()).collect();
     let entry = Entry {
         principal: req.principal.clone(),
-        agency: ex
-            .policies()
-            .principal(&req.principal)
-            .map(|p| p.agency.clone()),
+        agency: agency.clone(),
         purpose: req.purpose.clone(),
         statement: req.sql.clone(),
         kind: "export".into(),
@@ -196,11 +188,7 @@ pub async fn export(
         rows: s.rows,
         statement: req.sql.clone(),
         principal: req.principal.clone(),
-        agency: ex
-            .policies()
-            .principal(&req.principal)
-            .map(|p| p.agency.clone())
-            .unwrap_or_default(),
+        agency: agency.unwrap_or_default(),
         purpose: req.purpose.clone().unwrap_or_default(),
         recipient: req.recipient.clone(),
         grants,
@@ -258,11 +246,7 @@ async fn stage(
             req.out.display()
         )));
     }
-    let agency = ex
-        .policies()
-        .principal(&req.principal)
-        .map(|p| p.agency.clone())
-        .unwrap_or_default();
+    let agency = ex.agency_of(&req.principal).unwrap_or_default();
     let scope = KeyRing::recipient_scope(&agency, &req.recipient);
     let session = ex.scoped_session(&req.principal, req.purpose.as_deref(), Some(&scope))?;
     let stmt = match classify(&session, &req.sql)? {

@@ -258,11 +258,7 @@ impl ExchangeFlightService {
                     .audit()
                     .append(Entry {
                         principal: principal.to_string(),
-                        agency: self
-                            .ex
-                            .policies()
-                            .principal(principal)
-                            .map(|p| p.agency.clone()),
+                        agency: self.ex.agency_of(principal),
                         purpose: purpose.map(str::to_string),
                         statement: sql.to_string(),
                         kind: "query".into(),
