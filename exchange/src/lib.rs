@@ -28,5 +28,6 @@ pub mod keys;
 pub mod masking;
 pub mod policy;
 pub mod server;
+pub mod tuning;
 
 pub use engine::{Exchange, ExchangeConfig, OpenError, QueryError, QueryOutput};

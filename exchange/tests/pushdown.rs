@@ -51,8 +51,58 @@ async fn predicates_on_treated_columns_stay_above_the_scan() {
 }
 
 #[tokio::test]
+async fn barrier_passes_an_estimated_row_count_only() {
+    use datafusion::common::stats::Precision;
+    let (ex, _state) = common::open();
+    let session = ex
+        .session("hrss_analyst", Some("new_employment_services"))
+        .unwrap();
+    let df = session
+        .ctx
+        .sql("SELECT person_id, district FROM police.residents")
+        .await
+        .unwrap();
+    let physical = df.create_physical_plan().await.unwrap();
+    let mut barriers = Vec::new();
+    let mut stack = vec![physical];
+    while let Some(p) = stack.pop() {
+        if p.name() == "BarrierExec" {
+            barriers.push(p.clone());
+        }
+        stack.extend(p.children().into_iter().cloned());
+    }
+    assert!(!barriers.is_empty());
+    use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
+    let stats_of = |p: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>| {
+        StatisticsContext::new()
+            .compute(p.as_ref(), &StatisticsArgs::new())
+            .unwrap()
+    };
+    for b in barriers {
+        let stats = stats_of(&b);
+        // File statistics are collected below the barrier (exact there) ...
+        let inner = stats_of(b.children()[0]);
+        assert!(
+            matches!(inner.num_rows, Precision::Exact(n) if n > 0),
+            "{inner:?}"
+        );
+        // ... and leave it as an estimate of the size only.
+        assert!(
+            matches!(stats.num_rows, Precision::Inexact(n) if n > 0),
+            "{stats:?}"
+        );
+        for c in &stats.column_statistics {
+            assert_eq!(c.min_value, Precision::Absent);
+            assert_eq!(c.max_value, Precision::Absent);
+            assert_eq!(c.null_count, Precision::Absent);
+            assert_eq!(c.distinct_count, Precision::Absent);
+        }
+    }
+}
+
+#[tokio::test]
 async fn no_count_from_file_statistics() {
-    // Statistics are not collected, so the physical plan still scans.
+    // Statistics reach the barrier, which passes an estimate only: the plan still scans.
     let (ex, _state) = common::open();
     // hrss sees residents treated but unfiltered: the case statistics could answer.
     let session = ex

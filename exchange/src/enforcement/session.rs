@@ -75,16 +75,17 @@ pub struct SessionInputs<'a> {
 /// The role that may read `audit.events`.
 pub const AUDITOR_ROLE: &str = "auditor";
 
-/// DataFusion settings every session runs with. Statistics collection is off so that no
-/// COUNT/MIN/MAX is answered from file metadata; information_schema and recursive CTEs
-/// are off; only the exchange catalog exists.
+/// DataFusion settings every session runs with, on top of [`crate::tuning`]. File
+/// statistics are collected, but every governed scan sits under a `BarrierExec` that passes
+/// on an estimated row count only, so no COUNT/MIN/MAX is answered from file metadata;
+/// information_schema and recursive CTEs are off; only the exchange catalog exists.
 pub fn locked_config() -> SessionConfig {
-    let mut config = SessionConfig::new()
+    let mut config = crate::tuning::apply(SessionConfig::new())
         .with_information_schema(false)
         .with_create_default_catalog_and_schema(false)
         .with_default_catalog_and_schema(CATALOG, "public");
     let options = config.options_mut();
-    options.execution.collect_statistics = false;
+    options.execution.collect_statistics = true;
     options.execution.enable_recursive_ctes = false;
     options.execution.parquet.pushdown_filters = false;
     config
