@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench governed` (all workloads and scales), or with arguments after
 //! `--`: `--workload demo|tpch`, `--scale small|large`, `--runs N`, `--tpch-large-sf F`,
-//! `--demo-large-scale S`, `--query ID`. Prints markdown tables and writes
+//! `--demo-large-scale S`, `--query ID`, `--set key=value` (a DataFusion setting for the
+//! `raw` and `hand` engines, to try one before it goes into `exchange::tuning`). Prints markdown tables and writes
 //! `target/bench-governed.json`. For the DuckDB column, run `benches/setup-peers.sh` once
 //! (a Python venv with the `duckdb` package under `target/bench-venv`); without it the
 //! column is skipped with a note.
@@ -50,6 +51,9 @@ use exchange::{Exchange, ExchangeConfig};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const DEMO_SEED: u64 = 20261126;
+
+/// `--set` settings, handed to the workers in `EXCHANGE_BENCH_SET`.
+static SETTINGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Workload {
@@ -505,6 +509,14 @@ async fn datafusion_ctx(setup: &Setup, tuned: bool) -> Result<SessionContext, Er
     } else {
         SessionConfig::new()
     };
+    // `--set key=value` of the driver, for trying settings on the engines without a policy.
+    let mut config = config;
+    if tuned && let Ok(settings) = std::env::var("EXCHANGE_BENCH_SET") {
+        for kv in settings.split(';').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or("--set key=value")?;
+            config.options_mut().set(k, v)?;
+        }
+    }
     let ctx = SessionContext::new_with_config(config);
     let tables = raw_tables(setup)?;
     for (name, path) in &tables {
@@ -744,6 +756,9 @@ fn spawn(
         "hand" if q.hand.is_none() => return Ok(None),
         _ => {
             let mut cmd = Command::new(std::env::current_exe()?);
+            if let Some(settings) = SETTINGS.get() {
+                cmd.env("EXCHANGE_BENCH_SET", settings);
+            }
             cmd.arg("--worker")
                 .arg(engine)
                 .arg(q.id)
@@ -874,6 +889,7 @@ fn main() -> Result<(), Error> {
     let mut tpch_large = 1.0f64;
     let mut demo_large = 100.0f64;
     let mut only: Option<String> = None;
+    let mut settings: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -896,9 +912,14 @@ fn main() -> Result<(), Error> {
             "--tpch-large-sf" => tpch_large = value()?.parse()?,
             "--demo-large-scale" => demo_large = value()?.parse()?,
             "--query" => only = Some(value()?),
+            "--set" => settings.push(value()?),
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
+    }
+    if !settings.is_empty() {
+        let _ = SETTINGS.set(settings.join(";"));
+        println!("raw and hand engines with: {}\n", settings.join(", "));
     }
     let python = duckdb_python();
     if python.is_none() {
