@@ -208,7 +208,9 @@ FROM hrss.employment e JOIN police.residents r ON e.person_pseudonym = r.person_
 FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
         hand: Some(
             "SELECT pseudonym(r.person_id, 'person') AS person_id,
-       concat(left(r.name, 1), repeat('*', character_length(r.name) - 1)) AS name,
+       CASE WHEN left(r.name, 2) IN ('欧阳', '司马', '诸葛', '上官', '东方', '皇甫', '尉迟', '公孙', '慕容', '长孙', '宇文', '司徒', '夏侯', '轩辕', '令狐', '端木', '独孤', '南宫', '西门', '百里', '呼延', '万俟', '单于', '闻人', '申屠', '澹台', '公冶', '太史', '濮阳', '钟离') AND character_length(r.name) > 2
+            THEN concat(left(r.name, 2), repeat('*', character_length(r.name) - 2))
+            ELSE concat(left(r.name, 1), repeat('*', character_length(r.name) - 1)) END AS name,
        r.gender, CAST(date_trunc('year', r.birth_date) AS DATE) AS birth_date,
        concat(left(r.phone, 3), repeat('*', character_length(r.phone) - 7), right(r.phone, 4)) AS phone,
        r.district, e.employer_name, e.job_type, e.monthly_wage, e.insured_months
@@ -216,7 +218,9 @@ FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
         ),
         duck: Duck::Sql(
             "SELECT left(sha256(concat('bench-salt', r.person_id)), 32) AS person_id,
-       concat(left(r.name, 1), repeat('*', length(r.name) - 1)) AS name,
+       CASE WHEN left(r.name, 2) IN ('欧阳', '司马', '诸葛', '上官', '东方', '皇甫', '尉迟', '公孙', '慕容', '长孙', '宇文', '司徒', '夏侯', '轩辕', '令狐', '端木', '独孤', '南宫', '西门', '百里', '呼延', '万俟', '单于', '闻人', '申屠', '澹台', '公冶', '太史', '濮阳', '钟离') AND length(r.name) > 2
+            THEN concat(left(r.name, 2), repeat('*', length(r.name) - 2))
+            ELSE concat(left(r.name, 1), repeat('*', length(r.name) - 1)) END AS name,
        r.gender, CAST(date_trunc('year', r.birth_date) AS DATE) AS birth_date,
        concat(left(r.phone, 3), repeat('*', length(r.phone) - 7), right(r.phone, 4)) AS phone,
        r.district, e.employer_name, e.job_type, e.monthly_wage, e.insured_months
