@@ -14,6 +14,16 @@ import time
 import duckdb
 
 
+def peak_rss_kib() -> int:
+    # VmHWM belongs to this process image; getrusage's ru_maxrss on Linux also counts the
+    # parent's resident set at fork, so it would report the driver's peak instead.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main() -> None:
     threads, tables, sql = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     con = duckdb.connect()
@@ -34,7 +44,7 @@ def main() -> None:
             except Exception as e:  # reported to the driver, which marks the engine failed
                 print("err " + str(e).replace("\n", " "), flush=True)
         elif command == "quit":
-            print(f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
+            print(f"rss {peak_rss_kib()}", flush=True)
             return
 
 
