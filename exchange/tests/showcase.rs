@@ -257,6 +257,33 @@ async fn aggregate_only_groups_below_k_are_suppressed() {
 }
 
 #[tokio::test]
+async fn aggregates_over_one_table_share_one_threshold() {
+    // One distinct count per thresholded table, over the entities that contribute to every
+    // aggregate (all arguments non-NULL), against the largest k: never looser than one
+    // count per aggregate, a third of the work for three aggregates.
+    let (ex, _state) = open();
+    let session = ex
+        .session("civil_analyst", Some("elderly_care_planning"))
+        .unwrap();
+    let plan = session
+        .ctx
+        .sql(
+            "SELECT r.gender, count(*) AS n, count(v.hospital) AS h, avg(v.cost) AS a
+             FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
+             GROUP BY r.gender",
+        )
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    let text = plan.display_indent().to_string();
+    assert_eq!(text.matches("count(DISTINCT").count(), 1, "{text}");
+    assert!(text.contains("__exchange_k0 >= Int64(5)"), "{text}");
+    assert!(!text.contains("__exchange_k1"), "{text}");
+    assert!(text.contains("IS NOT NULL AND"), "{text}");
+}
+
+#[tokio::test]
 async fn audit_records_every_statement() {
     let (ex, _state) = open();
     ok(

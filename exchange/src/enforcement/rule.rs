@@ -594,11 +594,39 @@ impl Enforcer {
                 needs.first().map(|n| n.2.as_str()).unwrap_or("a column")
             ));
         }
-        // Each need: count the distinct entities that actually contribute (non-NULL inputs);
-        // a table without an entity column counts rows instead.
+        for (_, k, column, _) in &needs {
+            let entry = (column.clone(), *k);
+            if !self.report.thresholds.contains(&entry) {
+                self.report.thresholds.push(entry);
+            }
+        }
+        // One threshold per table: count the distinct entities whose rows contribute to every
+        // aggregate (all arguments non-NULL) against the largest k. Entities contributing
+        // to all aggregates are a subset of those contributing to each, so this never
+        // releases a group that a separate count per aggregate would suppress, and it
+        // costs one distinct count per table instead of one per aggregate.
+        let mut merged: Vec<(usize, u32, String, Vec<Expr>)> = Vec::new();
+        for (scan, k, column, arg) in needs {
+            let i = match merged.iter().position(|m| m.0 == scan) {
+                Some(i) => i,
+                None => {
+                    merged.push((scan, k, column, Vec::new()));
+                    merged.len() - 1
+                }
+            };
+            let m = &mut merged[i];
+            m.1 = m.1.max(k);
+            if let Some(arg) = arg
+                && !m.3.contains(&arg)
+            {
+                m.3.push(arg);
+            }
+        }
+        // Count the distinct entities that actually contribute (non-NULL inputs); a table
+        // without an entity column counts rows instead.
         let mut aggr_expr = a.aggr_expr;
         let mut conditions = Vec::new();
-        for (n, (scan, k, column, arg)) in needs.iter().enumerate() {
+        for (n, (scan, k, column, args)) in merged.iter().enumerate() {
             let entity = input
                 .schema()
                 .iter()
@@ -615,7 +643,11 @@ impl Enforcer {
                 }
             };
             let distinct = self.with_entity.contains(scan);
-            let filter = arg.as_ref().map(|a| Box::new(a.clone().is_not_null()));
+            let filter = args
+                .iter()
+                .map(|a| a.clone().is_not_null())
+                .reduce(Expr::and)
+                .map(Box::new);
             let counter = Expr::AggregateFunction(AggregateFunction::new_udf(
                 datafusion::functions_aggregate::count::count_udaf(),
                 vec![entity],
@@ -627,10 +659,6 @@ impl Enforcer {
             let name = format!("__exchange_k{n}");
             aggr_expr.push(counter.alias(&name));
             conditions.push(Expr::Column(Column::from_name(&name)).gt_eq(lit(i64::from(*k))));
-            let entry = (column.clone(), *k);
-            if !self.report.thresholds.contains(&entry) {
-                self.report.thresholds.push(entry);
-            }
         }
         let agg = Aggregate::try_new(Arc::new(input), a.group_expr, aggr_expr)
             .map(LogicalPlan::Aggregate)?;
