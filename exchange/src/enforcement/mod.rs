@@ -5,9 +5,11 @@
 //! columns. The [`PolicyRule`] analyzer rule then replaces every scan (subqueries, CTEs,
 //! unions and self-joins included) with row filter and treatments over the raw files,
 //! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
-//! below their minimum size.
+//! below their minimum size. After physical planning, [`RawJoinKeys`] lets hash joins of
+//! two join keys compare the raw values the keys stand for, where nothing can observe it.
 
 mod barrier;
+mod join_keys;
 mod rule;
 mod session;
 mod spec;
@@ -15,6 +17,7 @@ mod tables;
 mod violation;
 
 pub use barrier::{BarrierExec, ExchangeQueryPlanner, PolicyBarrier};
+pub use join_keys::RawJoinKeys;
 pub use rule::{EnforcementReport, PolicyRule, ScanUse, Tag};
 pub use session::{
     AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,

@@ -97,7 +97,8 @@ impl PrincipalSession {
         let mut builder = SessionStateBuilder::new()
             .with_config(locked_config())
             .with_default_features()
-            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner));
+            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
+            .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys));
         if let Some(limit) = inputs.memory_limit {
             // Operators that exceed it fail the query (or spill), never the server.
             let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()

@@ -91,6 +91,18 @@ impl TokenUdf {
     }
 }
 
+impl TokenUdf {
+    /// Whether it computes join keys.
+    pub(crate) fn is_join_key(&self) -> bool {
+        matches!(self.keys.kind, TokenKind::JoinKey)
+    }
+
+    /// Whether `other` computes its tokens under the same keys.
+    pub(crate) fn same_keys(&self, other: &TokenUdf) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+}
+
 /// Hex token of one value (first 128 bits of the HMAC).
 pub fn token_hex(key: &hmac::Key, value: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
