@@ -91,6 +91,31 @@ async fn civil_join_keys_through_a_row_filter_give_the_raw_result() {
 }
 
 #[tokio::test]
+async fn outer_join_of_two_join_keys_gives_the_raw_result() {
+    let (ex, _state) = open();
+    let sql = "SELECT r.district, count(t.ticket_id) AS tickets, count(*) AS n
+               FROM police.residents r LEFT JOIN hotline.tickets t ON t.caller_key = r.phone
+               GROUP BY r.district";
+    let plan = physical_plan(&ex, "hotline_analyst", "complaint_handling", sql).await;
+    assert!(!plan.contains("join_key("), "{plan}");
+    let got: BTreeSet<Vec<String>> = cells(
+        &ok(&ex, "hotline_analyst", "complaint_handling", sql)
+            .await
+            .batches,
+    )
+    .into_iter()
+    .collect();
+    let truth = raw(
+        "SELECT r.district, count(t.ticket_id) AS tickets, count(*) AS n
+                     FROM residents r LEFT JOIN tickets t ON t.caller_phone = r.phone
+                     GROUP BY r.district",
+    )
+    .await;
+    assert!(!truth.is_empty());
+    assert_eq!(got, truth);
+}
+
+#[tokio::test]
 async fn semi_joins_keep_their_tokens() {
     // Only inner and outer hash joins that drop the keys are rewritten.
     let (ex, _state) = open();

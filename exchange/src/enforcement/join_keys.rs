@@ -15,28 +15,35 @@
 //! - both tokens under the same keys and domain (the policy rule already refused equalities
 //!   of join keys of different domains);
 //! - neither key is in the join's output or in its residual filter; the policy rule refuses
-//!   join keys in any output anyway.
+//!   join keys in any output anyway;
+//! - each token projection stands on a governed scan's `BarrierExec` (through nodes that only
+//!   move or filter batches); the rebuilt join resets its runtime state, so it has no dynamic
+//!   filter, and a copy of the old one pushed below the projection is never filled and stays
+//!   `true`.
 //!
-//! It runs after DataFusion's physical optimizer rules; the rebuilt join drops its dynamic
-//! filter, and no copy of it can sit below the projection (it stands on a `BarrierExec`,
-//! which accepts no pushed-down filter).
+//! It runs after DataFusion's physical optimizer rules. One thing it changes that a principal
+//! could in principle observe: the build side's memory now depends on the raw keys' lengths
+//! rather than on fixed 32-character tokens, so a query failing on the per-query memory limit
+//! says something about the total length of the keys it joined (documented in the README).
 
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{JoinSide, Result, ScalarValue};
+use datafusion::common::{JoinSide, Result, ScalarValue, internal_err};
 use datafusion::logical_expr::JoinType;
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 
+use super::barrier::BarrierExec;
 use crate::masking::TokenUdf;
 
 /// The physical rule; registered after DataFusion's own.
@@ -53,7 +60,7 @@ impl PhysicalOptimizerRule for RawJoinKeys {
             let Some(join) = node.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };
-            Ok(match rewrite(&node, join)? {
+            Ok(match rewrite(join)? {
                 Some(new) => Transformed::yes(new),
                 None => Transformed::no(node),
             })
@@ -83,6 +90,9 @@ fn token_at(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<Token<'_>> {
         return token_at(plan.children().first()?, index);
     }
     let projection = plan.downcast_ref::<ProjectionExec>()?;
+    if !stands_on_barrier(projection.input()) {
+        return None;
+    }
     let expr = &projection.expr().get(index)?.expr;
     let f = expr.downcast_ref::<ScalarFunctionExpr>()?;
     let udf = f.fun().inner().downcast_ref::<TokenUdf>()?;
@@ -96,7 +106,26 @@ fn token_at(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<Token<'_>> {
         ScalarValue::Utf8(Some(d)) => d.clone(),
         _ => return None,
     };
+    // Where the token would fail (no key for the domain), keep it and its error.
+    if !udf.has_domain(&domain) {
+        return None;
+    }
     Some(Token { udf, domain })
+}
+
+/// Whether `plan` is a governed scan's `BarrierExec`, under nodes that only move or filter
+/// batches.
+fn stands_on_barrier(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.is::<BarrierExec>() {
+        return true;
+    }
+    if plan.is::<CoalescePartitionsExec>() || plan.is::<FilterExec>() || is_round_robin(plan) {
+        return plan
+            .children()
+            .first()
+            .is_some_and(|c| stands_on_barrier(c));
+    }
+    false
 }
 
 fn is_round_robin(plan: &Arc<dyn ExecutionPlan>) -> bool {
@@ -110,11 +139,13 @@ fn untokenise(plan: &Arc<dyn ExecutionPlan>, indices: &[usize]) -> Result<Arc<dy
     if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
         let mut exprs: Vec<ProjectionExpr> = projection.expr().to_vec();
         for &i in indices {
-            if let Some(e) = exprs.get_mut(i)
-                && let Some(f) = e.expr.downcast_ref::<ScalarFunctionExpr>()
-                && let Some(arg) = f.args().first()
-            {
-                e.expr = arg.clone();
+            let arg = exprs
+                .get(i)
+                .and_then(|e| e.expr.downcast_ref::<ScalarFunctionExpr>())
+                .and_then(|f| f.args().first().cloned());
+            match (arg, exprs.get_mut(i)) {
+                (Some(arg), Some(e)) => e.expr = arg,
+                _ => return internal_err!("join key {i} to compare raw is not a token"),
             }
         }
         let new = ProjectionExec::try_new(exprs, projection.input().clone())?;
@@ -131,10 +162,7 @@ fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
-fn rewrite(
-    node: &Arc<dyn ExecutionPlan>,
-    join: &HashJoinExec,
-) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+fn rewrite(join: &HashJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     if join.mode != PartitionMode::CollectLeft
         || !matches!(
             join.join_type(),
@@ -150,8 +178,9 @@ fn rewrite(
     let mut left_cols = Vec::new();
     let mut right_cols = Vec::new();
     for (l, r) in join.on() {
+        // Join keys reach a hash join as columns; anything else leaves the join as it is.
         let (Some(l), Some(r)) = (l.downcast_ref::<Column>(), r.downcast_ref::<Column>()) else {
-            continue;
+            return Ok(None);
         };
         let (Some(lt), Some(rt)) = (
             token_at(join.left(), l.index()),
@@ -199,7 +228,11 @@ fn rewrite(
     }
     let left = untokenise(join.left(), &left_cols)?;
     let right = untokenise(join.right(), &right_cols)?;
-    node.clone()
-        .replace_children(vec![left, right], recompute())
+    // A fresh join: no dynamic filter or hash table shared with the token-comparing one.
+    join.builder()
+        .reset_state()
+        .recompute_properties()
+        .with_new_children(vec![left, right])?
+        .build_exec()
         .map(Some)
 }

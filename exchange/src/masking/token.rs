@@ -97,6 +97,11 @@ impl TokenUdf {
         matches!(self.keys.kind, TokenKind::JoinKey)
     }
 
+    /// Whether it holds a key for `domain`.
+    pub(crate) fn has_domain(&self, domain: &str) -> bool {
+        self.keys.keys.contains_key(domain)
+    }
+
     /// Whether `other` computes its tokens under the same keys.
     pub(crate) fn same_keys(&self, other: &TokenUdf) -> bool {
         Arc::ptr_eq(&self.keys, &other.keys)
