@@ -280,7 +280,9 @@ FROM sales.lineitem l
 JOIN sales.orders o ON l.l_orderkey = o.o_orderkey
 JOIN sales.customer c ON o.o_custkey = c.c_custkey
 GROUP BY c.c_nationkey, date_part('year', o.o_orderdate)
-HAVING count(DISTINCT c.c_custkey) >= 20 ORDER BY 1, 2",
+HAVING count(DISTINCT c.c_custkey)
+       FILTER (WHERE l.l_extendedprice IS NOT NULL AND l.l_discount IS NOT NULL) >= 20
+ORDER BY 1, 2",
         ),
         duck: Duck::SameAsHand,
     },

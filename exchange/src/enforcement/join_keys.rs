@@ -17,9 +17,9 @@
 //! - neither key is in the join's output or in its residual filter; the policy rule refuses
 //!   join keys in any output anyway;
 //! - each token projection stands on a governed scan's `BarrierExec` (through nodes that only
-//!   move or filter batches); the rebuilt join resets its runtime state, so it has no dynamic
-//!   filter, and a copy of the old one pushed below the projection is never filled and stays
-//!   `true`.
+//!   move, filter or compute from batches); the rebuilt join resets its runtime state, so it
+//!   has no dynamic filter, and a copy of the old one pushed below the projection is never
+//!   filled and stays `true`.
 //!
 //! It runs after DataFusion's physical optimizer rules. One thing it changes that a principal
 //! could in principle observe: the build side's memory now depends on the raw keys' lengths
@@ -113,13 +113,19 @@ fn token_at(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<Token<'_>> {
     Some(Token { udf, domain })
 }
 
-/// Whether `plan` is a governed scan's `BarrierExec`, under nodes that only move or filter
-/// batches.
+/// Whether `plan` is a governed scan's `BarrierExec`, under nodes that only move, filter
+/// or compute from batches.
 fn stands_on_barrier(plan: &Arc<dyn ExecutionPlan>) -> bool {
     if plan.is::<BarrierExec>() {
         return true;
     }
-    if plan.is::<CoalescePartitionsExec>() || plan.is::<FilterExec>() || is_round_robin(plan) {
+    // Projections below the tokens (DataFusion puts a shared CAST in its own) compute values
+    // the token projection reads; none of them sees a token.
+    if plan.is::<CoalescePartitionsExec>()
+        || plan.is::<FilterExec>()
+        || plan.is::<ProjectionExec>()
+        || is_round_robin(plan)
+    {
         return plan
             .children()
             .first()
