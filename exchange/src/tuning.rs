@@ -16,8 +16,8 @@
 //! scans' estimated row counts (see `enforcement::BarrierExec`) let the planner pick the
 //! smaller side to build.
 //!
-//! Also measured and left at DataFusion's default: target partitions (the number of
-//! cores) and the batch size (8192).
+//! Left at DataFusion's defaults, not measured yet: target partitions (the number of cores)
+//! and the batch size (8192).
 
 use datafusion::prelude::SessionConfig;
 
