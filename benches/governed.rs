@@ -61,15 +61,26 @@ enum Workload {
     Tpch,
 }
 
-/// The peer SQL of a query for DuckDB.
+/// One engine's SQL of a query, relative to the one before it (governed, raw, hand-written,
+/// DuckDB).
 #[derive(Clone, Copy)]
-enum Duck {
-    /// The hand-written SQL runs unchanged.
-    SameAsHand,
-    /// DuckDB needs its own text (pseudonyms as salted SHA-256).
+enum Text {
+    /// The previous engine's SQL runs unchanged.
+    Same,
+    /// Its own text.
     Sql(&'static str),
-    /// Not measured.
+    /// Not measured on this engine.
     Skip,
+}
+
+impl Text {
+    fn resolve(self, previous: Option<&'static str>) -> Option<&'static str> {
+        match self {
+            Text::Same => previous,
+            Text::Sql(s) => Some(s),
+            Text::Skip => None,
+        }
+    }
 }
 
 struct Query {
@@ -81,10 +92,27 @@ struct Query {
     /// As the principal writes it.
     governed: &'static str,
     /// The same question on the raw tables, no policy.
-    raw: &'static str,
+    raw: Text,
     /// The policy applied by hand with built-in functions, where expressible.
-    hand: Option<&'static str>,
-    duck: Duck,
+    hand: Text,
+    /// The hand-written SQL for DuckDB (pseudonyms as salted SHA-256).
+    duck: Text,
+}
+
+impl Query {
+    fn raw_sql(&self) -> &'static str {
+        self.raw
+            .resolve(Some(self.governed))
+            .unwrap_or(self.governed)
+    }
+
+    fn hand_sql(&self) -> Option<&'static str> {
+        self.hand.resolve(Some(self.raw_sql()))
+    }
+
+    fn duck_sql(&self) -> Option<&'static str> {
+        self.duck.resolve(self.hand_sql())
+    }
 }
 
 const QUERIES: &[Query] = &[
@@ -101,14 +129,14 @@ FROM civil.elderly_care e
 JOIN police.residents r ON e.person_key = r.person_id
 LEFT JOIN health.visits v ON v.person_id = r.person_id
 WHERE e.lives_alone GROUP BY r.district ORDER BY r.district",
-        raw: "SELECT r.district, count(DISTINCT e.person_id) AS living_alone,
+        raw: Text::Sql("SELECT r.district, count(DISTINCT e.person_id) AS living_alone,
        count(v.hospital) AS visits, round(avg(v.cost), 1) AS avg_visit_cost
 FROM civil.elderly_care e
 JOIN police.residents r ON e.person_id = r.person_id
 LEFT JOIN health.visits v ON v.person_id = r.person_id
-WHERE e.lives_alone GROUP BY r.district ORDER BY r.district",
-        hand: None,
-        duck: Duck::Skip,
+WHERE e.lives_alone GROUP BY r.district ORDER BY r.district"),
+        hand: Text::Skip,
+        duck: Text::Skip,
     },
     Query {
         id: "hrss-wages",
@@ -120,17 +148,12 @@ WHERE e.lives_alone GROUP BY r.district ORDER BY r.district",
 FROM hrss.employment e JOIN police.residents r ON e.person_pseudonym = r.person_id
 WHERE e.job_type IN ('platform_delivery', 'ride_hailing')
 GROUP BY r.district ORDER BY r.district",
-        raw: "SELECT r.district, count(*) AS platform_workers, median(e.monthly_wage) AS median_wage
+        raw: Text::Sql("SELECT r.district, count(*) AS platform_workers, median(e.monthly_wage) AS median_wage
 FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id
 WHERE e.job_type IN ('platform_delivery', 'ride_hailing')
-GROUP BY r.district ORDER BY r.district",
-        hand: Some(
-            "SELECT r.district, count(*) AS platform_workers, median(e.monthly_wage) AS median_wage
-FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id
-WHERE e.job_type IN ('platform_delivery', 'ride_hailing')
-GROUP BY r.district ORDER BY r.district",
-        ),
-        duck: Duck::SameAsHand,
+GROUP BY r.district ORDER BY r.district"),
+        hand: Text::Same,
+        duck: Text::Same,
     },
     Query {
         id: "health-decades",
@@ -142,17 +165,12 @@ GROUP BY r.district ORDER BY r.district",
        count(*) AS chronic_visits, count(DISTINCT v.person_id) AS patients
 FROM health.visits v JOIN police.residents r ON v.person_key = r.person_id
 WHERE v.chronic GROUP BY 1 ORDER BY 1",
-        raw: "SELECT CAST(floor(date_part('year', r.birth_date) / 10) * 10 AS INT) AS birth_decade,
+        raw: Text::Sql("SELECT CAST(floor(date_part('year', r.birth_date) / 10) * 10 AS INT) AS birth_decade,
        count(*) AS chronic_visits, count(DISTINCT v.person_id) AS patients
 FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
-WHERE v.chronic GROUP BY 1 ORDER BY 1",
-        hand: Some(
-            "SELECT CAST(floor(date_part('year', r.birth_date) / 10) * 10 AS INT) AS birth_decade,
-       count(*) AS chronic_visits, count(DISTINCT v.person_id) AS patients
-FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
-WHERE v.chronic GROUP BY 1 ORDER BY 1",
-        ),
-        duck: Duck::SameAsHand,
+WHERE v.chronic GROUP BY 1 ORDER BY 1"),
+        hand: Text::Same,
+        duck: Text::Same,
     },
     Query {
         id: "hotline-districts",
@@ -164,17 +182,12 @@ WHERE v.chronic GROUP BY 1 ORDER BY 1",
 FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone
 WHERE t.category IN ('noise', 'heating')
 GROUP BY t.category, r.district ORDER BY t.category, r.district",
-        raw: "SELECT t.category, r.district AS caller_district, count(*) AS tickets
+        raw: Text::Sql("SELECT t.category, r.district AS caller_district, count(*) AS tickets
 FROM hotline.tickets t JOIN police.residents r ON t.caller_phone = r.phone
 WHERE t.category IN ('noise', 'heating')
-GROUP BY t.category, r.district ORDER BY t.category, r.district",
-        hand: Some(
-            "SELECT t.category, r.district AS caller_district, count(*) AS tickets
-FROM hotline.tickets t JOIN police.residents r ON t.caller_phone = r.phone
-WHERE t.category IN ('noise', 'heating')
-GROUP BY t.category, r.district ORDER BY t.category, r.district",
-        ),
-        duck: Duck::SameAsHand,
+GROUP BY t.category, r.district ORDER BY t.category, r.district"),
+        hand: Text::Same,
+        duck: Text::Same,
     },
     Query {
         id: "market-product",
@@ -187,13 +200,9 @@ GROUP BY t.category, r.district ORDER BY t.category, r.district",
 FROM market.enterprises
 WHERE status = 'active' AND industry IN ('logistics', 'software')
 GROUP BY industry, district ORDER BY industry, district",
-        raw: "SELECT industry, district, count(*) AS enterprises,
-       sum(registered_capital) AS capital_rounded
-FROM market.enterprises
-WHERE status = 'active' AND industry IN ('logistics', 'software')
-GROUP BY industry, district ORDER BY industry, district",
-        hand: None,
-        duck: Duck::Skip,
+        raw: Text::Same,
+        hand: Text::Skip,
+        duck: Text::Skip,
     },
     Query {
         id: "hrss-detail",
@@ -203,10 +212,10 @@ GROUP BY industry, district ORDER BY industry, district",
         purpose: "new_employment_services",
         governed: "SELECT r.*, e.employer_name, e.job_type, e.monthly_wage, e.insured_months
 FROM hrss.employment e JOIN police.residents r ON e.person_pseudonym = r.person_id",
-        raw: "SELECT r.person_id, r.name, r.gender, r.birth_date, r.phone, r.district,
+        raw: Text::Sql("SELECT r.person_id, r.name, r.gender, r.birth_date, r.phone, r.district,
        e.employer_name, e.job_type, e.monthly_wage, e.insured_months
-FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
-        hand: Some(
+FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id"),
+        hand: Text::Sql(
             "SELECT pseudonym(r.person_id, 'person') AS person_id,
        CASE WHEN left(r.name, 2) IN ('欧阳', '司马', '诸葛', '上官', '东方', '皇甫', '尉迟', '公孙', '慕容', '长孙', '宇文', '司徒', '夏侯', '轩辕', '令狐', '端木', '独孤', '南宫', '西门', '百里', '呼延', '万俟', '单于', '闻人', '申屠', '澹台', '公冶', '太史', '濮阳', '钟离') AND character_length(r.name) > 2
             THEN concat(left(r.name, 2), repeat('*', character_length(r.name) - 2))
@@ -216,7 +225,7 @@ FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
        r.district, e.employer_name, e.job_type, e.monthly_wage, e.insured_months
 FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
         ),
-        duck: Duck::Sql(
+        duck: Text::Sql(
             "SELECT left(sha256(concat('bench-salt', r.person_id)), 32) AS person_id,
        CASE WHEN left(r.name, 2) IN ('欧阳', '司马', '诸葛', '上官', '东方', '皇甫', '尉迟', '公孙', '慕容', '长孙', '宇文', '司徒', '夏侯', '轩辕', '令狐', '端木', '独孤', '南宫', '西门', '百里', '呼延', '万俟', '单于', '闻人', '申屠', '澹台', '公冶', '太史', '濮阳', '钟离') AND length(r.name) > 2
             THEN concat(left(r.name, 2), repeat('*', length(r.name) - 2))
@@ -236,9 +245,9 @@ FROM hrss.employment e JOIN police.residents r ON e.person_id = r.person_id",
         purpose: "benchmark",
         governed: "SELECT c.customer_ref, c.c_name, c.c_phone, o.o_orderkey, o.o_orderdate, o.o_totalprice
 FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey",
-        raw: "SELECT c.c_custkey, c.c_name, c.c_phone, o.o_orderkey, o.o_orderdate, o.o_totalprice
-FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey",
-        hand: Some(
+        raw: Text::Sql("SELECT c.c_custkey, c.c_name, c.c_phone, o.o_orderkey, o.o_orderdate, o.o_totalprice
+FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey"),
+        hand: Text::Sql(
             "SELECT pseudonym(CAST(c.c_custkey AS VARCHAR), 'customer') AS customer_ref,
        concat(left(c.c_name, 1), repeat('*', character_length(c.c_name) - 1)) AS c_name,
        concat(left(c.c_phone, 3), repeat('*', character_length(c.c_phone) - 7), right(c.c_phone, 4)) AS c_phone,
@@ -246,7 +255,7 @@ FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey",
 FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey
 WHERE c.c_mktsegment = 'BUILDING'",
         ),
-        duck: Duck::Sql(
+        duck: Text::Sql(
             "SELECT left(sha256(concat('bench-salt', c.c_custkey)), 32) AS customer_ref,
        concat(left(c.c_name, 1), repeat('*', length(c.c_name) - 1)) AS c_name,
        concat(left(c.c_phone, 3), repeat('*', length(c.c_phone) - 7), right(c.c_phone, 4)) AS c_phone,
@@ -267,13 +276,8 @@ FROM sales.lineitem l
 JOIN sales.orders o ON l.l_orderkey = o.o_orderkey
 JOIN sales.customer c ON o.o_custkey = c.c_custkey
 GROUP BY c.c_nationkey, date_part('year', o.o_orderdate) ORDER BY 1, 2",
-        raw: "SELECT c.c_nationkey, date_part('year', o.o_orderdate) AS o_year, count(*) AS lines,
-       sum(l.l_extendedprice) AS gross, avg(l.l_discount) AS avg_discount
-FROM sales.lineitem l
-JOIN sales.orders o ON l.l_orderkey = o.o_orderkey
-JOIN sales.customer c ON o.o_custkey = c.c_custkey
-GROUP BY c.c_nationkey, date_part('year', o.o_orderdate) ORDER BY 1, 2",
-        hand: Some(
+        raw: Text::Same,
+        hand: Text::Sql(
             "SELECT c.c_nationkey, date_part('year', o.o_orderdate) AS o_year, count(*) AS lines,
        sum(l.l_extendedprice) AS gross, avg(l.l_discount) AS avg_discount
 FROM sales.lineitem l
@@ -284,7 +288,7 @@ HAVING count(DISTINCT c.c_custkey)
        FILTER (WHERE l.l_extendedprice IS NOT NULL AND l.l_discount IS NOT NULL) >= 20
 ORDER BY 1, 2",
         ),
-        duck: Duck::SameAsHand,
+        duck: Text::Same,
     },
     Query {
         id: "tpch-pseudonym-join",
@@ -294,9 +298,9 @@ ORDER BY 1, 2",
         purpose: "benchmark",
         governed: "SELECT o.customer_ref, c.c_name, o.o_orderkey, o.o_totalprice
 FROM sales.orders o JOIN sales.customer c ON o.customer_ref = c.customer_ref",
-        raw: "SELECT o.o_custkey, c.c_name, o.o_orderkey, o.o_totalprice
-FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey",
-        hand: Some(
+        raw: Text::Sql("SELECT o.o_custkey, c.c_name, o.o_orderkey, o.o_totalprice
+FROM sales.orders o JOIN sales.customer c ON o.o_custkey = c.c_custkey"),
+        hand: Text::Sql(
             "SELECT o.customer_ref,
        concat(left(c.c_name, 1), repeat('*', character_length(c.c_name) - 1)) AS c_name,
        o.o_orderkey, o.o_totalprice
@@ -306,7 +310,7 @@ JOIN (SELECT pseudonym(CAST(c_custkey AS VARCHAR), 'customer') AS customer_ref, 
       FROM sales.customer WHERE c_mktsegment = 'BUILDING') c
   ON o.customer_ref = c.customer_ref",
         ),
-        duck: Duck::Sql(
+        duck: Text::Sql(
             "SELECT o.customer_ref,
        concat(left(c.c_name, 1), repeat('*', length(c.c_name) - 1)) AS c_name,
        o.o_orderkey, o.o_totalprice
@@ -576,7 +580,7 @@ async fn worker(args: &[String]) -> Result<(), Error> {
         }
         "raw" | "df-defaults" => Runner::DataFusion {
             ctx: datafusion_ctx(&setup, engine == "raw").await?,
-            sql: q.raw.into(),
+            sql: q.raw_sql().into(),
         },
         "hand" => {
             let ctx = datafusion_ctx(&setup, true).await?;
@@ -602,7 +606,7 @@ async fn worker(args: &[String]) -> Result<(), Error> {
             );
             Runner::DataFusion {
                 ctx,
-                sql: q.hand.ok_or("no hand-written SQL")?.into(),
+                sql: q.hand_sql().ok_or("no hand-written SQL")?.into(),
             }
         }
         other => return Err(format!("unknown engine {other}").into()),
@@ -742,13 +746,8 @@ fn spawn(
 ) -> Result<Option<Worker>, Error> {
     let mut cmd = match engine {
         "duckdb" => {
-            let (Some(python), Some(hand)) = (python, q.hand) else {
+            let (Some(python), Some(sql)) = (python, q.duck_sql()) else {
                 return Ok(None);
-            };
-            let sql = match q.duck {
-                Duck::SameAsHand => hand,
-                Duck::Sql(s) => s,
-                Duck::Skip => return Ok(None),
             };
             let tables: BTreeMap<String, String> = raw_tables(setup)?.into_iter().collect();
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -759,7 +758,7 @@ fn spawn(
                 .arg(sql);
             cmd
         }
-        "hand" if q.hand.is_none() => return Ok(None),
+        "hand" if q.hand_sql().is_none() => return Ok(None),
         _ => {
             let mut cmd = Command::new(std::env::current_exe()?);
             if let Some(settings) = SETTINGS.get() {

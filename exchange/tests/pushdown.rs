@@ -54,15 +54,13 @@ async fn predicates_on_treated_columns_stay_above_the_scan() {
 async fn barrier_passes_an_estimated_row_count_only() {
     use datafusion::common::stats::Precision;
     let (ex, _state) = common::open();
-    let session = ex
-        .session("hrss_analyst", Some("new_employment_services"))
-        .unwrap();
-    let df = session
-        .ctx
-        .sql("SELECT person_id, district FROM police.residents")
-        .await
-        .unwrap();
-    let physical = df.create_physical_plan().await.unwrap();
+    let physical = common::physical_plan(
+        &ex,
+        "hrss_analyst",
+        "new_employment_services",
+        "SELECT person_id, district FROM police.residents",
+    )
+    .await;
     let mut barriers = Vec::new();
     let mut stack = vec![physical];
     while let Some(p) = stack.pop() {
@@ -105,18 +103,13 @@ async fn no_count_from_file_statistics() {
     // Statistics reach the barrier, which passes an estimate only: the plan still scans.
     let (ex, _state) = common::open();
     // hrss sees residents treated but unfiltered: the case statistics could answer.
-    let session = ex
-        .session("hrss_analyst", Some("new_employment_services"))
-        .unwrap();
-    let df = session
-        .ctx
-        .sql("SELECT count(*), max(district) FROM police.residents")
-        .await
-        .unwrap();
-    let physical = df.create_physical_plan().await.unwrap();
-    let text = datafusion::physical_plan::displayable(physical.as_ref())
-        .indent(true)
-        .to_string();
+    let text = common::physical_plan_text(
+        &ex,
+        "hrss_analyst",
+        "new_employment_services",
+        "SELECT count(*), max(district) FROM police.residents",
+    )
+    .await;
     assert!(text.contains("DataSourceExec"), "{text}");
     assert!(
         !text.contains("PlaceholderRowExec"),
@@ -139,12 +132,7 @@ async fn treated_predicates_do_not_reach_the_physical_file_scan() {
             "SELECT count(*) FROM police.residents WHERE name = '张*'",
         ),
     ] {
-        let session = ex.session(p, Some(purpose)).unwrap();
-        let df = session.ctx.sql(sql).await.unwrap();
-        let physical = df.create_physical_plan().await.unwrap();
-        let text = datafusion::physical_plan::displayable(physical.as_ref())
-            .indent(true)
-            .to_string();
+        let text = common::physical_plan_text(&ex, p, purpose, sql).await;
         assert!(text.contains("BarrierExec"), "{text}");
         for line in text.lines().filter(|l| l.contains("DataSourceExec")) {
             assert!(

@@ -89,9 +89,7 @@ impl TokenUdf {
             signature: Signature::user_defined(Volatility::Immutable),
         }))
     }
-}
 
-impl TokenUdf {
     /// Whether it computes join keys.
     pub(crate) fn is_join_key(&self) -> bool {
         matches!(self.keys.kind, TokenKind::JoinKey)

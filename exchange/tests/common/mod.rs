@@ -155,3 +155,28 @@ pub async fn refused(ex: &Exchange, principal: &str, purpose: Option<&str>, sql:
         other => panic!("{principal}: expected a refusal for {sql}, got {other:?}"),
     }
 }
+
+/// The physical plan of `sql` in the principal's session (not run, not audited).
+pub async fn physical_plan(
+    ex: &Exchange,
+    principal: &str,
+    purpose: &str,
+    sql: &str,
+) -> std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan> {
+    let session = ex.session(principal, Some(purpose)).unwrap();
+    let df = session.ctx.sql(sql).await.unwrap();
+    df.create_physical_plan().await.unwrap()
+}
+
+/// The physical plan as indented text.
+pub async fn physical_plan_text(
+    ex: &Exchange,
+    principal: &str,
+    purpose: &str,
+    sql: &str,
+) -> String {
+    let plan = physical_plan(ex, principal, purpose, sql).await;
+    datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string()
+}
