@@ -808,7 +808,8 @@ fn tables_touched(plan: &LogicalPlan, scans: &[crate::enforcement::ScanUse]) -> 
                 columns: vec![],
             });
             for f in scan.projected_schema.fields() {
-                if !entry.columns.contains(f.name()) {
+                // The row number is the exchange's own, not a column of the table.
+                if f.name() != crate::enforcement::HIDDEN_ROW && !entry.columns.contains(f.name()) {
                     entry.columns.push(f.name().clone());
                 }
             }

@@ -499,12 +499,12 @@ async fn specific_attacks_are_refused_with_reasons() {
             "aggregate",
         ),
         (
-            civil("SELECT (SELECT max(cost) FROM health.visits) + 0 AS x"),
+            civil("SELECT (SELECT avg(cost) FROM health.visits) + 0 AS x"),
             "ok-if-thresholded",
         ),
         (
             civil(
-                "SELECT district, sum(household_size) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id GROUP BY ROLLUP(district)",
+                "SELECT district, sum(v.cost) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id GROUP BY ROLLUP(district)",
             ),
             "ROLLUP",
         ),
@@ -631,7 +631,7 @@ async fn reviewed_attacks_are_closed() {
     // A HAVING-like outer filter that fails on a suppressed group never sees it.
     let sql = format!(
         "SELECT g FROM (
-           SELECT CASE WHEN e.person_id = '{someone}' THEN 'T' ELSE r.district END AS g, max(v.cost) AS c
+           SELECT CASE WHEN e.person_id = '{someone}' THEN 'T' ELSE r.district END AS g, avg(v.cost) AS c
            FROM health.visits v
            JOIN civil.elderly_care e ON v.person_id = e.person_key
            JOIN police.residents r ON r.person_id = v.person_id
@@ -763,7 +763,9 @@ async fn min_group_rows_leave_only_whole_group_aggregates() {
         &ex,
         civil.0,
         civil.1,
-        &format!("SELECT count(*), count(DISTINCT e.person_id), max(v.visit_date) {from}"),
+        &format!(
+            "SELECT count(*), count(DISTINCT v.hospital), avg(v.cost), max(v.visit_date) {from}"
+        ),
     )
     .await;
 }

@@ -198,7 +198,7 @@ async fn aggregate_only_groups_below_k_are_suppressed() {
         "civil_analyst",
         "elderly_care_planning",
         "SELECT r.gender, r.household_size,
-                CAST(floor(date_part('year', r.birth_date) / 25) AS BIGINT) AS era, avg(v.cost) AS a
+                CAST(date_part('year', r.birth_date) AS BIGINT) / 25 AS era, avg(v.cost) AS a
          FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
          GROUP BY 1, 2, 3",
     )
@@ -235,7 +235,7 @@ async fn aggregate_only_groups_below_k_are_suppressed() {
     let truth = ctx
         .sql(
             "SELECT r.gender, r.household_size,
-                    CAST(floor(date_part('year', r.birth_date) / 25) AS BIGINT) AS era,
+                    CAST(date_part('year', r.birth_date) AS BIGINT) / 25 AS era,
                     count(DISTINCT v.person_id) AS people
               FROM visits v JOIN residents r ON v.person_id = r.person_id
               WHERE r.district = 'hexi' GROUP BY 1, 2, 3",
@@ -278,8 +278,11 @@ async fn aggregates_over_one_table_share_one_threshold() {
         .unwrap();
     let text = plan.display_indent().to_string();
     assert_eq!(text.matches("count(DISTINCT").count(), 1, "{text}");
-    assert!(text.contains("__exchange_k0 >= Int64(5)"), "{text}");
-    assert!(!text.contains("__exchange_k1"), "{text}");
+    assert_eq!(
+        text.matches("__exchange_k >= Int64(5)").count(),
+        1,
+        "{text}"
+    );
     assert!(text.contains("IS NOT NULL AND"), "{text}");
 }
 

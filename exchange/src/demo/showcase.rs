@@ -41,16 +41,26 @@ pub const SHOWCASE: &[Showcase] = &[
         purpose: "elderly_care_planning",
         queries: &[ShowcaseQuery {
             title: "Elderly residents living alone in my district, with their hospital visits",
-            sql: "SELECT r.district,
-       count(DISTINCT e.person_id) AS living_alone,
-       count(v.hospital) AS visits,
-       round(avg(v.cost), 1) AS avg_visit_cost
-FROM civil.elderly_care e
-JOIN police.residents r ON e.person_key = r.person_id
-LEFT JOIN health.visits v ON v.person_id = r.person_id
-WHERE e.lives_alone
-GROUP BY r.district
-ORDER BY r.district",
+            // Two aggregates: one over civil's own rows, one over health's visits (which
+            // may only be summarised on their own, each visit counted once).
+            sql: "WITH alone AS (
+  SELECT r.district, count(*) AS living_alone
+  FROM civil.elderly_care e
+  JOIN police.residents r ON e.person_key = r.person_id
+  WHERE e.lives_alone
+  GROUP BY r.district
+), visits AS (
+  SELECT r.district, count(*) AS visits, round(avg(v.cost), 1) AS avg_visit_cost
+  FROM civil.elderly_care e
+  JOIN police.residents r ON e.person_key = r.person_id
+  JOIN health.visits v ON v.person_id = r.person_id
+  WHERE e.lives_alone
+  GROUP BY r.district
+)
+SELECT a.district, a.living_alone, v.visits, v.avg_visit_cost
+FROM alone a
+LEFT JOIN visits v ON v.district = a.district
+ORDER BY a.district",
         }],
     },
     Showcase {

@@ -11,6 +11,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, RecordBatchOptions, UInt64Array};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -20,12 +22,14 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
-    ReplaceChildrenOptions, StatisticsArgs,
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, ReplaceChildrenOptions, StatisticsArgs,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
 
 /// A logical node nothing is pushed through.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
@@ -85,21 +89,65 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
 }
 
 /// The physical barrier: passes batches through, accepts no pushed-down filter.
+///
+/// Over a governed scan it can also number the rows: a `UInt64` column, unique within the
+/// scan for one execution (partition in the high bits, position within the partition in
+/// the low ones), by which an aggregate counts every row of a protected table once
+/// however often a join repeated it.
 #[derive(Debug)]
 pub struct BarrierExec {
     input: Arc<dyn ExecutionPlan>,
+    /// Where the row number goes in the output, if it is asked for.
+    row_at: Option<usize>,
+    /// The output's properties when a row number is added (else the input's).
+    numbered: Option<Arc<PlanProperties>>,
 }
+
+/// Bits of a row number that count rows within one partition.
+const ROW_BITS: u32 = 40;
 
 impl BarrierExec {
     /// Wrap a physical plan.
     pub fn wrap(input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        Arc::new(Self { input })
+        Arc::new(Self {
+            input,
+            row_at: None,
+            numbered: None,
+        })
+    }
+
+    /// Wrap a physical plan and insert a row number column named `name` at `at`.
+    pub fn wrap_numbered(
+        input: Arc<dyn ExecutionPlan>,
+        at: usize,
+        name: &str,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let in_schema = input.schema();
+        if at > in_schema.fields().len() {
+            return internal_err!("row number position out of range");
+        }
+        let mut fields: Vec<FieldRef> = in_schema.fields().iter().cloned().collect();
+        fields.insert(at, Arc::new(Field::new(name, DataType::UInt64, false)));
+        let schema = Arc::new(Schema::new(fields));
+        let partitions = input.output_partitioning().partition_count();
+        let props = (**input.properties())
+            .clone()
+            .with_eq_properties(EquivalenceProperties::new(schema))
+            .with_partitioning(Partitioning::UnknownPartitioning(partitions));
+        Ok(Arc::new(Self {
+            input,
+            row_at: Some(at),
+            numbered: Some(Arc::new(props)),
+        }))
     }
 }
 
 impl DisplayAs for BarrierExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "BarrierExec")
+        match self.row_at {
+            Some(_) => write!(f, "BarrierExec: numbered rows"),
+            None => write!(f, "BarrierExec"),
+        }
     }
 }
 
@@ -109,7 +157,10 @@ impl ExecutionPlan for BarrierExec {
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
+        match &self.numbered {
+            Some(p) => p,
+            None => self.input.properties(),
+        }
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -128,7 +179,28 @@ impl ExecutionPlan for BarrierExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let stream = self.input.execute(partition, context)?;
+        let Some(at) = self.row_at else {
+            return Ok(stream);
+        };
+        let schema = self.schema();
+        let out = schema.clone();
+        let mut next = u64::try_from(partition).unwrap_or(u64::MAX) << ROW_BITS;
+        let numbered = stream.map(move |batch| {
+            let batch = batch?;
+            let n = batch.num_rows() as u64;
+            let ids = UInt64Array::from_iter_values(next..next + n);
+            next += n;
+            let mut columns = batch.columns().to_vec();
+            columns.insert(at, Arc::new(ids));
+            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            Ok(RecordBatch::try_new_with_options(
+                out.clone(),
+                columns,
+                &options,
+            )?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, numbered)))
     }
 
     /// Only the size passes, and only as an estimate: enough for the planner to hash the
@@ -158,7 +230,13 @@ impl ExecutionPlan for BarrierExec {
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match children.pop() {
-            Some(input) if children.is_empty() => Ok(Arc::new(Self { input })),
+            Some(input) if children.is_empty() => match self.row_at {
+                Some(at) => {
+                    let name = self.schema().field(at).name().clone();
+                    Self::wrap_numbered(input, at, &name)
+                }
+                None => Ok(Self::wrap(input)),
+            },
             _ => internal_err!("BarrierExec takes one input"),
         }
     }

@@ -8,20 +8,24 @@
 //! below their minimum size. After physical planning, [`RawJoinKeys`] lets hash joins of
 //! two join keys compare the raw values the keys stand for, where nothing can observe it.
 
+mod aggregate;
 mod barrier;
 mod join_keys;
 mod rule;
 mod session;
 mod spec;
 mod tables;
+mod tags;
+mod total;
 mod violation;
 
 pub use barrier::{BarrierExec, ExchangeQueryPlanner, PolicyBarrier};
 pub use join_keys::RawJoinKeys;
-pub use rule::{EnforcementReport, PolicyRule, ScanUse, Tag};
+pub use rule::{EnforcementReport, PolicyRule, ScanUse};
 pub use session::{
     AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,
 };
-pub use spec::{GovernedSpec, HIDDEN_ENTITY, plan_row_filter};
-pub use tables::{GovernedTable, RawTable};
+pub use spec::{GovernedSpec, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};
+pub use tables::{DataUnavailable, GovernedTable, RawTable};
+pub use tags::Tag;
 pub use violation::{Violation, find_violation};

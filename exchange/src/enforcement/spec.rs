@@ -21,6 +21,9 @@ use crate::policy::{Access, AttrValue, Principal, Treatment};
 /// Name of the hidden column carrying a scan's entity id up to aggregates.
 pub const HIDDEN_ENTITY: &str = "__exchange_entity";
 
+/// Name of the hidden column carrying a protected scan's row number up to aggregates.
+pub const HIDDEN_ROW: &str = super::tables::ROW_NUMBER;
+
 /// Usage tag of a fragment column before it is bound to a scan.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BaseTag {
@@ -45,6 +48,8 @@ pub enum BaseTag {
         /// Minimum distinct entities per output group, if the grant sets one.
         min_group: Option<u32>,
     },
+    /// The hidden row number of a protected table.
+    Row,
 }
 
 /// The keyed token functions of one consumer agency.
@@ -71,6 +76,10 @@ pub struct GovernedSpec {
     pub fragment: LogicalPlan,
     /// One tag per fragment column.
     pub base_tags: Vec<BaseTag>,
+    /// Whether aggregates over the table are policed: the grant sets `min_group` or has
+    /// aggregate-only columns. Its visible columns are then tagged with their scan, so
+    /// that an aggregate over its rows takes arguments from it alone.
+    pub protected: bool,
 }
 
 impl GovernedSpec {
@@ -158,9 +167,8 @@ impl GovernedSpec {
             base_tags.push(tag);
         }
         let visible_len = exprs.len();
-        if (has_agg_only || access.min_group.is_some())
-            && let Some(entity) = &dataset.entity
-        {
+        let protected = has_agg_only || access.min_group.is_some();
+        if protected && let Some(entity) = &dataset.entity {
             exprs.push(
                 Expr::Column(Column::new(Some(table_ref.clone()), entity))
                     .alias_qualified(Some(table_ref.clone()), HIDDEN_ENTITY),
@@ -168,6 +176,13 @@ impl GovernedSpec {
             base_tags.push(BaseTag::Entity {
                 min_group: access.min_group,
             });
+        }
+        if protected {
+            exprs.push(
+                Expr::Column(Column::new(Some(table_ref.clone()), HIDDEN_ROW))
+                    .alias_qualified(Some(table_ref.clone()), HIDDEN_ROW),
+            );
+            base_tags.push(BaseTag::Row);
         }
         let plan = builder.project(exprs)?.build()?;
         let fragment = TypeCoercion::new().analyze(plan, state.config_options())?;
@@ -186,6 +201,7 @@ impl GovernedSpec {
             visible_schema,
             fragment,
             base_tags,
+            protected,
         })
     }
 }

@@ -13,11 +13,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, Result, TableReference, exec_err, internal_err};
+use datafusion::common::{DFSchema, DataFusionError, Result, TableReference, internal_err};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -30,6 +30,22 @@ use datafusion::physical_plan::filter::FilterExecBuilder;
 
 use super::spec::GovernedSpec;
 use crate::catalog::{DataFormat, Dataset};
+
+/// Name of the row number a [`RawTable`] offers after the dataset's columns.
+pub const ROW_NUMBER: &str = "__exchange_row";
+
+/// A table's data cannot be read (missing or unreadable files). The message names the
+/// table and the cause, never a value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the data of table {table} cannot be read: {cause}; the operator should run `exchange policy check`"
+)]
+pub struct DataUnavailable {
+    /// `agency.table`.
+    pub table: String,
+    /// What is wrong, in words.
+    pub cause: String,
+}
 
 /// A table as one principal may see it. Never scanned directly.
 #[derive(Debug)]
@@ -82,6 +98,8 @@ impl TableProvider for GovernedTable {
 #[derive(Debug)]
 pub struct RawTable {
     inner: ListingTable,
+    /// The dataset's columns, then the row number [`ROW_NUMBER`].
+    schema: SchemaRef,
     /// `agency.table (location)` for error messages.
     name: String,
     /// The local file or directory, checked at every scan: a missing file is an error,
@@ -129,8 +147,12 @@ impl RawTable {
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .with_schema(dataset.arrow_schema());
+        let data = dataset.arrow_schema();
+        let mut fields: Vec<_> = data.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(ROW_NUMBER, DataType::UInt64, false)));
         Ok(Self {
             inner: ListingTable::try_new(config)?,
+            schema: Arc::new(Schema::new(fields)),
             name: format!("{} ({})", dataset.qualified_name(), dataset.location),
             local,
             table_ref: TableReference::partial(dataset.agency.clone(), dataset.name.clone()),
@@ -171,7 +193,7 @@ impl RawTable {
 #[async_trait]
 impl TableProvider for RawTable {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -208,8 +230,22 @@ impl TableProvider for RawTable {
         if let Some(path) = &self.local
             && !path.exists()
         {
-            return exec_err!("the data file of table {} is missing", self.name);
+            return Err(DataFusionError::External(Box::new(DataUnavailable {
+                table: self.table_ref.to_string(),
+                cause: "its data file is missing".into(),
+            })));
         }
+        // The row number is made by the barrier, not read from the files.
+        let schema = self.inner.schema();
+        let width = schema.fields().len();
+        let all: Vec<usize> = (0..=width).collect();
+        let projection = projection.unwrap_or(&all);
+        let row_at = projection.iter().position(|i| *i == width);
+        let requested: Vec<usize> = projection.iter().copied().filter(|i| *i != width).collect();
+        let barrier = |plan: Arc<dyn ExecutionPlan>| match row_at {
+            Some(at) => super::barrier::BarrierExec::wrap_numbered(plan, at, ROW_NUMBER),
+            None => Ok(super::barrier::BarrierExec::wrap(plan)),
+        };
         // Re-check: only what we accepted may reach the file scan.
         let mut pushed: Vec<Expr> = filters
             .iter()
@@ -217,13 +253,11 @@ impl TableProvider for RawTable {
             .cloned()
             .collect();
         let Some(row_filter) = &self.row_filter else {
-            let scan = self.inner.scan(state, projection, &pushed, limit).await?;
-            return Ok(super::barrier::BarrierExec::wrap(scan));
-        };
-        let schema = self.inner.schema();
-        let requested: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..schema.fields().len()).collect(),
+            let scan = self
+                .inner
+                .scan(state, Some(&requested), &pushed, limit)
+                .await?;
+            return barrier(scan);
         };
         let mut read = requested.clone();
         for c in row_filter.column_refs() {
@@ -249,6 +283,6 @@ impl TableProvider for RawTable {
         let filter = FilterExecBuilder::new(predicate, input)
             .apply_projection(Some((0..requested.len()).collect()))?
             .build()?;
-        Ok(super::barrier::BarrierExec::wrap(Arc::new(filter)))
+        barrier(Arc::new(filter))
     }
 }

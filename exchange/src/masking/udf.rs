@@ -285,6 +285,11 @@ pub struct MaskUdf {
 }
 
 impl MaskUdf {
+    /// The masking function.
+    pub fn mask_fn(&self) -> MaskFn {
+        self.func
+    }
+
     /// The UDF of `func`.
     pub fn new(func: MaskFn) -> Self {
         Self {
@@ -366,7 +371,8 @@ const DAYS_0000_TO_1970: i32 = 719_163;
 
 fn year_start(days: i32) -> i32 {
     use chrono::{Datelike, NaiveDate};
-    NaiveDate::from_num_days_from_ce_opt(days + DAYS_0000_TO_1970)
+    days.checked_add(DAYS_0000_TO_1970)
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
         .and_then(|d| NaiveDate::from_ymd_opt(d.year(), 1, 1))
         .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
         .unwrap_or(0)
@@ -374,7 +380,8 @@ fn year_start(days: i32) -> i32 {
 
 fn month_start(days: i32) -> i32 {
     use chrono::{Datelike, NaiveDate};
-    NaiveDate::from_num_days_from_ce_opt(days + DAYS_0000_TO_1970)
+    days.checked_add(DAYS_0000_TO_1970)
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
         .and_then(|d| NaiveDate::from_ymd_opt(d.year(), d.month(), 1))
         .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
         .unwrap_or(0)
@@ -443,7 +450,7 @@ fn round_decimal(v: i128, k: i64, scale: i8) -> Option<i128> {
     let step = i128::from(k).checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?;
     let r = v.rem_euclid(step);
     let base = v - r;
-    Some(if r * 2 >= step {
+    Some(if r >= step - r {
         base.checked_add(step)?
     } else {
         base
@@ -580,14 +587,11 @@ impl ScalarUDFImpl for MaskUdf {
                     }
                     DataType::Decimal128(p, scale) => {
                         let (p, scale) = (*p, *scale);
-                        let out: Decimal128Array =
-                            array.as_primitive::<Decimal128Type>().try_unary(|v| {
-                                round_decimal(v, k, scale).ok_or_else(|| {
-                                    arrow::error::ArrowError::ComputeError(
-                                        "round_num: value out of range".into(),
-                                    )
-                                })
-                            })?;
+                        // Out of range gives NULL, never an error: masks must not fail on
+                        // a value (a failure would tell something about it).
+                        let out: Decimal128Array = array
+                            .as_primitive::<Decimal128Type>()
+                            .unary_opt(|v| round_decimal(v, k, scale));
                         Arc::new(out.with_precision_and_scale(p, scale)?)
                     }
                     _ => {

@@ -1,0 +1,427 @@
+//! Aggregates over protected tables: the contribution model.
+//!
+//! A table is protected in an aggregate when its rows flow into it under a grant with
+//! `min_group`, or when the aggregate reads one of its aggregate-only columns. Such an
+//! aggregate summarises the protected table's rows, and only them:
+//! - its arguments are that table's own columns (or constants): a value of another relation
+//!   is chosen per row by the analyst and could single out or weight one entity's rows, and
+//!   a value computed row by row could do the same;
+//! - each row of the table counts at most once per group, however often a join repeated it,
+//!   and the NULL rows an outer join pads in count nothing: the rest of the query decides
+//!   which rows are in and in which group, never how much a row weighs;
+//! - only summarising aggregates, with no FILTER and no ordering; order statistics of an
+//!   aggregate-only column (which return one member's value) only where the grant allows;
+//! - one protected table per aggregate;
+//! - groups covering fewer than k distinct entities are suppressed;
+//! - for `min_group` tables, nothing evaluated on the way to the aggregate can fail
+//!   ([`super::total`]): a failure would tell whether a row exists.
+
+use std::sync::Arc;
+
+use datafusion::common::{Column, Result};
+use datafusion::logical_expr::expr::{AggregateFunction, Alias};
+use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, Projection, lit};
+
+use super::barrier::PolicyBarrier;
+use super::rule::{Enforcer, ScanInfo, min_group_rows};
+use super::tags::{Ctx, Tag, is_bare, refuse, refuse_constrained};
+
+/// Aggregate functions that summarise a group (and so may release protected values).
+const SUMMARISING: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "min",
+    "max",
+    "median",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "var",
+    "var_pop",
+    "var_samp",
+    "var_population",
+    "var_sample",
+    "approx_median",
+    "approx_distinct",
+    "approx_percentile_cont",
+    "bool_and",
+    "bool_or",
+];
+
+/// Summarising aggregates whose result is one member's value.
+const ORDER_STATISTICS: &[&str] = &[
+    "min",
+    "max",
+    "median",
+    "approx_median",
+    "approx_percentile_cont",
+    "bool_and",
+    "bool_or",
+];
+
+/// Prefix of the names of the group keys while an aggregate counts rows once.
+const GROUP_KEY: &str = "__exchange_group";
+
+/// The protected table an aggregate summarises, for messages.
+struct Protected<'a> {
+    scan: usize,
+    info: &'a ScanInfo,
+}
+
+impl Protected<'_> {
+    /// A refusal of an aggregate over this table's rows, saying why.
+    fn refuse<T>(&self, what: &str) -> Result<T> {
+        let table = &self.info.table;
+        match self.info.min_group {
+            Some(k) => refuse(format!(
+                "rows of {table} may only be used aggregated, in groups of at least {k} entities: {what}"
+            )),
+            None => refuse(format!(
+                "this aggregate reads aggregate-only columns of {table}, so it summarises that table's rows: {what}"
+            )),
+        }
+    }
+}
+
+/// The aggregate function of an aggregate expression, through its alias.
+fn function(e: &Expr) -> Option<&AggregateFunction> {
+    match e {
+        Expr::Alias(Alias { expr, .. }) => function(expr),
+        Expr::AggregateFunction(f) => Some(f),
+        _ => None,
+    }
+}
+
+impl Enforcer {
+    /// Check and rewrite an aggregate whose input is already processed.
+    pub(super) fn aggregate(
+        &mut self,
+        a: Aggregate,
+        input: LogicalPlan,
+        tags_in: Vec<Tag>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(LogicalPlan, Vec<Tag>)> {
+        for g in &a.group_expr {
+            let t = ctx.tag(g, "GROUP BY")?;
+            refuse_constrained(&t, "GROUP BY")?;
+        }
+        let Some(scan) = self.protected_scan(&a, &tags_in, ctx)? else {
+            plain_aggregate(&a, ctx)?;
+            let plan = Aggregate::try_new(Arc::new(input), a.group_expr, a.aggr_expr)
+                .map(LogicalPlan::Aggregate)?;
+            let n = plan.schema().fields().len();
+            return Ok((plan, vec![Tag::Free; n]));
+        };
+        let info =
+            self.scans.get(scan).cloned().ok_or_else(|| {
+                datafusion::common::DataFusionError::Internal("unknown scan".into())
+            })?;
+        let p = Protected { scan, info: &info };
+        // Threshold: the largest k, counting entities whose rows feed every argument.
+        let mut k = info.min_group.unwrap_or(0);
+        let mut args: Vec<Expr> = Vec::new();
+        let mut thresholds: Vec<(String, u32)> = Vec::new();
+        if let Some(mk) = info.min_group {
+            thresholds.push((info.table.clone(), mk));
+        }
+        for e in &a.aggr_expr {
+            for (column, ck, arg) in protected_aggregate(e, &p, ctx)? {
+                k = k.max(ck);
+                if !thresholds.contains(&(column.clone(), ck)) {
+                    thresholds.push((column, ck));
+                }
+                if !args.contains(&arg) {
+                    args.push(arg);
+                }
+            }
+        }
+        if a.group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+        {
+            return p.refuse("GROUPING SETS, ROLLUP and CUBE are not supported over them");
+        }
+        let original = Aggregate::try_new(Arc::new(input), a.group_expr, a.aggr_expr)?;
+        // Its group keys are evaluated on the rows too.
+        if info.min_group.is_some()
+            && let Some(why) =
+                super::total::fallible_plan(&LogicalPlan::Aggregate(original.clone()))
+        {
+            return p.refuse(&format!(
+                "nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists, but {why}"
+            ));
+        }
+        for entry in thresholds {
+            if !self.report.thresholds.contains(&entry) {
+                self.report.thresholds.push(entry);
+            }
+        }
+        let Aggregate {
+            input,
+            group_expr,
+            aggr_expr,
+            schema: original,
+            ..
+        } = original;
+        let input = Arc::unwrap_or_clone(input);
+        let multiplied = tags_in
+            .iter()
+            .any(|t| matches!(t, Tag::Row { scan: s, multiplied: true } if *s == scan));
+        let (input, tags_in, group) = if multiplied {
+            once_per_group(input, &tags_in, scan, &group_expr, &aggr_expr)?
+        } else {
+            (input, tags_in, group_expr)
+        };
+        // Count the distinct entities that contribute (all arguments non-NULL); a table
+        // without an entity column counts its rows instead.
+        let entity = input
+            .schema()
+            .iter()
+            .zip(&tags_in)
+            .find(|(_, t)| **t == Tag::Entity { scan })
+            .map(|((q, f), _)| Expr::Column(Column::new(q.cloned(), f.name())));
+        let (entity, distinct) = match entity {
+            Some(e) => (e, true),
+            None if !info.has_entity => (lit(1i64), false),
+            None => {
+                return p.refuse(&format!(
+                    "its minimum group size (k = {k}) cannot be enforced here; aggregate it in the query block that reads the table"
+                ));
+            }
+        };
+        let filter = args
+            .iter()
+            .map(|a| a.clone().is_not_null())
+            .reduce(Expr::and)
+            .map(Box::new);
+        let counter = Expr::AggregateFunction(AggregateFunction::new_udf(
+            datafusion::functions_aggregate::count::count_udaf(),
+            vec![entity],
+            distinct,
+            filter,
+            vec![],
+            None,
+        ));
+        let mut aggr_expr = aggr_expr;
+        aggr_expr.push(counter.alias("__exchange_k"));
+        let agg =
+            Aggregate::try_new(Arc::new(input), group, aggr_expr).map(LogicalPlan::Aggregate)?;
+        let condition = Expr::Column(Column::from_name("__exchange_k")).gt_eq(lit(i64::from(k)));
+        let filtered = Filter::try_new(condition, Arc::new(agg)).map(LogicalPlan::Filter)?;
+        // Back to the aggregate's own output columns, under their original names.
+        let names: Vec<Expr> = filtered
+            .schema()
+            .iter()
+            .zip(original.iter())
+            .map(|((q, f), (oq, of))| {
+                let column = Expr::Column(Column::new(q.cloned(), f.name()));
+                if q == oq && f.name() == of.name() {
+                    column
+                } else {
+                    column.alias_qualified(oq.cloned(), of.name())
+                }
+            })
+            .collect();
+        let out_len = names.len();
+        let plan = Projection::try_new(names, Arc::new(filtered)).map(LogicalPlan::Projection)?;
+        // Nothing the analyst writes above (HAVING, an outer WHERE) may see a suppressed group.
+        let plan = PolicyBarrier::wrap("minimum group size", plan);
+        Ok((plan, vec![Tag::Free; out_len]))
+    }
+
+    /// The protected table this aggregate summarises, if any; two are refused.
+    fn protected_scan(
+        &self,
+        a: &Aggregate,
+        tags_in: &[Tag],
+        ctx: &Ctx<'_>,
+    ) -> Result<Option<usize>> {
+        let mut found: Vec<(usize, String)> = min_group_rows(tags_in, &self.scans)
+            .into_iter()
+            .map(|(s, _, t)| (s, t.to_string()))
+            .collect();
+        for e in &a.aggr_expr {
+            let Some(f) = function(e) else { continue };
+            for arg in &f.params.args {
+                if let Tag::AggOnly { scan, .. } = ctx.tag(arg, "an aggregate argument")?
+                    && !found.iter().any(|(s, _)| *s == scan)
+                {
+                    let table = self
+                        .scans
+                        .get(scan)
+                        .map(|i| i.table.clone())
+                        .unwrap_or_default();
+                    found.push((scan, table));
+                }
+            }
+        }
+        match found.as_slice() {
+            [] => Ok(None),
+            [(scan, _)] => Ok(Some(*scan)),
+            [(_, a), (_, b), ..] => refuse(format!(
+                "one aggregate may summarise the rows of one protected table, but this one reads rows of {a} and of {b}: aggregate each in its own query block and join the results"
+            )),
+        }
+    }
+}
+
+/// Checks of an aggregate over no protected table: constrained columns stay out.
+fn plain_aggregate(a: &Aggregate, ctx: &Ctx<'_>) -> Result<()> {
+    for e in &a.aggr_expr {
+        let Some(AggregateFunction { params, .. }) = function(e) else {
+            let t = ctx.tag(e, "an aggregate expression")?;
+            refuse_constrained(&t, "an aggregate expression")?;
+            continue;
+        };
+        for arg in &params.args {
+            if let Tag::JoinKey { column, domain, .. } = ctx.tag(arg, "an aggregate argument")? {
+                return refuse(format!(
+                    "{column} is a join key (domain {domain}): it cannot be aggregated, only compared for equality with another join key of domain {domain} in a join"
+                ));
+            }
+        }
+        if let Some(f) = &params.filter {
+            let t = ctx.tag(f, "an aggregate FILTER clause")?;
+            refuse_constrained(&t, "an aggregate FILTER clause")?;
+        }
+        for s in &params.order_by {
+            let t = ctx.tag(&s.expr, "an aggregate ORDER BY")?;
+            refuse_constrained(&t, "an aggregate ORDER BY")?;
+        }
+    }
+    Ok(())
+}
+
+/// Check one aggregate over a protected table; returns the thresholds its arguments need:
+/// (column, k, argument).
+fn protected_aggregate(
+    e: &Expr,
+    p: &Protected<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<(String, u32, Expr)>> {
+    let Some(AggregateFunction { func, params }) = function(e) else {
+        return p.refuse(&format!("{e} is not an aggregate function"));
+    };
+    let name = func.name();
+    if !SUMMARISING.contains(&name) {
+        return p.refuse(&format!(
+            "{name}() does not summarise them; use count, sum, avg, min, max or similar"
+        ));
+    }
+    if params.filter.is_some() || !params.order_by.is_empty() {
+        return p.refuse(
+            "aggregates over them take no FILTER or ORDER BY, which would narrow them below the group threshold",
+        );
+    }
+    let mut needs = Vec::new();
+    for arg in &params.args {
+        if matches!(arg, Expr::Literal(..)) {
+            continue;
+        }
+        let tag = ctx.tag(arg, "an aggregate argument")?;
+        if let Tag::JoinKey { column, domain, .. } = &tag {
+            return refuse(format!(
+                "{column} is a join key (domain {domain}): it cannot be aggregated, only compared for equality with another join key of domain {domain} in a join"
+            ));
+        }
+        if !is_bare(arg) {
+            return p.refuse("aggregate arguments must be plain columns, not expressions");
+        }
+        match tag {
+            Tag::Own { scan } if scan == p.scan => {
+                if let Some(k) = p.info.min_group {
+                    needs.push((p.info.table.clone(), k, arg.clone()));
+                }
+            }
+            Tag::AggOnly { k, scan, column } if scan == p.scan => {
+                if ORDER_STATISTICS.contains(&name) && !p.info.order_statistics {
+                    return refuse(format!(
+                        "{column} is aggregate-only (k = {k}): {name}() returns one member's value, and the grant does not allow order statistics (order_statistics = true)"
+                    ));
+                }
+                needs.push((column, k, arg.clone()));
+            }
+            Tag::Computed { .. } => {
+                return p.refuse("an aggregate argument was computed from them row by row");
+            }
+            _ => {
+                return p.refuse(&format!(
+                    "aggregate arguments must be columns of {} (or constants), but {arg} comes from another relation, whose values could single out or weight some of its rows",
+                    p.info.table
+                ));
+            }
+        }
+    }
+    Ok(needs)
+}
+
+/// The aggregate's input reduced to its distinct (group keys, row of the protected table)
+/// pairs, without the NULL rows outer joins pad in, carrying only what the aggregates read:
+/// every row of the table then counts once per group, however often a join repeated it.
+/// Returns the reduced input, its tags and the group keys over it.
+fn once_per_group(
+    input: LogicalPlan,
+    tags_in: &[Tag],
+    scan: usize,
+    group: &[Expr],
+    aggr: &[Expr],
+) -> Result<(LogicalPlan, Vec<Tag>, Vec<Expr>)> {
+    let schema = input.schema().clone();
+    let column_at = |i: usize| -> Expr {
+        let (q, f) = schema.qualified_field(i);
+        Expr::Column(Column::new(q.cloned(), f.name()))
+    };
+    let Some(row) = tags_in
+        .iter()
+        .position(|t| matches!(t, Tag::Row { scan: s, .. } if *s == scan))
+    else {
+        return refuse(
+            "internal: the row number of a protected table is missing; refusing to be safe".into(),
+        );
+    };
+    let mut exprs = Vec::new();
+    let mut tags = Vec::new();
+    for (i, g) in group.iter().enumerate() {
+        exprs.push(g.clone().alias(format!("{GROUP_KEY}{i}")));
+        tags.push(Tag::Free);
+    }
+    exprs.push(column_at(row));
+    tags.push(Tag::Row {
+        scan,
+        multiplied: false,
+    });
+    if let Some(entity) = tags_in.iter().position(|t| *t == Tag::Entity { scan }) {
+        exprs.push(column_at(entity));
+        tags.push(Tag::Entity { scan });
+    }
+    let mut read: Vec<Column> = Vec::new();
+    for e in aggr {
+        for c in e.column_refs() {
+            if !read.contains(c) {
+                read.push(c.clone());
+            }
+        }
+    }
+    for c in read {
+        let i = schema.index_of_column(&c)?;
+        tags.push(tags_in.get(i).cloned().unwrap_or(Tag::Free));
+        exprs.push(Expr::Column(c));
+    }
+    let present =
+        Filter::try_new(column_at(row).is_not_null(), Arc::new(input)).map(LogicalPlan::Filter)?;
+    let projected = Projection::try_new(exprs, Arc::new(present)).map(LogicalPlan::Projection)?;
+    let keys: Vec<Expr> = projected
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let distinct =
+        Aggregate::try_new(Arc::new(projected), keys, vec![]).map(LogicalPlan::Aggregate)?;
+    let group = (0..group.len())
+        .map(|i| Expr::Column(Column::from_name(format!("{GROUP_KEY}{i}"))))
+        .collect();
+    Ok((distinct, tags, group))
+}

@@ -1,0 +1,671 @@
+//! Which expressions can fail on a value.
+//!
+//! On the way to an aggregate over a `min_group` table, an error is an oracle: whether the
+//! query fails tells whether some row reached the failing expression, and which rows are
+//! evaluated depends on hidden data in ways no analyst can see (a hash join does not read its
+//! probe side when the build side is empty, AND evaluates its right side on some batches
+//! only, CASE evaluates a branch on the rows that select it, the optimizer copies filters
+//! across join keys). So every expression anywhere in such a plan (both sides of every join,
+//! subqueries included) must be total: a value, never an error, for every input.
+//!
+//! What is total was read off the DataFusion 55.2 and arrow 59.3 sources: integer `+ - *`
+//! wrap, `/` fails on zero; CAST fails on unparsable text and on narrowing; dates before
+//! 1677 fail to become nanosecond timestamps; `substr` fails on a negative length; and so
+//! on. Anything not known to be total is refused. Constant subexpressions are folded here,
+//! as the optimizer will fold them: either they fold, or the query is refused.
+
+use arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction, WindowFunction};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{
+    BinaryExpr, Cast, Expr, ExprSchemable, Like, LogicalPlan, Operator, TryCast, Volatility,
+    WindowFunctionDefinition,
+};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+
+use super::tables::RawTable;
+use crate::masking::{MaskArg, MaskUdf, TokenUdf, ValidatorUdf};
+
+/// Scalar functions that are total whatever their (total) arguments.
+const TOTAL_FUNCTIONS: &[&str] = &[
+    // core
+    "coalesce",
+    "nvl",
+    "ifnull",
+    "nvl2",
+    "nullif",
+    "greatest",
+    "least",
+    "named_struct",
+    "struct",
+    "get_field",
+    // math over floats (NaN and infinities, never errors)
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "atan2",
+    "cbrt",
+    "cos",
+    "cosh",
+    "cot",
+    "degrees",
+    "exp",
+    "ln",
+    "log",
+    "log2",
+    "log10",
+    "radians",
+    "sin",
+    "sinh",
+    "tan",
+    "tanh",
+    "trunc",
+    "isnan",
+    "iszero",
+    "nanvl",
+    "signum",
+    "pi",
+    "random",
+    // strings
+    "ascii",
+    "bit_length",
+    "octet_length",
+    "lower",
+    "upper",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "to_hex",
+    "replace",
+    "concat",
+    "concat_ws",
+    "character_length",
+    "reverse",
+    "initcap",
+    "left",
+    "right",
+    "strpos",
+    "translate",
+    "find_in_set",
+    "substr_index",
+    // time without input
+    "now",
+    "current_date",
+    "current_time",
+    "from_unixtime",
+    // lists
+    "make_array",
+    "array_append",
+    "array_prepend",
+    "array_concat",
+    "array_has",
+    "array_has_all",
+    "array_has_any",
+    "array_length",
+    "cardinality",
+    "array_distinct",
+    "array_reverse",
+    "array_to_string",
+    "string_to_array",
+];
+
+/// Functions whose size of output an argument controls: never evaluated, not even on
+/// constants while checking.
+const UNBOUNDED: &[&str] = &[
+    "repeat",
+    "lpad",
+    "rpad",
+    "array_repeat",
+    "array_resize",
+    "range",
+    "generate_series",
+];
+
+/// `date_part` fields that exist for dates and timestamps.
+const DATE_PARTS: &[&str] = &[
+    "year",
+    "month",
+    "week",
+    "day",
+    "hour",
+    "minute",
+    "second",
+    "millisecond",
+    "microsecond",
+    "quarter",
+    "doy",
+    "dow",
+    "isodow",
+    "isoyear",
+    "epoch",
+];
+
+/// Aggregates that never fail on values (memory aside).
+const TOTAL_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "min",
+    "max",
+    "median",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "var",
+    "var_pop",
+    "var_samp",
+    "var_population",
+    "var_sample",
+    "corr",
+    "covar",
+    "covar_samp",
+    "covar_pop",
+    "approx_distinct",
+    "approx_median",
+    "approx_percentile_cont",
+    "bool_and",
+    "bool_or",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "first_value",
+    "last_value",
+    "array_agg",
+    "string_agg",
+];
+
+/// Window functions that never fail on values.
+const TOTAL_WINDOW_FUNCTIONS: &[&str] = &[
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "first_value",
+    "last_value",
+];
+
+/// Why evaluating `plan` could fail on some value, if it could.
+pub(super) fn fallible_plan(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        // A grant's own fragment (treatments over the raw scan) was checked at policy load.
+        if let LogicalPlan::Projection(p) = node
+            && let LogicalPlan::TableScan(scan) = p.input.as_ref()
+            && source_as_provider(&scan.source).is_ok_and(|s| s.is::<RawTable>())
+        {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        let mut schema = DFSchema::empty();
+        for input in node.inputs() {
+            schema.merge(input.schema());
+        }
+        for e in node.expressions() {
+            if let Some(why) = fallible(&e, &schema) {
+                found = Some(why);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Why `e` could fail on some value, if it could.
+fn fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
+    if let Some(outcome) = constant(e) {
+        return outcome;
+    }
+    if let Some(why) = node_fallible(e, schema) {
+        return Some(why);
+    }
+    let mut found = None;
+    let _ = e.apply_children(|child| {
+        found = fallible(child, schema);
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// For a constant expression (no columns, no subquery, nothing volatile or unbounded):
+/// `Some(None)` if it folds to a value, `Some(Some(why))` if folding fails. `None` if the
+/// expression is not constant.
+fn constant(e: &Expr) -> Option<Option<String>> {
+    if matches!(e, Expr::Literal(..)) {
+        return Some(None);
+    }
+    let mut constant = true;
+    let _ = e.apply(|x| {
+        let stop = match x {
+            Expr::Column(_)
+            | Expr::OuterReferenceColumn(..)
+            | Expr::ScalarSubquery(_)
+            | Expr::Exists(_)
+            | Expr::InSubquery(_)
+            | Expr::SetComparison(_)
+            | Expr::AggregateFunction(_)
+            | Expr::WindowFunction(_)
+            | Expr::Placeholder(_)
+            | Expr::Unnest(_)
+            | Expr::GroupingSet(_) => true,
+            Expr::ScalarFunction(f) => {
+                UNBOUNDED.contains(&f.func.name())
+                    || f.func.signature().volatility == Volatility::Volatile
+            }
+            _ => false,
+        };
+        if stop {
+            constant = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if !constant {
+        return None;
+    }
+    let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_current_time().build());
+    Some(match simplifier.simplify(e.clone()) {
+        Ok(Expr::Literal(..)) => None,
+        _ => Some(format!("the constant expression {e} fails")),
+    })
+}
+
+/// Why this node of an expression (not its children) could fail, if it could.
+fn node_fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
+    let type_of = |x: &Expr| x.get_type(schema).ok();
+    match e {
+        Expr::Column(_)
+        | Expr::OuterReferenceColumn(..)
+        | Expr::Literal(..)
+        | Expr::Alias(_)
+        | Expr::Not(_)
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Between(_)
+        | Expr::InList(_)
+        | Expr::Case(_)
+        | Expr::ScalarSubquery(_)
+        | Expr::Exists(_)
+        | Expr::InSubquery(_)
+        | Expr::SetComparison(_)
+        | Expr::GroupingSet(_)
+        | Expr::Unnest(_) => None,
+        Expr::BinaryExpr(b) => binary(b, type_of(&b.left), type_of(&b.right)),
+        Expr::Negative(inner) => match type_of(inner) {
+            // Arrays negate wrapping; a scalar (from a scalar subquery) is checked.
+            Some(t) if t.is_floating() || matches!(t, DataType::Decimal128(..)) => None,
+            Some(t) if t.is_signed_integer() && !has_subquery(inner) => None,
+            _ => Some(format!("the negation {e} can overflow")),
+        },
+        Expr::Like(Like { pattern, .. }) => match pattern.as_ref() {
+            Expr::Literal(ScalarValue::Utf8(Some(p)), _) if p.chars().count() <= 1000 => None,
+            _ => Some(format!(
+                "{e} needs a constant LIKE pattern (of at most 1000 characters)"
+            )),
+        },
+        Expr::SimilarTo(_) => Some(format!(
+            "{e} compiles its pattern as a regular expression, which can fail; use LIKE"
+        )),
+        Expr::Cast(Cast { expr, field }) => {
+            let to = field.data_type();
+            match type_of(expr) {
+                Some(from) if cast_total(&from, to) => None,
+                Some(from) => Some(format!(
+                    "CAST from {from} to {to} fails on some values (in {e}); use TRY_CAST or compare values of the same type"
+                )),
+                None => Some(format!("the type of {expr} is unknown")),
+            }
+        }
+        Expr::TryCast(TryCast { expr, field }) => {
+            let to = field.data_type();
+            match type_of(expr) {
+                Some(from) if try_cast_total(&from, to) => None,
+                _ => Some(format!(
+                    "TRY_CAST to {to} still fails on some values (in {e})"
+                )),
+            }
+        }
+        Expr::ScalarFunction(f) => function(f, e, schema),
+        Expr::AggregateFunction(f) => aggregate(f, schema),
+        Expr::WindowFunction(w) => window(w, schema),
+        _ => Some(format!("{e} is not known to be safe on every value")),
+    }
+}
+
+fn has_subquery(e: &Expr) -> bool {
+    e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_))))
+        .unwrap_or(true)
+}
+
+/// The value of a literal, seen through the casts type coercion puts around it.
+fn literal(e: &Expr) -> Option<ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Cast(Cast { expr, field }) => literal(expr)?.cast_to(field.data_type()).ok(),
+        Expr::Alias(a) => literal(&a.expr),
+        _ => None,
+    }
+}
+
+fn literal_i64(e: &Expr) -> Option<i64> {
+    literal(e)?
+        .cast_to(&DataType::Int64)
+        .ok()
+        .and_then(|v| match v {
+            ScalarValue::Int64(Some(i)) => Some(i),
+            _ => None,
+        })
+}
+
+fn literal_str(e: &Expr) -> Option<String> {
+    match literal(e)? {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// A literal that is neither NULL nor zero (nor -1 when `minus_one` is excluded too).
+fn safe_divisor(e: &Expr, exclude_minus_one: bool) -> bool {
+    let Some(v) = literal(e) else { return false };
+    let t = v.data_type();
+    if v.is_null() {
+        return false;
+    }
+    let zero = ScalarValue::new_zero(&t).ok();
+    let minus_one = ScalarValue::new_negative_one(&t).ok();
+    Some(&v) != zero.as_ref() && !(exclude_minus_one && Some(&v) == minus_one.as_ref())
+}
+
+fn binary(b: &BinaryExpr, left: Option<DataType>, right: Option<DataType>) -> Option<String> {
+    use Operator as O;
+    let (Some(l), Some(r)) = (left, right) else {
+        return Some(format!("the types of {b} are unknown"));
+    };
+    let ints = l.is_integer() && r.is_integer();
+    let floats = l.is_floating() && r.is_floating();
+    let ok = match b.op {
+        O::Eq
+        | O::NotEq
+        | O::Lt
+        | O::LtEq
+        | O::Gt
+        | O::GtEq
+        | O::IsDistinctFrom
+        | O::IsNotDistinctFrom
+        | O::And
+        | O::Or
+        | O::BitwiseAnd
+        | O::BitwiseOr
+        | O::BitwiseXor
+        | O::BitwiseShiftLeft
+        | O::BitwiseShiftRight
+        | O::StringConcat => true,
+        O::LikeMatch | O::ILikeMatch | O::NotLikeMatch | O::NotILikeMatch => {
+            literal_str(&b.right).is_some_and(|p| p.chars().count() <= 1000)
+        }
+        // Integers wrap, floats give infinities; decimals are checked against i128.
+        O::Plus | O::Minus | O::Multiply => {
+            ints || floats
+                || (b.op == O::Minus && l == DataType::Date32 && r == DataType::Date32)
+                || match (&l, &r) {
+                    (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) => {
+                        let (p1, s1, p2, s2) = (
+                            i32::from(*p1),
+                            i32::from(*s1),
+                            i32::from(*p2),
+                            i32::from(*s2),
+                        );
+                        if b.op == O::Multiply {
+                            p1 + p2 <= 38 && s1 + s2 <= 38
+                        } else {
+                            s1.max(s2) + (p1 - s1).max(p2 - s2) < 38
+                        }
+                    }
+                    _ => false,
+                }
+        }
+        O::Divide | O::IntegerDivide => floats || (ints && safe_divisor(&b.right, true)),
+        O::Modulo => floats || (ints && safe_divisor(&b.right, false)),
+        _ => false,
+    };
+    if ok {
+        None
+    } else {
+        Some(match b.op {
+            O::Divide | O::IntegerDivide | O::Modulo => format!(
+                "{b} fails when the divisor is zero; divide by a non-zero constant, or by NULLIF(x, 0) as a DOUBLE"
+            ),
+            O::RegexMatch | O::RegexIMatch | O::RegexNotMatch | O::RegexNotIMatch => {
+                format!("{b} compiles a regular expression, which can fail; use LIKE")
+            }
+            _ => format!("{b} ({l} {} {r}) fails on some values", b.op),
+        })
+    }
+}
+
+/// Whether `CAST(from AS to)` returns a value for every input (DataFusion casts with
+/// `safe = false`).
+fn cast_total(from: &DataType, to: &DataType) -> bool {
+    use DataType as T;
+    let is_text = |t: &DataType| matches!(t, T::Utf8 | T::LargeUtf8 | T::Utf8View);
+    let int_digits = |t: &DataType| -> Option<i32> {
+        Some(match t {
+            T::Int8 | T::UInt8 => 3,
+            T::Int16 | T::UInt16 => 5,
+            T::Int32 | T::UInt32 => 10,
+            T::Int64 => 19,
+            T::UInt64 => 20,
+            _ => return None,
+        })
+    };
+    let rank = |t: &DataType| -> Option<(bool, u8)> {
+        Some(match t {
+            T::Int8 => (true, 1),
+            T::Int16 => (true, 2),
+            T::Int32 => (true, 4),
+            T::Int64 => (true, 8),
+            T::UInt8 => (false, 1),
+            T::UInt16 => (false, 2),
+            T::UInt32 => (false, 4),
+            T::UInt64 => (false, 8),
+            _ => return None,
+        })
+    };
+    if from == to || *from == T::Null {
+        return true;
+    }
+    match (from, to) {
+        // Integer widening (unsigned into a wider signed type too).
+        (a, b) if rank(a).is_some() && rank(b).is_some() => {
+            let ((sa, wa), (sb, wb)) = (rank(a).unwrap_or_default(), rank(b).unwrap_or_default());
+            (sa == sb && wb >= wa) || (!sa && sb && wb > wa)
+        }
+        (a, T::Float32 | T::Float64) if a.is_integer() || a.is_floating() => true,
+        (a, T::Boolean) if a.is_integer() || a.is_floating() => true,
+        (T::Boolean, b) if b.is_integer() || b.is_floating() || is_text(b) => true,
+        (a, b) if is_text(b) && (a.is_integer() || a.is_floating()) => true,
+        (T::Decimal128(..), b) if is_text(b) || b.is_floating() => true,
+        (T::Timestamp(TimeUnit::Nanosecond, _), b) if is_text(b) => true,
+        (a, b) if is_text(a) && is_text(b) => true,
+        (a, T::Decimal128(p, s)) if a.is_integer() => {
+            int_digits(a).is_some_and(|d| i32::from(*p) - i32::from(*s) >= d)
+        }
+        (T::Decimal128(p1, s1), T::Decimal128(p2, s2)) => {
+            let (p1, s1, p2, s2) = (
+                i32::from(*p1),
+                i32::from(*s1),
+                i32::from(*p2),
+                i32::from(*s2),
+            );
+            if s2 >= s1 {
+                p1 + (s2 - s1) <= p2
+            } else {
+                p1 - (s1 - s2) < p2
+            }
+        }
+        (T::Date32, T::Date64) => true,
+        (T::Date32, T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, None)) => true,
+        (T::Timestamp(TimeUnit::Nanosecond, None), T::Date32) => true,
+        (T::Timestamp(a, tz_a), T::Timestamp(b, tz_b)) => {
+            unit_rank(a) >= unit_rank(b) && (tz_a == tz_b || tz_b.is_none())
+        }
+        (T::Date32, T::Int32 | T::Int64) | (T::Int32, T::Date32) => true,
+        _ => false,
+    }
+}
+
+fn unit_rank(u: &TimeUnit) -> u8 {
+    match u {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 1,
+        TimeUnit::Microsecond => 2,
+        TimeUnit::Nanosecond => 3,
+    }
+}
+
+/// Whether `TRY_CAST(from AS to)` returns a value (or NULL) for every input: some temporal
+/// conversions ignore the safe mode and fail anyway.
+fn try_cast_total(from: &DataType, to: &DataType) -> bool {
+    use DataType as T;
+    let is_text = matches!(to, T::Utf8 | T::LargeUtf8 | T::Utf8View);
+    let temporal = matches!(
+        from,
+        T::Date32 | T::Date64 | T::Timestamp(..) | T::Time32(_) | T::Time64(_)
+    );
+    let ns = matches!(from, T::Timestamp(TimeUnit::Nanosecond, _));
+    !((temporal && !ns && (is_text || matches!(to, T::Date32 | T::Time32(_) | T::Time64(_))))
+        || (matches!(from, T::Timestamp(..)) && matches!(to, T::Time32(_) | T::Time64(_))))
+}
+
+fn function(f: &ScalarFunction, e: &Expr, schema: &DFSchema) -> Option<String> {
+    let inner = f.func.inner().as_ref();
+    if inner.is::<ValidatorUdf>() || inner.is::<TokenUdf>() {
+        return None;
+    }
+    if let Some(mask) = inner.downcast_ref::<MaskUdf>() {
+        // Masks never fail on a value; their parameters must be valid constants.
+        let params: Option<Vec<MaskArg>> = f
+            .args
+            .iter()
+            .skip(1)
+            .map(|a| match literal(a)? {
+                ScalarValue::Int64(Some(i)) => Some(MaskArg::Int(i)),
+                v => literal_str(&Expr::Literal(v, None)).map(MaskArg::Str),
+            })
+            .collect();
+        return match params {
+            Some(p) if mask.mask_fn().check_args(&p).is_ok() => None,
+            _ => Some(format!("{e} needs valid constant parameters")),
+        };
+    }
+    let name = f.func.name();
+    if TOTAL_FUNCTIONS.contains(&name) {
+        return None;
+    }
+    let arg = |i: usize| f.args.get(i);
+    let first_type = arg(0).and_then(|a| a.get_type(schema).ok());
+    let ok = match name {
+        "power" => arg(1)
+            .and_then(literal)
+            .and_then(|v| v.cast_to(&DataType::Float64).ok())
+            .is_some_and(|v| matches!(v, ScalarValue::Float64(Some(x)) if x >= 0.0 || x.is_nan())),
+        "round" => arg(1).is_none_or(|a| literal_i64(a).is_some_and(|d| d >= 0)),
+        "abs" => first_type.is_some_and(|t| !t.is_signed_integer()),
+        "ceil" | "floor" => {
+            first_type.is_some_and(|t| !matches!(t, DataType::Decimal128(_, s) if s > 0))
+        }
+        "split_part" => arg(2).and_then(literal_i64).is_some_and(|n| n != 0),
+        "substr" => {
+            arg(1).and_then(literal_i64).is_some_and(|s| s > i64::MIN)
+                && arg(2).is_none_or(|a| literal_i64(a).is_some_and(|n| n >= 0))
+        }
+        "date_part" => {
+            arg(0)
+                .and_then(literal_str)
+                .is_some_and(|p| DATE_PARTS.contains(&p.to_lowercase().as_str()))
+                && arg(1)
+                    .and_then(|a| a.get_type(schema).ok())
+                    .is_some_and(|t| {
+                        matches!(
+                            t,
+                            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+                        )
+                    })
+        }
+        "encode" => arg(1)
+            .and_then(literal_str)
+            .is_some_and(|x| matches!(x.to_lowercase().as_str(), "base64" | "hex")),
+        "array_element" => arg(1)
+            .and_then(literal_i64)
+            .is_some_and(|i| i32::try_from(i).is_ok()),
+        "array_position" => f.args.len() == 2,
+        _ => false,
+    };
+    if ok {
+        None
+    } else {
+        Some(format!(
+            "{e} can fail on some values ({name}() is not on the list of functions known to be safe on every value, or its constant arguments are out of range)"
+        ))
+    }
+}
+
+fn aggregate(f: &AggregateFunction, schema: &DFSchema) -> Option<String> {
+    let name = f.func.name();
+    if !TOTAL_AGGREGATES.contains(&name) {
+        return Some(format!("{name}() is not known to be safe on every value"));
+    }
+    if matches!(name, "avg" | "mean")
+        && let Some(DataType::Decimal128(p, _)) =
+            f.params.args.first().and_then(|a| a.get_type(schema).ok())
+        && p > 34
+    {
+        return Some(format!(
+            "avg() of a decimal with precision {p} can overflow"
+        ));
+    }
+    None
+}
+
+fn window(w: &WindowFunction, schema: &DFSchema) -> Option<String> {
+    match &w.fun {
+        WindowFunctionDefinition::AggregateUDF(udaf) => {
+            let name = udaf.name();
+            if !TOTAL_AGGREGATES.contains(&name) {
+                return Some(format!("{name}() is not known to be safe on every value"));
+            }
+            let _ = schema;
+            None
+        }
+        WindowFunctionDefinition::WindowUDF(udwf) => {
+            let name = udwf.name();
+            if TOTAL_WINDOW_FUNCTIONS.contains(&name) {
+                None
+            } else {
+                Some(format!("{name}() is not known to be safe on every value"))
+            }
+        }
+    }
+}

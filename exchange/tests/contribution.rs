@@ -1,0 +1,297 @@
+//! The contribution model of aggregates over protected rows (health.visits is `min_group = 5`
+//! with cost, hospital, diagnosis and chronic aggregate-only for civil_analyst): arguments from
+//! the protected table alone, each row once per group, nothing on the way that can fail,
+//! order statistics only where granted. Each attack class of issue 11 with its variants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{cells, data_root, open, refused};
+
+const CIVIL: (&str, &str) = ("civil_analyst", "elderly_care_planning");
+
+/// A raw DataFusion session over the demo files, for ground truth.
+async fn raw() -> datafusion::prelude::SessionContext {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (name, file) in [
+        ("visits", "health/visits.parquet"),
+        ("elderly", "civil/elderly_care.parquet"),
+        ("residents", "police/residents.parquet"),
+    ] {
+        ctx.register_parquet(
+            name,
+            data_root().join(file).to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ctx
+}
+
+async fn raw_rows(sql: &str) -> BTreeSet<Vec<String>> {
+    let batches = raw().await.sql(sql).await.unwrap().collect().await.unwrap();
+    cells(&batches).into_iter().collect()
+}
+
+/// An elderly resident (known to the civil analyst) with visits in several years.
+async fn target() -> String {
+    let rows = raw_rows(
+        "SELECT e.person_id FROM elderly e JOIN visits v ON v.person_id = e.person_id
+         GROUP BY e.person_id HAVING count(DISTINCT date_part('year', v.visit_date)) >= 2
+         ORDER BY e.person_id LIMIT 1",
+    )
+    .await;
+    rows.into_iter().next().expect("a target with visits")[0].clone()
+}
+
+async fn rows(ex: &exchange::Exchange, sql: &str) -> BTreeSet<Vec<String>> {
+    let out = common::ok(ex, CIVIL.0, CIVIL.1, sql).await;
+    cells(&out.batches).into_iter().collect()
+}
+
+async fn refused_with(ex: &exchange::Exchange, sql: &str, expect: &str) {
+    let reason = refused(ex, CIVIL.0, Some(CIVIL.1), sql).await;
+    assert!(
+        reason.contains(expect),
+        "{sql}\n  -> {reason}\n  expected to mention: {expect}"
+    );
+}
+
+#[tokio::test]
+async fn aggregate_arguments_come_from_the_protected_table_only() {
+    // Finding 1: a flag computed before the join over the analyst's own table singles out
+    // one resident's visits. Any value of another relation is refused as an argument,
+    // however it got there.
+    let (ex, _state) = open();
+    let x = target().await;
+    let flag = format!(
+        "SELECT person_key, CASE WHEN person_id = '{x}' THEN 1 ELSE 0 END AS flag FROM civil.elderly_care"
+    );
+    let join = "JOIN health.visits v ON v.person_id = x.person_key";
+    for sql in [
+        format!("SELECT v.visit_date AS yr, sum(x.flag) FROM ({flag}) x {join} GROUP BY 1"),
+        format!("WITH x AS ({flag}) SELECT v.visit_date, sum(x.flag) FROM x {join} GROUP BY 1"),
+        format!(
+            "SELECT v.visit_date, avg(x.flag), count(*) FROM ({flag}) x LEFT {join} GROUP BY 1"
+        ),
+        format!("SELECT v.visit_date, max(x.flag) FROM ({flag}) x {join} GROUP BY 1"),
+        format!("SELECT v.visit_date, count(DISTINCT x.flag) FROM ({flag}) x {join} GROUP BY 1"),
+        format!(
+            "SELECT v.visit_date, sum(x.flag) FROM (SELECT person_key, 1 AS flag FROM civil.elderly_care WHERE person_id = '{x}'
+               UNION ALL SELECT person_key, 0 FROM civil.elderly_care WHERE person_id <> '{x}') x {join} GROUP BY 1"
+        ),
+        // The analyst's own raw column, counted: per-year patients among chosen people.
+        "SELECT v.visit_date, count(DISTINCT e.person_id) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1".to_string(),
+        // Another table's visible column.
+        "SELECT r.gender, sum(r.household_size), count(*) FROM police.residents r JOIN health.visits v ON v.person_id = r.person_id GROUP BY 1".to_string(),
+    ] {
+        refused_with(&ex, &sql, "comes from another relation").await;
+    }
+    // Computed row by row, or passed through a scalar subquery: not a plain column.
+    for (sql, expect) in [
+        (
+            format!(
+                "SELECT sum(CASE WHEN e.person_id = '{x}' THEN 1 ELSE 0 END) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key"
+            ),
+            "plain columns",
+        ),
+        (
+            format!(
+                "SELECT sum(f) FROM (SELECT CASE WHEN e.person_id = '{x}' THEN 1 ELSE 0 END AS f FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key) t"
+            ),
+            "computed from them",
+        ),
+    ] {
+        refused_with(&ex, &sql, expect).await;
+    }
+}
+
+/// Per year: visits and their total cost of civil's elderly, as the policy releases them.
+const BASE: &str =
+    "SELECT v.visit_date AS yr, count(*) AS n, round(sum(v.cost), 2) AS s, count(v.hospital) AS h
+    FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1";
+
+#[tokio::test]
+async fn each_protected_row_counts_once_per_group() {
+    // Finding 2: rows of one resident multiplied through a join (VALUES, the analyst's own
+    // table, a CTE used twice, UNION ALL) would make that resident dominate a group. Every
+    // variant must return exactly the unmultiplied result, which is the ground truth.
+    let (ex, _state) = open();
+    let x = target().await;
+    let base = rows(&ex, BASE).await;
+    let truth = raw_rows(
+        "SELECT make_date(CAST(date_part('year', v.visit_date) AS INT), 1, 1) AS yr, count(*) AS n,
+                round(sum(v.cost), 2) AS s, count(v.hospital) AS h
+         FROM elderly e JOIN visits v ON v.person_id = e.person_id
+         GROUP BY 1 HAVING count(DISTINCT v.person_id) >= 5",
+    )
+    .await;
+    assert_eq!(base, truth, "the base query is the ground truth");
+    assert!(base.len() >= 2, "{base:?}");
+
+    let values: Vec<String> = (1..=40).map(|i| format!("({i})")).collect();
+    let weighted = format!(
+        "(SELECT person_key, CASE WHEN person_id = '{x}' THEN 40 ELSE 1 END AS w FROM civil.elderly_care) x
+         JOIN (SELECT column1 AS n FROM (VALUES {})) m ON m.n <= x.w",
+        values.join(", ")
+    );
+    let select = "SELECT v.visit_date AS yr, count(*) AS n, round(sum(v.cost), 2) AS s, count(v.hospital) AS h";
+    for sql in [
+        format!("{select} FROM {weighted} JOIN health.visits v ON v.person_id = x.person_key GROUP BY 1"),
+        format!(
+            "{select} FROM (SELECT person_key FROM civil.elderly_care UNION ALL SELECT person_key FROM civil.elderly_care WHERE person_id = '{x}') x
+             JOIN health.visits v ON v.person_id = x.person_key GROUP BY 1"
+        ),
+        // The analyst's own table as the multiplier: every visit times the elderly of the
+        // same care level.
+        format!(
+            "{select} FROM civil.elderly_care e JOIN civil.elderly_care e2 ON e2.care_level = e.care_level
+             JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1"
+        ),
+        format!(
+            "WITH k AS (SELECT person_key FROM civil.elderly_care)
+             {select} FROM k a JOIN k b ON a.person_key = b.person_key JOIN k c ON c.person_key = b.person_key
+             JOIN health.visits v ON v.person_id = c.person_key GROUP BY 1"
+        ),
+        // Outer joins: the NULL rows an outer join pads in are no visits.
+        format!(
+            "{select} FROM civil.elderly_care e LEFT JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1 HAVING count(*) > 0"
+        ),
+        format!(
+            "{select} FROM health.visits v RIGHT JOIN civil.elderly_care e ON v.person_id = e.person_key GROUP BY 1 HAVING count(*) > 0"
+        ),
+    ] {
+        let got = rows(&ex, &sql).await;
+        assert_eq!(got, base, "{sql}");
+    }
+
+    // A weighted sum minus a plain sum over the same join, in one statement: both count
+    // each visit once, so the difference says nothing about the resident.
+    let sql = format!(
+        "SELECT a.s - b.s AS d FROM
+           (SELECT round(sum(v.cost), 2) AS s FROM {weighted} JOIN health.visits v ON v.person_id = x.person_key) a,
+           (SELECT round(sum(v.cost), 2) AS s FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key) b"
+    );
+    assert_eq!(
+        rows(&ex, &sql).await,
+        BTreeSet::from([vec!["0.0".to_string()]])
+    );
+}
+
+#[tokio::test]
+async fn nothing_that_can_fail_runs_on_the_way_to_protected_aggregates() {
+    // Finding 3: an expression that fails only on a chosen resident's visit of a chosen year
+    // is an oracle, whatever the error says. Every expression anywhere below the aggregate
+    // (either side of a join, subqueries, group keys) must be total.
+    let (ex, _state) = open();
+    let x = target().await;
+    let from = "FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key";
+    let pick = format!("e.person_id = '{x}' AND v.visit_date = DATE '2025-01-01'");
+    for sql in [
+        format!(
+            "SELECT count(*) {from} WHERE CAST(CASE WHEN {pick} THEN concat('x', e.person_id) ELSE '1' END AS INT) = 1"
+        ),
+        format!("SELECT count(*) {from} WHERE 1 / CASE WHEN {pick} THEN 0 ELSE 1 END = 1"),
+        format!(
+            "SELECT count(*) {from} WHERE to_timestamp(CASE WHEN {pick} THEN 'parquet missing' ELSE '2020-01-01' END) IS NOT NULL"
+        ),
+        format!(
+            "SELECT count(*) {from} WHERE substr(e.person_id, 1, CASE WHEN {pick} THEN -1 ELSE 1 END) <> ''"
+        ),
+        format!(
+            "SELECT count(*) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key AND CAST(CASE WHEN {pick} THEN 'x' ELSE '1' END AS INT) = 1"
+        ),
+        // Only the analyst's side of the join: still evaluated on the way (a hash join skips
+        // its probe side when the build side is empty).
+        format!(
+            "SELECT count(*) FROM (SELECT person_key, CAST(CASE WHEN person_id = '{x}' THEN 'x' ELSE '1' END AS INT) AS c FROM civil.elderly_care) t
+             JOIN health.visits v ON v.person_id = t.person_key"
+        ),
+        format!(
+            "SELECT count(*) {from} WHERE v.visit_date > (SELECT CAST(max(person_id) AS DATE) FROM civil.elderly_care)"
+        ),
+        format!("SELECT date_trunc('year', v.visit_date), count(*) {from} GROUP BY 1"),
+        format!("SELECT count(*) {from} GROUP BY CAST(e.person_id AS BIGINT)"),
+        format!("SELECT count(*) {from} WHERE e.person_id ~ '('"),
+        format!("SELECT count(*) {from} WHERE abs(e.care_level) > 0"),
+        // Type coercion casts the text column to a number.
+        format!("SELECT count(*) {from} WHERE e.person_id = 5"),
+        format!("SELECT count(*) {from} WHERE 1 / 0 = 1"),
+        format!("SELECT count(*) {from} WHERE repeat(e.person_id, 3) <> ''"),
+    ] {
+        refused_with(&ex, &sql, "may fail on a value").await;
+    }
+    // Total expressions keep working.
+    for sql in [
+        format!(
+            "SELECT date_part('year', v.visit_date) AS y, CASE WHEN e.lives_alone THEN 'alone' ELSE 'with others' END AS living, count(*), avg(v.cost)
+             {from} WHERE v.visit_date >= DATE '2020-01-01' AND e.care_level IN (1, 2, 3) AND upper(e.person_id) LIKE '1%'
+             GROUP BY 1, 2"
+        ),
+        format!(
+            "SELECT count(*) {from} WHERE TRY_CAST(e.person_id AS BIGINT) IS NOT NULL AND e.subsidy_monthly / 2.0 > 10 AND e.care_level * 2 + 1 > 0"
+        ),
+        format!("SELECT count(*) {from} WHERE e.since < v.visit_date AND length(e.person_id) = 18"),
+    ] {
+        common::ok(&ex, CIVIL.0, CIVIL.1, &sql).await;
+    }
+}
+
+#[tokio::test]
+async fn protected_rows_are_not_limited_nor_mixed_with_another_protected_table() {
+    let (ex, _state) = open();
+    refused_with(
+        &ex,
+        "SELECT count(*) FROM (SELECT v.person_id FROM health.visits v LIMIT 10) t",
+        "LIMIT",
+    )
+    .await;
+    refused_with(
+        &ex,
+        "SELECT count(*) FROM health.visits a JOIN health.visits b ON a.person_id = b.person_id",
+        "one protected table",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn order_statistics_of_aggregate_only_columns_need_the_grant() {
+    let (ex, _state) = open();
+    let from = "FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key";
+    for sql in [
+        format!("SELECT median(v.cost) {from}"),
+        format!("SELECT max(v.cost) {from}"),
+        format!("SELECT approx_percentile_cont(v.cost, 0.1) {from}"),
+        format!("SELECT min(v.diagnosis_code) {from}"),
+        format!("SELECT bool_or(v.chronic) {from}"),
+    ] {
+        refused_with(&ex, &sql, "order statistics").await;
+    }
+    // WITHIN GROUP puts the column in an ordering: refused as well.
+    refused_with(
+        &ex,
+        &format!("SELECT approx_percentile_cont(0.1) WITHIN GROUP (ORDER BY v.cost) {from}"),
+        "ORDER BY",
+    )
+    .await;
+
+    // A grant that allows them.
+    let config = common::config_copy();
+    common::edit(
+        &config.path().join("policies/grants/health.toml"),
+        "min_group = 5\n",
+        "min_group = 5\norder_statistics = true\n",
+    );
+    let (ex, _state) = common::open_config(config.path());
+    let out = common::ok(
+        &ex,
+        CIVIL.0,
+        CIVIL.1,
+        &format!("SELECT max(v.cost) AS m, median(v.cost) AS d {from}"),
+    )
+    .await;
+    assert_eq!(out.rows, 1);
+}
