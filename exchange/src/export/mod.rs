@@ -325,10 +325,10 @@ async fn stage(
         Arc::clone(&planned.physical),
         session.ctx.task_ctx(),
     )
-    .map_err(|e| cleanup(run_error(&session, governed, e)))?;
+    .map_err(|e| cleanup(run_error(governed, e)))?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| cleanup(run_error(&session, governed, e)))?;
+        let batch = batch.map_err(|e| cleanup(run_error(governed, e)))?;
         if let Some(c) = counter.as_mut() {
             c.add(&batch)
                 .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;

@@ -1,6 +1,11 @@
 //! The exchange: catalog, policies, keys and audit log behind one entry point that runs a
 //! statement as a principal for a purpose, enforces policy, and audits the outcome.
 
+mod errors;
+
+pub(crate) use errors::run_error;
+use errors::{check_tables, map_error, not_granted};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +25,10 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::audit::{AuditError, AuditLog, AuditOptions, Decision, Entry, TableUse};
 use crate::catalog::{Catalog, CatalogError};
-use crate::enforcement::{PrincipalSession, RawTable, SessionInputs, find_violation};
+use crate::enforcement::{PrincipalSession, RawTable, SessionInputs};
 use crate::keys::{KeyError, Keys, SigningKey};
 use crate::masking::KeyRing;
-use crate::policy::{Denial, PolicyError, PolicySet, Treatment};
+use crate::policy::{PolicyError, PolicySet, Treatment};
 
 /// Where the exchange finds its configuration, data, keys and state.
 #[derive(Debug, Clone)]
@@ -473,28 +478,6 @@ fn statement_keyword(s: &SqlStatement) -> String {
         .to_uppercase()
 }
 
-/// Map a DataFusion error to what the principal may be told.
-fn map_error(session: &PrincipalSession, e: DataFusionError) -> QueryError {
-    if let Some(v) = find_violation(&e) {
-        return QueryError::Refused(v.message().to_string());
-    }
-    let text = e.strip_backtrace();
-    if let Some(rest) = text.split("table '").nth(1)
-        && let Some(name) = rest.split('\'').next()
-        && text.contains("not found")
-    {
-        let name = name.strip_prefix("exchange.").unwrap_or(name);
-        let name = name.strip_prefix("public.").unwrap_or(name).to_string();
-        return QueryError::Refused(not_granted(session, &name));
-    }
-    if text.contains("not supported")
-        && (text.contains("DDL") || text.contains("DML") || text.contains("Statement"))
-    {
-        return QueryError::Refused("only queries (SELECT, WITH, VALUES) may run".into());
-    }
-    QueryError::Failed(text)
-}
-
 /// Whether a plan read any table the principal does not see whole and raw.
 fn reads_governed_data(
     session: &PrincipalSession,
@@ -513,40 +496,9 @@ fn reads_governed_data(
     })
 }
 
-/// An execution error with its values withheld: only its kind is told.
-fn withheld_error(e: &DataFusionError) -> String {
-    let text = e.strip_backtrace().to_lowercase();
-    let kind = if text.contains("cast") {
-        "a cast failed on a value"
-    } else if text.contains("divide by zero") || text.contains("division by zero") {
-        "a division by zero"
-    } else if text.contains("overflow") {
-        "an arithmetic overflow"
-    } else if text.contains("missing") || text.contains("parquet") || text.contains("no such file")
-    {
-        return e.strip_backtrace();
-    } else {
-        "an expression failed on a value"
-    };
-    format!(
-        "the query failed while running ({kind}); the value is withheld because the query reads governed data"
-    )
-}
-
-fn not_granted(session: &PrincipalSession, table: &str) -> String {
-    if let Some(Denial::Expired { grant, on }) = session.expired.get(table) {
-        return format!("table {table}: grant {grant} expired on {on}");
-    }
-    if let Some(u) = session.unusable.get(table) {
-        return format!(
-            "table {table}: grant {} cannot be applied, so the table is withheld; the owning agency must fix its policy (exchange policy check)",
-            u.grant_ref
-        );
-    }
-    format!(
-        "table {table} is not found or not granted to {} for purpose {}",
-        session.principal.name, session.purpose
-    )
+/// A plan the locked SQL options reject (DDL, DML, statements).
+fn refused_statement(_: DataFusionError) -> QueryError {
+    QueryError::Refused("only queries (SELECT, WITH, VALUES) may run".into())
 }
 
 fn sql_options() -> SQLOptions {
@@ -578,18 +530,20 @@ pub(crate) async fn plan_query(
     named: &mut Vec<TableUse>,
 ) -> Result<Planned, QueryError> {
     let state = session.ctx.state();
-    let err = |e| map_error(session, e);
-    let plan = state.statement_to_plan(stmt).await.map_err(err)?;
+    check_tables(session, &stmt)?;
+    let plan = state.statement_to_plan(stmt).await.map_err(map_error)?;
     *named = governed_scans(&plan);
-    sql_options().verify_plan(&plan).map_err(err)?;
-    let optimized = state.optimize(&plan).map_err(err)?;
+    sql_options()
+        .verify_plan(&plan)
+        .map_err(refused_statement)?;
+    let optimized = state.optimize(&plan).map_err(map_error)?;
     let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
     let governed = reads_governed_data(session, &report);
     let physical = state
         .query_planner()
         .create_physical_plan(&optimized, &state)
         .await
-        .map_err(|e| run_error(session, governed, e))?;
+        .map_err(|e| run_error(governed, e))?;
     Ok(Planned {
         tables: tables_touched(&optimized, &report.scans),
         thresholds: report
@@ -601,20 +555,6 @@ pub(crate) async fn plan_query(
         physical,
         governed,
     })
-}
-
-/// What a principal is told of an error while running: for governed data, values are
-/// withheld (error texts may quote them).
-pub(crate) fn run_error(
-    session: &PrincipalSession,
-    governed: bool,
-    e: DataFusionError,
-) -> QueryError {
-    if governed && find_violation(&e).is_none() {
-        QueryError::Failed(withheld_error(&e))
-    } else {
-        map_error(session, e)
-    }
 }
 
 /// Run a classified statement. Besides the outcome, returns the tables the statement
@@ -634,7 +574,6 @@ async fn run_inner(
     named: &mut Vec<TableUse>,
 ) -> Result<QueryOutput, QueryError> {
     let state = session.ctx.state();
-    let err = |e| map_error(session, e);
     match kind {
         Kind::Query(stmt) => {
             let planned = plan_query(session, *stmt, named).await?;
@@ -642,7 +581,7 @@ async fn run_inner(
             let governed = planned.governed;
             let batches = collect(planned.physical, session.ctx.task_ctx())
                 .await
-                .map_err(|e| run_error(session, governed, e))?;
+                .map_err(|e| run_error(governed, e))?;
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
             Ok(QueryOutput {
                 schema,
@@ -654,11 +593,14 @@ async fn run_inner(
             })
         }
         Kind::Explain { verbose, inner } => {
-            let plan = state.statement_to_plan(*inner).await.map_err(err)?;
+            check_tables(session, &inner)?;
+            let plan = state.statement_to_plan(*inner).await.map_err(map_error)?;
             *named = governed_scans(&plan);
-            sql_options().verify_plan(&plan).map_err(err)?;
+            sql_options()
+                .verify_plan(&plan)
+                .map_err(refused_statement)?;
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
-            let optimized = state.optimize(&plan).map_err(err)?;
+            let optimized = state.optimize(&plan).map_err(map_error)?;
             let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
             let text = render_explain(session, &plan, &report, verbose);
             text_output(

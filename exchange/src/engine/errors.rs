@@ -1,0 +1,217 @@
+//! What a principal is told when a statement fails.
+//!
+//! Errors are told apart by their DataFusion and Arrow types, never by searching their text:
+//! an error text may quote a value, or text the analyst chose to make it look like another
+//! kind of error. For a query that reads governed data, a failure while running says only
+//! its kind; the exchange's own typed errors (a policy refusal, a table whose data cannot be
+//! read) say what they are, and nothing else passes.
+
+use arrow::error::ArrowError;
+use datafusion::common::{DataFusionError, TableReference};
+use datafusion::sql::parser::Statement as DFStatement;
+
+use super::QueryError;
+use crate::enforcement::{DataUnavailable, PrincipalSession, find_violation};
+use crate::policy::Denial;
+
+/// The kind of a run-time failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Cast,
+    DivideByZero,
+    Overflow,
+    Resources,
+    Unreadable,
+    Other,
+}
+
+impl Failure {
+    fn words(self) -> &'static str {
+        match self {
+            Failure::Cast => "a value could not be converted",
+            Failure::DivideByZero => "a division by zero",
+            Failure::Overflow => "an arithmetic overflow",
+            Failure::Resources => "the query exceeded its memory limit",
+            Failure::Unreadable => {
+                "a data file (Parquet or CSV) could not be read; the operator should run `exchange policy check`"
+            }
+            Failure::Other => "an expression failed on a value",
+        }
+    }
+}
+
+/// The exchange's own "data cannot be read" error anywhere in the chain.
+fn unavailable(e: &DataFusionError) -> Option<&DataUnavailable> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = current {
+        if let Some(d) = x.downcast_ref::<DataUnavailable>() {
+            return Some(d);
+        }
+        current = x.source();
+    }
+    None
+}
+
+fn failure(e: &DataFusionError) -> Failure {
+    match e {
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            failure(inner)
+        }
+        DataFusionError::Shared(inner) => failure(inner),
+        DataFusionError::Collection(all) => all.first().map_or(Failure::Other, failure),
+        DataFusionError::ArrowError(a, _) => arrow_failure(a),
+        DataFusionError::ParquetError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_) => Failure::Unreadable,
+        DataFusionError::ResourcesExhausted(_) => Failure::Resources,
+        DataFusionError::External(x) => external_failure(x.as_ref()),
+        _ => Failure::Other,
+    }
+}
+
+fn arrow_failure(a: &ArrowError) -> Failure {
+    match a {
+        ArrowError::CastError(_) | ArrowError::ParseError(_) => Failure::Cast,
+        ArrowError::DivideByZero => Failure::DivideByZero,
+        ArrowError::ArithmeticOverflow(_) => Failure::Overflow,
+        ArrowError::MemoryError(_) => Failure::Resources,
+        ArrowError::IoError(..)
+        | ArrowError::ParquetError(_)
+        | ArrowError::CsvError(_)
+        | ArrowError::JsonError(_)
+        | ArrowError::IpcError(_) => Failure::Unreadable,
+        ArrowError::ExternalError(x) => external_failure(x.as_ref()),
+        _ => Failure::Other,
+    }
+}
+
+fn external_failure(x: &(dyn std::error::Error + Send + Sync + 'static)) -> Failure {
+    if let Some(d) = x.downcast_ref::<DataFusionError>() {
+        failure(d)
+    } else if let Some(a) = x.downcast_ref::<ArrowError>() {
+        arrow_failure(a)
+    } else if x.is::<DataUnavailable>()
+        || x.is::<parquet::errors::ParquetError>()
+        || x.is::<std::io::Error>()
+    {
+        Failure::Unreadable
+    } else {
+        Failure::Other
+    }
+}
+
+/// A failure while running a query over governed data: its kind, no text of its own.
+fn withheld(e: &DataFusionError) -> String {
+    if let Some(d) = unavailable(e) {
+        return d.to_string();
+    }
+    format!(
+        "the query failed while running ({}); details are withheld because the query reads governed data",
+        failure(e).words()
+    )
+}
+
+/// What a principal is told of an error while planning, or while running a query that
+/// reads nothing governed (then the text is the principal's own data's).
+pub(crate) fn map_error(e: DataFusionError) -> QueryError {
+    if let Some(v) = find_violation(&e) {
+        return QueryError::Refused(v.message().to_string());
+    }
+    if let Some(d) = unavailable(&e) {
+        return QueryError::Failed(d.to_string());
+    }
+    QueryError::Failed(e.strip_backtrace())
+}
+
+/// What a principal is told of an error while running: for governed data only its kind.
+pub(crate) fn run_error(governed: bool, e: DataFusionError) -> QueryError {
+    if governed && find_violation(&e).is_none() {
+        QueryError::Failed(withheld(&e))
+    } else {
+        map_error(e)
+    }
+}
+
+/// Refuse a statement naming a table outside the principal's catalog, before planning: the
+/// same words whether the table exists or not.
+pub(crate) fn check_tables(
+    session: &PrincipalSession,
+    stmt: &DFStatement,
+) -> Result<(), QueryError> {
+    let state = session.ctx.state();
+    let refs = state
+        .resolve_table_references(stmt)
+        .map_err(|e| QueryError::Failed(e.strip_backtrace()))?;
+    for r in refs {
+        let exists = session.ctx.table_exist(r.clone()).unwrap_or(false);
+        if !exists {
+            let name = match &r {
+                TableReference::Bare { table } => table.to_string(),
+                TableReference::Partial { schema, table }
+                | TableReference::Full { schema, table, .. } => format!("{schema}.{table}"),
+            };
+            return Err(QueryError::Refused(not_granted(
+                session,
+                &name.to_lowercase(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why a table the principal named is not available.
+pub(crate) fn not_granted(session: &PrincipalSession, table: &str) -> String {
+    if let Some(Denial::Expired { grant, on }) = session.expired.get(table) {
+        return format!("table {table}: grant {grant} expired on {on}");
+    }
+    if let Some(u) = session.unusable.get(table) {
+        return format!(
+            "table {table}: grant {} cannot be applied, so the table is withheld; the owning agency must fix its policy (exchange policy check)",
+            u.grant_ref
+        );
+    }
+    format!(
+        "table {table} is not found or not granted to {} for purpose {}",
+        session.principal.name, session.purpose
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_types_not_text() {
+        // Text an analyst could choose says nothing: only the type decides.
+        let chosen = DataFusionError::Execution("parquet file missing: 2025-03-01 visit".into());
+        assert_eq!(failure(&chosen), Failure::Other);
+        let text = withheld(&chosen);
+        assert!(
+            !text.contains("2025") && !text.contains("parquet file"),
+            "{text}"
+        );
+        let cast = DataFusionError::ArrowError(
+            Box::new(ArrowError::CastError(
+                "Cannot cast string 'secret' to Int32".into(),
+            )),
+            None,
+        );
+        assert_eq!(failure(&cast), Failure::Cast);
+        assert!(!withheld(&cast).contains("secret"));
+        let nested = DataFusionError::Context(
+            "while running".into(),
+            Box::new(DataFusionError::Shared(std::sync::Arc::new(
+                DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None),
+            ))),
+        );
+        assert_eq!(failure(&nested), Failure::DivideByZero);
+        let missing = DataFusionError::External(Box::new(DataUnavailable {
+            table: "health.visits".into(),
+            cause: "its data file is missing".into(),
+        }));
+        assert_eq!(failure(&missing), Failure::Unreadable);
+        assert!(withheld(&missing).contains("health.visits"));
+        assert!(map_error(missing).to_string().contains("policy check"));
+    }
+}
