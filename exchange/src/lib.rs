@@ -16,6 +16,7 @@
 //! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication.
 //! - [`demo`]: the demo city's generator and showcase.
 //! - [`cli`]: the `exchange` command line.
+//! - [`text`]: text shown to people, with terminal controls escaped.
 
 pub mod audit;
 pub mod catalog;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod masking;
 pub mod policy;
 pub mod server;
+pub mod text;
 pub mod tuning;
 
 pub use engine::{Exchange, ExchangeConfig, OpenError, QueryError, QueryOutput};

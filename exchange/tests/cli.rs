@@ -145,3 +145,85 @@ fn bad_config_dir_exits_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/schemas"));
 }
+
+#[test]
+fn terminal_controls_in_statements_and_values_never_reach_a_terminal_raw() {
+    // Finding 6 of issue 11: an analyst's statement holding ESC/CR/BEL could hide or
+    // rewrite lines of the audit log on an auditor's terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let data = common::data_root();
+    assert!(
+        exchange(&state, data)
+            .args(["keys", "init"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let hostile = "SELECT '\u{1b}[2J\u{1b}[1A\rinnocent\u{7}\u{202e}' AS v, count(*) FROM market.enterprises /* \u{1b}]0;title\u{7} */";
+    let out = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            hostile,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A refused statement's reason echoes the text too.
+    let refused = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            "SELEC \u{1b}[31m",
+        ])
+        .output()
+        .unwrap();
+    let raw = |b: &[u8]| {
+        b.iter().any(|c| *c == 0x1b || *c == b'\r' || *c == 0x07)
+            || String::from_utf8_lossy(b).contains('\u{202e}')
+    };
+    assert!(!raw(&out.stdout) && !raw(&refused.stderr) && !raw(&refused.stdout));
+    for format in ["table", "csv", "json"] {
+        let out = exchange(&state, data)
+            .args([
+                "query",
+                "--as",
+                "auditor",
+                "--purpose",
+                "audit_review",
+                "--format",
+                format,
+                "SELECT statement, reason FROM audit.events",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!raw(&out.stdout), "{format}: {text}");
+        assert!(text.contains("innocent"), "{format}: {text}");
+    }
+    let report = exchange(&state, data)
+        .args(["audit", "report"])
+        .output()
+        .unwrap();
+    assert!(
+        !raw(&report.stdout),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+}

@@ -92,15 +92,7 @@ pub fn report(
 /// Control characters (terminal escapes, line breaks) in logged text are shown escaped,
 /// never sent raw to the reader's terminal.
 fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    crate::text::escape(s).into_owned()
 }
 
 impl fmt::Display for Report {

@@ -326,29 +326,33 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
             }
             println!("| scope | domain | column | matched |");
             println!("|---|---|---|---|");
+            // Column names come from the file, recipients from exporters: shown escaped.
             for s in r.scores.iter().take(10) {
-                println!(
+                let line = format!(
                     "| {} | {} | {} | {}/{} |",
                     s.scope, s.domain, s.column, s.matched, s.sampled
                 );
+                println!("{}", crate::text::escape(&line));
             }
             match r.verdict {
                 Some(v) => {
-                    println!(
+                    let line = format!(
                         "traced: the pseudonyms of {} were keyed for {v}",
                         file.display()
                     );
+                    println!("{}", crate::text::escape(&line));
                     for e in &r.exports {
-                        println!("  issued in {e}");
+                        println!("  issued in {}", crate::text::escape(&e.to_string()));
                     }
                     ExitCode::SUCCESS
                 }
                 None => {
-                    println!(
+                    let line = format!(
                         "no recipient or agency of this exchange explains the pseudonyms in {} (columns {})",
                         file.display(),
                         r.columns.join(", ")
                     );
+                    println!("{}", crate::text::escape(&line));
                     ExitCode::from(1)
                 }
             }

@@ -386,7 +386,7 @@ async fn run(cli: Cli) -> ExitCode {
                     }
                 },
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("{}", crate::text::escape(&e.to_string()));
                     ExitCode::from(1)
                 }
             }
@@ -408,7 +408,7 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("{}", crate::text::escape(&e.to_string()));
                     ExitCode::from(1)
                 }
             }
@@ -609,7 +609,7 @@ fn print_lines(out: &QueryOutput) {
             .downcast_ref::<arrow::array::StringArray>()
         {
             for line in col.iter().flatten() {
-                println!("{line}");
+                println!("{}", crate::text::escape(line));
             }
         }
     }
@@ -630,6 +630,9 @@ pub fn render(
     batches: &[RecordBatch],
     format: Format,
 ) -> Result<(), arrow::error::ArrowError> {
+    // Values can hold terminal escapes: every format shows them escaped.
+    let escaped = crate::text::escape_batches(batches)?;
+    let batches = escaped.as_slice();
     match format {
         Format::Table => {
             writeln!(
@@ -941,7 +944,7 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
                 let _ = render(&mut stdout, &out.batches, Format::Table);
                 println!("({} rows)", out.rows);
             }
-            Err(e) => println!("{e}"),
+            Err(e) => println!("{}", crate::text::escape(&e.to_string())),
         }
     }
     let _ = editor.save_history(&history);

@@ -82,13 +82,14 @@ pub struct ExchangeFlightService {
     sql_info: SqlInfoData,
 }
 
+/// The status of a failed statement; its message shows terminal controls escaped, as
+/// clients print it.
 fn status_of(e: QueryError) -> Status {
+    let message = crate::text::escape(&e.to_string()).into_owned();
     match e {
-        QueryError::Refused(r) => Status::permission_denied(format!("refused: {r}")),
-        QueryError::Failed(r) => Status::invalid_argument(format!("error: {r}")),
-        QueryError::Audit(r) => {
-            Status::unavailable(format!("audit log unavailable, result withheld: {r}"))
-        }
+        QueryError::Refused(_) => Status::permission_denied(message),
+        QueryError::Failed(_) => Status::invalid_argument(message),
+        QueryError::Audit(_) => Status::unavailable(message),
     }
 }
 
@@ -702,4 +703,20 @@ impl FlightSqlService for ExchangeFlightService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_escape_terminal_controls() {
+        let s = status_of(QueryError::Failed("SQL error near \u{1b}[2J\r".into()));
+        assert!(!s.message().contains('\u{1b}') && !s.message().contains('\r'));
+        assert!(s.message().contains("\\u{1b}[2J"), "{}", s.message());
+        assert_eq!(
+            status_of(QueryError::Refused("no".into())).code(),
+            tonic::Code::PermissionDenied
+        );
+    }
 }

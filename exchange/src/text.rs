@@ -1,0 +1,161 @@
+//! Text shown to people. Values, statements and reasons can hold characters a terminal acts
+//! on (escape sequences, carriage returns, bidirectional overrides) that could hide or
+//! rewrite what a reader sees, such as an analyst's own statement in an auditor's report.
+//! Every rendering shows them escaped (`\u{1b}`, `\r`), never raw.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, LargeListArray, LargeStringArray, ListArray, RecordBatch,
+    StringArray, StringViewArray, StructArray,
+};
+use arrow::datatypes::DataType;
+use arrow::error::ArrowError;
+
+/// Characters that change how text displays rather than being displayed.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` with control and bidirectional-override characters escaped.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else if acts_on_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The batches with every string (in lists and structs too) escaped; other columns as
+/// they are.
+pub fn escape_batches(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+    batches
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .map(escape_array)
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(b.schema(), columns)
+        })
+        .collect()
+}
+
+fn escape_array(a: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    Ok(match a.data_type() {
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>();
+            if !needs_escape(s.iter()) {
+                return Ok(a.clone());
+            }
+            Arc::new(s.iter().map(|v| v.map(escape)).collect::<StringArray>())
+        }
+        DataType::LargeUtf8 => {
+            let s = a.as_string::<i64>();
+            if !needs_escape(s.iter()) {
+                return Ok(a.clone());
+            }
+            Arc::new(
+                s.iter()
+                    .map(|v| v.map(escape))
+                    .collect::<LargeStringArray>(),
+            )
+        }
+        DataType::Utf8View => {
+            let s = a.as_string_view();
+            if !needs_escape(s.iter()) {
+                return Ok(a.clone());
+            }
+            Arc::new(s.iter().map(|v| v.map(escape)).collect::<StringViewArray>())
+        }
+        DataType::List(field) => {
+            let l = a.as_list::<i32>();
+            Arc::new(ListArray::try_new(
+                field.clone(),
+                l.offsets().clone(),
+                escape_array(l.values())?,
+                l.nulls().cloned(),
+            )?)
+        }
+        DataType::LargeList(field) => {
+            let l = a.as_list::<i64>();
+            Arc::new(LargeListArray::try_new(
+                field.clone(),
+                l.offsets().clone(),
+                escape_array(l.values())?,
+                l.nulls().cloned(),
+            )?)
+        }
+        DataType::Struct(fields) => {
+            let s = a.as_struct();
+            let columns = s
+                .columns()
+                .iter()
+                .map(escape_array)
+                .collect::<Result<Vec<_>, _>>()?;
+            Arc::new(StructArray::try_new(
+                fields.clone(),
+                columns,
+                s.nulls().cloned(),
+            )?)
+        }
+        _ => a.clone(),
+    })
+}
+
+fn needs_escape<'a>(mut values: impl Iterator<Item = Option<&'a str>>) -> bool {
+    values.any(|v| v.is_some_and(|s| s.chars().any(acts_on_terminal)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use arrow::array::ListBuilder;
+    use arrow::array::StringBuilder;
+
+    #[test]
+    fn terminal_controls_are_escaped_and_text_kept() {
+        assert_eq!(escape("张三 plain"), "张三 plain");
+        assert_eq!(escape("a\u{1b}[2Jb\rc\u{7}"), "a\\u{1b}[2Jb\\rc\\u{7}");
+        assert_eq!(escape("x\u{202E}y\u{9b}z"), "x\\u{202e}y\\u{9b}z");
+    }
+
+    #[test]
+    fn batches_escape_strings_in_lists() {
+        let mut list = ListBuilder::new(StringBuilder::new());
+        list.values().append_value("ok");
+        list.values().append_value("evil\u{1b}[1A");
+        list.append(true);
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("a\rb"), None]));
+        let lists: ArrayRef = Arc::new({
+            list.append(false);
+            list.finish()
+        });
+        let batch = RecordBatch::try_from_iter(vec![("s", strings), ("l", lists)]).unwrap();
+        let out = escape_batches(&[batch]).unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(
+            text.contains("a\\rb") && text.contains("evil\\u{1b}[1A"),
+            "{text}"
+        );
+    }
+}
