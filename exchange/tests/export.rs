@@ -487,3 +487,127 @@ async fn aggregates_under_a_policy_threshold_are_groups_not_records() {
     assert!(g.contains("not counted") && g.contains(">= 5"), "{g}");
     assert_eq!(s.manifest.body.rows, 12);
 }
+
+/// Classes of the raw residents over (gender, birth year, district), for ground truth.
+fn raw_classes(filter: impl Fn(&str, i32, &str) -> bool) -> BTreeMap<(String, i32, String), usize> {
+    let path = common::data_root().join("police/residents.parquet");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for b in reader {
+        let b = b.unwrap();
+        let rows = cells(std::slice::from_ref(&b));
+        let idx = |n: &str| b.schema().index_of(n).unwrap();
+        let (g, d, dist) = (idx("gender"), idx("birth_date"), idx("district"));
+        for r in rows {
+            let year: i32 = r[d][..4].parse().unwrap();
+            if filter(&r[g], year, &r[dist]) {
+                *out.entry((r[g].clone(), year, r[dist].clone()))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
+    // Finding 5b of issue 11: the gender copied into a VALUES column by a join equality (or
+    // pinned by a filter and output as a constant) escaped lineage, so no guard ran.
+    let (ex, state) = open();
+    let small = |m: &BTreeMap<(String, i32, String), usize>| m.values().filter(|n| **n < 3).count();
+    let all = raw_classes(|_, _, _| true);
+    assert!(small(&all) > 0, "the test needs small classes");
+    for (name, sql, columns) in [
+        (
+            "values",
+            "SELECT g.v, r.birth_date, r.district, r.person_id FROM police.residents r JOIN (VALUES ('F'), ('M')) g(v) ON r.gender = g.v",
+            ["v", "birth_date", "district"],
+        ),
+        (
+            "in-subquery",
+            "SELECT g.v, r.birth_date, r.district, r.person_id FROM police.residents r, (VALUES ('F'), ('M')) g(v) WHERE r.gender = g.v",
+            ["v", "birth_date", "district"],
+        ),
+        (
+            "case",
+            "SELECT CASE WHEN r.gender = 'F' THEN 'woman' ELSE 'man' END AS sex, r.birth_date, r.district, r.person_id FROM police.residents r",
+            ["sex", "birth_date", "district"],
+        ),
+    ] {
+        let out = state.path().join(format!("{name}.parquet"));
+        let s = run(&ex, &request("research-b", &out, sql)).await.unwrap();
+        let guard = s.manifest.body.guard.unwrap();
+        assert!(guard.contains("suppressed"), "{name}: {guard}");
+        let (batches, _) = read(&out);
+        let exported = classes(&batches, &columns);
+        assert!(exported.values().all(|n| *n >= 3), "{name}: {exported:?}");
+        let kept: usize = all.values().filter(|n| **n >= 3).sum();
+        assert_eq!(s.manifest.body.rows as usize, kept, "{name}");
+    }
+    // A filter pins the gender and a constant says it: one class per birth year.
+    let out = state.path().join("constant.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-b",
+            &out,
+            "SELECT 'F' AS g, birth_date, district, person_id FROM police.residents WHERE gender = 'F'",
+        ),
+    )
+    .await
+    .unwrap();
+    let women = raw_classes(|g, _, _| g == "F");
+    let kept: usize = women.values().filter(|n| **n >= 3).sum();
+    assert_eq!(s.manifest.body.rows as usize, kept);
+    // A filter alone pins them: the whole result is one class, too small to leave.
+    let (&(ref g, year, ref district), _) = all.iter().find(|(_, n)| **n < 3).unwrap();
+    let out = state.path().join("pinned.parquet");
+    let s = run(
+        &ex,
+        &request(
+            "research-b",
+            &out,
+            &format!(
+                "SELECT person_id FROM police.residents WHERE gender = '{g}' AND birth_date = DATE '{year}-01-01' AND district = '{district}'"
+            ),
+        ),
+    )
+    .await
+    .unwrap();
+    let guard = s.manifest.body.guard.unwrap();
+    assert!(guard.contains("whole result"), "{guard}");
+    assert_eq!(s.manifest.body.rows, 0, "{guard}");
+}
+
+#[tokio::test]
+async fn a_threshold_elsewhere_in_the_plan_does_not_make_rows_groups() {
+    // Finding 5a of issue 11: any policy threshold anywhere in the plan switched class
+    // counting off for a GROUP BY over quasi-identifiers.
+    let (ex, state) = open();
+    let out = state.path().join("groups.parquet");
+    let req = ExportRequest {
+        principal: "civil_analyst".into(),
+        purpose: Some("elderly_care_planning".into()),
+        recipient: "research-c".into(),
+        out: out.clone(),
+        sql:
+            "SELECT r.gender, r.birth_date, r.household_size, count(*) AS n FROM police.residents r
+              WHERE (SELECT count(*) FROM health.visits) > 0 GROUP BY 1, 2, 3"
+                .into(),
+        expires: None,
+    };
+    let s = run(&ex, &req).await.unwrap();
+    let guard = s.manifest.body.guard.unwrap();
+    assert!(!guard.contains("not counted"), "{guard}");
+    assert!(guard.contains("suppressed"), "{guard}");
+    let (batches, _) = read(&out);
+    assert!(guard.contains("over (gender, birth_date, n)"), "{guard}");
+    assert!(
+        classes(&batches, &["gender", "birth_date", "n"])
+            .values()
+            .all(|n| *n >= 3)
+    );
+}

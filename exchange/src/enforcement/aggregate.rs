@@ -9,9 +9,14 @@
 //! - each row of the table counts at most once per group, however often a join repeated it,
 //!   and the NULL rows an outer join pads in count nothing: the rest of the query decides
 //!   which rows are in and in which group, never how much a row weighs;
-//! - only summarising aggregates, with no FILTER and no ordering; order statistics of an
-//!   aggregate-only column (which return one member's value) only where the grant allows;
-//! - one protected table per aggregate;
+//! - a row of the table is in one group only: a row a join places in several groups of the
+//!   aggregate counts in none (else one aggregate could hold a group with a person and the
+//!   same group without, and their difference would be that person);
+//! - only summarising aggregates, with no FILTER and no ordering; value statistics of an
+//!   aggregate-only column (min, max, median, percentiles return one member's value,
+//!   DISTINCT tells whether members' values are equal) only where the grant allows;
+//! - one protected table per aggregate, and one aggregate per protected table and statement
+//!   (two, combined in one statement, could difference each other out);
 //! - groups covering fewer than k distinct entities are suppressed;
 //! - for `min_group` tables, nothing evaluated on the way to the aggregate can fail
 //!   ([`super::total`]): a failure would tell whether a row exists.
@@ -20,7 +25,9 @@ use std::sync::Arc;
 
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
-use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, Projection, lit};
+use datafusion::logical_expr::{
+    Aggregate, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, lit,
+};
 
 use super::barrier::PolicyBarrier;
 use super::rule::{Enforcer, ScanInfo, min_group_rows};
@@ -50,8 +57,10 @@ const SUMMARISING: &[&str] = &[
     "bool_or",
 ];
 
-/// Summarising aggregates whose result is one member's value.
-const ORDER_STATISTICS: &[&str] = &[
+/// Summarising aggregates whose result is one member's value, or tells whether members'
+/// values are equal.
+const VALUE_STATISTICS: &[&str] = &[
+    "approx_distinct",
     "min",
     "max",
     "median",
@@ -119,6 +128,12 @@ impl Enforcer {
                 datafusion::common::DataFusionError::Internal("unknown scan".into())
             })?;
         let p = Protected { scan, info: &info };
+        if self.released.contains(&info.table) {
+            return p.refuse(
+                "one statement may aggregate them once (two aggregates in one statement could be subtracted from each other to single out a person); run each aggregate as its own statement",
+            );
+        }
+        self.released.push(info.table.clone());
         // Threshold: the largest k, counting entities whose rows feed every argument.
         let mut k = info.min_group.unwrap_or(0);
         let mut args: Vec<Expr> = Vec::new();
@@ -170,7 +185,17 @@ impl Enforcer {
             .iter()
             .any(|t| matches!(t, Tag::Row { scan: s, multiplied: true } if *s == scan));
         let (input, tags_in, group) = if multiplied {
-            once_per_group(input, &tags_in, scan, &group_expr, &aggr_expr)?
+            // Group keys of the table's own columns put each row in one group anyway.
+            let own_keys = group_expr.iter().all(|g| {
+                g.column_refs().iter().all(|c| {
+                    input
+                        .schema()
+                        .maybe_index_of_column(c)
+                        .and_then(|i| tags_in.get(i))
+                        .is_some_and(|t| matches!(t, Tag::Own { scan: s } if *s == scan))
+                })
+            });
+            once_per_group(input, &tags_in, scan, &group_expr, &aggr_expr, !own_keys)?
         } else {
             (input, tags_in, group_expr)
         };
@@ -227,7 +252,7 @@ impl Enforcer {
         let out_len = names.len();
         let plan = Projection::try_new(names, Arc::new(filtered)).map(LogicalPlan::Projection)?;
         // Nothing the analyst writes above (HAVING, an outer WHERE) may see a suppressed group.
-        let plan = PolicyBarrier::wrap("minimum group size", plan);
+        let plan = PolicyBarrier::threshold(vec![info.table.clone()], plan);
         Ok((plan, vec![Tag::Free; out_len]))
     }
 
@@ -336,9 +361,15 @@ fn protected_aggregate(
                 }
             }
             Tag::AggOnly { k, scan, column } if scan == p.scan => {
-                if ORDER_STATISTICS.contains(&name) && !p.info.order_statistics {
+                if (VALUE_STATISTICS.contains(&name) || params.distinct) && !p.info.value_statistics
+                {
+                    let what = if params.distinct {
+                        format!("{name}(DISTINCT ...) tells whether members' values are equal")
+                    } else {
+                        format!("{name}() returns one member's value")
+                    };
                     return refuse(format!(
-                        "{column} is aggregate-only (k = {k}): {name}() returns one member's value, and the grant does not allow order statistics (order_statistics = true)"
+                        "{column} is aggregate-only (k = {k}): {what}, and the grant does not allow value statistics (value_statistics = true)"
                     ));
                 }
                 needs.push((column, k, arg.clone()));
@@ -360,13 +391,16 @@ fn protected_aggregate(
 /// The aggregate's input reduced to its distinct (group keys, row of the protected table)
 /// pairs, without the NULL rows outer joins pad in, carrying only what the aggregates read:
 /// every row of the table then counts once per group, however often a join repeated it.
-/// Returns the reduced input, its tags and the group keys over it.
+/// With `one_group`, rows that a join placed in several groups are dropped: each row
+/// counts in one group or in none. Returns the reduced input, its tags and the group keys
+/// over it.
 fn once_per_group(
     input: LogicalPlan,
     tags_in: &[Tag],
     scan: usize,
     group: &[Expr],
     aggr: &[Expr],
+    one_group: bool,
 ) -> Result<(LogicalPlan, Vec<Tag>, Vec<Expr>)> {
     let schema = input.schema().clone();
     let column_at = |i: usize| -> Expr {
@@ -420,8 +454,34 @@ fn once_per_group(
         .collect();
     let distinct =
         Aggregate::try_new(Arc::new(projected), keys, vec![]).map(LogicalPlan::Aggregate)?;
-    let group = (0..group.len())
+    let keys = (0..group.len())
         .map(|i| Expr::Column(Column::from_name(format!("{GROUP_KEY}{i}"))))
         .collect();
-    Ok((distinct, tags, group))
+    if !one_group || group.is_empty() {
+        return Ok((distinct, tags, keys));
+    }
+    // The rows in exactly one group: count each row's groups, keep those with one.
+    let (rq, rf) = distinct.schema().qualified_field(group.len());
+    let row_col = Expr::Column(Column::new(rq.cloned(), rf.name()));
+    let single = LogicalPlanBuilder::from(distinct.clone())
+        .project(vec![row_col.clone().alias(SINGLE_ROW)])?
+        .aggregate(
+            vec![Expr::Column(Column::from_name(SINGLE_ROW))],
+            vec![datafusion::functions_aggregate::count::count(lit(1i64)).alias(GROUPS)],
+        )?
+        .filter(Expr::Column(Column::from_name(GROUPS)).eq(lit(1i64)))?
+        .project(vec![Expr::Column(Column::from_name(SINGLE_ROW))])?
+        .build()?;
+    let kept = LogicalPlanBuilder::from(distinct)
+        .join_on(
+            single,
+            JoinType::LeftSemi,
+            vec![row_col.eq(Expr::Column(Column::from_name(SINGLE_ROW)))],
+        )?
+        .build()?;
+    Ok((kept, tags, keys))
 }
+
+/// Names of the row number and its number of groups while the rows in one group are found.
+const SINGLE_ROW: &str = "__exchange_single_row";
+const GROUPS: &str = "__exchange_groups";

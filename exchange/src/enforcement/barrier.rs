@@ -36,16 +36,21 @@ use futures::StreamExt;
 pub struct PolicyBarrier {
     /// What it protects, for plans.
     pub label: String,
+    /// Tables (`agency.table`) whose distinct entities every row of `input` covers at
+    /// least the policy's minimum of: the rows are groups of such a threshold.
+    pub thresholded: Vec<String>,
     /// The protected plan.
     pub input: LogicalPlan,
 }
 
 impl PolicyBarrier {
-    /// Wrap `input`.
-    pub fn wrap(label: &str, input: LogicalPlan) -> LogicalPlan {
+    /// Wrap `input`, an aggregate whose groups below the minimum size of `tables` are
+    /// suppressed.
+    pub fn threshold(tables: Vec<String>, input: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
             node: Arc::new(PolicyBarrier {
-                label: label.to_string(),
+                label: "minimum group size".into(),
+                thresholded: tables,
                 input,
             }),
         })
@@ -81,6 +86,7 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
         match inputs.pop() {
             Some(input) if inputs.is_empty() => Ok(Self {
                 label: self.label.clone(),
+                thresholded: self.thresholded.clone(),
                 input,
             }),
             _ => internal_err!("PolicyBarrier takes one input"),

@@ -86,8 +86,8 @@ pub(super) struct ScanInfo {
     pub(super) min_group: Option<u32>,
     /// Whether the fragment carries a hidden entity column.
     pub(super) has_entity: bool,
-    /// Whether order statistics of its aggregate-only columns are allowed.
-    pub(super) order_statistics: bool,
+    /// Whether value statistics of its aggregate-only columns are allowed.
+    pub(super) value_statistics: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +99,8 @@ pub(super) struct Enforcer {
     pub(super) scans: Vec<ScanInfo>,
     /// Unions seen, to name the relations they make.
     unions: usize,
+    /// Protected tables an aggregate of this statement already summarises.
+    pub(super) released: Vec<String>,
 }
 
 /// Relation ids of unions start here, far from scan ids.
@@ -357,7 +359,7 @@ impl Enforcer {
                 .base_tags
                 .iter()
                 .any(|t| matches!(t, BaseTag::Entity { .. })),
-            order_statistics: spec.access.order_statistics,
+            value_statistics: spec.access.value_statistics,
         });
         self.report.scans.push(ScanUse {
             table: spec.dataset.qualified_name(),

@@ -153,17 +153,9 @@ pub(super) struct Ctx<'a> {
     pub(super) sub: &'a HashMap<usize, Vec<Tag>>,
 }
 
+/// A cast of an aggregate-only value that cannot fail (a failure would reveal the value).
 fn lossless_cast(from: &arrow::datatypes::DataType, to: &arrow::datatypes::DataType) -> bool {
-    use arrow::datatypes::DataType as T;
-    from == to
-        || matches!(to, T::Utf8 | T::LargeUtf8 | T::Utf8View)
-        || (matches!(to, T::Float64) && (from.is_numeric()))
-        || (matches!(to, T::Int64)
-            && matches!(
-                from,
-                T::Int8 | T::Int16 | T::Int32 | T::UInt8 | T::UInt16 | T::UInt32
-            ))
-        || (matches!(to, T::Decimal128(_, _)) && from.is_integer())
+    super::total::cast_total(from, to)
 }
 
 impl Ctx<'_> {

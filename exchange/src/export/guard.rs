@@ -1,18 +1,21 @@
-//! The k-anonymity guard of exports: which result columns carry quasi-identifiers (by
-//! lineage over the governed logical plan), and the equivalence classes over them.
+//! The k-anonymity guard of exports: whether a result reads quasi-identifiers anywhere,
+//! which of its columns carry them (by lineage over the governed logical plan, through
+//! expressions, and through any predicate that connects a column with one), and the
+//! equivalence classes over those columns.
 
 use std::collections::{BTreeSet, HashMap};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::common::Result;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, Result};
 use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 use crate::catalog::{Catalog, KAction};
-use crate::enforcement::RawTable;
+use crate::enforcement::{PolicyBarrier, RawTable};
 
 /// Source columns (`agency.table`, column) an output column is computed from.
 type Sources = BTreeSet<(String, String)>;
@@ -20,7 +23,9 @@ type Sources = BTreeSet<(String, String)>;
 /// What the guard checks for one export.
 #[derive(Debug, Clone)]
 pub struct GuardSpec {
-    /// Output column indices that carry quasi-identifiers.
+    /// Output columns that form the equivalence classes: those carrying quasi-identifier
+    /// information (by lineage, or by a predicate connecting them with one), and constants.
+    /// Empty: the whole result is one class.
     pub columns: Vec<usize>,
     /// Their names, for messages.
     pub names: Vec<String>,
@@ -28,99 +33,200 @@ pub struct GuardSpec {
     pub k: u32,
     /// What happens to smaller classes.
     pub action: KAction,
-    /// The result's rows are groups of an aggregation, not records: classes of rows
-    /// mean nothing there (minimum group sizes are the grants' `min_group` and
-    /// `aggregate_only`), so the guard does not count them.
+    /// The result's rows are groups of an aggregation whose policy threshold counts the
+    /// entities of every table whose quasi-identifiers the query reads: each group then
+    /// covers at least that many people, so the guard does not count its rows.
     pub aggregated: bool,
 }
 
-/// Whether the plan's rows come out of an aggregation (through projections, filters,
-/// sorts, limits and aliases only).
-fn aggregated(plan: &LogicalPlan) -> bool {
+/// Tables whose entities the root aggregate's policy threshold counts, if the plan's rows
+/// are its groups (through projections, filters, sorts, limits and aliases only).
+fn root_thresholds(plan: &LogicalPlan) -> Option<&[String]> {
     match plan {
-        LogicalPlan::Aggregate(_) => true,
         LogicalPlan::Projection(_)
         | LogicalPlan::Filter(_)
         | LogicalPlan::Sort(_)
         | LogicalPlan::Limit(_)
         | LogicalPlan::SubqueryAlias(_)
-        | LogicalPlan::Repartition(_)
-        | LogicalPlan::Extension(_) => plan.inputs().first().is_some_and(|p| aggregated(p)),
-        _ => false,
+        | LogicalPlan::Repartition(_) => plan.inputs().first().and_then(|p| root_thresholds(p)),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<PolicyBarrier>()
+            .map(|b| b.thresholded.as_slice()),
+        _ => None,
     }
 }
 
 impl GuardSpec {
-    /// The guard of a plan's output, if it exports quasi-identifiers of a table that
-    /// declares `export_k`: the strictest k and action of those tables.
+    /// The guard of a plan, if it reads (anywhere: output, filter, join, subquery)
+    /// quasi-identifiers of a table that declares `export_k`: the strictest k and action of
+    /// those tables.
     pub fn of(plan: &LogicalPlan, catalog: &Catalog) -> Option<Self> {
-        let lineage = lineage(plan);
+        let quasi =
+            |(table, column): &(String, String)| -> Option<(String, crate::catalog::ExportK)> {
+                let (agency, name) = table.split_once('.')?;
+                let d = catalog.dataset(agency, name)?;
+                let rule = d.export_k?;
+                d.column(column)
+                    .filter(|c| c.quasi_identifier)
+                    .map(|_| (table.clone(), rule))
+            };
+        let mut tables: BTreeSet<String> = BTreeSet::new();
+        let mut spec: Option<GuardSpec> = None;
+        for source in read_anywhere(plan) {
+            let Some((table, rule)) = quasi(&source) else {
+                continue;
+            };
+            tables.insert(table);
+            let s = spec.get_or_insert(GuardSpec {
+                columns: vec![],
+                names: vec![],
+                k: rule.k,
+                action: rule.action,
+                aggregated: false,
+            });
+            s.k = s.k.max(rule.k);
+            if rule.action == KAction::Refuse {
+                s.action = KAction::Refuse;
+            }
+        }
+        let mut spec = spec?;
         let names: Vec<String> = plan
             .schema()
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let mut spec: Option<GuardSpec> = None;
-        for (i, sources) in lineage.iter().enumerate() {
-            for (table, column) in sources {
-                let Some((agency, name)) = table.split_once('.') else {
-                    continue;
-                };
-                let Some(d) = catalog.dataset(agency, name) else {
-                    continue;
-                };
-                let (Some(rule), Some(c)) = (d.export_k, d.column(column)) else {
-                    continue;
-                };
-                if !c.quasi_identifier {
-                    continue;
-                }
-                let s = spec.get_or_insert(GuardSpec {
-                    columns: vec![],
-                    names: vec![],
-                    k: rule.k,
-                    action: rule.action,
-                    aggregated: aggregated(plan),
-                });
-                s.k = s.k.max(rule.k);
-                if rule.action == KAction::Refuse {
-                    s.action = KAction::Refuse;
-                }
-                if !s.columns.contains(&i) {
-                    s.columns.push(i);
-                    s.names.push(names.get(i).cloned().unwrap_or_default());
-                }
+        for (i, sources) in lineage(plan).iter().enumerate() {
+            // Constants say something about every row when a filter pinned a
+            // quasi-identifier (`SELECT 'F' ... WHERE gender = 'F'`).
+            if sources.is_empty() || sources.iter().any(|s| quasi(s).is_some()) {
+                spec.columns.push(i);
+                spec.names.push(names.get(i).cloned().unwrap_or_default());
             }
         }
-        spec
+        spec.aggregated =
+            root_thresholds(plan).is_some_and(|t| tables.iter().all(|q| t.contains(q)));
+        Some(spec)
     }
 }
 
-/// Per output column, the source columns it derives from. Nodes the walk does not know
+impl GuardSpec {
+    /// What the classes are over, for messages.
+    pub fn over(&self) -> String {
+        if self.names.is_empty() {
+            "(the whole result, one class)".into()
+        } else {
+            format!("({})", self.names.join(", "))
+        }
+    }
+}
+
+/// Every source column the plan reads, anywhere (subqueries included).
+fn read_anywhere(plan: &LogicalPlan) -> Sources {
+    let mut out = Sources::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && source_as_provider(&scan.source)
+                .ok()
+                .is_some_and(|p| p.downcast_ref::<RawTable>().is_some())
+        {
+            let table = scan.table_name.to_string();
+            for f in scan.projected_schema.fields() {
+                out.insert((table.clone(), f.name().clone()));
+            }
+            for f in &scan.filters {
+                for c in f.column_refs() {
+                    out.insert((table.clone(), c.name.clone()));
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Columns of `schema` an expression refers to (its subqueries' outer references included),
+/// and what its subqueries read.
+fn references(expr: &Expr, schema: &DFSchema) -> (Vec<usize>, Sources) {
+    let mut columns = Vec::new();
+    let mut read = Sources::new();
+    let mut add = |c: &Column| {
+        if let Ok(i) = schema.index_of_column(c)
+            && !columns.contains(&i)
+        {
+            columns.push(i);
+        }
+    };
+    for c in expr.column_refs() {
+        add(c);
+    }
+    let _ = expr.apply(|e| {
+        let sub = match e {
+            Expr::ScalarSubquery(sq) => Some(sq),
+            Expr::Exists(x) => Some(&x.subquery),
+            Expr::InSubquery(x) => Some(&x.subquery),
+            Expr::SetComparison(x) => Some(&x.subquery),
+            _ => None,
+        };
+        if let Some(sq) = sub {
+            read.extend(read_anywhere(&sq.subquery));
+            for o in &sq.outer_ref_columns {
+                for c in o.column_refs() {
+                    add(c);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    (columns, read)
+}
+
+/// A predicate connects the columns it mentions: each may reveal the others (a join on
+/// `r.gender = g.v` makes `g.v` a copy of the gender). Every column of a conjunct gets the
+/// sources of all of them, until nothing changes.
+fn connect(of: &mut [Sources], schema: &DFSchema, conjuncts: &[Expr]) {
+    let refs: Vec<(Vec<usize>, Sources)> =
+        conjuncts.iter().map(|c| references(c, schema)).collect();
+    loop {
+        let mut changed = false;
+        for (columns, read) in &refs {
+            let mut all = read.clone();
+            for i in columns {
+                if let Some(s) = of.get(*i) {
+                    all.extend(s.iter().cloned());
+                }
+            }
+            for i in columns {
+                if let Some(s) = of.get_mut(*i)
+                    && s.len() < all.len()
+                {
+                    s.extend(all.iter().cloned());
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// Per output column, the source columns its values may reveal: those it is computed from,
+/// and those a filter or join condition connected it with. Nodes the walk does not know
 /// give every output column every source below them (over-approximate: the guard errs
 /// towards checking a column, never towards skipping one).
 pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
     let width = plan.schema().fields().len();
     let inputs: Vec<Vec<Sources>> = plan.inputs().iter().map(|p| lineage(p)).collect();
     let by_column = |expr: &Expr, input: &LogicalPlan, of: &[Sources]| -> Sources {
-        let mut out = Sources::new();
-        for c in expr.column_refs() {
-            if let Ok(i) = input.schema().index_of_column(c)
-                && let Some(s) = of.get(i)
-            {
+        let (columns, mut out) = references(expr, input.schema());
+        for i in columns {
+            if let Some(s) = of.get(i) {
                 out.extend(s.iter().cloned());
             }
         }
-        // Scalar subqueries in the expression contribute all they read.
-        let _ = expr.apply(|e| {
-            if let Expr::ScalarSubquery(sq) = e {
-                for s in lineage(&sq.subquery) {
-                    out.extend(s);
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
         out
     };
     let all = |inputs: &[Vec<Sources>]| -> Sources {
@@ -151,6 +257,52 @@ pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
             let of = inputs.first().cloned().unwrap_or_default();
             p.expr.iter().map(|e| by_column(e, &p.input, &of)).collect()
         }
+        LogicalPlan::Filter(f) => {
+            let mut of = inputs.first().cloned().unwrap_or_default();
+            connect(
+                &mut of,
+                f.input.schema(),
+                &split_conjunction(&f.predicate)
+                    .into_iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            of
+        }
+        LogicalPlan::Join(j) => {
+            let mut of: Vec<Sources> = inputs.iter().flatten().cloned().collect();
+            let mut conjuncts: Vec<Expr> =
+                j.on.iter().map(|(l, r)| l.clone().eq(r.clone())).collect();
+            if let Some(f) = &j.filter {
+                conjuncts.extend(split_conjunction(f).into_iter().cloned());
+            }
+            if let Ok(both) = j.left.schema().join(j.right.schema()) {
+                connect(&mut of, &both, &conjuncts);
+            }
+            let left = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti => of.truncate(left),
+                JoinType::RightSemi | JoinType::RightAnti => {
+                    of.drain(..left);
+                }
+                JoinType::LeftMark => {
+                    let mark = all(&inputs);
+                    of.truncate(left);
+                    of.push(mark);
+                }
+                JoinType::RightMark => {
+                    let mark = all(&inputs);
+                    of.drain(..left);
+                    of.push(mark);
+                }
+                _ => {}
+            }
+            if of.len() == width {
+                of
+            } else {
+                vec![all(&inputs); width]
+            }
+        }
         LogicalPlan::Aggregate(a) => {
             let of = inputs.first().cloned().unwrap_or_default();
             a.group_expr
@@ -180,8 +332,8 @@ pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
             })
             .collect(),
         _ => {
-            // Joins concatenate their inputs; filters, sorts, limits, aliases and the
-            // policy barrier pass theirs through. Anything else: everything.
+            // Sorts, limits, aliases and the policy barrier pass theirs through. Anything
+            // else: everything.
             let concat: Vec<Sources> = inputs.iter().flatten().cloned().collect();
             if concat.len() == width {
                 concat
@@ -206,11 +358,15 @@ pub struct ClassCounter {
 impl ClassCounter {
     /// A counter over `spec`'s columns of batches shaped like `sample`'s schema.
     pub fn new(spec: &GuardSpec, schema: &arrow::datatypes::Schema) -> Result<Self> {
-        let fields = spec
+        let mut fields: Vec<SortField> = spec
             .columns
             .iter()
             .map(|i| SortField::new(schema.field(*i).data_type().clone()))
             .collect();
+        if fields.is_empty() {
+            // No class columns: the whole result is one class (one NULL key).
+            fields.push(SortField::new(arrow::datatypes::DataType::Null));
+        }
         Ok(Self {
             columns: spec.columns.clone(),
             converter: RowConverter::new(fields)?,
@@ -219,11 +375,17 @@ impl ClassCounter {
     }
 
     fn keys(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
-        let cols: Vec<ArrayRef> = self
+        let mut cols: Vec<ArrayRef> = self
             .columns
             .iter()
             .map(|i| batch.column(*i).clone())
             .collect();
+        if cols.is_empty() {
+            cols.push(arrow::array::new_null_array(
+                &arrow::datatypes::DataType::Null,
+                batch.num_rows(),
+            ));
+        }
         Ok(self.converter.convert_columns(&cols)?)
     }
 

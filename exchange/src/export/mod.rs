@@ -260,12 +260,9 @@ async fn stage(
     };
     let planned = plan_query(&session, *stmt, named).await?;
     *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
-    // Aggregated rows are groups, and only group thresholds applied by the policy make
-    // them safe; without one they are counted as records like any other row.
-    let guard = GuardSpec::of(&planned.optimized, ex.catalog()).map(|g| GuardSpec {
-        aggregated: g.aggregated && !planned.thresholds.is_empty(),
-        ..g
-    });
+    // Aggregated rows are groups only under a policy threshold over the tables whose
+    // quasi-identifiers the query reads; otherwise they count as records like any row.
+    let guard = GuardSpec::of(&planned.optimized, ex.catalog());
 
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires = req
@@ -342,15 +339,15 @@ async fn stage(
     let mut partial = first.clone();
     let mut note = guard.as_ref().filter(|g| g.aggregated).map(|g| {
         format!(
-            "k-anonymity k={} over ({}): not counted, the rows are groups of the policy's thresholds ({})",
+            "k-anonymity k={} over {}: not counted, the rows are groups of the policy's thresholds ({})",
             g.k,
-            g.names.join(", "),
+            g.over(),
             planned.thresholds.join("; ")
         )
     });
     if let (Some(g), Some(c)) = (&guard, &counter) {
         let (classes, small_rows) = c.small(g.k);
-        let over = format!("k-anonymity k={} over ({})", g.k, g.names.join(", "));
+        let over = format!("k-anonymity k={} over {}", g.k, g.over());
         if classes == 0 {
             note = Some(format!("{over}: {} classes, none below k", c.classes()));
         } else if g.action == KAction::Refuse {

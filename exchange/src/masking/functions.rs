@@ -302,6 +302,8 @@ pub fn sha256(input: &str, salt: &str, out: &mut String) {
 
 /// Age band of width `w`: 37 with w = 10 -> "30-39".
 pub fn age_band(v: i64, w: i64) -> String {
+    // In i128 no value of the band overflows: a mask never fails on a value.
+    let (v, w) = (i128::from(v), i128::from(w));
     let lo = v.div_euclid(w) * w;
     format!("{lo}-{}", lo + w - 1)
 }

@@ -387,15 +387,13 @@ fn month_start(days: i32) -> i32 {
         .unwrap_or(0)
 }
 
-fn round_to(v: i64, k: i64) -> i64 {
-    let half = k / 2;
+/// `v` rounded to a multiple of `k` (half up); `None` when that multiple is outside `i64`.
+fn round_to(v: i64, k: i64) -> Option<i64> {
+    let (v, k) = (i128::from(v), i128::from(k));
     let r = v.rem_euclid(k);
     let base = v - r;
-    if r >= half && k > 1 {
-        base.saturating_add(k)
-    } else {
-        base
-    }
+    let rounded = if r >= k / 2 && k > 1 { base + k } else { base };
+    i64::try_from(rounded).ok()
 }
 
 /// The edges of `bucket`: 1 to 32 strictly increasing integers.
@@ -582,7 +580,7 @@ impl ScalarUDFImpl for MaskUdf {
                 }
                 match array.data_type() {
                     DataType::Int64 => {
-                        let out: Int64Array = as_int64_array(&array)?.unary(|v| round_to(v, k));
+                        let out: Int64Array = as_int64_array(&array)?.unary_opt(|v| round_to(v, k));
                         Arc::new(out)
                     }
                     DataType::Decimal128(p, scale) => {
@@ -772,9 +770,16 @@ mod tests {
         // 2019-05-12 is day 18028 since the epoch; 2019-01-01 is 17897.
         assert_eq!(year_start(18028), 17897);
         assert_eq!(year_start(0), 0);
-        assert_eq!(round_to(1234, 100), 1200);
-        assert_eq!(round_to(1250, 100), 1300);
-        assert_eq!(round_to(-1250, 100), -1200);
+        assert_eq!(round_to(1234, 100), Some(1200));
+        assert_eq!(round_to(1250, 100), Some(1300));
+        assert_eq!(round_to(-1250, 100), Some(-1200));
+        // Extremes give NULL, never an overflow.
+        assert_eq!(round_to(i64::MAX, 1000), None);
+        assert_eq!(round_to(i64::MIN + 1, 1000), None);
+        assert_eq!(
+            super::functions::age_band(i64::MAX, 7),
+            "9223372036854775807-9223372036854775813"
+        );
     }
 
     async fn eval(sql: &str) -> Vec<String> {

@@ -150,9 +150,10 @@ pub struct Grant {
     pub row_filter: Option<RowFilter>,
     /// Rows leave only aggregated, in groups of at least this many entities.
     pub min_group: Option<u32>,
-    /// Whether order statistics (min, max, median, percentiles, bool_and/bool_or) of
-    /// aggregate-only columns are allowed: each returns one member's actual value.
-    pub order_statistics: bool,
+    /// Whether value statistics of aggregate-only columns are allowed: min, max, median,
+    /// percentiles, bool_and/bool_or (each returns one member's actual value) and DISTINCT
+    /// aggregates (which tell whether members' values are equal).
+    pub value_statistics: bool,
     /// Visible columns in table order.
     pub columns: Vec<ColumnRule>,
     /// Columns the grant names as `suppress`: deliberately left out of the visible schema.
@@ -172,8 +173,8 @@ pub struct Access {
     pub row_filter: Option<RowFilter>,
     /// Rows leave only aggregated, in groups of at least this many entities.
     pub min_group: Option<u32>,
-    /// Whether order statistics of aggregate-only columns are allowed.
-    pub order_statistics: bool,
+    /// Whether value statistics of aggregate-only columns are allowed.
+    pub value_statistics: bool,
     /// Whether the principal belongs to the owning agency (may see the filter text).
     pub owner: bool,
 }
@@ -261,7 +262,7 @@ struct GrantEntry {
     row_filter: Option<Spanned<String>>,
     min_group: Option<Spanned<u32>>,
     #[serde(default)]
-    order_statistics: bool,
+    value_statistics: bool,
     description: Option<String>,
     columns: BTreeMap<String, Spanned<ColumnEntry>>,
 }
@@ -516,7 +517,7 @@ impl PolicySet {
                 expires,
                 row_filter,
                 min_group,
-                order_statistics: g.order_statistics,
+                value_statistics: g.value_statistics,
                 columns,
             });
         }
@@ -587,7 +588,7 @@ impl PolicySet {
                 columns: g.columns.clone(),
                 row_filter: g.row_filter.clone(),
                 min_group: g.min_group,
-                order_statistics: g.order_statistics,
+                value_statistics: g.value_statistics,
                 owner: principal.agency == dataset.agency,
             });
         }
@@ -607,7 +608,7 @@ impl PolicySet {
                     .collect(),
                 row_filter: None,
                 min_group: None,
-                order_statistics: true,
+                value_statistics: true,
                 owner: true,
             });
         }
