@@ -358,10 +358,9 @@ async fn a_row_counts_in_one_group_and_a_statement_aggregates_once() {
             per("a", &known),
             per("b", &format!("'{x}'"))
         ),
-        format!(
-            "SELECT count(*) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key
-             WHERE (SELECT count(*) FROM health.visits) > 0"
-        ),
+        "SELECT count(*) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key
+         WHERE (SELECT count(*) FROM health.visits) > 0"
+            .to_string(),
     ] {
         refused_with(&ex, &sql, "aggregate them once").await;
     }
