@@ -704,7 +704,7 @@ fn render_explain(
         }
         if let Some(k) = spec.access.min_group {
             out.push_str(&format!(
-                "    rows leave only aggregated, in groups of at least {k} entities\n"
+                "    rows leave only aggregated, in groups of at least {k} entities; each row counts once, in one group, in one aggregate of the statement (docs/aggregates.md)\n"
             ));
         }
         for (c, field) in spec.access.columns.iter().zip(spec.visible_schema.fields()) {
