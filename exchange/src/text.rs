@@ -7,11 +7,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, LargeListArray, LargeStringArray, ListArray, RecordBatch,
-    StringArray, StringViewArray, StructArray,
+    Array, ArrayRef, AsArray, FixedSizeListArray, LargeListArray, LargeStringArray, ListArray,
+    MapArray, RecordBatch, StringArray, StringViewArray, StructArray,
 };
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema};
 use arrow::error::ArrowError;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// Characters that change how text displays rather than being displayed.
 fn acts_on_terminal(c: char) -> bool {
@@ -40,8 +41,8 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The batches with every string (in lists and structs too) escaped; other columns as
-/// they are.
+/// The batches with every string escaped: values (in lists, structs, maps and dictionaries
+/// too), column names and struct field names; other values as they are.
 pub fn escape_batches(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
     batches
         .iter()
@@ -51,7 +52,14 @@ pub fn escape_batches(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, Arrow
                 .iter()
                 .map(escape_array)
                 .collect::<Result<Vec<_>, _>>()?;
-            RecordBatch::try_new(b.schema(), columns)
+            let fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| Field::new(escape(f.name()), c.data_type().clone(), f.is_nullable()))
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         })
         .collect()
 }
@@ -85,19 +93,31 @@ fn escape_array(a: &ArrayRef) -> Result<ArrayRef, ArrowError> {
         }
         DataType::List(field) => {
             let l = a.as_list::<i32>();
+            let values = escape_array(l.values())?;
             Arc::new(ListArray::try_new(
-                field.clone(),
+                renamed(field, &values),
                 l.offsets().clone(),
-                escape_array(l.values())?,
+                values,
                 l.nulls().cloned(),
             )?)
         }
         DataType::LargeList(field) => {
             let l = a.as_list::<i64>();
+            let values = escape_array(l.values())?;
             Arc::new(LargeListArray::try_new(
-                field.clone(),
+                renamed(field, &values),
                 l.offsets().clone(),
-                escape_array(l.values())?,
+                values,
+                l.nulls().cloned(),
+            )?)
+        }
+        DataType::FixedSizeList(field, size) => {
+            let l = a.as_fixed_size_list();
+            let values = escape_array(l.values())?;
+            Arc::new(FixedSizeListArray::try_new(
+                renamed(field, &values),
+                *size,
+                values,
                 l.nulls().cloned(),
             )?)
         }
@@ -108,14 +128,85 @@ fn escape_array(a: &ArrayRef) -> Result<ArrayRef, ArrowError> {
                 .iter()
                 .map(escape_array)
                 .collect::<Result<Vec<_>, _>>()?;
-            Arc::new(StructArray::try_new(
-                fields.clone(),
-                columns,
-                s.nulls().cloned(),
+            let fields: Fields = fields
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| renamed(f, c))
+                .collect();
+            Arc::new(StructArray::try_new(fields, columns, s.nulls().cloned())?)
+        }
+        DataType::Map(field, ordered) => {
+            let m = a.as_map();
+            let entries: ArrayRef = Arc::new(m.entries().clone());
+            let entries = escape_array(&entries)?;
+            Arc::new(MapArray::try_new(
+                renamed(field, &entries),
+                m.offsets().clone(),
+                entries.as_struct().clone(),
+                m.nulls().cloned(),
+                *ordered,
             )?)
         }
+        DataType::Dictionary(_, _) => {
+            let d = a
+                .as_any_dictionary_opt()
+                .ok_or_else(|| ArrowError::CastError("dictionary".into()))?;
+            let values = escape_array(d.values())?;
+            d.with_values(values)
+        }
+        // Any other nested value that could hold text is shown as its escaped text.
+        t if t.is_nested() || matches!(t, DataType::RunEndEncoded(..)) => as_text(a)?,
         _ => a.clone(),
     })
+}
+
+/// A column as its escaped display text.
+fn as_text(a: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    let options = FormatOptions::default();
+    let f = ArrayFormatter::try_new(a.as_ref(), &options)?;
+    let text: StringArray = (0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| escape(&f.value(i).to_string()).into_owned()))
+        .collect();
+    Ok(Arc::new(text))
+}
+
+/// The batches (already escaped) with nested columns (lists, structs, maps) as their
+/// display text, for formats that only hold flat values (CSV).
+pub fn flatten_nested(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ArrowError> {
+    batches
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    if c.data_type().is_nested() {
+                        as_text(c)
+                    } else {
+                        Ok(c.clone())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        })
+        .collect()
+}
+
+/// A child field under its escaped name, with its (possibly rebuilt) child's type.
+fn renamed(f: &FieldRef, child: &ArrayRef) -> FieldRef {
+    Arc::new(
+        f.as_ref()
+            .clone()
+            .with_name(escape(f.name()))
+            .with_data_type(child.data_type().clone()),
+    )
 }
 
 fn needs_escape<'a>(mut values: impl Iterator<Item = Option<&'a str>>) -> bool {

@@ -226,4 +226,75 @@ fn terminal_controls_in_statements_and_values_never_reach_a_terminal_raw() {
         "{}",
         String::from_utf8_lossy(&report.stdout)
     );
+    // Review 2: column names, dictionary values, struct field names, maps and fixed-size
+    // lists, in every format.
+    let nested = "SELECT count(*) AS \"a\u{1b}[31mRED\u{202e}\", \
+        arrow_cast(concat(chr(27), '[31mDICT'), 'Dictionary(Int32, Utf8)') AS d, \
+        named_struct('f\u{1b}[31m', 1) AS s, \
+        map([concat('k', chr(27))], [concat('v', chr(13))]) AS m, \
+        arrow_cast(make_array(concat('x', chr(7))), 'FixedSizeList(1, Utf8)') AS l \
+        FROM market.enterprises";
+    for format in ["table", "csv", "json"] {
+        let out = exchange(&state, data)
+            .args([
+                "query",
+                "--as",
+                "market_trader",
+                "--purpose",
+                "data_product",
+                "--format",
+                format,
+                nested,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !raw(&out.stdout),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The exporter names the file; the buyer's `export verify` prints it escaped.
+    let file = dir
+        .path()
+        .join("data.parquet issued by police_officer\u{1b}[8m");
+    let out = exchange(&state, data)
+        .args([
+            "export",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+        ])
+        .args(["--recipient", "buyer-1", "--out"])
+        .arg(&file)
+        .arg("SELECT industry, count(*) AS n FROM market.enterprises GROUP BY 1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!raw(&out.stdout) && !raw(&out.stderr));
+    let verify = exchange(&state, data)
+        .args(["export", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        !raw(&verify.stdout),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

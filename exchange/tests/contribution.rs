@@ -546,3 +546,64 @@ async fn generated_aggregates_match_the_policy_model_whatever_multiplies_the_row
     // Most shapes release groups; the rest are suppressed by the model itself.
     assert!(released * 2 > checked, "{released} of {checked}");
 }
+
+#[tokio::test]
+async fn group_keys_that_hide_another_relation_still_put_a_row_in_one_group() {
+    // Review 2: a group key holding a subquery over a joined relation (no plain column of
+    // it) passed as "the protected table's own columns", which switched the one-group rule
+    // off; so did a volatile key.
+    let (ex, _state) = open();
+    let x = target().await;
+    let known = five_known_with_visits(&x).await;
+    let join = format!(
+        "FROM civil.elderly_care e
+         JOIN health.visits v ON v.person_id = e.person_key
+         JOIN (VALUES ('with_x'), ('without_x')) t(g)
+           ON (e.person_id IN ({known}) OR (t.g = 'with_x' AND e.person_id = '{x}'))"
+    );
+    let key = "(SELECT max(u.x) FROM (VALUES ('with_x'), ('without_x')) u(x) WHERE u.x = t.g)";
+    let got = rows(
+        &ex,
+        &format!(
+            "SELECT {key} AS grp, v.visit_date, count(*) AS n {join} GROUP BY {key}, v.visit_date"
+        ),
+    )
+    .await;
+    assert!(got.is_empty(), "{got:?}");
+    // A volatile key: each copy of a row draws its own group, so rows are in several.
+    let sql = "SELECT random() < 0.5 AS coin, count(*) AS n FROM civil.elderly_care e
+         JOIN health.visits v ON v.person_id = e.person_key
+         JOIN (VALUES (1), (2), (3), (4)) m(i) ON true GROUP BY 1";
+    let total: i64 = rows(&ex, sql)
+        .await
+        .iter()
+        .map(|r| r[1].parse::<i64>().unwrap())
+        .sum();
+    let visits: i64 =
+        raw_rows("SELECT count(*) FROM elderly e JOIN visits v ON v.person_id = e.person_id")
+            .await
+            .into_iter()
+            .next()
+            .unwrap()[0]
+            .parse()
+            .unwrap();
+    assert!(
+        total <= visits,
+        "{total} > {visits}: a visit counted in two groups"
+    );
+}
+
+#[tokio::test]
+async fn a_statement_that_trips_a_bug_fails_audited_instead_of_crashing() {
+    // Review 2: an overflowing mask parameter panicked the checker, so the statement was
+    // never audited (and the CLI aborted).
+    let (ex, _state) = open();
+    let sql = "SELECT count(*) FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key
+               GROUP BY mask_first_last(e.person_id, 9223372036854775807, 1)";
+    let before = exchange::audit::read_all(ex.audit().path()).unwrap().len();
+    // The parameters are valid (mask everything); whatever the outcome, it is audited.
+    let _ = ex.execute(CIVIL.0, Some(CIVIL.1), sql).await;
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    assert_eq!(records.len(), before + 1);
+    assert_eq!(records.last().unwrap().statement, sql);
+}

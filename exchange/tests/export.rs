@@ -215,10 +215,17 @@ async fn recipients_cannot_link_their_files_and_trace_names_the_recipient() {
     assert!(report.columns.is_empty() && report.verdict.is_none());
 }
 
-/// Rows per class over the columns of an export.
+/// Rows per class over the columns of an export (no columns: the whole result, one class).
 fn classes(batches: &[RecordBatch], columns: &[&str]) -> BTreeMap<Vec<String>, usize> {
     let cols: Vec<Vec<String>> = columns.iter().map(|c| column(batches, c)).collect();
     let mut out = BTreeMap::new();
+    if cols.is_empty() {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows > 0 {
+            out.insert(vec![], rows);
+        }
+        return out;
+    }
     for i in 0..cols[0].len() {
         *out.entry(cols.iter().map(|c| c[i].clone()).collect())
             .or_default() += 1;
@@ -512,74 +519,128 @@ fn raw_classes(filter: impl Fn(&str, i32, &str) -> bool) -> BTreeMap<(String, i3
     out
 }
 
+/// Export `sql` as hrss and check the guard: classes over `key` (named in the guard), none
+/// below k in the file, and exactly the query's rows of classes of >= 3 kept.
+async fn guarded(ex: &Exchange, dir: &Path, name: &str, sql: &str, key: &[&str]) -> String {
+    let out = dir.join(format!("{name}.parquet"));
+    let s = run(ex, &request("research-b", &out, sql)).await.unwrap();
+    let guard = s.manifest.body.guard.unwrap();
+    let over = if key.is_empty() {
+        "(the whole result, one class)".to_string()
+    } else {
+        format!("({})", key.join(", "))
+    };
+    assert!(guard.contains(&over), "{name}: {guard}");
+    let (batches, _) = read(&out);
+    let exported = classes(&batches, key);
+    assert!(exported.values().all(|n| *n >= 3), "{name}: {exported:?}");
+    let full = ok(ex, HRSS.0, HRSS.1, sql).await;
+    let kept: usize = classes(&full.batches, key)
+        .values()
+        .filter(|n| **n >= 3)
+        .sum();
+    assert_eq!(s.manifest.body.rows as usize, kept, "{name}: {guard}");
+    guard
+}
+
 #[tokio::test]
 async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
     // Finding 5b of issue 11: the gender copied into a VALUES column by a join equality (or
     // pinned by a filter and output as a constant) escaped lineage, so no guard ran.
     let (ex, state) = open();
-    let small = |m: &BTreeMap<(String, i32, String), usize>| m.values().filter(|n| **n < 3).count();
+    let dir = state.path();
     let all = raw_classes(|_, _, _| true);
-    assert!(small(&all) > 0, "the test needs small classes");
-    for (name, sql, columns) in [
+    assert!(all.values().any(|n| *n < 3), "the test needs small classes");
+    // A quasi-identifier in a join condition shapes the rows: every column is in the class.
+    for (name, sql) in [
         (
             "values",
             "SELECT g.v, r.birth_date, r.district, r.person_id FROM police.residents r JOIN (VALUES ('F'), ('M')) g(v) ON r.gender = g.v",
-            ["v", "birth_date", "district"],
         ),
         (
-            "in-subquery",
+            "where-equality",
             "SELECT g.v, r.birth_date, r.district, r.person_id FROM police.residents r, (VALUES ('F'), ('M')) g(v) WHERE r.gender = g.v",
-            ["v", "birth_date", "district"],
-        ),
-        (
-            "case",
-            "SELECT CASE WHEN r.gender = 'F' THEN 'woman' ELSE 'man' END AS sex, r.birth_date, r.district, r.person_id FROM police.residents r",
-            ["sex", "birth_date", "district"],
         ),
     ] {
-        let out = state.path().join(format!("{name}.parquet"));
-        let s = run(&ex, &request("research-b", &out, sql)).await.unwrap();
-        let guard = s.manifest.body.guard.unwrap();
-        assert!(guard.contains("suppressed"), "{name}: {guard}");
-        let (batches, _) = read(&out);
-        let exported = classes(&batches, &columns);
-        assert!(exported.values().all(|n| *n >= 3), "{name}: {exported:?}");
-        let kept: usize = all.values().filter(|n| **n >= 3).sum();
-        assert_eq!(s.manifest.body.rows as usize, kept, "{name}");
+        let g = guarded(
+            &ex,
+            dir,
+            name,
+            sql,
+            &["v", "birth_date", "district", "person_id"],
+        )
+        .await;
+        assert!(g.contains("suppressed"), "{name}: {g}");
     }
-    // A filter pins the gender and a constant says it: one class per birth year.
-    let out = state.path().join("constant.parquet");
-    let s = run(
+    // Computed in the projection: the computed column is a quasi-identifier.
+    guarded(
         &ex,
-        &request(
-            "research-b",
-            &out,
-            "SELECT 'F' AS g, birth_date, district, person_id FROM police.residents WHERE gender = 'F'",
-        ),
+        dir,
+        "case",
+        "SELECT CASE WHEN r.gender = 'F' THEN 'woman' ELSE 'man' END AS sex, r.birth_date, r.district, r.person_id FROM police.residents r",
+        &["sex", "birth_date", "district"],
     )
-    .await
-    .unwrap();
-    let women = raw_classes(|g, _, _| g == "F");
-    let kept: usize = women.values().filter(|n| **n >= 3).sum();
-    assert_eq!(s.manifest.body.rows as usize, kept);
+    .await;
+    // A filter pins the gender and a constant says it.
+    guarded(
+        &ex,
+        dir,
+        "constant",
+        "SELECT 'F' AS g, birth_date, district, person_id FROM police.residents WHERE gender = 'F'",
+        &["g", "birth_date", "district"],
+    )
+    .await;
     // A filter alone pins them: the whole result is one class, too small to leave.
     let (&(ref g, year, ref district), _) = all.iter().find(|(_, n)| **n < 3).unwrap();
-    let out = state.path().join("pinned.parquet");
-    let s = run(
+    let guard = guarded(
         &ex,
-        &request(
-            "research-b",
-            &out,
-            &format!(
-                "SELECT person_id FROM police.residents WHERE gender = '{g}' AND birth_date = DATE '{year}-01-01' AND district = '{district}'"
-            ),
+        dir,
+        "pinned",
+        &format!(
+            "SELECT person_id FROM police.residents WHERE gender = '{g}' AND birth_date = DATE '{year}-01-01' AND district = '{district}'"
         ),
+        &[],
     )
-    .await
-    .unwrap();
-    let guard = s.manifest.body.guard.unwrap();
-    assert!(guard.contains("whole result"), "{guard}");
-    assert_eq!(s.manifest.body.rows, 0, "{guard}");
+    .await;
+    assert!(guard.contains("suppressed"), "{guard}");
+}
+
+#[tokio::test]
+async fn quasi_identifiers_carried_by_row_counts_order_or_branches_are_guarded() {
+    // Review of the fix: a join multiplying each resident's row by the birth year, counted
+    // with a non-QI argument; rows duplicated by gender; constants in disguise per UNION
+    // branch; ordering by a quasi-identifier. Each makes every column part of the class.
+    let (ex, state) = open();
+    let dir = state.path();
+    for (name, sql, key) in [
+        (
+            "multiplied-count",
+            "SELECT r.person_id AS p, count(r.name) AS yr_code FROM police.residents r
+             JOIN (VALUES (0), (1), (2), (3)) n(i) ON n.i < date_part('year', r.birth_date) - 1990
+             GROUP BY r.person_id",
+            vec!["p", "yr_code"],
+        ),
+        (
+            "duplicated",
+            "SELECT r.person_id FROM police.residents r
+             JOIN (VALUES (1), (2)) n(i) ON n.i <= CASE WHEN r.gender = 'F' THEN 2 ELSE 1 END",
+            vec!["person_id"],
+        ),
+        (
+            "disguised-constant",
+            "SELECT person_id, length(name) * 0 + 1 AS female FROM police.residents WHERE gender = 'F'
+             UNION ALL SELECT person_id, length(name) * 0 FROM police.residents WHERE gender = 'M'",
+            vec!["person_id", "female"],
+        ),
+        (
+            "ordered",
+            "SELECT person_id FROM police.residents ORDER BY birth_date, gender LIMIT 3",
+            vec!["person_id"],
+        ),
+    ] {
+        let g = guarded(&ex, dir, name, sql, &key).await;
+        assert!(g.contains("suppressed"), "{name}: {g}");
+    }
 }
 
 #[tokio::test]
@@ -604,9 +665,12 @@ async fn a_threshold_elsewhere_in_the_plan_does_not_make_rows_groups() {
     assert!(!guard.contains("not counted"), "{guard}");
     assert!(guard.contains("suppressed"), "{guard}");
     let (batches, _) = read(&out);
-    assert!(guard.contains("over (gender, birth_date, n)"), "{guard}");
     assert!(
-        classes(&batches, &["gender", "birth_date", "n"])
+        guard.contains("over (gender, birth_date, household_size, n)"),
+        "{guard}"
+    );
+    assert!(
+        classes(&batches, &["gender", "birth_date", "household_size", "n"])
             .values()
             .all(|n| *n >= 3)
     );

@@ -15,7 +15,7 @@ use super::ExportArgs;
 pub(super) fn keys_init(config: &ExchangeConfig) -> ExitCode {
     match keys::init(&config.key_dir) {
         Ok(public) => {
-            println!(
+            say!(
                 "created keys in {} (owner-only): {}, {}; public key {} (id {})",
                 config.key_dir.display(),
                 keys::SECRET_FILE,
@@ -23,11 +23,11 @@ pub(super) fn keys_init(config: &ExchangeConfig) -> ExitCode {
                 config.public_key_file().display(),
                 public.id()
             );
-            println!("{}", public.to_hex());
+            say!("{}", public.to_hex());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             ExitCode::from(2)
         }
     }
@@ -38,14 +38,14 @@ pub(super) fn keys_public(config: &ExchangeConfig, out: Option<&Path>) -> ExitCo
     let public = match keys::SigningKey::load(&config.key_dir.join(keys::SIGNING_FILE)) {
         Ok(k) => k.public_key(),
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             return ExitCode::from(2);
         }
     };
     match out {
         Some(path) => match public.write(path) {
             Ok(()) => {
-                println!(
+                say!(
                     "public key (id {}) written to {}",
                     public.id(),
                     path.display()
@@ -53,12 +53,12 @@ pub(super) fn keys_public(config: &ExchangeConfig, out: Option<&Path>) -> ExitCo
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                complain!("error: {e}");
                 ExitCode::from(2)
             }
         },
         None => {
-            println!("{}", public.to_hex());
+            say!("{}", public.to_hex());
             ExitCode::SUCCESS
         }
     }
@@ -85,7 +85,7 @@ pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> 
     let key = match public_key(config, key_file) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -93,7 +93,7 @@ pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> 
     let s = match audit::verify(&dir, &key) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("BROKEN: {e}");
+            complain!("BROKEN: {e}");
             return ExitCode::from(1);
         }
     };
@@ -116,28 +116,29 @@ pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> 
         String::new()
     };
     for (at, note) in &s.recovery_notes {
-        println!("WARNING: recovery after an unclean shutdown, at record {at}: {note}");
+        say!("WARNING: recovery after an unclean shutdown, at record {at}: {note}");
     }
     if s.sealed {
-        println!("OK: {counts}, closed cleanly{recoveries}");
+        say!("OK: {counts}, closed cleanly{recoveries}");
     } else if audit::in_use(&dir) {
-        println!(
+        say!(
             "OK (live): {counts}; an exchange holds the log, so it has no shutdown checkpoint yet ({} records after the last checkpoint){recoveries}",
             s.unsigned_tail
         );
     } else if s.records == 0 && s.checkpoints == 0 {
-        println!("OK: the log is empty");
+        say!("OK: the log is empty");
     } else {
-        eprintln!(
+        complain!(
             "UNSEALED: {counts}, but the log does not end with a shutdown checkpoint and no exchange is running: {} records after the last checkpoint (at record {}). Either the exchange died (it seals the log with a recovery checkpoint when next opened) or the log's tail was cut.",
             s.unsigned_tail,
             s.last_checkpoint.unwrap_or(0)
         );
         return ExitCode::from(1);
     }
-    println!(
+    say!(
         "chain head: record {} {} (keep it: a later verification must extend it)",
-        s.records, s.head
+        s.records,
+        s.head
     );
     ExitCode::SUCCESS
 }
@@ -150,7 +151,7 @@ pub(super) fn audit_report(
     let since = match since.map(parse_since).transpose() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -158,12 +159,12 @@ pub(super) fn audit_report(
     let key = match public_key(config, None) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             return ExitCode::from(2);
         }
     };
     if let Err(e) = audit::verify(&config.audit_log(), &key) {
-        eprintln!("BROKEN: {e}");
+        complain!("BROKEN: {e}");
         return ExitCode::from(1);
     }
     match audit::read_all(&config.audit_log()) {
@@ -172,7 +173,7 @@ pub(super) fn audit_report(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("BROKEN: {e}");
+            complain!("BROKEN: {e}");
             ExitCode::from(1)
         }
     }
@@ -193,7 +194,7 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
     let (Some(principal), Some(recipient), Some(out), Some(sql)) =
         (&args.principal, &args.recipient, &args.out, &args.sql)
     else {
-        eprintln!("error: export needs --as, --recipient, --out and a query");
+        complain!("error: export needs --as, --recipient, --out and a query");
         return ExitCode::from(2);
     };
     let req = ExportRequest {
@@ -219,7 +220,7 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
     match result {
         Ok(s) => {
             let b = &s.manifest.body;
-            println!(
+            say!(
                 "exported {} rows to {} ({} bytes, sha256 {}) for recipient {}",
                 b.rows,
                 req.out.display(),
@@ -227,22 +228,22 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
                 b.sha256,
                 b.recipient
             );
-            println!(
+            say!(
                 "manifest {} signed by key {}; audit record {}",
                 s.manifest_path.display(),
                 s.manifest.key_id,
                 b.audit_seq
             );
             if let Some(g) = &b.guard {
-                println!("guard: {g}");
+                say!("guard: {g}");
             }
             if let Some(e) = &b.expires {
-                println!("expires: {e}");
+                say!("expires: {e}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            complain!("{e}");
             ExitCode::from(1)
         }
     }
@@ -256,14 +257,14 @@ pub(super) fn export_verify(
     let key = match public_key(config, key_file) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             return ExitCode::from(2);
         }
     };
     match export::verify(file, &key) {
         Ok(m) => {
             let b = &m.body;
-            println!(
+            say!(
                 "OK: {} ({} rows, sha256 {}) issued by {} ({}) for purpose {} to recipient {} on {}{}; signed by key {}",
                 b.file,
                 b.rows,
@@ -282,7 +283,7 @@ pub(super) fn export_verify(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("INVALID: {e}");
+            complain!("INVALID: {e}");
             ExitCode::from(1)
         }
     }
@@ -312,27 +313,27 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
         ..crate::audit::Entry::default()
     };
     if let Err(e) = ex.audit().append(entry) {
-        eprintln!("error: audit log unavailable, trace withheld: {e}");
+        complain!("error: audit log unavailable, trace withheld: {e}");
         return ExitCode::from(2);
     }
     match result {
         Ok(r) => {
             if r.columns.is_empty() {
-                println!(
+                say!(
                     "no pseudonym-like columns in {}: nothing to trace",
                     file.display()
                 );
                 return ExitCode::from(1);
             }
-            println!("| scope | domain | column | matched |");
-            println!("|---|---|---|---|");
+            say!("| scope | domain | column | matched |");
+            say!("|---|---|---|---|");
             // Column names come from the file, recipients from exporters: shown escaped.
             for s in r.scores.iter().take(10) {
                 let line = format!(
                     "| {} | {} | {} | {}/{} |",
                     s.scope, s.domain, s.column, s.matched, s.sampled
                 );
-                println!("{}", crate::text::escape(&line));
+                say!("{}", crate::text::escape(&line));
             }
             match r.verdict {
                 Some(v) => {
@@ -340,9 +341,9 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
                         "traced: the pseudonyms of {} were keyed for {v}",
                         file.display()
                     );
-                    println!("{}", crate::text::escape(&line));
+                    say!("{}", crate::text::escape(&line));
                     for e in &r.exports {
-                        println!("  issued in {}", crate::text::escape(&e.to_string()));
+                        say!("  issued in {}", crate::text::escape(&e.to_string()));
                     }
                     ExitCode::SUCCESS
                 }
@@ -352,13 +353,13 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
                         file.display(),
                         r.columns.join(", ")
                     );
-                    println!("{}", crate::text::escape(&line));
+                    say!("{}", crate::text::escape(&line));
                     ExitCode::from(1)
                 }
             }
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             ExitCode::from(2)
         }
     }
@@ -373,12 +374,12 @@ pub(super) fn auth(config: &ExchangeConfig, command: &super::AuthCommand) -> Exi
         } => {
             let mut password = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut password) {
-                eprintln!("error: reading the password from standard input: {e}");
+                complain!("error: reading the password from standard input: {e}");
                 return ExitCode::from(2);
             }
             let password = password.trim_end_matches(['\n', '\r']);
             if password.len() < 8 {
-                eprintln!("error: a password has at least 8 characters");
+                complain!("error: a password has at least 8 characters");
                 return ExitCode::from(2);
             }
             crate::server::hash_password(password, *iterations)
@@ -402,7 +403,7 @@ pub(super) fn auth(config: &ExchangeConfig, command: &super::AuthCommand) -> Exi
             let policies = match policies {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    complain!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -425,11 +426,11 @@ pub(super) fn auth(config: &ExchangeConfig, command: &super::AuthCommand) -> Exi
     };
     match result {
         Ok(msg) => {
-            println!("{msg}");
+            say!("{msg}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             ExitCode::from(2)
         }
     }

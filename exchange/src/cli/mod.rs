@@ -7,6 +7,20 @@ use std::process::ExitCode;
 use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Print a line for a person, with terminal controls in it shown escaped (`crate::text`).
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", $crate::text::escape(&format!($($t)*)))
+    };
+}
+
+/// Print a line on standard error, with terminal controls in it shown escaped.
+macro_rules! complain {
+    ($($t:tt)*) => {
+        eprintln!("{}", $crate::text::escape(&format!($($t)*)))
+    };
+}
+
 mod admin;
 
 use crate::demo;
@@ -317,7 +331,7 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            complain!("error: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -338,7 +352,7 @@ fn config(cli: &Cli) -> ExchangeConfig {
 
 fn open(cli: &Cli) -> Result<Exchange, ExitCode> {
     Exchange::open(config(cli)).map_err(|e| {
-        eprintln!("error: {e}");
+        complain!("error: {e}");
         ExitCode::from(2)
     })
 }
@@ -354,14 +368,14 @@ async fn run(cli: Cli) -> ExitCode {
             let root = absolute(&cli.data_root);
             match demo::generate(&root, *scale, *seed) {
                 Ok(n) => {
-                    println!(
+                    say!(
                         "generated the demo city ({n} residents) under {}",
                         root.display()
                     );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    complain!("error: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -381,12 +395,12 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(out) => match write_output(&out, *format, output.as_ref()) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        complain!("error: {e}");
                         ExitCode::from(2)
                     }
                 },
                 Err(e) => {
-                    eprintln!("{}", crate::text::escape(&e.to_string()));
+                    complain!("{e}");
                     ExitCode::from(1)
                 }
             }
@@ -408,7 +422,7 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}", crate::text::escape(&e.to_string()));
+                    complain!("{e}");
                     ExitCode::from(1)
                 }
             }
@@ -430,7 +444,7 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             let report = policy::check(&config(&cli));
             for f in &report.findings {
-                println!("{f}");
+                say!("{f}");
             }
             let (t, p, u, g) = report.counts;
             let errors = report
@@ -439,7 +453,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .filter(|f| f.severity == policy::Severity::Error)
                 .count();
             let warnings = report.findings.len() - errors;
-            println!(
+            say!(
                 "{t} tables, {p} principals, {u} purposes, {g} grants: {errors} errors, {warnings} warnings"
             );
             if report.has_errors() {
@@ -474,7 +488,7 @@ async fn run(cli: Cli) -> ExitCode {
             let ex = match Exchange::open(cfg) {
                 Ok(e) => e,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    complain!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -492,7 +506,7 @@ async fn run(cli: Cli) -> ExitCode {
             };
             let tls = options.tls.is_some();
             let result = crate::server::serve(ex, options, |addr| {
-                println!(
+                say!(
                     "exchange Flight SQL server listening on {}://{addr}",
                     if tls { "grpc+tls" } else { "grpc" }
                 );
@@ -508,7 +522,7 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    complain!("error: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -581,7 +595,12 @@ fn run_scan(cli: &Cli, target: &str, sample: usize, format: ScanFormat) -> ExitC
     match discover::scan_file(&path, sample.max(1)) {
         Ok(findings) => {
             match format {
-                ScanFormat::Table => print!("{}", discover::render_table(&findings)),
+                // Column names come from the file: each line shown escaped.
+                ScanFormat::Table => {
+                    for line in discover::render_table(&findings).lines() {
+                        say!("{line}");
+                    }
+                }
                 ScanFormat::Schema => print!(
                     "{}",
                     discover::render_schema(
@@ -595,7 +614,7 @@ fn run_scan(cli: &Cli, target: &str, sample: usize, format: ScanFormat) -> ExitC
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {e}");
             ExitCode::from(2)
         }
     }
@@ -609,7 +628,7 @@ fn print_lines(out: &QueryOutput) {
             .downcast_ref::<arrow::array::StringArray>()
         {
             for line in col.iter().flatten() {
-                println!("{}", crate::text::escape(line));
+                say!("{line}");
             }
         }
     }
@@ -645,7 +664,8 @@ pub fn render(
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(sink);
-            for b in batches {
+            // CSV holds flat values: lists, structs and maps as their text.
+            for b in &crate::text::flatten_nested(batches)? {
                 w.write(b)?;
             }
         }
@@ -704,21 +724,21 @@ pub fn describe_treatments(
 async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCode {
     let root = absolute(&cli.data_root);
     if regenerate || !demo::data_present(&root) {
-        println!(
+        say!(
             "Generating the demo city (scale {scale}, seed {seed}) under {} ...",
             root.display()
         );
         match demo::generate(&root, scale, seed) {
             Ok(n) => println!("  {n} residents and their records across six agencies.\n"),
             Err(e) => {
-                eprintln!("error: {e}");
+                complain!("error: {e}");
                 return ExitCode::from(2);
             }
         }
     }
     // The demo's first run creates its keys; anywhere else that is `exchange keys init`.
     if let Err(e) = crate::keys::ensure(&config(cli).key_dir) {
-        eprintln!("error: {e}");
+        complain!("error: {e}");
         return ExitCode::from(2);
     }
     let ex = match open(cli) {
@@ -743,29 +763,29 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
             .principal(show.principal)
             .map(|p| p.agency.clone())
             .unwrap_or_default();
-        println!(
+        say!(
             "━━━ {}. {} ({agency}) · purpose {}",
             i + 1,
             show.principal,
             show.purpose
         );
         for q in show.queries {
-            println!("  {}", q.title);
+            say!("  {}", q.title);
             for l in q.sql.lines() {
-                println!("    {l}");
+                say!("    {l}");
             }
             match ex.execute(show.principal, Some(show.purpose), q.sql).await {
                 Ok(out) => {
                     for line in describe_treatments(&ex, show.principal, show.purpose, &out) {
-                        println!("  ⤷ {line}");
+                        say!("  ⤷ {line}");
                     }
                     let mut stdout = std::io::stdout().lock();
                     let _ = render(&mut stdout, &out.batches, Format::Table);
-                    println!("  ({} rows)", out.rows);
+                    say!("  ({} rows)", out.rows);
                 }
                 Err(e) => {
                     failures += 1;
-                    println!("  UNEXPECTED {e}");
+                    say!("  UNEXPECTED {e}");
                 }
             }
         }
@@ -773,14 +793,14 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
             .iter()
             .filter(|(r, _)| r.principal == show.principal)
         {
-            println!(
+            say!(
                 "  ✗ {} {}",
                 r.purpose
                     .map(|p| format!("[purpose {p}]"))
                     .unwrap_or_else(|| "[no purpose]".into()),
                 r.sql
             );
-            println!("    {reason}");
+            say!("    {reason}");
         }
         println!();
     }
@@ -788,7 +808,7 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
         .iter()
         .filter(|(r, _)| !demo::SHOWCASE.iter().any(|s| s.principal == r.principal))
     {
-        println!("  ✗ {} as {}: {reason}", r.sql, r.principal);
+        say!("  ✗ {} as {}: {reason}", r.sql, r.principal);
     }
     // Showcase 5 leaves as a signed export for a buyer of the trade platform.
     if let Some(q) = demo::SHOWCASE
@@ -820,7 +840,7 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
             Err(e) => Err(format!("{}: {e}", dir.display())),
         };
         match result {
-            Ok(m) => println!(
+            Ok(m) => say!(
                 "Export for recipient demo-buyer: {} ({} rows), manifest signed and verified (exchange export verify {}).\n",
                 out.display(),
                 m.body.rows,
@@ -837,7 +857,7 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
     let (audit_dir, public) = (ex.audit().path().to_path_buf(), ex.signer().public_key());
     drop(ex);
     match crate::audit::verify(&audit_dir, &public) {
-        Ok(s) => println!(
+        Ok(s) => say!(
             "Audit log {}: {} records, hash chain and {} signed checkpoints verified{}.",
             audit_dir.display(),
             s.records,
@@ -846,7 +866,7 @@ async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCod
         ),
         Err(e) => {
             failures += 1;
-            println!("Audit log BROKEN: {e}");
+            say!("Audit log BROKEN: {e}");
         }
     }
     if failures > 0 {
@@ -860,22 +880,23 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
     let session = match ex.session(principal, purpose) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            complain!("{e}");
             return ExitCode::from(1);
         }
     };
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: cannot start the line editor: {e}");
+            complain!("error: cannot start the line editor: {e}");
             return ExitCode::from(2);
         }
     };
     let history = ex.config().state_dir.join("history");
     let _ = editor.load_history(&history);
-    println!(
+    say!(
         "exchange as {principal} ({}), purpose {}. \\d lists tables, \\d TABLE its columns, \\q quits.",
-        session.principal.agency, session.purpose
+        session.principal.agency,
+        session.purpose
     );
     let mut buffer = String::new();
     loop {
@@ -900,7 +921,7 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
                 (Some("\\q"), _) => break,
                 (Some("\\d"), None) => {
                     for (name, spec) in &session.tables {
-                        println!("  {name:<24} {}", spec.access.grant_ref);
+                        say!("  {name:<24} {}", spec.access.grant_ref);
                     }
                     if session
                         .principal
@@ -908,14 +929,14 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
                         .iter()
                         .any(|r| r == crate::enforcement::AUDITOR_ROLE)
                     {
-                        println!("  {:<24} the audit log", "audit.events");
+                        say!("  {:<24} the audit log", "audit.events");
                     }
                 }
                 (Some("\\d"), Some(table)) => {
                     match Exchange::visible_columns(&session, &table.to_lowercase()) {
                         Some(cols) => {
                             for c in cols {
-                                println!(
+                                say!(
                                     "  {:<20} {:<28} {}",
                                     c.name,
                                     c.data_type.to_string(),
@@ -923,10 +944,10 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
                                 );
                             }
                         }
-                        None => println!("table {table} is not found or not granted"),
+                        None => say!("table {table} is not found or not granted"),
                     }
                 }
-                _ => println!("commands: \\d, \\d TABLE, \\q"),
+                _ => say!("commands: \\d, \\d TABLE, \\q"),
             }
             continue;
         }
@@ -942,9 +963,9 @@ async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) -> ExitCode
             Ok(out) => {
                 let mut stdout = std::io::stdout().lock();
                 let _ = render(&mut stdout, &out.batches, Format::Table);
-                println!("({} rows)", out.rows);
+                say!("({} rows)", out.rows);
             }
-            Err(e) => println!("{}", crate::text::escape(&e.to_string())),
+            Err(e) => say!("{e}"),
         }
     }
     let _ = editor.save_history(&history);

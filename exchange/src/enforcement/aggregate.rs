@@ -23,10 +23,11 @@
 
 use std::sync::Arc;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, lit,
+    Aggregate, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, Volatility, lit,
 };
 
 use super::barrier::PolicyBarrier;
@@ -185,16 +186,11 @@ impl Enforcer {
             .iter()
             .any(|t| matches!(t, Tag::Row { scan: s, multiplied: true } if *s == scan));
         let (input, tags_in, group) = if multiplied {
-            // Group keys of the table's own columns put each row in one group anyway.
-            let own_keys = group_expr.iter().all(|g| {
-                g.column_refs().iter().all(|c| {
-                    input
-                        .schema()
-                        .maybe_index_of_column(c)
-                        .and_then(|i| tags_in.get(i))
-                        .is_some_and(|t| matches!(t, Tag::Own { scan: s } if *s == scan))
-                })
-            });
+            // Group keys computed from the table's own columns alone put each row in one
+            // group anyway.
+            let own_keys = group_expr
+                .iter()
+                .all(|g| own_key(g, input.schema(), &tags_in, scan));
             once_per_group(input, &tags_in, scan, &group_expr, &aggr_expr, !own_keys)?
         } else {
             (input, tags_in, group_expr)
@@ -290,6 +286,35 @@ impl Enforcer {
             )),
         }
     }
+}
+
+/// Whether a group key is a deterministic function of the protected row alone: only its
+/// own columns, no subquery, no outer reference, nothing volatile.
+fn own_key(g: &Expr, schema: &datafusion::common::DFSchema, tags: &[Tag], scan: usize) -> bool {
+    let mut own = true;
+    let _ = g.apply(|e| {
+        own &= match e {
+            Expr::Column(c) => schema
+                .maybe_index_of_column(c)
+                .and_then(|i| tags.get(i))
+                .is_some_and(|t| matches!(t, Tag::Own { scan: s } if *s == scan)),
+            Expr::ScalarSubquery(_)
+            | Expr::Exists(_)
+            | Expr::InSubquery(_)
+            | Expr::SetComparison(_)
+            | Expr::OuterReferenceColumn(..)
+            | Expr::Placeholder(_)
+            | Expr::ScalarVariable(..) => false,
+            Expr::ScalarFunction(f) => f.func.signature().volatility != Volatility::Volatile,
+            _ => true,
+        };
+        Ok(if own {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    own
 }
 
 /// Checks of an aggregate over no protected table: constrained columns stay out.

@@ -169,6 +169,10 @@ impl Ctx<'_> {
     pub(super) fn column_type(&self, e: &Expr) -> Option<arrow::datatypes::DataType> {
         let col = match e {
             Expr::Column(c) | Expr::OuterReferenceColumn(_, c) => c,
+            // A cast of a cast: the inner one's target type.
+            Expr::Cast(c) => return Some(c.field.data_type().clone()),
+            Expr::TryCast(c) => return Some(c.field.data_type().clone()),
+            Expr::Alias(a) => return self.column_type(&a.expr),
             _ => return None,
         };
         self.scopes.iter().find_map(|s| {

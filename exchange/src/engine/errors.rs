@@ -100,10 +100,26 @@ fn external_failure(x: &(dyn std::error::Error + Send + Sync + 'static)) -> Fail
     }
 }
 
+/// The message of a construct DataFusion cannot plan: said before any data is read, so its
+/// text (the analyst's own expressions) is safe to show.
+fn unsupported(e: &DataFusionError) -> Option<&str> {
+    match e {
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            unsupported(inner)
+        }
+        DataFusionError::Shared(inner) => unsupported(inner),
+        DataFusionError::NotImplemented(m) => Some(m),
+        _ => None,
+    }
+}
+
 /// A failure while running a query over governed data: its kind, no text of its own.
 fn withheld(e: &DataFusionError) -> String {
     if let Some(d) = unavailable(e) {
         return d.to_string();
+    }
+    if let Some(m) = unsupported(e) {
+        return format!("not supported: {m}");
     }
     format!(
         "the query failed while running ({}); details are withheld because the query reads governed data",

@@ -355,17 +355,27 @@ impl Exchange {
         let agency = self.agency_of(principal);
         let mut kind_label = "other";
         let mut named_tables = Vec::new();
-        let outcome = match self.session(principal, purpose) {
-            Err(e) => Err(e),
-            Ok(session) => match classify(&session, sql) {
+        // A panic anywhere below is a bug, but never one that skips the audit record or
+        // takes the process down: it fails the statement, audited like any failure.
+        let attempt = std::panic::AssertUnwindSafe(async {
+            match self.session(principal, purpose) {
                 Err(e) => Err(e),
-                Ok(kind) => {
-                    kind_label = kind.label();
-                    let (outcome, named) = run(&session, kind).await;
-                    named_tables = named;
-                    outcome
-                }
-            },
+                Ok(session) => match classify(&session, sql) {
+                    Err(e) => Err(e),
+                    Ok(kind) => {
+                        kind_label = kind.label();
+                        let (outcome, named) = run(&session, kind).await;
+                        named_tables = named;
+                        outcome
+                    }
+                },
+            }
+        });
+        let outcome = match futures::FutureExt::catch_unwind(attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(QueryError::Failed(
+                "internal error: the exchange failed while handling this statement (a bug, recorded in the audit log); nothing was returned".into(),
+            )),
         };
         let outcome = outcome.map(|mut o| {
             o.digest = digest_batches(&self.keys.digest_key(), &o.schema, &o.batches);

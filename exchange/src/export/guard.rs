@@ -98,10 +98,14 @@ impl GuardSpec {
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        // When a quasi-identifier shapes the rows (not just selects and shows them), its
+        // values can travel in any column (a count of rows a join multiplied by the birth
+        // year, a constant per UNION branch): every column is part of the class.
+        let shaped = shapes_rows(plan, &|s| quasi(s).is_some());
         for (i, sources) in lineage(plan).iter().enumerate() {
             // Constants say something about every row when a filter pinned a
             // quasi-identifier (`SELECT 'F' ... WHERE gender = 'F'`).
-            if sources.is_empty() || sources.iter().any(|s| quasi(s).is_some()) {
+            if shaped || sources.is_empty() || sources.iter().any(|s| quasi(s).is_some()) {
                 spec.columns.push(i);
                 spec.names.push(names.get(i).cloned().unwrap_or_default());
             }
@@ -121,6 +125,63 @@ impl GuardSpec {
             format!("({})", self.names.join(", "))
         }
     }
+}
+
+/// Whether a quasi-identifier (by `is_qi`) shapes the plan's rows: a join condition, a
+/// grouping or aggregate argument, a window, an ordering, DISTINCT, or a UNION branch reads
+/// one. Selecting rows by one (WHERE) and projecting it do not.
+fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -> bool {
+    let tainted = |of: &[Sources], schema: &DFSchema, exprs: &[Expr]| -> bool {
+        exprs.iter().any(|e| {
+            let (columns, read) = references(e, schema);
+            read.iter().any(is_qi)
+                || columns
+                    .iter()
+                    .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)))
+        })
+    };
+    let mut shaped = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        shaped = match node {
+            LogicalPlan::Join(j) => {
+                let of: Vec<Sources> = lineage(&j.left)
+                    .into_iter()
+                    .chain(lineage(&j.right))
+                    .collect();
+                let mut exprs: Vec<Expr> =
+                    j.on.iter()
+                        .flat_map(|(l, r)| [l.clone(), r.clone()])
+                        .collect();
+                exprs.extend(j.filter.iter().cloned());
+                j.left
+                    .schema()
+                    .join(j.right.schema())
+                    .map_or(true, |both| tainted(&of, &both, &exprs))
+            }
+            LogicalPlan::Aggregate(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Unnest(_) => node
+                .inputs()
+                .first()
+                .is_some_and(|input| tainted(&lineage(input), input.schema(), &node.expressions())),
+            LogicalPlan::Distinct(_) => node
+                .inputs()
+                .first()
+                .is_some_and(|input| lineage(input).iter().any(|s| s.iter().any(is_qi))),
+            LogicalPlan::Union(u) => u
+                .inputs
+                .iter()
+                .any(|branch| read_anywhere(branch).iter().any(is_qi)),
+            _ => false,
+        };
+        Ok(if shaped {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    shaped
 }
 
 /// Every source column the plan reads, anywhere (subqueries included).

@@ -132,7 +132,22 @@ pub async fn export(
     let mut named = Vec::new();
     let mut tables: Option<(Vec<TableUse>, Vec<String>)> = None;
     let mut guard_note = None;
-    let staged = stage(ex, req, progress, &mut named, &mut tables, &mut guard_note).await;
+    // A panic while staging fails the export, audited, and never takes the process down.
+    let staging = std::panic::AssertUnwindSafe(stage(
+        ex,
+        req,
+        progress,
+        &mut named,
+        &mut tables,
+        &mut guard_note,
+    ));
+    let staged = futures::FutureExt::catch_unwind(staging)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueryError::Failed(
+                "internal error: the exchange failed while exporting (a bug, recorded in the audit log); no file was written".into(),
+            ))
+        });
     let (decision, reason) = audit_decision(&staged);
     let agency = ex.agency_of(&req.principal);
     let file_name = req

@@ -228,7 +228,7 @@ impl MaskFn {
         let ok = match (self, args) {
             (MaskFn::KeepFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => *n >= 0 && *m >= 0,
             (MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
-                *n >= 0 && *m >= 0 && n + m >= 1
+                *n >= 0 && *m >= 0 && (*n >= 1 || *m >= 1)
             }
             (MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly, []) => true,
             (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),
