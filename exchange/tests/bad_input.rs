@@ -240,3 +240,42 @@ async fn syntax_errors_are_errors_not_panics() {
         assert!(r.is_err() || sql.contains('\u{0}'), "{sql}: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn statements_too_deep_or_too_large_are_refused_before_planning() {
+    // Review 3: a CASE branch of 600 additions overflowed the stack while running, which
+    // aborted the process (no audit record), and only when the branch was reached.
+    let (ex, _state) = common::open();
+    let deep = format!(
+        "SELECT CASE WHEN industry = 'x' THEN {} ELSE 0 END FROM market.enterprises",
+        vec!["registered_capital"; 600].join(" + ")
+    );
+    let huge = format!("SELECT '{}'", "x".repeat(2 << 20));
+    let before = exchange::audit::read_all(ex.audit().path()).unwrap().len();
+    for (sql, expect) in [
+        (deep.as_str(), "levels deep"),
+        (huge.as_str(), "longer than"),
+    ] {
+        match ex.execute("market_trader", Some("data_product"), sql).await {
+            Err(QueryError::Refused(r)) => assert!(r.contains(expect), "{r}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        exchange::audit::read_all(ex.audit().path()).unwrap().len(),
+        before + 2
+    );
+    // A long but shallow statement still runs.
+    let wide = format!(
+        "SELECT count(*) FROM market.enterprises WHERE industry IN ({})",
+        (0..2000)
+            .map(|i| format!("'i{i}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(
+        ex.execute("market_trader", Some("data_product"), &wide)
+            .await
+            .is_ok()
+    );
+}

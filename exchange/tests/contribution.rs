@@ -379,6 +379,17 @@ async fn reviewed_totality_holes_are_closed() {
              THEN array_to_string(make_array(CAST(CAST(2147483647 AS INT) - e.care_level AS DATE)), ',') END"
         ),
         format!("SELECT count(*) {from} GROUP BY CAST(e.care_level AS DATE)"),
+        // Review 3: the optimizer inlines the constant into the negation, which fails as a
+        // scalar; only the optimized plan shows it.
+        format!(
+            "SELECT count(*) AS n FROM (SELECT CASE WHEN a.p = '{x}' THEN -a.m END AS k
+             FROM (SELECT e.person_id AS p, CAST(-9223372036854775807 - 1 AS BIGINT) AS m {from}) a) b
+             GROUP BY b.k"
+        ),
+        format!(
+            "WITH c AS (SELECT e.person_id AS p, CAST(-2147483647 - 1 AS INT) AS m {from})
+             SELECT count(*) FROM c GROUP BY CASE WHEN c.p = '{x}' THEN -c.m END"
+        ),
         format!("SELECT count(*) {from} GROUP BY from_unixtime(e.care_level * 1000000000000)"),
     ] {
         refused_with(&ex, &sql, "may fail on a value").await;

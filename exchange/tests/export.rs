@@ -641,6 +641,39 @@ async fn quasi_identifiers_carried_by_row_counts_order_or_branches_are_guarded()
         let g = guarded(&ex, dir, name, sql, &key).await;
         assert!(g.contains("suppressed"), "{name}: {g}");
     }
+    // Review 3: each resident repeated (UNNEST, a cross join behind LIMIT or a window), and
+    // a condition keeps the copies whose number is a set bit of a code of the
+    // quasi-identifiers: per row the classes are large, per person the code is exact.
+    let code = "(CAST(date_part('year', r.birth_date) AS BIGINT) - 1929)
+        + 128 * (CASE WHEN r.gender = 'F' THEN 1 ELSE 0 END)
+        + 256 * (CASE r.district WHEN 'heping' THEN 0 WHEN 'hexi' THEN 1 WHEN 'nankai' THEN 2 ELSE 3 END)";
+    let bits = "(VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9),(10)) n(j)";
+    for (name, sql) in [
+        (
+            "bits-unnest",
+            format!(
+                "SELECT t.p, t.j FROM (SELECT r.person_id AS p, unnest(make_array(0,1,2,3,4,5,6,7,8,9,10)) AS j, {code} AS code
+                 FROM police.residents r) t WHERE ((t.code >> t.j) & 1) = 1"
+            ),
+        ),
+        (
+            "bits-limit",
+            format!(
+                "SELECT t.p, t.j FROM (SELECT r.person_id AS p, n.j AS j, {code} AS code
+                 FROM police.residents r CROSS JOIN {bits} LIMIT 100000000) t WHERE ((t.code >> t.j) & 1) = 1"
+            ),
+        ),
+        (
+            "bits-window",
+            format!(
+                "SELECT t.p, t.j FROM (SELECT r.person_id AS p, n.j AS j, row_number() OVER () AS rn, {code} AS code
+                 FROM police.residents r CROSS JOIN {bits}) t WHERE t.rn > 0 AND ((t.code >> t.j) & 1) = 1"
+            ),
+        ),
+    ] {
+        let g = guarded(&ex, dir, name, &sql, &["p", "j"]).await;
+        assert!(g.contains("suppressed"), "{name}: {g}");
+    }
 }
 
 #[tokio::test]

@@ -248,7 +248,8 @@ impl Enforcer {
         let out_len = names.len();
         let plan = Projection::try_new(names, Arc::new(filtered)).map(LogicalPlan::Projection)?;
         // Nothing the analyst writes above (HAVING, an outer WHERE) may see a suppressed group.
-        let plan = PolicyBarrier::threshold(vec![info.table.clone()], plan);
+        let plan =
+            PolicyBarrier::threshold(vec![info.table.clone()], info.min_group.is_some(), plan);
         Ok((plan, vec![Tag::Free; out_len]))
     }
 

@@ -39,18 +39,22 @@ pub struct PolicyBarrier {
     /// Tables (`agency.table`) whose distinct entities every row of `input` covers at
     /// least the policy's minimum of: the rows are groups of such a threshold.
     pub thresholded: Vec<String>,
+    /// Whether nothing below may fail on a value (the rows of a `min_group` table flow
+    /// here): checked again on the optimized plan, which may have rewritten expressions.
+    pub total: bool,
     /// The protected plan.
     pub input: LogicalPlan,
 }
 
 impl PolicyBarrier {
     /// Wrap `input`, an aggregate whose groups below the minimum size of `tables` are
-    /// suppressed.
-    pub fn threshold(tables: Vec<String>, input: LogicalPlan) -> LogicalPlan {
+    /// suppressed; `total` when everything below must be total.
+    pub fn threshold(tables: Vec<String>, total: bool, input: LogicalPlan) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
             node: Arc::new(PolicyBarrier {
                 label: "minimum group size".into(),
                 thresholded: tables,
+                total,
                 input,
             }),
         })
@@ -87,6 +91,7 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
             Some(input) if inputs.is_empty() => Ok(Self {
                 label: self.label.clone(),
                 thresholded: self.thresholded.clone(),
+                total: self.total,
                 input,
             }),
             _ => internal_err!("PolicyBarrier takes one input"),

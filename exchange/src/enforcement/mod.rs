@@ -28,4 +28,5 @@ pub use session::{
 pub use spec::{GovernedSpec, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};
 pub use tables::{DataUnavailable, GovernedTable, RawTable};
 pub use tags::Tag;
+pub use total::recheck_optimized;
 pub use violation::{Violation, find_violation};

@@ -193,6 +193,29 @@ const TOTAL_WINDOW_FUNCTIONS: &[&str] = &[
     "last_value",
 ];
 
+/// The optimizer rewrites expressions after the policy rule checked them (it merges
+/// projections, inlining a subquery's constant into an expression over it, and copies
+/// filters across join keys), so the optimized plan is checked again: below every threshold
+/// over `min_group` rows, everything must still be total. Returns why not, if not.
+pub fn recheck_optimized(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Extension(e) = node
+            && let Some(b) = e.node.as_any().downcast_ref::<super::barrier::PolicyBarrier>()
+            && b.total
+            && let Some(why) = fallible_plan(&b.input)
+        {
+            found = Some(format!(
+                "rows of {} may only be used aggregated, and nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists; after optimization, {why}",
+                b.thresholded.join(", ")
+            ));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// Why evaluating `plan` could fail on some value, if it could.
 pub(super) fn fallible_plan(plan: &LogicalPlan) -> Option<String> {
     let mut found = None;
@@ -207,6 +230,13 @@ pub(super) fn fallible_plan(plan: &LogicalPlan) -> Option<String> {
         let mut schema = DFSchema::empty();
         for input in node.inputs() {
             schema.merge(input.schema());
+        }
+        // Filters the optimizer pushed into a scan are over the table's columns.
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(table) =
+                DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())
+        {
+            schema.merge(&table);
         }
         for e in node.expressions() {
             if let Some(why) = fallible(&e, &schema) {
@@ -310,10 +340,12 @@ fn node_fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
         | Expr::Unnest(_) => None,
         Expr::BinaryExpr(b) => binary(b, type_of(&b.left), type_of(&b.right)),
         Expr::Negative(inner) => match type_of(inner) {
-            // Arrays negate wrapping; a scalar (from a scalar subquery) is checked.
             Some(t) if t.is_floating() || matches!(t, DataType::Decimal128(..)) => None,
-            Some(t) if t.is_signed_integer() && !has_subquery(inner) => None,
-            _ => Some(format!("the negation {e} can overflow")),
+            // Arrays of integers negate wrapping, but a scalar is checked, and the physical
+            // optimizer turns a column into a scalar by inlining a constant it came from.
+            _ => Some(format!(
+                "the negation {e} can overflow; write 0 - x, which wraps"
+            )),
         },
         Expr::Like(Like { pattern, .. }) => match pattern.as_ref() {
             Expr::Literal(ScalarValue::Utf8(Some(p)), _) if p.chars().count() <= 1000 => None,
@@ -348,11 +380,6 @@ fn node_fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
         Expr::WindowFunction(w) => window(w, schema),
         _ => Some(format!("{e} is not known to be safe on every value")),
     }
-}
-
-fn has_subquery(e: &Expr) -> bool {
-    e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_))))
-        .unwrap_or(true)
 }
 
 /// The value of a literal, seen through the casts type coercion puts around it.

@@ -405,10 +405,79 @@ impl Exchange {
     }
 }
 
+/// Limits on a statement's size. DataFusion plans and evaluates expressions recursively: a
+/// deep enough one overflows the stack and aborts the process, which no handler can catch
+/// (and whether evaluation reaches it can depend on hidden rows). Planning time also grows
+/// faster than the size. Real queries stay far below these.
+const MAX_SQL_BYTES: usize = 1 << 20;
+const MAX_EXPR_DEPTH: usize = 100;
+const MAX_EXPR_NODES: usize = 100_000;
+
+/// Refuse a statement whose expressions nest deeper or count more than the limits.
+fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    #[derive(Default)]
+    struct Size {
+        depth: usize,
+        deepest: usize,
+        nodes: usize,
+    }
+    impl Visitor for Size {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.depth += 1;
+            self.nodes += 1;
+            self.deepest = self.deepest.max(self.depth);
+            // Stop before going deeper: the visit itself recurses.
+            if self.deepest > MAX_EXPR_DEPTH || self.nodes > MAX_EXPR_NODES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.depth = self.depth.saturating_sub(1);
+            ControlFlow::Continue(())
+        }
+    }
+    let inner = match stmt {
+        DFStatement::Statement(s) => Some(s.as_ref()),
+        DFStatement::Explain(e) => match e.statement.as_ref() {
+            DFStatement::Statement(s) => Some(s.as_ref()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut size = Size::default();
+    if let Some(s) = inner {
+        let _ = s.visit(&mut size);
+    }
+    if size.deepest > MAX_EXPR_DEPTH {
+        return Err(QueryError::Refused(format!(
+            "the statement's expressions nest more than {MAX_EXPR_DEPTH} levels deep; split the computation"
+        )));
+    }
+    if size.nodes > MAX_EXPR_NODES {
+        return Err(QueryError::Refused(format!(
+            "the statement has more than {MAX_EXPR_NODES} expressions; split it"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn classify(session: &PrincipalSession, sql: &str) -> Result<Kind, QueryError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(QueryError::Refused(format!(
+            "the statement is longer than {MAX_SQL_BYTES} bytes"
+        )));
+    }
     let mut statements = session
         .parse(sql)
         .map_err(|e| QueryError::Failed(e.strip_backtrace()))?;
+    if let Some(s) = statements.front() {
+        check_size(s)?;
+    }
     if statements.len() != 1 {
         return Err(QueryError::Refused(format!(
             "exactly one statement per request, got {}",
@@ -547,6 +616,9 @@ pub(crate) async fn plan_query(
         .verify_plan(&plan)
         .map_err(refused_statement)?;
     let optimized = state.optimize(&plan).map_err(map_error)?;
+    if let Some(why) = crate::enforcement::recheck_optimized(&optimized) {
+        return Err(QueryError::Refused(why));
+    }
     let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
     let governed = reads_governed_data(session, &report);
     let physical = state

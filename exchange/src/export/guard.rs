@@ -173,6 +173,24 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
                 .inputs
                 .iter()
                 .any(|branch| read_anywhere(branch).iter().any(is_qi)),
+            // Over repeated rows (a join, UNNEST, UNION), a condition mixing a
+            // quasi-identifier with anything else keeps some copies of a person's row and
+            // drops others: which survive can spell the quasi-identifier out.
+            LogicalPlan::Filter(f) if multiplies(&f.input) => {
+                let of = lineage(&f.input);
+                split_conjunction(&f.predicate).into_iter().any(|c| {
+                    let (columns, read) = references(c, f.input.schema());
+                    let reads_qi = read.iter().any(is_qi)
+                        || columns
+                            .iter()
+                            .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)));
+                    let only_qi = columns.iter().all(|i| {
+                        of.get(*i)
+                            .is_some_and(|s| !s.is_empty() && s.iter().all(is_qi))
+                    });
+                    reads_qi && !only_qi
+                })
+            }
             _ => false,
         };
         Ok(if shaped {
@@ -182,6 +200,27 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
         })
     });
     shaped
+}
+
+/// Whether a plan can hold several rows from one source row: a join (not a semi or anti
+/// join), UNNEST or UNION below, outside subqueries.
+fn multiplies(plan: &LogicalPlan) -> bool {
+    plan.exists(|n| {
+        Ok(match n {
+            LogicalPlan::Join(j) => !matches!(
+                j.join_type,
+                JoinType::LeftSemi
+                    | JoinType::LeftAnti
+                    | JoinType::RightSemi
+                    | JoinType::RightAnti
+                    | JoinType::LeftMark
+                    | JoinType::RightMark
+            ),
+            LogicalPlan::Unnest(_) | LogicalPlan::Union(_) | LogicalPlan::RecursiveQuery(_) => true,
+            _ => false,
+        })
+    })
+    .unwrap_or(true)
 }
 
 /// Every source column the plan reads, anywhere (subqueries included).
