@@ -27,7 +27,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, Volatility, lit,
+    Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection, Volatility, lit,
 };
 
 use super::barrier::PolicyBarrier;
@@ -486,28 +486,45 @@ fn once_per_group(
     if !one_group || group.is_empty() {
         return Ok((distinct, tags, keys));
     }
-    // The rows in exactly one group: count each row's groups, keep those with one.
-    let (rq, rf) = distinct.schema().qualified_field(group.len());
+    // The rows in exactly one group: per row, its number of groups and (kept when there
+    // is one) the values it has there, from this one evaluation of the input. (A second
+    // evaluation would not do: row numbers follow the order batches arrive in, which a
+    // repartition can change between two runs of the same scan.)
+    let schema = distinct.schema().clone();
+    let row_at = group.len();
+    let (rq, rf) = schema.qualified_field(row_at);
     let row_col = Expr::Column(Column::new(rq.cloned(), rf.name()));
-    let single = LogicalPlanBuilder::from(distinct.clone())
-        .project(vec![row_col.clone().alias(SINGLE_ROW)])?
-        .aggregate(
-            vec![Expr::Column(Column::from_name(SINGLE_ROW))],
-            vec![datafusion::functions_aggregate::count::count(lit(1i64)).alias(GROUPS)],
-        )?
-        .filter(Expr::Column(Column::from_name(GROUPS)).eq(lit(1i64)))?
-        .project(vec![Expr::Column(Column::from_name(SINGLE_ROW))])?
-        .build()?;
+    let mut values = Vec::new();
+    for (i, (q, f)) in schema.iter().enumerate() {
+        if i != row_at {
+            let c = Expr::Column(Column::new(q.cloned(), f.name()));
+            values.push(
+                datafusion::functions_aggregate::first_last::first_value(c, vec![])
+                    .alias(format!("{VALUE}{i}")),
+            );
+        }
+    }
+    values.push(datafusion::functions_aggregate::count::count(lit(1i64)).alias(GROUPS));
+    let restored: Vec<Expr> = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            if i == row_at {
+                row_col.clone()
+            } else {
+                Expr::Column(Column::from_name(format!("{VALUE}{i}")))
+                    .alias_qualified(q.cloned(), f.name())
+            }
+        })
+        .collect();
     let kept = LogicalPlanBuilder::from(distinct)
-        .join_on(
-            single,
-            JoinType::LeftSemi,
-            vec![row_col.eq(Expr::Column(Column::from_name(SINGLE_ROW)))],
-        )?
+        .aggregate(vec![row_col], values)?
+        .filter(Expr::Column(Column::from_name(GROUPS)).eq(lit(1i64)))?
+        .project(restored)?
         .build()?;
     Ok((kept, tags, keys))
 }
 
-/// Names of the row number and its number of groups while the rows in one group are found.
-const SINGLE_ROW: &str = "__exchange_single_row";
+/// Names of a row's values and its number of groups while the rows in one group are found.
+const VALUE: &str = "__exchange_value";
 const GROUPS: &str = "__exchange_groups";
