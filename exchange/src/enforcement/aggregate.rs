@@ -472,6 +472,18 @@ fn once_per_group(
     let present =
         Filter::try_new(column_at(row).is_not_null(), Arc::new(input)).map(LogicalPlan::Filter)?;
     let projected = Projection::try_new(exprs, Arc::new(present)).map(LogicalPlan::Projection)?;
+    let group_keys: Vec<Expr> = (0..group.len())
+        .map(|i| Expr::Column(Column::from_name(format!("{GROUP_KEY}{i}"))))
+        .collect();
+    if projected
+        .schema()
+        .fields()
+        .iter()
+        .all(|f| min_max_able(f.data_type()))
+    {
+        let reduced = by_row(projected, group.len(), one_group)?;
+        return Ok((reduced, tags, group_keys));
+    }
     let keys: Vec<Expr> = projected
         .schema()
         .columns()
@@ -528,3 +540,76 @@ fn once_per_group(
 /// Names of a row's values and its number of groups while the rows in one group are found.
 const VALUE: &str = "__exchange_value";
 const GROUPS: &str = "__exchange_groups";
+
+/// Types `min` and `max` accept (with fast group accumulators).
+fn min_max_able(t: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType as T;
+    t.is_primitive()
+        || matches!(
+            t,
+            T::Boolean
+                | T::Utf8
+                | T::LargeUtf8
+                | T::Utf8View
+                | T::Binary
+                | T::LargeBinary
+                | T::BinaryView
+        )
+}
+
+/// The projected input (group keys, row number, then the protected table's own columns,
+/// which the row determines) reduced to one row per row number in one aggregate: each
+/// value as the row's minimum. With `one_group`, a row whose copies disagree on a group key
+/// (two values, or a value and a NULL) is in several groups and is dropped.
+fn by_row(projected: LogicalPlan, keys: usize, one_group: bool) -> Result<LogicalPlan> {
+    use datafusion::functions_aggregate::count::count;
+    use datafusion::functions_aggregate::min_max::{max, min};
+    let schema = projected.schema().clone();
+    let column = |i: usize| {
+        let (q, f) = schema.qualified_field(i);
+        Expr::Column(Column::new(q.cloned(), f.name()))
+    };
+    let value = |i: usize| Expr::Column(Column::from_name(format!("{VALUE}{i}")));
+    let mut aggregates = Vec::new();
+    let mut conditions = Vec::new();
+    for i in 0..schema.fields().len() {
+        if i == keys {
+            continue;
+        }
+        aggregates.push(min(column(i)).alias(format!("{VALUE}{i}")));
+        if one_group && i < keys {
+            let (most, present) = (format!("{VALUE}{i}_max"), format!("{VALUE}{i}_n"));
+            aggregates.push(max(column(i)).alias(&most));
+            aggregates.push(count(column(i)).alias(&present));
+            let (most, present) = (
+                Expr::Column(Column::from_name(most)),
+                Expr::Column(Column::from_name(present)),
+            );
+            // All copies NULL, or none NULL and all equal.
+            conditions.push(
+                present.clone().eq(lit(0i64)).or(present
+                    .eq(Expr::Column(Column::from_name(GROUPS)))
+                    .and(value(i).eq(most))),
+            );
+        }
+    }
+    if one_group {
+        aggregates.push(count(lit(1i64)).alias(GROUPS));
+    }
+    let restored: Vec<Expr> = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            if i == keys {
+                column(i)
+            } else {
+                value(i).alias_qualified(q.cloned(), f.name())
+            }
+        })
+        .collect();
+    let mut plan = LogicalPlanBuilder::from(projected).aggregate(vec![column(keys)], aggregates)?;
+    if let Some(all) = conditions.into_iter().reduce(Expr::and) {
+        plan = plan.filter(all)?;
+    }
+    plan.project(restored)?.build()
+}
