@@ -14,12 +14,18 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema};
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-/// Characters that change how text displays rather than being displayed.
+/// Characters that change how text displays rather than being displayed: controls,
+/// bidirectional marks and overrides, zero-width characters, line and paragraph separators.
 fn acts_on_terminal(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
         )
 }
 
@@ -225,6 +231,10 @@ mod tests {
         assert_eq!(escape("张三 plain"), "张三 plain");
         assert_eq!(escape("a\u{1b}[2Jb\rc\u{7}"), "a\\u{1b}[2Jb\\rc\\u{7}");
         assert_eq!(escape("x\u{202E}y\u{9b}z"), "x\\u{202e}y\\u{9b}z");
+        assert_eq!(
+            escape("a\u{2028}b\u{200b}c\u{feff}"),
+            "a\\u{2028}b\\u{200b}c\\u{feff}"
+        );
     }
 
     #[test]

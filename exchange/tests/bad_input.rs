@@ -279,3 +279,39 @@ async fn statements_too_deep_or_too_large_are_refused_before_planning() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn chains_of_ctes_that_the_optimizer_would_merge_too_deep_are_refused() {
+    // Review 4: each CTE within the statement limits, but DataFusion merges consecutive
+    // projections into one expression thousands of levels deep, and the process aborted.
+    let (ex, _state) = common::open();
+    let mut sql = String::from(
+        "WITH c0 AS (SELECT m.uscc AS p, m.registered_capital AS x0 FROM market.enterprises m)",
+    );
+    for level in 1..=36 {
+        let mut e = format!("x{}", level - 1);
+        for k in 0..40 {
+            e = format!("CASE WHEN p <> 'z{k}' THEN {e} ELSE 0 END");
+        }
+        sql.push_str(&format!(
+            ", c{level} AS (SELECT p, {e} AS x{level} FROM c{})",
+            level - 1
+        ));
+    }
+    sql.push_str(" SELECT count(*) FROM c36 WHERE x36 > 0");
+    match ex
+        .execute("market_trader", Some("data_product"), &sql)
+        .await
+    {
+        Err(QueryError::Refused(r)) => assert!(r.contains("levels deep"), "{r}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A few shallow CTEs are fine.
+    let ok = "WITH a AS (SELECT industry, registered_capital + 1 AS c FROM market.enterprises),
+              b AS (SELECT industry, c * 2 AS c FROM a) SELECT industry, sum(c) FROM b GROUP BY 1";
+    assert!(
+        ex.execute("market_trader", Some("data_product"), ok)
+            .await
+            .is_ok()
+    );
+}

@@ -645,3 +645,38 @@ async fn the_protected_table_is_read_once_per_aggregate() {
     );
     assert!(text.contains("__exchange_groups"), "{text}");
 }
+
+#[tokio::test]
+async fn values_cannot_grow_without_bound_on_the_way() {
+    // Review 4: a string doubled by `s || s` in 27 chained CTEs, only for the chosen
+    // person's visit of a chosen year, overflowed arrow's 2 GiB limit: a failure (and 6 GB of
+    // memory) exactly when that visit exists.
+    let (ex, _state) = open();
+    let x = target().await;
+    let mut sql = "WITH c0 AS (SELECT e.person_id AS p, v.visit_date AS y, e.person_id AS s0 FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key)".to_string();
+    for i in 1..=27 {
+        sql.push_str(&format!(
+            ", c{i} AS (SELECT p, y, CASE WHEN p = '{x}' AND y = DATE '2026-01-01' THEN s{j} || s{j} ELSE '' END AS s{i} FROM c{j})",
+            j = i - 1
+        ));
+    }
+    sql.push_str(" SELECT count(*) AS n FROM c27 GROUP BY length(s27) > 0");
+    refused_with(&ex, &sql, "could grow").await;
+    // String aggregates are not allowed on the way either (their size follows the rows).
+    refused_with(
+        &ex,
+        "SELECT count(*) FROM (SELECT string_agg(e.person_id, ',') AS s FROM civil.elderly_care e) a,
+         civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key GROUP BY length(a.s)",
+        "may fail on a value",
+    )
+    .await;
+    // Labels built from a few columns are fine.
+    common::ok(
+        &ex,
+        CIVIL.0,
+        CIVIL.1,
+        "SELECT concat(CAST(e.care_level AS VARCHAR), '-', upper(CAST(e.lives_alone AS VARCHAR))) AS label, count(*)
+         FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1",
+    )
+    .await;
+}

@@ -332,7 +332,7 @@ async fn a_refusing_policy_refuses_the_export_and_writes_nothing() {
     let QueryError::Refused(reason) = err else {
         panic!("expected a refusal, got {err:?}")
     };
-    assert!(reason.contains("fewer than 3 rows"), "{reason}");
+    assert!(reason.contains("fewer than 3 members"), "{reason}");
     assert!(!out.exists() && !export::manifest_path(&out).exists());
     let leftovers: Vec<_> = fs::read_dir(state.path())
         .unwrap()
@@ -707,4 +707,80 @@ async fn a_threshold_elsewhere_in_the_plan_does_not_make_rows_groups() {
             .values()
             .all(|n| *n >= 3)
     );
+}
+
+/// Per resident in an exported file: the multiset of values of `columns` over the rows of
+/// each id (the recipient's view of a person).
+fn per_person(
+    batches: &[RecordBatch],
+    id: &str,
+    columns: &[&str],
+) -> BTreeMap<String, Vec<Vec<String>>> {
+    let ids = column(batches, id);
+    let cols: Vec<Vec<String>> = columns.iter().map(|c| column(batches, c)).collect();
+    let mut out: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for (i, p) in ids.iter().enumerate() {
+        out.entry(p.clone())
+            .or_default()
+            .push(cols.iter().map(|c| c[i].clone()).collect());
+    }
+    for rows in out.values_mut() {
+        rows.sort();
+    }
+    out
+}
+
+#[tokio::test]
+async fn classes_count_people_over_everything_their_rows_say() {
+    // Review 4: one quasi-identifier per copy of a person's row (a cross join and CASE),
+    // or a copy number laundered through a quasi-identifier, gave per-row classes of
+    // thousands while each person's rows together named their birth year, gender and
+    // district. Classes now count people, by everything their rows say together.
+    let (ex, state) = open();
+    let dir = state.path();
+    let code = "(CAST(date_part('year', r.birth_date) AS BIGINT) - 1929)
+        + 128 * (CASE WHEN r.gender = 'F' THEN 1 ELSE 0 END)
+        + 256 * (CASE r.district WHEN 'heping' THEN 0 WHEN 'hexi' THEN 1 WHEN 'nankai' THEN 2 ELSE 3 END)";
+    for (name, sql, shown) in [
+        (
+            "one-qi-per-copy",
+            "SELECT r.person_id AS p, n.j,
+                    CASE n.j WHEN 0 THEN r.gender WHEN 1 THEN CAST(date_part('year', r.birth_date) AS VARCHAR) ELSE r.district END AS q
+             FROM police.residents r CROSS JOIN (VALUES (0), (1), (2)) n(j)"
+                .to_string(),
+            vec!["j", "q"],
+        ),
+        (
+            "laundered-copy-number",
+            format!(
+                "SELECT t.p, t.j FROM (SELECT r.person_id AS p, n.j + length(r.gender) - 1 AS j, row_number() OVER () AS rn, {code} AS code
+                 FROM police.residents r CROSS JOIN (VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9),(10)) n(j)) t
+                 WHERE t.rn > 0 AND ((t.code >> t.j) & 1) = 1"
+            ),
+            vec!["j"],
+        ),
+    ] {
+        let out = dir.join(format!("{name}.parquet"));
+        let s = run(&ex, &request("research-d", &out, &sql)).await.unwrap();
+        let guard = s.manifest.body.guard.unwrap();
+        assert!(guard.contains("suppressed"), "{name}: {guard}");
+        let (batches, _) = read(&out);
+        // No column holds the subjects.
+        assert!(batches.iter().all(|b| b
+            .schema()
+            .fields()
+            .iter()
+            .all(|f| !f.name().starts_with("__exchange"))));
+        // Everything the rows of one person say together is shared by >= 3 people.
+        let people = per_person(&batches, "p", &shown);
+        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+        for rows in people.values() {
+            *signatures.entry(rows.clone()).or_default() += 1;
+        }
+        assert!(
+            signatures.values().all(|n| *n >= 3),
+            "{name}: {:?}",
+            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
+        );
+    }
 }

@@ -13,6 +13,7 @@ mod barrier;
 mod join_keys;
 mod rule;
 mod session;
+mod size;
 mod spec;
 mod tables;
 mod tags;
@@ -21,7 +22,7 @@ mod violation;
 
 pub use barrier::{BarrierExec, ExchangeQueryPlanner, PolicyBarrier};
 pub use join_keys::RawJoinKeys;
-pub use rule::{EnforcementReport, PolicyRule, ScanUse};
+pub use rule::{EnforcementReport, PolicyRule, SUBJECT, ScanUse};
 pub use session::{
     AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,
 };

@@ -49,12 +49,18 @@ pub struct EnforcementReport {
 #[derive(Debug, Default)]
 pub struct PolicyRule {
     report: Arc<Mutex<EnforcementReport>>,
+    /// Keep the subjects of `export_k` tables at the output (exports).
+    subjects: bool,
 }
 
+/// Prefix of the output columns that carry a row's subjects in an export.
+pub const SUBJECT: &str = "__exchange_subject";
+
 impl PolicyRule {
-    /// A rule writing its report to `report`.
-    pub fn new(report: Arc<Mutex<EnforcementReport>>) -> Self {
-        Self { report }
+    /// A rule writing its report to `report`; with `subjects`, outputs keep the subject
+    /// columns of `export_k` tables (named [`SUBJECT`]`N`).
+    pub fn new(report: Arc<Mutex<EnforcementReport>>, subjects: bool) -> Self {
+        Self { report, subjects }
     }
 }
 
@@ -65,7 +71,27 @@ impl AnalyzerRule for PolicyRule {
         for (field, tag) in plan.schema().columns().iter().zip(&tags) {
             refuse_constrained(tag, &format!("the query's output column {}", field.name))?;
         }
-        let plan = strip_hidden(plan, &tags, &enforcer.scans, "the query's output")?;
+        let subjects: Vec<usize> = if self.subjects {
+            tags.iter()
+                .enumerate()
+                .filter(|(_, t)| {
+                    matches!(t, Tag::Entity { scan } if enforcer.scans.get(*scan).is_some_and(|s| s.subject))
+                })
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            vec![]
+        };
+        let plan = strip_hidden_keeping(
+            plan,
+            &tags,
+            &enforcer.scans,
+            "the query's output",
+            &subjects,
+        )?;
+        if let Some(why) = super::size::oversized(&plan) {
+            return refuse(why);
+        }
         if let Ok(mut r) = self.report.lock() {
             *r = enforcer.report;
         }
@@ -88,6 +114,8 @@ pub(super) struct ScanInfo {
     pub(super) has_entity: bool,
     /// Whether value statistics of its aggregate-only columns are allowed.
     pub(super) value_statistics: bool,
+    /// Whether its entity is a subject an export's output carries.
+    pub(super) subject: bool,
 }
 
 #[derive(Default)]
@@ -360,6 +388,7 @@ impl Enforcer {
                 .iter()
                 .any(|t| matches!(t, BaseTag::Entity { .. })),
             value_statistics: spec.access.value_statistics,
+            subject: spec.subject,
         });
         self.report.scans.push(ScanUse {
             table: spec.dataset.qualified_name(),
@@ -562,6 +591,17 @@ fn strip_hidden(
     scans: &[ScanInfo],
     place: &str,
 ) -> Result<LogicalPlan> {
+    strip_hidden_keeping(plan, tags, scans, place, &[])
+}
+
+/// [`strip_hidden`], but the hidden columns at `keep` stay, renamed [`SUBJECT`]`N`.
+fn strip_hidden_keeping(
+    plan: LogicalPlan,
+    tags: &[Tag],
+    scans: &[ScanInfo],
+    place: &str,
+    keep: &[usize],
+) -> Result<LogicalPlan> {
     if let Some((_, k, table)) = min_group_rows(tags, scans).first() {
         return refuse(format!(
             "rows of {table} may only be used aggregated, in groups of at least {k} entities, and cannot reach {place} row by row"
@@ -570,12 +610,16 @@ fn strip_hidden(
     if !tags.iter().any(Tag::is_hidden) {
         return Ok(plan);
     }
-    let exprs: Vec<Expr> = plan
+    let mut exprs: Vec<Expr> = plan
         .schema()
         .iter()
         .zip(tags)
         .filter(|(_, t)| !t.is_hidden())
         .map(|((q, f), _)| Expr::Column(Column::new(q.cloned(), f.name())))
         .collect();
+    for (n, i) in keep.iter().enumerate() {
+        let (q, f) = plan.schema().qualified_field(*i);
+        exprs.push(Expr::Column(Column::new(q.cloned(), f.name())).alias(format!("{SUBJECT}{n}")));
+    }
     Projection::try_new(exprs, Arc::new(plan)).map(LogicalPlan::Projection)
 }

@@ -68,6 +68,9 @@ pub struct SessionInputs<'a> {
     /// Scope of pseudonyms and replacements instead of the principal's agency (exports:
     /// one scope per recipient, so that recipients' files cannot be linked).
     pub token_scope: Option<&'a str>,
+    /// Whether results carry, in hidden `__exchange_subject` columns, the entities of the
+    /// tables declaring `export_k` that each row comes from (for the export guard).
+    pub subjects: bool,
     /// Memory limit of each query, in bytes.
     pub memory_limit: Option<usize>,
 }
@@ -115,7 +118,7 @@ impl PrincipalSession {
             ctx.register_udf(v.udf().as_ref().clone());
         }
         let report = Arc::new(Mutex::new(EnforcementReport::default()));
-        ctx.add_analyzer_rule(Arc::new(PolicyRule::new(report.clone())));
+        ctx.add_analyzer_rule(Arc::new(PolicyRule::new(report.clone(), inputs.subjects)));
 
         let domains: Vec<&str> = {
             let mut d: Vec<&str> = inputs
@@ -177,7 +180,15 @@ impl PrincipalSession {
             };
             let grant_ref = access.grant_ref.clone();
             let location = dataset.resolve_location(inputs.data_root);
-            match GovernedSpec::build(&state, dataset, access, principal, &location, &tokens) {
+            match GovernedSpec::build(
+                &state,
+                dataset,
+                access,
+                principal,
+                &location,
+                &tokens,
+                inputs.subjects,
+            ) {
                 Ok(spec) => {
                     let spec = Arc::new(spec);
                     let schema = schemas

@@ -80,6 +80,9 @@ pub struct GovernedSpec {
     /// aggregate-only columns. Its visible columns are then tagged with their scan, so
     /// that an aggregate over its rows takes arguments from it alone.
     pub protected: bool,
+    /// Whether the fragment's entity column is carried to an export's output, as the
+    /// subject of the rows (the dataset declares `export_k`).
+    pub subject: bool,
 }
 
 impl GovernedSpec {
@@ -91,6 +94,7 @@ impl GovernedSpec {
         principal: &Principal,
         location: &str,
         tokens: &TokenFns,
+        subjects: bool,
     ) -> Result<Self> {
         let table_ref = TableReference::partial(dataset.agency.clone(), dataset.name.clone());
         let raw_schema = dataset.arrow_schema();
@@ -168,7 +172,10 @@ impl GovernedSpec {
         }
         let visible_len = exprs.len();
         let protected = has_agg_only || access.min_group.is_some();
-        if protected && let Some(entity) = &dataset.entity {
+        let subject = subjects && dataset.export_k.is_some();
+        if (protected || subject)
+            && let Some(entity) = &dataset.entity
+        {
             exprs.push(
                 Expr::Column(Column::new(Some(table_ref.clone()), entity))
                     .alias_qualified(Some(table_ref.clone()), HIDDEN_ENTITY),
@@ -202,6 +209,7 @@ impl GovernedSpec {
             fragment,
             base_tags,
             protected,
+            subject: subject && dataset.entity.is_some(),
         })
     }
 }

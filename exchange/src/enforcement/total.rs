@@ -178,8 +178,6 @@ const TOTAL_AGGREGATES: &[&str] = &[
     "bit_xor",
     "first_value",
     "last_value",
-    "array_agg",
-    "string_agg",
 ];
 
 /// Window functions that never fail on values.

@@ -279,6 +279,8 @@ impl Exchange {
             today: Self::today(),
             audit_log: self.audit.path(),
             token_scope,
+            // Exports (keyed for a recipient) carry their rows' subjects for the guard.
+            subjects: token_scope.is_some(),
             memory_limit: self.config.memory_limit,
         };
         PrincipalSession::build(&inputs, p, purpose)

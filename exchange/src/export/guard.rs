@@ -3,19 +3,16 @@
 //! expressions, and through any predicate that connects a column with one), and the
 //! equivalence classes over those columns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
-use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema, Result};
+use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 use crate::catalog::{Catalog, KAction};
-use crate::enforcement::{PolicyBarrier, RawTable};
+use crate::enforcement::{PolicyBarrier, RawTable, SUBJECT};
 
 /// Source columns (`agency.table`, column) an output column is computed from.
 type Sources = BTreeSet<(String, String)>;
@@ -37,6 +34,8 @@ pub struct GuardSpec {
     /// entities of every table whose quasi-identifiers the query reads: each group then
     /// covers at least that many people, so the guard does not count its rows.
     pub aggregated: bool,
+    /// Output columns carrying the rows' subjects (never written to the file).
+    pub subjects: Vec<usize>,
 }
 
 /// Tables whose entities the root aggregate's policy threshold counts, if the plan's rows
@@ -85,6 +84,7 @@ impl GuardSpec {
                 k: rule.k,
                 action: rule.action,
                 aggregated: false,
+                subjects: vec![],
             });
             s.k = s.k.max(rule.k);
             if rule.action == KAction::Refuse {
@@ -103,6 +103,10 @@ impl GuardSpec {
         // year, a constant per UNION branch): every column is part of the class.
         let shaped = shapes_rows(plan, &|s| quasi(s).is_some());
         for (i, sources) in lineage(plan).iter().enumerate() {
+            if names.get(i).is_some_and(|n| n.starts_with(SUBJECT)) {
+                spec.subjects.push(i);
+                continue;
+            }
             // Constants say something about every row when a filter pinned a
             // quasi-identifier (`SELECT 'F' ... WHERE gender = 'F'`).
             if shaped || sources.is_empty() || sources.iter().any(|s| quasi(s).is_some()) {
@@ -445,85 +449,5 @@ pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
                 vec![all(&inputs); width]
             }
         }
-    }
-}
-
-/// Counts rows per equivalence class over the guarded columns.
-pub struct ClassCounter {
-    columns: Vec<usize>,
-    converter: RowConverter,
-    counts: HashMap<OwnedRow, u64>,
-}
-
-impl ClassCounter {
-    /// A counter over `spec`'s columns of batches shaped like `sample`'s schema.
-    pub fn new(spec: &GuardSpec, schema: &arrow::datatypes::Schema) -> Result<Self> {
-        let mut fields: Vec<SortField> = spec
-            .columns
-            .iter()
-            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
-            .collect();
-        if fields.is_empty() {
-            // No class columns: the whole result is one class (one NULL key).
-            fields.push(SortField::new(arrow::datatypes::DataType::Null));
-        }
-        Ok(Self {
-            columns: spec.columns.clone(),
-            converter: RowConverter::new(fields)?,
-            counts: HashMap::new(),
-        })
-    }
-
-    fn keys(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
-        let mut cols: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|i| batch.column(*i).clone())
-            .collect();
-        if cols.is_empty() {
-            cols.push(arrow::array::new_null_array(
-                &arrow::datatypes::DataType::Null,
-                batch.num_rows(),
-            ));
-        }
-        Ok(self.converter.convert_columns(&cols)?)
-    }
-
-    /// Count a batch's rows.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        let rows = self.keys(batch)?;
-        for r in rows.iter() {
-            *self.counts.entry(r.owned()).or_default() += 1;
-        }
-        Ok(())
-    }
-
-    /// (classes, rows) below `k`.
-    pub fn small(&self, k: u32) -> (u64, u64) {
-        self.counts
-            .values()
-            .filter(|n| **n < u64::from(k))
-            .fold((0, 0), |(c, r), n| (c + 1, r + n))
-    }
-
-    /// Number of classes.
-    pub fn classes(&self) -> usize {
-        self.counts.len()
-    }
-
-    /// The batch without the rows of classes below `k`.
-    pub fn suppress(&self, batch: &RecordBatch, k: u32) -> Result<RecordBatch> {
-        let rows = self.keys(batch)?;
-        let keep: BooleanArray = rows
-            .iter()
-            .map(|r| {
-                Some(
-                    self.counts
-                        .get(&r.owned())
-                        .is_some_and(|n| *n >= u64::from(k)),
-                )
-            })
-            .collect();
-        Ok(filter_record_batch(batch, &keep)?)
     }
 }

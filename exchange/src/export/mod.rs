@@ -10,6 +10,7 @@
 //! it (`FILE.manifest.json`) holds the file's SHA-256 under the exchange's Ed25519
 //! signature ([`verify`]).
 
+mod classes;
 mod guard;
 mod manifest;
 mod trace;
@@ -27,7 +28,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-pub use guard::{ClassCounter, GuardSpec, lineage};
+pub use classes::{ClassCounter, Verdict};
+pub use guard::{GuardSpec, lineage};
 pub use manifest::{Manifest, ManifestBody, manifest_path, sha256_file, verify};
 pub use trace::{TraceReport, TraceScore, trace};
 
@@ -308,7 +310,20 @@ async fn stage(
         .set_key_value_metadata(Some(metadata))
         .build();
 
-    let schema = planned.physical.schema();
+    // The subject columns (the entities the rows come from, for the guard) never reach
+    // the file: it holds the query's own columns only.
+    let full = planned.physical.schema();
+    let own: Vec<usize> = full
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with(crate::enforcement::SUBJECT))
+        .map(|(i, _)| i)
+        .collect();
+    let schema = Arc::new(
+        full.project(&own)
+            .map_err(|e| QueryError::Failed(e.to_string()))?,
+    );
     let first = partial_path(&req.out, 1);
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -324,7 +339,7 @@ async fn stage(
         ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq(&first))?;
     let mut counter = match &guard {
         Some(g) if !g.aggregated => {
-            Some(ClassCounter::new(g, &schema).map_err(|e| QueryError::Failed(e.to_string()))?)
+            Some(ClassCounter::new(g, &full).map_err(|e| QueryError::Failed(e.to_string()))?)
         }
         _ => None,
     };
@@ -345,6 +360,9 @@ async fn stage(
             c.add(&batch)
                 .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;
         }
+        let batch = batch
+            .project(&own)
+            .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;
         writer.write(&batch).map_err(|e| cleanup(pq(&first)(e)))?;
         rows += batch.num_rows() as u64;
         progress(rows, writer.bytes_written() as u64);
@@ -361,16 +379,21 @@ async fn stage(
         )
     });
     if let (Some(g), Some(c)) = (&guard, &counter) {
-        let (classes, small_rows) = c.small(g.k);
-        let over = format!("k-anonymity k={} over {}", g.k, g.over());
+        let v = c.verdict(g.k);
+        let (classes, small_rows) = (v.small_classes, v.small_rows);
+        let per = if v.per_person {
+            ", counted per person"
+        } else {
+            ""
+        };
+        let over = format!("k-anonymity k={} over {}{per}", g.k, g.over());
         if classes == 0 {
-            note = Some(format!("{over}: {} classes, none below k", c.classes()));
+            note = Some(format!("{over}: {} classes, none below k", v.classes));
         } else if g.action == KAction::Refuse {
             let _ = fs::remove_file(&first);
             let msg = format!(
-                "{over}: {classes} of {} equivalence classes ({small_rows} rows) have fewer than {} rows, and the owning agency's policy refuses such exports; generalise the quasi-identifiers further (e.g. coarser bands) or export aggregates",
-                c.classes(),
-                g.k
+                "{over}: {classes} of {} equivalence classes ({small_rows} rows) have fewer than {} members, and the owning agency's policy refuses such exports; generalise the quasi-identifiers further (e.g. coarser bands) or export aggregates",
+                v.classes, g.k
             );
             *guard_note = Some(format!("refused: {msg}"));
             return Err(QueryError::Refused(msg));
@@ -391,11 +414,13 @@ async fn stage(
             let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
                 .map_err(|e| cleanup2(pq(&second)(e)))?;
             rows = 0;
+            let mut offset = 0;
             for batch in reader {
                 let batch = batch.map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
-                let kept = c
-                    .suppress(&batch, g.k)
+                let kept = v
+                    .suppress(&batch, offset)
                     .map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
+                offset += batch.num_rows();
                 rows += kept.num_rows() as u64;
                 writer.write(&kept).map_err(|e| cleanup2(pq(&second)(e)))?;
             }
@@ -404,7 +429,7 @@ async fn stage(
             partial = second;
             note = Some(format!(
                 "{over}: {classes} of {} classes below k suppressed ({small_rows} rows)",
-                c.classes()
+                v.classes
             ));
         }
     }

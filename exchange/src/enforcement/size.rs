@@ -1,0 +1,186 @@
+//! How large and how deep a plan's values and expressions can get.
+//!
+//! Two things the text of a statement hides grow through a chain of projections (CTEs,
+//! subqueries):
+//! - value size: `s || s` doubles a string, and 27 levels of it reach arrow's 2 GiB limit, so
+//!   whether a query fails (or how much memory it takes) tells whether a row reached the
+//!   chain;
+//! - expression depth: DataFusion's optimizer merges projections, inlining each level's
+//!   expression into the next, and then recurses over the merged expression: a chain of
+//!   shallow levels becomes one expression deep enough to overflow the stack and abort.
+//!
+//! So every column carries a bound on both, and an expression's bound follows from its
+//! inputs'. Statements over the limits are refused before the optimizer runs.
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
+
+/// At most this many times the largest input value (string bytes, list elements).
+pub(super) const MAX_GROWTH: u64 = 16;
+/// At most this deep once the optimizer inlines projections into each other.
+pub(super) const MAX_INLINED_DEPTH: u64 = 400;
+
+/// Per column: how many times an input value it can be, and how deep its expression is with
+/// every projection below inlined.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    growth: u64,
+    depth: u64,
+}
+
+const UNIT: Bound = Bound {
+    growth: 1,
+    depth: 1,
+};
+
+/// Why the plan's values or expressions could grow past the limits, if they could.
+pub(super) fn oversized(plan: &LogicalPlan) -> Option<String> {
+    bounds(plan).err()
+}
+
+fn bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, String> {
+    let inputs: Vec<Vec<Bound>> = plan
+        .inputs()
+        .iter()
+        .map(|p| bounds(p))
+        .collect::<Result<_, _>>()?;
+    let width = plan.schema().fields().len();
+    let mut schema = DFSchema::empty();
+    for input in plan.inputs() {
+        schema.merge(input.schema());
+    }
+    let of: Vec<Bound> = inputs.iter().flatten().copied().collect();
+    // Every expression the node evaluates is checked, outputs or not (a filter's too).
+    let mut evaluated = Vec::new();
+    for e in plan.expressions() {
+        evaluated.push(expr_bound(&e, &schema, &of)?);
+    }
+    Ok(match plan {
+        LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) => {
+            let mut out = evaluated;
+            out.resize(width, UNIT);
+            out
+        }
+        LogicalPlan::Window(_) => of.into_iter().chain(evaluated).take(width).collect(),
+        LogicalPlan::Union(_) => (0..width)
+            .map(|i| {
+                inputs
+                    .iter()
+                    .filter_map(|b| b.get(i))
+                    .fold(UNIT, |a, b| Bound {
+                        growth: a.growth.max(b.growth),
+                        depth: a.depth.max(b.depth),
+                    })
+            })
+            .collect(),
+        _ if of.len() == width => of,
+        _ => inputs
+            .first()
+            .filter(|f| f.len() == width)
+            .cloned()
+            .unwrap_or_else(|| vec![UNIT; width]),
+    })
+}
+
+fn literal_len(e: &Expr) -> Option<u64> {
+    match e {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
+        | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _)
+        | Expr::Literal(ScalarValue::Utf8View(Some(s)), _) => u64::try_from(s.len()).ok(),
+        _ => None,
+    }
+}
+
+fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String> {
+    let child = |x: &Expr| expr_bound(x, schema, of);
+    let children = || -> Result<Vec<Bound>, String> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        let _ = e.apply_children(|c| {
+            match child(c) {
+                Ok(b) => out.push(b),
+                Err(why) => {
+                    failed = Some(why);
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        match failed {
+            Some(why) => Err(why),
+            None => Ok(out),
+        }
+    };
+    let b = match e {
+        Expr::Column(c) => schema
+            .maybe_index_of_column(c)
+            .and_then(|i| of.get(i).copied())
+            .unwrap_or(UNIT),
+        Expr::Literal(..) | Expr::OuterReferenceColumn(..) | Expr::Placeholder(_) => UNIT,
+        Expr::ScalarSubquery(sq) => {
+            let inner = bounds(&sq.subquery)?;
+            inner.first().copied().unwrap_or(UNIT)
+        }
+        Expr::Exists(x) => {
+            bounds(&x.subquery.subquery)?;
+            UNIT
+        }
+        Expr::InSubquery(x) => {
+            bounds(&x.subquery.subquery)?;
+            child(&x.expr)?
+        }
+        _ => {
+            let kids = children()?;
+            let depth = 1 + kids.iter().map(|k| k.depth).max().unwrap_or(0);
+            let sum: u64 = kids.iter().map(|k| k.growth).sum();
+            let max = kids.iter().map(|k| k.growth).max().unwrap_or(1);
+            let growth = match e {
+                Expr::BinaryExpr(BinaryExpr {
+                    op: Operator::StringConcat,
+                    ..
+                }) => sum,
+                Expr::ScalarFunction(f) => match f.func.name() {
+                    "concat" | "concat_ws" | "make_array" | "array_append" | "array_prepend"
+                    | "array_concat" => sum,
+                    // Each match of `from` becomes `to`: at most |to| + 1 times the input.
+                    "replace" => {
+                        let to = f.args.get(2);
+                        let factor = to
+                            .and_then(literal_len)
+                            .map(|n| n + 1)
+                            .or_else(|| to.and_then(|t| child(t).ok()).map(|b| b.growth + 1))
+                            .unwrap_or(MAX_GROWTH + 1);
+                        kids.first().map_or(1, |k| k.growth).saturating_mul(factor)
+                    }
+                    // Case mapping can turn one character into three.
+                    "upper" | "lower" | "initcap" => max.saturating_mul(3),
+                    "to_hex" => max.saturating_mul(2),
+                    _ => max,
+                },
+                _ => max,
+            };
+            Bound { growth, depth }
+        }
+    };
+    if b.growth > MAX_GROWTH {
+        let mut shown = e.to_string();
+        if shown.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|i| shown.is_char_boundary(*i))
+                .unwrap_or(0);
+            shown.truncate(cut);
+            shown.push('…');
+        }
+        return Err(format!(
+            "values of {shown} could grow to more than {MAX_GROWTH} times an input value (concatenations of concatenations); such a statement could fail on, or reveal by its memory use, rows it should not tell about"
+        ));
+    }
+    if b.depth > MAX_INLINED_DEPTH {
+        return Err(format!(
+            "expressions nest more than {MAX_INLINED_DEPTH} levels deep once subqueries and CTEs are combined; split the computation into several statements"
+        ));
+    }
+    Ok(b)
+}
