@@ -35,7 +35,7 @@ use super::rule::{Enforcer, ScanInfo, min_group_rows};
 use super::tags::{Ctx, Tag, is_bare, refuse, refuse_constrained};
 
 /// Aggregate functions that summarise a group (and so may release protected values).
-const SUMMARISING: &[&str] = &[
+pub(super) const SUMMARISING: &[&str] = &[
     "count",
     "sum",
     "avg",

@@ -147,38 +147,23 @@ const DATE_PARTS: &[&str] = &[
     "epoch",
 ];
 
-/// Aggregates that never fail on values (memory aside).
-const TOTAL_AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "mean",
-    "min",
-    "max",
-    "median",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "var",
-    "var_pop",
-    "var_samp",
-    "var_population",
-    "var_sample",
+/// Aggregates that never fail on values (memory aside), besides the summarising ones
+/// (`aggregate::SUMMARISING`, all total).
+const OTHER_TOTAL_AGGREGATES: &[&str] = &[
     "corr",
     "covar",
     "covar_samp",
     "covar_pop",
-    "approx_distinct",
-    "approx_median",
-    "approx_percentile_cont",
-    "bool_and",
-    "bool_or",
     "bit_and",
     "bit_or",
     "bit_xor",
     "first_value",
     "last_value",
 ];
+
+fn total_aggregate(name: &str) -> bool {
+    super::aggregate::SUMMARISING.contains(&name) || OTHER_TOTAL_AGGREGATES.contains(&name)
+}
 
 /// Window functions that never fail on values.
 const TOTAL_WINDOW_FUNCTIONS: &[&str] = &[
@@ -658,7 +643,7 @@ fn function(f: &ScalarFunction, e: &Expr, schema: &DFSchema) -> Option<String> {
 
 fn aggregate(f: &AggregateFunction, schema: &DFSchema) -> Option<String> {
     let name = f.func.name();
-    if !TOTAL_AGGREGATES.contains(&name) {
+    if !total_aggregate(name) {
         return Some(format!("{name}() is not known to be safe on every value"));
     }
     if matches!(name, "avg" | "mean")
@@ -677,7 +662,7 @@ fn window(w: &WindowFunction, schema: &DFSchema) -> Option<String> {
     match &w.fun {
         WindowFunctionDefinition::AggregateUDF(udaf) => {
             let name = udaf.name();
-            if !TOTAL_AGGREGATES.contains(&name) {
+            if !total_aggregate(name) {
                 return Some(format!("{name}() is not known to be safe on every value"));
             }
             let _ = schema;
