@@ -20,12 +20,28 @@ fn acts_on_terminal(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
+            // Unicode's format characters (Cf) and the line and paragraph separators.
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
                 | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
         )
 }
 
@@ -235,6 +251,8 @@ mod tests {
             escape("a\u{2028}b\u{200b}c\u{feff}"),
             "a\\u{2028}b\\u{200b}c\\u{feff}"
         );
+        // Tag characters can spell hidden text; soft hyphens hide in plain sight.
+        assert_eq!(escape("x\u{e0041}\u{ad}"), "x\\u{e0041}\\u{ad}");
     }
 
     #[test]

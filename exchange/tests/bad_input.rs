@@ -315,3 +315,38 @@ async fn chains_of_ctes_that_the_optimizer_would_merge_too_deep_are_refused() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn statements_with_too_many_joins_tables_or_unions_are_refused() {
+    // Review 5: 450 cross joins or 3,000 UNION ALL branches overflowed the stack in the
+    // optimizer or parser and aborted the process before the audit record.
+    let (ex, _state) = common::open();
+    let cross = format!(
+        "SELECT count(*) FROM market.enterprises m0 {}",
+        (1..450)
+            .map(|i| format!("CROSS JOIN market.enterprises m{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let commas = format!(
+        "SELECT count(*) FROM {}",
+        (0..300)
+            .map(|i| format!("market.enterprises m{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let unions = vec!["SELECT 1 AS x FROM market.enterprises"; 3000].join(" UNION ALL ");
+    for (sql, expect) in [
+        (cross, "joins"),
+        (commas, "tables"),
+        (unions, "set operations"),
+    ] {
+        match ex
+            .execute("market_trader", Some("data_product"), &sql)
+            .await
+        {
+            Err(QueryError::Refused(r)) => assert!(r.contains(expect), "{r}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -680,3 +680,23 @@ async fn values_cannot_grow_without_bound_on_the_way() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_large_constant_repeated_over_a_batch_cannot_overflow_on_the_way() {
+    // Review 5: a text constant joined to the chosen person's visits of one year, then
+    // cross-joined with a few thousand rows, overflowed arrow's 32-bit offsets exactly when
+    // such a visit existed.
+    let (ex, _state) = open();
+    let x = target().await;
+    let big = "x".repeat(4000);
+    let values: Vec<String> = (0..100).map(|i| format!("({i})")).collect();
+    let sql = format!(
+        "WITH c AS (SELECT e.person_id AS p, big.a AS a
+                    FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key
+                    JOIN (VALUES ('{x}', '{big}')) big(p, a) ON big.p = e.person_id
+                    WHERE v.visit_date = DATE '2026-01-01')
+         SELECT count(*) AS n FROM c CROSS JOIN (VALUES {}) m(i) GROUP BY octet_length(c.a) > 0",
+        values.join(", ")
+    );
+    refused_with(&ex, &sql, "text constant").await;
+}

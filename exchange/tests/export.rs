@@ -784,3 +784,69 @@ async fn classes_count_people_over_everything_their_rows_say() {
         );
     }
 }
+
+#[tokio::test]
+async fn rows_that_lose_their_person_or_one_person_in_two_columns_are_guarded() {
+    // Review 5: UNNEST dropped the rows' subjects (per-row classes over (j, q) again); a
+    // quasi-identifier selection became a yes/no per row after an outer join or a scalar
+    // subquery; one person joined in three columns counted as three people.
+    let (ex, state) = open();
+    let dir = state.path();
+    let year = "CAST(date_part('year', r.birth_date) AS VARCHAR)";
+    for (name, sql, shown) in [
+        (
+            "unnest",
+            "SELECT p, j, CASE j WHEN 0 THEN g WHEN 1 THEN CAST(date_part('year', b) AS VARCHAR) ELSE d END AS q
+             FROM (SELECT r.person_id AS p, r.gender AS g, r.birth_date AS b, r.district AS d,
+                          unnest(make_array(0, 1, 2)) AS j FROM police.residents r) t"
+                .to_string(),
+            vec!["j", "q"],
+        ),
+        (
+            "scalar-subquery-bits",
+            "SELECT e.person_id AS p,
+                (SELECT count(*) FROM police.residents r WHERE r.person_id = e.person_pseudonym AND r.gender = 'F') + 0 * e.insured_months AS g,
+                (SELECT count(*) FROM police.residents r WHERE r.person_id = e.person_pseudonym AND r.district IN ('hexi', 'hebei')) + 0 * e.insured_months AS d
+             FROM hrss.employment e"
+                .to_string(),
+            vec!["g", "d"],
+        ),
+        (
+            "left-join-bits",
+            "SELECT e.person_id AS p, b0.h IS NOT NULL AS g, b1.h IS NOT NULL AS d
+             FROM hrss.employment e
+             LEFT JOIN (SELECT r.person_id AS k, r.district AS h FROM police.residents r WHERE r.gender = 'F') b0 ON b0.k = e.person_pseudonym
+             LEFT JOIN (SELECT r.person_id AS k, r.gender AS h FROM police.residents r WHERE r.district IN ('hexi', 'hebei')) b1 ON b1.k = e.person_pseudonym"
+                .to_string(),
+            vec!["g", "d"],
+        ),
+        (
+            "one-person-three-columns",
+            format!(
+                "SELECT e.person_id AS p, j.j,
+                        CASE j.j WHEN 0 THEN r0.gender WHEN 1 THEN {} ELSE r2.district END AS q
+                 FROM hrss.employment e CROSS JOIN (VALUES (0), (1), (2)) j(j)
+                 LEFT JOIN police.residents r0 ON r0.person_id = e.person_pseudonym AND j.j = 0
+                 LEFT JOIN police.residents r1 ON r1.person_id = e.person_pseudonym AND j.j = 1
+                 LEFT JOIN police.residents r2 ON r2.person_id = e.person_pseudonym AND j.j = 2",
+                year.replace("r.", "r1.")
+            ),
+            vec!["j", "q"],
+        ),
+    ] {
+        let out = dir.join(format!("{name}.parquet"));
+        let s = run(&ex, &request("research-e", &out, &sql)).await.unwrap();
+        let guard = s.manifest.body.guard.unwrap();
+        let (batches, _) = read(&out);
+        let people = per_person(&batches, "p", &shown);
+        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+        for rows in people.values() {
+            *signatures.entry(rows.clone()).or_default() += 1;
+        }
+        assert!(
+            signatures.values().all(|n| *n >= 3),
+            "{name}: {guard}: {:?}",
+            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
+        );
+    }
+}

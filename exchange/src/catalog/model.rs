@@ -398,6 +398,15 @@ impl Catalog {
                         ),
                     });
                 }
+                // Classes count people: the guard needs to know whose each row is.
+                Some(k) if entity.is_none() => {
+                    return Err(CatalogError::Invalid {
+                        pos: pos(k.span()),
+                        message: format!(
+                            "export_k of {agency}.{name} needs the dataset's `entity` (classes count the people rows belong to)"
+                        ),
+                    });
+                }
                 Some(k) => Some(ExportK {
                     k: k.into_inner(),
                     action: ds.export_k_action,

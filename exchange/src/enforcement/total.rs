@@ -256,8 +256,8 @@ fn fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
 /// `Some(None)` if it folds to a value, `Some(Some(why))` if folding fails. `None` if the
 /// expression is not constant.
 fn constant(e: &Expr) -> Option<Option<String>> {
-    if matches!(e, Expr::Literal(..)) {
-        return Some(None);
+    if let Expr::Literal(v, _) = e {
+        return Some(oversized_literal(v));
     }
     let mut constant = true;
     let _ = e.apply(|x| {
@@ -290,7 +290,7 @@ fn constant(e: &Expr) -> Option<Option<String>> {
     }
     let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_current_time().build());
     Some(match simplifier.simplify(e.clone()) {
-        Ok(Expr::Literal(..)) => None,
+        Ok(Expr::Literal(v, _)) => oversized_literal(&v),
         _ => Some(format!("the constant expression {e} fails")),
     })
 }
@@ -299,9 +299,9 @@ fn constant(e: &Expr) -> Option<Option<String>> {
 fn node_fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
     let type_of = |x: &Expr| x.get_type(schema).ok();
     match e {
+        Expr::Literal(v, _) => oversized_literal(v),
         Expr::Column(_)
         | Expr::OuterReferenceColumn(..)
-        | Expr::Literal(..)
         | Expr::Alias(_)
         | Expr::Not(_)
         | Expr::IsNull(_)
@@ -363,6 +363,30 @@ fn node_fallible(e: &Expr, schema: &DFSchema) -> Option<String> {
         Expr::WindowFunction(w) => window(w, schema),
         _ => Some(format!("{e} is not known to be safe on every value")),
     }
+}
+
+/// Bytes a text or binary constant may hold below a `min_group` aggregate. Arrow holds a
+/// column's text in one buffer with 32-bit offsets: a join repeats a constant once per row of
+/// a batch (8,192), and values may grow 16 times (`size.rs`), so larger constants could
+/// overflow that buffer exactly when a protected row reaches them.
+const MAX_CONSTANT_BYTES: usize = 1024;
+
+fn oversized_literal(v: &ScalarValue) -> Option<String> {
+    let len = match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.len(),
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b))
+        | ScalarValue::FixedSizeBinary(_, Some(b)) => b.len(),
+        _ => return None,
+    };
+    (len > MAX_CONSTANT_BYTES).then(|| {
+        format!(
+            "a text constant of {len} bytes is longer than {MAX_CONSTANT_BYTES} (repeated over a batch of rows it could overflow arrow's buffers)"
+        )
+    })
 }
 
 /// The value of a literal, seen through the casts type coercion puts around it.

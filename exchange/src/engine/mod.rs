@@ -414,6 +414,59 @@ impl Exchange {
 const MAX_SQL_BYTES: usize = 1 << 20;
 const MAX_EXPR_DEPTH: usize = 100;
 const MAX_EXPR_NODES: usize = 100_000;
+/// Joins, set operations, tables and (sub)queries: DataFusion's plans, and its optimizer's
+/// recursion over them, grow with each.
+const MAX_SET_OPERATIONS: usize = 64;
+const MAX_JOINS: usize = 64;
+const MAX_NESTING: usize = 64;
+const MAX_TABLES: usize = 128;
+const MAX_QUERIES: usize = 128;
+
+/// Refuse, from the tokens alone (before the parser recurses), a statement with too many set
+/// operations or joins, or parentheses nested too deep.
+fn check_tokens(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        // The parser will say what is wrong.
+        return Ok(());
+    };
+    let (mut set_ops, mut joins, mut depth, mut deepest) = (0usize, 0usize, 0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::Word(w) => match w.keyword {
+                Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT | Keyword::MINUS => {
+                    set_ops += 1
+                }
+                Keyword::JOIN => joins += 1,
+                _ => {}
+            },
+            Token::LParen => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let limit = |what: &str, n: usize, max: usize| -> Result<(), QueryError> {
+        if n > max {
+            Err(QueryError::Refused(format!(
+                "the statement has {n} {what}, more than {max}; split it into several statements"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    limit(
+        "set operations (UNION, INTERSECT, EXCEPT)",
+        set_ops,
+        MAX_SET_OPERATIONS,
+    )?;
+    limit("joins", joins, MAX_JOINS)?;
+    limit("levels of nested parentheses", deepest, MAX_NESTING)
+}
 
 /// Refuse a statement whose expressions nest deeper or count more than the limits.
 fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
@@ -424,9 +477,33 @@ fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
         depth: usize,
         deepest: usize,
         nodes: usize,
+        tables: usize,
+        queries: usize,
     }
     impl Visitor for Size {
         type Break = ();
+        fn pre_visit_table_factor(
+            &mut self,
+            _: &datafusion::sql::sqlparser::ast::TableFactor,
+        ) -> ControlFlow<()> {
+            self.tables += 1;
+            if self.tables > MAX_TABLES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn pre_visit_query(
+            &mut self,
+            _: &datafusion::sql::sqlparser::ast::Query,
+        ) -> ControlFlow<()> {
+            self.queries += 1;
+            if self.queries > MAX_QUERIES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
         fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
             self.depth += 1;
             self.nodes += 1;
@@ -465,6 +542,16 @@ fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
             "the statement has more than {MAX_EXPR_NODES} expressions; split it"
         )));
     }
+    if size.tables > MAX_TABLES {
+        return Err(QueryError::Refused(format!(
+            "the statement reads more than {MAX_TABLES} tables; split it"
+        )));
+    }
+    if size.queries > MAX_QUERIES {
+        return Err(QueryError::Refused(format!(
+            "the statement has more than {MAX_QUERIES} queries and subqueries; split it"
+        )));
+    }
     Ok(())
 }
 
@@ -474,6 +561,7 @@ pub(crate) fn classify(session: &PrincipalSession, sql: &str) -> Result<Kind, Qu
             "the statement is longer than {MAX_SQL_BYTES} bytes"
         )));
     }
+    check_tokens(sql)?;
     let mut statements = session
         .parse(sql)
         .map_err(|e| QueryError::Failed(e.strip_backtrace()))?;

@@ -5,8 +5,8 @@
 //! key (its quasi-identifier columns, see [`super::guard`]) is collected per subject (the
 //! entity of the row's source record, carried in hidden columns the file never holds), a
 //! person's signature is the multiset of their rows' keys, and a class is the set of people
-//! with one signature. Rows without a subject (groups of an aggregation) are classes of
-//! their own keys. Keys and subjects are kept as 128-bit keyed hashes, never as values.
+//! with one signature. Rows without a subject (groups of an aggregation, rows whose subject
+//! a subquery or UNNEST dropped, an outer join's padding) are classes of all their columns. Keys and subjects are kept as 128-bit keyed hashes, never as values.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -51,7 +51,12 @@ pub struct ClassCounter {
     columns: Vec<usize>,
     subjects: Vec<usize>,
     keys: RowConverter,
-    subject_rows: Option<RowConverter>,
+    /// One converter per subject column: a subject is its value, whatever column holds it.
+    subject_rows: Vec<RowConverter>,
+    /// All the file's columns: the key of a row without a subject (an aggregate's group, a
+    /// row whose subject UNNEST or a subquery dropped, an outer join's padding).
+    own: Vec<usize>,
+    whole: RowConverter,
     hash: Hash128,
     /// Per row: its key.
     row_keys: Vec<u128>,
@@ -68,18 +73,26 @@ impl ClassCounter {
             // No class columns: the whole result is one class (one NULL key).
             fields.push(SortField::new(arrow::datatypes::DataType::Null));
         }
-        let subject_rows = if spec.subjects.is_empty() {
-            None
-        } else {
-            Some(RowConverter::new(
-                spec.subjects.iter().map(field).collect(),
-            )?)
-        };
+        let subject_rows = spec
+            .subjects
+            .iter()
+            .map(|i| RowConverter::new(vec![field(i)]))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let own: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !spec.subjects.contains(i))
+            .collect();
+        let mut whole_fields: Vec<SortField> = own.iter().map(field).collect();
+        if whole_fields.is_empty() {
+            whole_fields.push(SortField::new(arrow::datatypes::DataType::Null));
+        }
+        let whole = RowConverter::new(whole_fields)?;
         Ok(Self {
             columns: spec.columns.clone(),
             subjects: spec.subjects.clone(),
             keys: RowConverter::new(fields)?,
             subject_rows,
+            own,
+            whole,
             hash: Hash128::default(),
             row_keys: Vec::new(),
             row_subjects: Vec::new(),
@@ -100,29 +113,42 @@ impl ClassCounter {
             ));
         }
         let keys = self.keys.convert_columns(&cols)?;
-        for r in keys.iter() {
-            self.row_keys.push(self.hash.of(r.as_ref()));
+        // Each subject column alone (a row from two records has two subjects), hashed with
+        // its type but not its position: one person is one subject in any column.
+        let mut subject_keys = Vec::with_capacity(self.subjects.len());
+        for (conv, i) in self.subject_rows.iter().zip(&self.subjects) {
+            let column = batch.column(*i);
+            subject_keys.push((column, conv.convert_columns(std::slice::from_ref(column))?));
         }
+        let mut own: Vec<ArrayRef> = self.own.iter().map(|i| batch.column(*i).clone()).collect();
+        if own.is_empty() {
+            own.push(arrow::array::new_null_array(
+                &arrow::datatypes::DataType::Null,
+                batch.num_rows(),
+            ));
+        }
+        let whole = self.whole.convert_columns(&own)?;
         for row in 0..batch.num_rows() {
             let mut subjects = Vec::new();
-            if let Some(conv) = &self.subject_rows {
-                // Each subject column alone: a row from two records has two subjects.
-                for (n, i) in self.subjects.iter().enumerate() {
-                    let column = batch.column(*i);
-                    if column.is_null(row) {
-                        continue;
-                    }
-                    let one = column.slice(row, 1);
-                    let mut cols: Vec<ArrayRef> = self
-                        .subjects
-                        .iter()
-                        .map(|j| arrow::array::new_null_array(batch.column(*j).data_type(), 1))
-                        .collect();
-                    cols[n] = one;
-                    let rows = conv.convert_columns(&cols)?;
-                    subjects.push(self.hash.of(rows.row(0).as_ref()));
+            for (column, rows) in &subject_keys {
+                if column.is_null(row) {
+                    continue;
+                }
+                let mut bytes = column.data_type().to_string().into_bytes();
+                bytes.extend_from_slice(rows.row(row).as_ref());
+                let s = self.hash.of(&bytes);
+                if !subjects.contains(&s) {
+                    subjects.push(s);
                 }
             }
+            // A row without a subject says what it says on its own, identifiers included:
+            // all its columns are its key (it may be one person's, who is not traced).
+            let key = if subjects.is_empty() {
+                self.hash.of(whole.row(row).as_ref())
+            } else {
+                self.hash.of(keys.row(row).as_ref())
+            };
+            self.row_keys.push(key);
             self.row_subjects.push(subjects);
         }
         Ok(())

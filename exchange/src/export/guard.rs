@@ -157,10 +157,21 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
                         .flat_map(|(l, r)| [l.clone(), r.clone()])
                         .collect();
                 exprs.extend(j.filter.iter().cloned());
-                j.left
-                    .schema()
-                    .join(j.right.schema())
-                    .map_or(true, |both| tainted(&of, &both, &exprs))
+                // Rows of the side an outer join pads (or a mark join tests) become a
+                // value of the other side's rows: present or not, by a quasi-identifier.
+                let padded = match j.join_type {
+                    JoinType::Left | JoinType::LeftMark => vec![&j.right],
+                    JoinType::Right | JoinType::RightMark => vec![&j.left],
+                    JoinType::Full => vec![&j.left, &j.right],
+                    _ => vec![],
+                };
+                padded
+                    .iter()
+                    .any(|side| read_anywhere(side).iter().any(is_qi))
+                    || j.left
+                        .schema()
+                        .join(j.right.schema())
+                        .map_or(true, |both| tainted(&of, &both, &exprs))
             }
             LogicalPlan::Aggregate(_)
             | LogicalPlan::Window(_)
