@@ -84,7 +84,7 @@ pub(super) fn refuse_constrained(tag: &Tag, place: &str) -> Result<()> {
             "{column} is a join key (domain {domain}): it may only be compared for equality with another join key of domain {domain} in a join, and cannot appear in {place}"
         )),
         Tag::AggOnly { column, k, .. } => refuse(format!(
-            "{column} is aggregate-only (k = {k}): it may only be an input of count, sum, avg, min, max and similar aggregates, and cannot appear in {place}"
+            "{column} is aggregate-only (k = {k}): it may only be an input of count, sum, avg and similar aggregates (min, max, median where the grant allows value statistics), and cannot appear in {place}"
         )),
         _ => Ok(()),
     }
