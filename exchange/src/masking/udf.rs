@@ -1,281 +1,19 @@
-//! Masking functions as DataFusion scalar UDFs.
-//!
-//! A treatment `mask(keep_first_last, 3, 4)` becomes the expression
-//! `keep_first_last(col, 3, 4)`: parameters travel as literal arguments so that plans and
-//! EXPLAIN name them, and they are checked when the policy loads ([`MaskFn::check_args`]).
+//! Masking functions as DataFusion scalar UDFs: type coercion, return types, and the
+//! dispatch from a [`MaskFn`] and its literal parameters to its kernel.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
-    LargeStringBuilder, StringArray, StringBuilder, StringViewBuilder, make_array, new_null_array,
-};
-use arrow::datatypes::{DataType, Decimal128Type};
-use datafusion::common::cast::{as_date32_array, as_float64_array, as_int64_array};
-use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use arrow::array::{ArrayRef, new_null_array};
+use arrow::datatypes::DataType;
+use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::functions::{self, AddressLevel, MASK_CHAR};
-
-/// A literal parameter of a masking function, as written in a policy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum MaskArg {
-    /// An integer parameter, e.g. the `3` of `keep_first_last(3, 4)`.
-    Int(i64),
-    /// A string parameter, e.g. the `'district'` of `address_cn('district')`.
-    Str(String),
-}
-
-impl MaskArg {
-    /// The literal passed to the UDF.
-    pub fn to_scalar(&self) -> ScalarValue {
-        match self {
-            MaskArg::Int(i) => ScalarValue::Int64(Some(*i)),
-            MaskArg::Str(s) => ScalarValue::Utf8(Some(s.clone())),
-        }
-    }
-}
-
-impl std::fmt::Display for MaskArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MaskArg::Int(i) => write!(f, "{i}"),
-            MaskArg::Str(s) => write!(f, "'{s}'"),
-        }
-    }
-}
-
-/// The masking functions the exchange offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MaskFn {
-    /// keep_first_last(n, m): replace chars in [n, len-m).
-    KeepFirstLast,
-    /// mask_first_last(n, m): replace the first n and last m chars.
-    MaskFirstLast,
-    /// name_cn: keep the surname.
-    NameCn,
-    /// id_cn(profile): resident ID, 'display' (1+1) or 'operator' (6+4).
-    IdCn,
-    /// phone_cn: mobile 3+4, landline area code + last 2.
-    PhoneCn,
-    /// address_cn(level): cut to 'province', 'city' or 'district'.
-    AddressCn,
-    /// year_only: a date becomes January 1st of its year.
-    YearOnly,
-    /// round_num(k): round to the nearest multiple of k.
-    RoundNum,
-    /// keep_range(x, y): keep chars at 0-based inclusive positions [x, y].
-    KeepRange,
-    /// mask_range(x, y): mask chars at 0-based inclusive positions [x, y].
-    MaskRange,
-    /// mask_before(sep): mask what precedes the first sep.
-    MaskBefore,
-    /// mask_after(sep): mask what follows the first sep.
-    MaskAfter,
-    /// fixed_mask(k): k mask chars whatever the value (hides length).
-    FixedMask,
-    /// redact: letters to x/X, digits to 0 (Ranger MASK).
-    Redact,
-    /// bank_card: keep BIN (6) and last 4.
-    BankCard,
-    /// plate_cn: keep the first 3 chars and the last.
-    PlateCn,
-    /// email: first char of the local part and the domain.
-    Email,
-    /// ipv4: to the /24 network.
-    Ipv4,
-    /// ipv6: to the /48 network.
-    Ipv6,
-    /// hash_sha256(salt?): hex SHA-256 (compatibility only: brute-forceable).
-    HashSha256,
-    /// age_band(w): 37 -> '30-39' for w = 10.
-    AgeBand,
-    /// top_bottom_code(lo, hi): clamp to [lo, hi].
-    TopBottomCode,
-    /// trunc_date(unit): 'year', 'month' or 'day'.
-    TruncDate,
-    /// nullify: NULL of the column's type.
-    Nullify,
-    /// type_default: '' / 0 / false / 1970-01-01 for present values, NULL stays NULL.
-    TypeDefault,
-    /// bucket(e1, e2, ...): a number becomes the label of its interval between the edges.
-    Bucket,
-}
-
-/// What kind of value a masking function takes and returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
-    /// Strings in, strings out.
-    Text,
-    /// Dates in, dates out.
-    Date,
-    /// Numbers in, numbers of the same type out.
-    Number,
-    /// Numbers in, text labels out.
-    NumberLabel,
-    /// Any type in, the same type out.
-    Any,
-}
-
-impl MaskFn {
-    /// Every masking function, for registration and documentation.
-    pub const ALL: &'static [MaskFn] = &[
-        MaskFn::KeepFirstLast,
-        MaskFn::MaskFirstLast,
-        MaskFn::NameCn,
-        MaskFn::IdCn,
-        MaskFn::PhoneCn,
-        MaskFn::AddressCn,
-        MaskFn::YearOnly,
-        MaskFn::RoundNum,
-        MaskFn::KeepRange,
-        MaskFn::MaskRange,
-        MaskFn::MaskBefore,
-        MaskFn::MaskAfter,
-        MaskFn::FixedMask,
-        MaskFn::Redact,
-        MaskFn::BankCard,
-        MaskFn::PlateCn,
-        MaskFn::Email,
-        MaskFn::Ipv4,
-        MaskFn::Ipv6,
-        MaskFn::HashSha256,
-        MaskFn::AgeBand,
-        MaskFn::TopBottomCode,
-        MaskFn::TruncDate,
-        MaskFn::Nullify,
-        MaskFn::TypeDefault,
-        MaskFn::Bucket,
-    ];
-
-    /// The function's SQL and policy name.
-    pub fn name(self) -> &'static str {
-        match self {
-            MaskFn::KeepFirstLast => "keep_first_last",
-            MaskFn::MaskFirstLast => "mask_first_last",
-            MaskFn::NameCn => "name_cn",
-            MaskFn::IdCn => "id_cn",
-            MaskFn::PhoneCn => "phone_cn",
-            MaskFn::AddressCn => "address_cn",
-            MaskFn::YearOnly => "year_only",
-            MaskFn::RoundNum => "round_num",
-            MaskFn::KeepRange => "keep_range",
-            MaskFn::MaskRange => "mask_range",
-            MaskFn::MaskBefore => "mask_before",
-            MaskFn::MaskAfter => "mask_after",
-            MaskFn::FixedMask => "fixed_mask",
-            MaskFn::Redact => "redact",
-            MaskFn::BankCard => "bank_card",
-            MaskFn::PlateCn => "plate_cn",
-            MaskFn::Email => "email",
-            MaskFn::Ipv4 => "ipv4",
-            MaskFn::Ipv6 => "ipv6",
-            MaskFn::HashSha256 => "hash_sha256",
-            MaskFn::AgeBand => "age_band",
-            MaskFn::TopBottomCode => "top_bottom_code",
-            MaskFn::TruncDate => "trunc_date",
-            MaskFn::Nullify => "nullify",
-            MaskFn::TypeDefault => "type_default",
-            MaskFn::Bucket => "bucket",
-        }
-    }
-
-    /// Look a function up by name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|f| f.name() == name)
-    }
-
-    /// The kind of value the function applies to.
-    pub fn value_kind(self) -> ValueKind {
-        match self {
-            MaskFn::YearOnly | MaskFn::TruncDate => ValueKind::Date,
-            MaskFn::RoundNum | MaskFn::TopBottomCode => ValueKind::Number,
-            MaskFn::AgeBand | MaskFn::Bucket => ValueKind::NumberLabel,
-            MaskFn::Nullify | MaskFn::TypeDefault => ValueKind::Any,
-            _ => ValueKind::Text,
-        }
-    }
-
-    /// Check a policy's parameters; the message says what is expected.
-    pub fn check_args(self, args: &[MaskArg]) -> std::result::Result<(), String> {
-        let usage = match self {
-            MaskFn::KeepFirstLast | MaskFn::MaskFirstLast => "(n, m) with n, m >= 0",
-            MaskFn::KeepRange | MaskFn::MaskRange => "(x, y) with 0 <= x <= y",
-            MaskFn::NameCn
-            | MaskFn::PhoneCn
-            | MaskFn::YearOnly
-            | MaskFn::Redact
-            | MaskFn::BankCard
-            | MaskFn::PlateCn
-            | MaskFn::Email
-            | MaskFn::Ipv4
-            | MaskFn::Ipv6
-            | MaskFn::Nullify
-            | MaskFn::TypeDefault => "no parameters",
-            MaskFn::Bucket => "(e1, e2, ...) with 1 to 32 strictly increasing integer edges",
-            MaskFn::IdCn => "('display' | 'operator')",
-            MaskFn::AddressCn => "('province' | 'city' | 'district')",
-            MaskFn::RoundNum => "(k) with k > 0",
-            MaskFn::MaskBefore | MaskFn::MaskAfter => "('separator')",
-            MaskFn::FixedMask => "(k) with 1 <= k <= 64",
-            MaskFn::HashSha256 => "() or ('salt')",
-            MaskFn::AgeBand => "(width) with width > 0",
-            MaskFn::TopBottomCode => "(lo, hi) with lo <= hi",
-            MaskFn::TruncDate => "('year' | 'month' | 'day')",
-        };
-        let ok = match (self, args) {
-            (MaskFn::KeepFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => *n >= 0 && *m >= 0,
-            (MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
-                *n >= 0 && *m >= 0 && (*n >= 1 || *m >= 1)
-            }
-            (MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly, []) => true,
-            (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),
-            (MaskFn::AddressCn, [MaskArg::Str(l)]) => AddressLevel::parse(l).is_some(),
-            (MaskFn::RoundNum, [MaskArg::Int(k)]) => *k > 0,
-            (MaskFn::KeepRange | MaskFn::MaskRange, [MaskArg::Int(x), MaskArg::Int(y)]) => {
-                *x >= 0 && x <= y
-            }
-            (
-                MaskFn::Redact
-                | MaskFn::BankCard
-                | MaskFn::PlateCn
-                | MaskFn::Email
-                | MaskFn::Ipv4
-                | MaskFn::Ipv6
-                | MaskFn::Nullify
-                | MaskFn::TypeDefault,
-                [],
-            ) => true,
-            (MaskFn::Bucket, edges) => bucket_edges(edges).is_some(),
-            (MaskFn::MaskBefore | MaskFn::MaskAfter, [MaskArg::Str(s)]) => !s.is_empty(),
-            (MaskFn::FixedMask, [MaskArg::Int(k)]) => (1..=64).contains(k),
-            (MaskFn::HashSha256, []) | (MaskFn::HashSha256, [MaskArg::Str(_)]) => true,
-            (MaskFn::AgeBand, [MaskArg::Int(w)]) => *w > 0,
-            (MaskFn::TopBottomCode, [MaskArg::Int(lo), MaskArg::Int(hi)]) => lo <= hi,
-            (MaskFn::TruncDate, [MaskArg::Str(u)]) => {
-                matches!(u.as_str(), "year" | "month" | "day")
-            }
-            _ => false,
-        };
-        if ok {
-            Ok(())
-        } else {
-            let given: Vec<String> = args.iter().map(ToString::to_string).collect();
-            Err(format!(
-                "{} takes {usage}, got ({})",
-                self.name(),
-                given.join(", ")
-            ))
-        }
-    }
-
-    /// The scalar UDF implementing this function.
-    pub fn udf(self) -> Arc<ScalarUDF> {
-        Arc::new(ScalarUDF::new_from_impl(MaskUdf::new(self)))
-    }
-}
+use super::kernels::{
+    age_band, bucket, bucket_edges_of, map_strings, round_num, scalar_int, scalar_str,
+    top_bottom_code, trunc_date, type_default, usize_param,
+};
+use super::spec::{MaskFn, ValueKind};
 
 /// A masking function as a DataFusion UDF: `f(value, params...)`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -297,162 +35,6 @@ impl MaskUdf {
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
-}
-
-fn scalar_int(v: &ColumnarValue, func: MaskFn) -> Result<i64> {
-    match v {
-        ColumnarValue::Scalar(ScalarValue::Int64(Some(i))) => Ok(*i),
-        _ => plan_err!("{}: parameters must be integer constants", func.name()),
-    }
-}
-
-fn scalar_str(v: &ColumnarValue, func: MaskFn) -> Result<String> {
-    match v {
-        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => Ok(s.clone()),
-        _ => plan_err!("{}: parameters must be string constants", func.name()),
-    }
-}
-
-fn usize_param(v: &ColumnarValue, func: MaskFn) -> Result<usize> {
-    let i = scalar_int(v, func)?;
-    usize::try_from(i).map_err(|_| {
-        DataFusionError::Plan(format!("{}: parameters must not be negative", func.name()))
-    })
-}
-
-/// Run `f` over every present value with one reused buffer; NULL stays NULL.
-fn each_string<'a>(
-    values: impl Iterator<Item = Option<&'a str>>,
-    f: &impl Fn(&str, &mut String),
-    mut emit: impl FnMut(Option<&str>),
-) {
-    let mut buf = String::with_capacity(64);
-    for value in values {
-        match value {
-            None => emit(None),
-            Some(s) => {
-                buf.clear();
-                f(s, &mut buf);
-                emit(Some(&buf));
-            }
-        }
-    }
-}
-
-/// Apply a char-level mask to each string of a Utf8, LargeUtf8 or Utf8View array, into
-/// an array of the same type. Outputs are sized from the input (masks keep or shorten the
-/// byte length in the common case), so builders rarely grow.
-fn map_strings(array: &ArrayRef, f: impl Fn(&str, &mut String)) -> Result<ArrayRef> {
-    Ok(match array.data_type() {
-        DataType::Utf8 => {
-            let strings = array.as_string::<i32>();
-            let mut b = StringBuilder::with_capacity(strings.len(), strings.value_data().len());
-            each_string(strings.iter(), &f, |v| b.append_option(v));
-            Arc::new(b.finish())
-        }
-        DataType::LargeUtf8 => {
-            let strings = array.as_string::<i64>();
-            let mut b =
-                LargeStringBuilder::with_capacity(strings.len(), strings.value_data().len());
-            each_string(strings.iter(), &f, |v| b.append_option(v));
-            Arc::new(b.finish())
-        }
-        DataType::Utf8View => {
-            let strings = array.as_string_view();
-            let mut b = StringViewBuilder::with_capacity(strings.len());
-            each_string(strings.iter(), &f, |v| b.append_option(v));
-            Arc::new(b.finish())
-        }
-        other => return exec_err!("expected a string array, got {other}"),
-    })
-}
-
-const DAYS_0000_TO_1970: i32 = 719_163;
-
-fn year_start(days: i32) -> i32 {
-    use chrono::{Datelike, NaiveDate};
-    days.checked_add(DAYS_0000_TO_1970)
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-        .and_then(|d| NaiveDate::from_ymd_opt(d.year(), 1, 1))
-        .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
-        .unwrap_or(0)
-}
-
-fn month_start(days: i32) -> i32 {
-    use chrono::{Datelike, NaiveDate};
-    days.checked_add(DAYS_0000_TO_1970)
-        .and_then(NaiveDate::from_num_days_from_ce_opt)
-        .and_then(|d| NaiveDate::from_ymd_opt(d.year(), d.month(), 1))
-        .map(|d| d.num_days_from_ce() - DAYS_0000_TO_1970)
-        .unwrap_or(0)
-}
-
-/// `v` rounded to a multiple of `k` (half up); `None` when that multiple is outside `i64`.
-fn round_to(v: i64, k: i64) -> Option<i64> {
-    let (v, k) = (i128::from(v), i128::from(k));
-    let r = v.rem_euclid(k);
-    let base = v - r;
-    let rounded = if r >= k / 2 && k > 1 { base + k } else { base };
-    i64::try_from(rounded).ok()
-}
-
-/// The edges of `bucket`: 1 to 32 strictly increasing integers.
-fn bucket_edges(args: &[MaskArg]) -> Option<Vec<i64>> {
-    let edges: Vec<i64> = args
-        .iter()
-        .map(|a| match a {
-            MaskArg::Int(i) => Some(*i),
-            MaskArg::Str(_) => None,
-        })
-        .collect::<Option<_>>()?;
-    let increasing = edges.windows(2).all(|w| w[0] < w[1]);
-    ((1..=32).contains(&edges.len()) && increasing).then_some(edges)
-}
-
-fn bucket_edges_of(params: &[ColumnarValue], func: MaskFn) -> Result<Vec<i64>> {
-    let args = params
-        .iter()
-        .map(|p| scalar_int(p, func).map(MaskArg::Int))
-        .collect::<Result<Vec<_>>>()?;
-    match bucket_edges(&args) {
-        Some(edges) => Ok(edges),
-        None => plan_err!("bucket: edges must be 1 to 32 strictly increasing integers"),
-    }
-}
-
-/// Labels of `bucket`: `<e1`, `e1-e2` (integers: inclusive, `e1-(e2-1)`), ..., `>=en`.
-fn bucket_labels(edges: &[i64], integers: bool) -> Vec<String> {
-    let mut labels = Vec::with_capacity(edges.len() + 1);
-    if let Some(first) = edges.first() {
-        labels.push(format!("<{first}"));
-    }
-    for w in edges.windows(2) {
-        labels.push(if integers {
-            if w[1] - 1 == w[0] {
-                w[0].to_string()
-            } else {
-                format!("{}-{}", w[0], w[1] - 1)
-            }
-        } else {
-            format!("[{}, {})", w[0], w[1])
-        });
-    }
-    if let Some(last) = edges.last() {
-        labels.push(format!(">={last}"));
-    }
-    labels
-}
-
-/// Round a decimal's unscaled value to a multiple of `k` whole units.
-fn round_decimal(v: i128, k: i64, scale: i8) -> Option<i128> {
-    let step = i128::from(k).checked_mul(10i128.checked_pow(u32::try_from(scale).ok()?)?)?;
-    let r = v.rem_euclid(step);
-    let base = v - r;
-    Some(if r >= step - r {
-        base.checked_add(step)?
-    } else {
-        base
-    })
 }
 
 impl ScalarUDFImpl for MaskUdf {
@@ -568,38 +150,8 @@ impl ScalarUDFImpl for MaskUdf {
                 };
                 map_strings(&array, |s, o| functions::address_cn(s, level, o))?
             }
-            (MaskFn::YearOnly, []) => {
-                let dates = as_date32_array(&array)?;
-                let out: Date32Array = dates.unary(year_start);
-                Arc::new(out)
-            }
-            (MaskFn::RoundNum, [k]) => {
-                let k = scalar_int(k, func)?;
-                if k <= 0 {
-                    return plan_err!("round_num: k must be positive");
-                }
-                match array.data_type() {
-                    DataType::Int64 => {
-                        let out: Int64Array = as_int64_array(&array)?.unary_opt(|v| round_to(v, k));
-                        Arc::new(out)
-                    }
-                    DataType::Decimal128(p, scale) => {
-                        let (p, scale) = (*p, *scale);
-                        // Out of range gives NULL, never an error: masks must not fail on
-                        // a value (a failure would tell something about it).
-                        let out: Decimal128Array = array
-                            .as_primitive::<Decimal128Type>()
-                            .unary_opt(|v| round_decimal(v, k, scale));
-                        Arc::new(out.with_precision_and_scale(p, scale)?)
-                    }
-                    _ => {
-                        let kf = k as f64;
-                        let out: Float64Array =
-                            as_float64_array(&array)?.unary(|v| (v / kf).round() * kf);
-                        Arc::new(out)
-                    }
-                }
-            }
+            (MaskFn::YearOnly, []) => trunc_date(&array, "year")?,
+            (MaskFn::RoundNum, [k]) => round_num(&array, scalar_int(k, func)?)?,
             (MaskFn::KeepRange, [x, y]) => {
                 let (x, y) = (usize_param(x, func)?, usize_param(y, func)?);
                 map_strings(&array, |s, o| functions::keep_range(s, x, y, MASK_CHAR, o))?
@@ -631,104 +183,16 @@ impl ScalarUDFImpl for MaskUdf {
                 let salt = scalar_str(salt, func)?;
                 map_strings(&array, |s, o| functions::sha256(s, &salt, o))?
             }
-            (MaskFn::AgeBand, [w]) => {
-                let w = scalar_int(w, func)?;
-                if w <= 0 {
-                    return plan_err!("age_band: width must be positive");
-                }
-                let labels: StringArray = match array.data_type() {
-                    DataType::Int64 => as_int64_array(&array)?
-                        .iter()
-                        .map(|v| v.map(|v| functions::age_band(v, w)))
-                        .collect(),
-                    _ => as_float64_array(&array)?
-                        .iter()
-                        .map(|v| v.map(|v| functions::age_band(v.floor() as i64, w)))
-                        .collect(),
-                };
-                Arc::new(labels)
-            }
+            (MaskFn::AgeBand, [w]) => age_band(&array, scalar_int(w, func)?)?,
             (MaskFn::TopBottomCode, [lo, hi]) => {
-                let (lo, hi) = (scalar_int(lo, func)?, scalar_int(hi, func)?);
-                match array.data_type() {
-                    DataType::Int64 => {
-                        let out: Int64Array =
-                            as_int64_array(&array)?.unary(|v| v.clamp(lo, hi.max(lo)));
-                        Arc::new(out)
-                    }
-                    DataType::Decimal128(p, scale) => {
-                        let (p, scale) = (*p, *scale);
-                        let unit = u32::try_from(scale)
-                            .ok()
-                            .and_then(|s| 10i128.checked_pow(s))
-                            .unwrap_or(1);
-                        let (lo, hi) = (
-                            i128::from(lo).saturating_mul(unit),
-                            i128::from(hi.max(lo)).saturating_mul(unit),
-                        );
-                        let out: Decimal128Array = array
-                            .as_primitive::<Decimal128Type>()
-                            .unary(|v| v.clamp(lo, hi));
-                        Arc::new(out.with_precision_and_scale(p, scale)?)
-                    }
-                    _ => {
-                        let (lo, hi) = (lo as f64, hi as f64);
-                        let out: Float64Array =
-                            as_float64_array(&array)?.unary(|v| v.clamp(lo, hi.max(lo)));
-                        Arc::new(out)
-                    }
-                }
+                top_bottom_code(&array, scalar_int(lo, func)?, scalar_int(hi, func)?)?
             }
-            (MaskFn::TruncDate, [unit]) => {
-                let unit = scalar_str(unit, func)?;
-                let dates = as_date32_array(&array)?;
-                let out: Date32Array = match unit.as_str() {
-                    "year" => dates.unary(year_start),
-                    "month" => dates.unary(month_start),
-                    "day" => dates.unary(|d| d),
-                    other => return plan_err!("trunc_date: unknown unit '{other}'"),
-                };
-                Arc::new(out)
-            }
+            (MaskFn::TruncDate, [unit]) => trunc_date(&array, &scalar_str(unit, func)?)?,
             (MaskFn::Bucket, edges) if !edges.is_empty() => {
-                let edges = bucket_edges_of(edges, func)?;
-                let integers = array.data_type() == &DataType::Int64;
-                let labels = bucket_labels(&edges, integers);
-                // The bucket of v is the number of edges <= v.
-                let label = |i: usize| labels.get(i).map(String::as_str);
-                let out: StringArray = if integers {
-                    as_int64_array(&array)?
-                        .iter()
-                        .map(|v| v.and_then(|v| label(edges.partition_point(|e| *e <= v))))
-                        .collect()
-                } else {
-                    as_float64_array(&array)?
-                        .iter()
-                        .map(|v| {
-                            v.and_then(|v| {
-                                if v.is_nan() {
-                                    Some("NaN")
-                                } else {
-                                    label(edges.partition_point(|e| (*e as f64) <= v))
-                                }
-                            })
-                        })
-                        .collect()
-                };
-                Arc::new(out)
+                bucket(&array, &bucket_edges_of(edges, func)?)?
             }
             (MaskFn::Nullify, []) => new_null_array(array.data_type(), array.len()),
-            (MaskFn::TypeDefault, []) => {
-                let default =
-                    ScalarValue::new_default(array.data_type())?.to_array_of_size(array.len())?;
-                // Present values become the default; NULL stays NULL.
-                let data = default
-                    .to_data()
-                    .into_builder()
-                    .nulls(array.nulls().cloned())
-                    .build()?;
-                make_array(data)
-            }
+            (MaskFn::TypeDefault, []) => type_default(&array)?,
             _ => {
                 return plan_err!(
                     "{}: wrong number of parameters ({})",
@@ -743,6 +207,8 @@ impl ScalarUDFImpl for MaskUdf {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::{round_decimal, round_to, year_start};
+    use super::super::spec::MaskArg;
     use super::*;
 
     #[test]

@@ -1,0 +1,302 @@
+//! The command line's arguments and subcommands (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::demo;
+
+/// A governed, federated SQL exchange for cross-agency data sharing.
+#[derive(Debug, Parser)]
+#[command(name = "exchange", version, about)]
+pub struct Cli {
+    /// Directory holding schemas/ and policies/.
+    #[arg(long, global = true, default_value = ".", env = "EXCHANGE_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Root of relative dataset locations.
+    #[arg(
+        long,
+        global = true,
+        default_value = "demo-data",
+        env = "EXCHANGE_DATA_ROOT"
+    )]
+    pub data_root: PathBuf,
+    /// Directory of the audit log and REPL history.
+    #[arg(
+        long,
+        global = true,
+        default_value = ".exchange",
+        env = "EXCHANGE_STATE_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Directory of the keys [default: <config-dir>/keys].
+    #[arg(long, global = true, env = "EXCHANGE_KEY_DIR")]
+    pub key_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats of query results.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned table.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON Lines, one object per row.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate the demo city if missing, then run the showcase as each principal.
+    Demo {
+        /// Scale of generated data (1 = 100,000 residents).
+        #[arg(long, default_value_t = demo::DEFAULT_SCALE)]
+        scale: f64,
+        /// Seed of generated data.
+        #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+        seed: u64,
+        /// Regenerate the data even if present.
+        #[arg(long)]
+        regenerate: bool,
+    },
+    /// Generate the demo city's datasets under the data root.
+    Generate {
+        /// Scale (1 = 100,000 residents).
+        #[arg(long, default_value_t = demo::DEFAULT_SCALE)]
+        scale: f64,
+        /// Seed.
+        #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+        seed: u64,
+    },
+    /// Run one SQL statement as a principal.
+    Query {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Write the result here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The statement.
+        sql: String,
+    },
+    /// Interactive SQL as a principal.
+    Repl {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Show the governed plan of a query.
+    Explain {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Include types of visible columns.
+        #[arg(long)]
+        verbose: bool,
+        /// The query.
+        sql: String,
+    },
+    /// Discover personal information in a dataset: per column, the PII type detected with the
+    /// share of values that validate, a suggested level and treatment.
+    Scan {
+        /// `agency.table` of the catalog, or the path of a Parquet or CSV file.
+        target: String,
+        /// Rows to sample.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        /// `table`, or `schema` for a ready-to-edit schemas/ snippet.
+        #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
+        format: ScanFormat,
+    },
+    /// Policy administration.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit log administration.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Export a query result for a recipient as a signed Parquet file (pseudonyms keyed for
+    /// the recipient); `export verify FILE` and `export trace FILE` check one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Export {
+        /// verify or trace.
+        #[command(subcommand)]
+        command: Option<ExportCommand>,
+        /// The export to run.
+        #[command(flatten)]
+        args: ExportArgs,
+    },
+    /// Serve analysts over Arrow Flight SQL until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on (port 0: any free port, printed on start).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain, for TLS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key, for TLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Queries running at once; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = 8)]
+        max_concurrent: usize,
+        /// Seconds an excess query waits for a slot.
+        #[arg(long, default_value_t = 10)]
+        queue_wait: u64,
+        /// Seconds a query may run (DEADLINE_EXCEEDED after).
+        #[arg(long, default_value_t = 300)]
+        query_timeout: u64,
+        /// Memory limit of each query, in MiB (DataFusion memory pool).
+        #[arg(long, default_value_t = 2048)]
+        memory_limit_mib: usize,
+        /// Largest result kept for a client, in MiB of Arrow data (RESOURCE_EXHAUSTED above).
+        #[arg(long, default_value_t = 4096)]
+        max_result_mib: usize,
+        /// Seconds a login's bearer token stays valid (at most a week).
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        token_ttl: u64,
+    },
+    /// Credentials of principals for the Flight SQL server.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Key administration.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `exchange export --as P --purpose X --recipient R --out FILE SQL`
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The principal.
+    #[arg(long = "as", required = true)]
+    pub principal: Option<String>,
+    /// The declared purpose.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// To whom the file is issued.
+    #[arg(long, required = true)]
+    pub recipient: Option<String>,
+    /// The Parquet file to write (never overwritten); the manifest goes beside it.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// Last day of use (YYYY-MM-DD), if earlier than the grants' expiry.
+    #[arg(long)]
+    pub expires: Option<chrono::NaiveDate>,
+    /// The query.
+    #[arg(required = true)]
+    pub sql: Option<String>,
+}
+
+/// `exchange export verify|trace FILE`
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Check an export against its manifest: signature, size and SHA-256.
+    Verify {
+        /// The export file.
+        file: PathBuf,
+        /// The exchange's public key [default: signing.pub in the key dir].
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Tell from the pseudonyms in a file alone which recipient it was issued to.
+    Trace {
+        /// The (leaked) Parquet file.
+        file: PathBuf,
+    },
+}
+
+/// `exchange auth ...`
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Set a principal's password (read from standard input); only a salted PBKDF2 hash is
+    /// stored, in policies/principals.toml.
+    SetPassword {
+        /// The principal.
+        principal: String,
+        /// PBKDF2 iterations.
+        #[arg(long, default_value_t = crate::server::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+    /// Create a long-lived API token for a service principal; printed once, stored hashed.
+    NewToken {
+        /// The principal.
+        principal: String,
+    },
+}
+
+/// `exchange keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the HMAC secret and the Ed25519 signing key (owner-only files) and the public
+    /// key for verifiers; refuses to overwrite existing keys.
+    Init,
+    /// Print (or write) the public key verifiers need.
+    Public {
+        /// Write it to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Output of `exchange scan`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScanFormat {
+    /// Aligned table.
+    Table,
+    /// A schemas/ snippet.
+    Schema,
+}
+
+/// `exchange policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate schemas, policies and data files; non-zero exit on errors.
+    Check,
+}
+
+/// `exchange audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit log: chain, sequence, segments and checkpoint signatures.
+    Verify {
+        /// The exchange's public key [default: signing.pub in the key dir].
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Summarise the log: statements per principal and purpose, refusals, tables touched.
+    Report {
+        /// From this date (YYYY-MM-DD) or time (RFC 3339) on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+}

@@ -1,0 +1,69 @@
+//! `exchange scan`: PII discovery over a dataset.
+
+use std::process::ExitCode;
+
+use super::{Cli, ScanFormat, config};
+use crate::engine::absolute;
+
+pub(super) fn run_scan(cli: &Cli, target: &str, sample: usize, format: ScanFormat) -> ExitCode {
+    use crate::catalog::{Catalog, discover};
+    let config = config(cli);
+    // A catalog table, or else a path.
+    let (agency, table, path) = match target.split_once('.').and_then(|(a, t)| {
+        Catalog::load(&config.schemas_dir())
+            .ok()
+            .and_then(|c| c.dataset(a, t).cloned())
+    }) {
+        Some(d) => {
+            let location = std::path::PathBuf::from(d.resolve_location(&config.data_root));
+            let file = if location.is_dir() {
+                std::fs::read_dir(&location)
+                    .ok()
+                    .and_then(|rd| {
+                        let mut files: Vec<_> =
+                            rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                        files.sort();
+                        files.into_iter().next()
+                    })
+                    .unwrap_or(location)
+            } else {
+                location
+            };
+            (d.agency.clone(), d.name.clone(), file)
+        }
+        None => {
+            let path = absolute(std::path::Path::new(target));
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "table".into());
+            ("AGENCY".to_string(), stem, path)
+        }
+    };
+    match discover::scan_file(&path, sample.max(1)) {
+        Ok(findings) => {
+            match format {
+                // Column names come from the file: each line shown escaped.
+                ScanFormat::Table => {
+                    for line in discover::render_table(&findings).lines() {
+                        say!("{line}");
+                    }
+                }
+                ScanFormat::Schema => print!(
+                    "{}",
+                    discover::render_schema(
+                        &agency,
+                        &table,
+                        &path.display().to_string(),
+                        &findings
+                    )
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

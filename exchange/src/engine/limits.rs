@@ -1,0 +1,153 @@
+//! Limits on a statement's size, checked on its tokens and syntax tree before planning.
+
+use datafusion::sql::parser::Statement as DFStatement;
+
+use super::QueryError;
+
+/// Limits on a statement's size. DataFusion plans and evaluates expressions recursively: a
+/// deep enough one overflows the stack and aborts the process, which no handler can catch
+/// (and whether evaluation reaches it can depend on hidden rows). Planning time also grows
+/// faster than the size. Real queries stay far below these.
+pub(super) const MAX_SQL_BYTES: usize = 1 << 20;
+const MAX_EXPR_DEPTH: usize = 100;
+const MAX_EXPR_NODES: usize = 100_000;
+/// Joins, set operations, tables and (sub)queries: DataFusion's plans, and its optimizer's
+/// recursion over them, grow with each.
+const MAX_SET_OPERATIONS: usize = 64;
+const MAX_JOINS: usize = 64;
+const MAX_NESTING: usize = 64;
+const MAX_TABLES: usize = 128;
+const MAX_QUERIES: usize = 128;
+
+/// Refuse, from the tokens alone (before the parser recurses), a statement with too many set
+/// operations or joins, or parentheses nested too deep.
+pub(super) fn check_tokens(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        // The parser will say what is wrong.
+        return Ok(());
+    };
+    let (mut set_ops, mut joins, mut depth, mut deepest) = (0usize, 0usize, 0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::Word(w) => match w.keyword {
+                Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT | Keyword::MINUS => {
+                    set_ops += 1
+                }
+                Keyword::JOIN => joins += 1,
+                _ => {}
+            },
+            Token::LParen => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let limit = |what: &str, n: usize, max: usize| -> Result<(), QueryError> {
+        if n > max {
+            Err(QueryError::Refused(format!(
+                "the statement has {n} {what}, more than {max}; split it into several statements"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    limit(
+        "set operations (UNION, INTERSECT, EXCEPT)",
+        set_ops,
+        MAX_SET_OPERATIONS,
+    )?;
+    limit("joins", joins, MAX_JOINS)?;
+    limit("levels of nested parentheses", deepest, MAX_NESTING)
+}
+
+/// Refuse a statement whose expressions nest deeper or count more than the limits.
+pub(super) fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    #[derive(Default)]
+    struct Size {
+        depth: usize,
+        deepest: usize,
+        nodes: usize,
+        tables: usize,
+        queries: usize,
+    }
+    impl Visitor for Size {
+        type Break = ();
+        fn pre_visit_table_factor(
+            &mut self,
+            _: &datafusion::sql::sqlparser::ast::TableFactor,
+        ) -> ControlFlow<()> {
+            self.tables += 1;
+            if self.tables > MAX_TABLES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn pre_visit_query(
+            &mut self,
+            _: &datafusion::sql::sqlparser::ast::Query,
+        ) -> ControlFlow<()> {
+            self.queries += 1;
+            if self.queries > MAX_QUERIES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.depth += 1;
+            self.nodes += 1;
+            self.deepest = self.deepest.max(self.depth);
+            // Stop before going deeper: the visit itself recurses.
+            if self.deepest > MAX_EXPR_DEPTH || self.nodes > MAX_EXPR_NODES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+            self.depth = self.depth.saturating_sub(1);
+            ControlFlow::Continue(())
+        }
+    }
+    let inner = match stmt {
+        DFStatement::Statement(s) => Some(s.as_ref()),
+        DFStatement::Explain(e) => match e.statement.as_ref() {
+            DFStatement::Statement(s) => Some(s.as_ref()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut size = Size::default();
+    if let Some(s) = inner {
+        let _ = s.visit(&mut size);
+    }
+    if size.deepest > MAX_EXPR_DEPTH {
+        return Err(QueryError::Refused(format!(
+            "the statement's expressions nest more than {MAX_EXPR_DEPTH} levels deep; split the computation"
+        )));
+    }
+    if size.nodes > MAX_EXPR_NODES {
+        return Err(QueryError::Refused(format!(
+            "the statement has more than {MAX_EXPR_NODES} expressions; split it"
+        )));
+    }
+    if size.tables > MAX_TABLES {
+        return Err(QueryError::Refused(format!(
+            "the statement reads more than {MAX_TABLES} tables; split it"
+        )));
+    }
+    if size.queries > MAX_QUERIES {
+        return Err(QueryError::Refused(format!(
+            "the statement has more than {MAX_QUERIES} queries and subqueries; split it"
+        )));
+    }
+    Ok(())
+}

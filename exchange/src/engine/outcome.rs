@@ -1,0 +1,87 @@
+//! How an outcome is recorded: decision, redacted reason, keyed result digest.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::QueryError;
+use crate::audit::Decision;
+
+/// Replace quoted strings and long digit runs of an error text with '…'.
+/// The decision and reason an outcome is audited with. Error texts may quote values; the
+/// log keeps them out of auditors' sight.
+pub(crate) fn audit_decision<T>(outcome: &Result<T, QueryError>) -> (Decision, Option<String>) {
+    match outcome {
+        Ok(_) => (Decision::Allowed, None),
+        Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
+        Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
+            (Decision::Failed, Some(redact_values(r)))
+        }
+    }
+}
+
+pub(crate) fn redact_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 4 {
+            out.push('…');
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '\'' || c == '"' => {
+                flush(&mut digits, &mut out);
+                out.push(c);
+                quote = Some(c);
+            }
+            None if c.is_ascii_digit() => digits.push(c),
+            None => {
+                flush(&mut digits, &mut out);
+                out.push(c);
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    flush(&mut digits, &mut out);
+    out
+}
+
+/// HMAC-SHA256 (under the exchange's digest key) over the Arrow IPC stream of the batches:
+/// the exchange can later prove a result, while nobody without the key (auditors included)
+/// can confirm a guessed result from the log.
+pub(super) fn digest_batches(
+    key: &ring::hmac::Key,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> String {
+    struct Hasher(ring::hmac::Context);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = Hasher(ring::hmac::Context::with_key(key));
+    if let Ok(mut w) = arrow::ipc::writer::StreamWriter::try_new(&mut hasher, schema) {
+        for b in batches {
+            let _ = w.write(b);
+        }
+        let _ = w.finish();
+    }
+    hex::encode(hasher.0.sign().as_ref())
+}

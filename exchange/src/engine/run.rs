@@ -1,0 +1,200 @@
+//! Planning a query under policy and running a classified statement.
+
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::collect;
+use datafusion::sql::parser::Statement as DFStatement;
+
+use super::classify::{Kind, refused_statement, sql_options};
+use super::errors::{check_tables, map_error, not_granted, run_error};
+use super::explain::render_explain;
+use super::lineage::{governed_scans, tables_touched};
+use super::{Exchange, QueryError, QueryOutput};
+use crate::audit::TableUse;
+use crate::enforcement::PrincipalSession;
+use crate::policy::Treatment;
+
+/// Whether a plan read any table the principal does not see whole and raw.
+fn reads_governed_data(
+    session: &PrincipalSession,
+    report: &crate::enforcement::EnforcementReport,
+) -> bool {
+    report.scans.iter().any(|s| {
+        session.tables.get(&s.table).is_none_or(|spec| {
+            spec.access.row_filter.is_some()
+                || spec.access.columns.len() != spec.dataset.columns.len()
+                || spec
+                    .access
+                    .columns
+                    .iter()
+                    .any(|c| c.treatment != Treatment::Plain)
+        })
+    })
+}
+
+/// A query planned under policy, ready to run.
+pub(crate) struct Planned {
+    /// The optimized logical plan (policy applied).
+    pub optimized: LogicalPlan,
+    /// The physical plan.
+    pub physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    /// Tables and raw columns read, with grants.
+    pub tables: Vec<TableUse>,
+    /// Group thresholds applied.
+    pub thresholds: Vec<String>,
+    /// Whether it reads data the principal does not see whole and raw.
+    pub governed: bool,
+}
+
+/// Plan a query statement as the session's principal. `named` receives the tables the
+/// statement names, so that a refusal is audited with them.
+pub(crate) async fn plan_query(
+    session: &PrincipalSession,
+    stmt: DFStatement,
+    named: &mut Vec<TableUse>,
+) -> Result<Planned, QueryError> {
+    let state = session.ctx.state();
+    check_tables(session, &stmt)?;
+    let plan = state.statement_to_plan(stmt).await.map_err(map_error)?;
+    *named = governed_scans(&plan);
+    sql_options()
+        .verify_plan(&plan)
+        .map_err(refused_statement)?;
+    let optimized = state.optimize(&plan).map_err(map_error)?;
+    if let Some(why) = crate::enforcement::recheck_optimized(&optimized) {
+        return Err(QueryError::Refused(why));
+    }
+    let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+    let governed = reads_governed_data(session, &report);
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&optimized, &state)
+        .await
+        .map_err(|e| run_error(governed, e))?;
+    Ok(Planned {
+        tables: tables_touched(&optimized, &report.scans),
+        thresholds: report
+            .thresholds
+            .iter()
+            .map(|(c, k)| format!("{c} >= {k} distinct entities"))
+            .collect(),
+        optimized,
+        physical,
+        governed,
+    })
+}
+
+/// Run a classified statement. Besides the outcome, returns the tables the statement
+/// named (with their grants), so that refused statements are audited with them too.
+pub(super) async fn run(
+    session: &PrincipalSession,
+    kind: Kind,
+) -> (Result<QueryOutput, QueryError>, Vec<TableUse>) {
+    let mut named = Vec::new();
+    let outcome = run_inner(session, kind, &mut named).await;
+    (outcome, named)
+}
+
+async fn run_inner(
+    session: &PrincipalSession,
+    kind: Kind,
+    named: &mut Vec<TableUse>,
+) -> Result<QueryOutput, QueryError> {
+    let state = session.ctx.state();
+    match kind {
+        Kind::Query(stmt) => {
+            let planned = plan_query(session, *stmt, named).await?;
+            let schema = planned.physical.schema();
+            let governed = planned.governed;
+            let batches = collect(planned.physical, session.ctx.task_ctx())
+                .await
+                .map_err(|e| run_error(governed, e))?;
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+            Ok(QueryOutput {
+                schema,
+                batches,
+                rows,
+                tables: planned.tables,
+                thresholds: planned.thresholds,
+                digest: String::new(),
+            })
+        }
+        Kind::Explain { verbose, inner } => {
+            check_tables(session, &inner)?;
+            let plan = state.statement_to_plan(*inner).await.map_err(map_error)?;
+            *named = governed_scans(&plan);
+            sql_options()
+                .verify_plan(&plan)
+                .map_err(refused_statement)?;
+            // Enforce as the query would be: a refused query has a refused EXPLAIN.
+            let optimized = state.optimize(&plan).map_err(map_error)?;
+            let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
+            let text = render_explain(session, &plan, &report, verbose);
+            text_output(
+                "plan",
+                text.lines().map(str::to_string).collect(),
+                tables_touched(&optimized, &report.scans),
+            )
+        }
+        Kind::Describe(name) => {
+            let key = name
+                .strip_prefix("exchange.")
+                .unwrap_or(&name)
+                .to_lowercase();
+            let Some(cols) = Exchange::visible_columns(session, &key) else {
+                return Err(QueryError::Refused(not_granted(session, &key)));
+            };
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("column_name", DataType::Utf8, false),
+                Field::new("data_type", DataType::Utf8, false),
+                Field::new("treatment", DataType::Utf8, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.name.clone()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.data_type.to_string()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        cols.iter().map(|c| c.treatment.to_string()),
+                    )),
+                ],
+            )
+            .map_err(|e| QueryError::Failed(e.to_string()))?;
+            let digest = String::new();
+            Ok(QueryOutput {
+                schema,
+                rows: batch.num_rows() as u64,
+                batches: vec![batch],
+                tables: vec![],
+                thresholds: vec![],
+                digest,
+            })
+        }
+    }
+}
+
+fn text_output(
+    column: &str,
+    lines: Vec<String>,
+    tables: Vec<TableUse>,
+) -> Result<QueryOutput, QueryError> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
+        .map_err(|e| QueryError::Failed(e.to_string()))?;
+    let digest = String::new();
+    Ok(QueryOutput {
+        schema,
+        rows: batch.num_rows() as u64,
+        batches: vec![batch],
+        tables,
+        thresholds: vec![],
+        digest,
+    })
+}
