@@ -2,6 +2,7 @@
 
 mod generate;
 mod showcase;
+mod vocab;
 
 pub use generate::{DISTRICTS, FILES, GenerateError, Rng, generate};
 pub use showcase::{Refusal, SHOWCASE, Showcase, ShowcaseQuery, refusals};

@@ -6,6 +6,7 @@
 //! ones).
 
 mod check;
+mod load;
 mod model;
 mod treatment;
 

@@ -14,7 +14,7 @@
 //! on. Anything not known to be total is refused. Constant subexpressions are folded here,
 //! as the optimizer will fold them: either they fold, or the query is refused.
 
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::source_as_provider;
@@ -29,152 +29,12 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use super::tables::RawTable;
 use crate::masking::{MaskArg, MaskUdf, TokenUdf, ValidatorUdf};
 
-/// Scalar functions that are total whatever their (total) arguments.
-const TOTAL_FUNCTIONS: &[&str] = &[
-    // core
-    "coalesce",
-    "nvl",
-    "ifnull",
-    "nvl2",
-    "nullif",
-    "greatest",
-    "least",
-    "named_struct",
-    "struct",
-    "get_field",
-    // math over floats (NaN and infinities, never errors)
-    "acos",
-    "acosh",
-    "asin",
-    "asinh",
-    "atan",
-    "atanh",
-    "atan2",
-    "cbrt",
-    "cos",
-    "cosh",
-    "cot",
-    "degrees",
-    "exp",
-    "ln",
-    "log",
-    "log2",
-    "log10",
-    "radians",
-    "sin",
-    "sinh",
-    "tan",
-    "tanh",
-    "trunc",
-    "isnan",
-    "iszero",
-    "nanvl",
-    "signum",
-    "pi",
-    "random",
-    // strings
-    "ascii",
-    "bit_length",
-    "octet_length",
-    "lower",
-    "upper",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "starts_with",
-    "ends_with",
-    "contains",
-    "to_hex",
-    "replace",
-    "concat",
-    "concat_ws",
-    "character_length",
-    "reverse",
-    "initcap",
-    "left",
-    "right",
-    "strpos",
-    "translate",
-    "find_in_set",
-    "substr_index",
-    // time without input
-    "now",
-    "current_date",
-    "current_time",
-    // lists
-    "make_array",
-    "array_append",
-    "array_prepend",
-    "array_concat",
-    "array_has",
-    "array_has_all",
-    "array_has_any",
-    "array_length",
-    "cardinality",
-    "array_distinct",
-    "array_reverse",
-    "string_to_array",
-];
+mod allowlist;
+mod casts;
 
-/// Functions whose size of output an argument controls: never evaluated, not even on
-/// constants while checking.
-const UNBOUNDED: &[&str] = &[
-    "repeat",
-    "lpad",
-    "rpad",
-    "array_repeat",
-    "array_resize",
-    "range",
-    "generate_series",
-];
-
-/// `date_part` fields that exist for dates and timestamps.
-const DATE_PARTS: &[&str] = &[
-    "year",
-    "month",
-    "week",
-    "day",
-    "hour",
-    "minute",
-    "second",
-    "millisecond",
-    "microsecond",
-    "quarter",
-    "doy",
-    "dow",
-    "isodow",
-    "isoyear",
-    "epoch",
-];
-
-/// Aggregates that never fail on values (memory aside), besides the summarising ones
-/// (`aggregate::SUMMARISING`, all total).
-const OTHER_TOTAL_AGGREGATES: &[&str] = &[
-    "corr",
-    "covar",
-    "covar_samp",
-    "covar_pop",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "first_value",
-    "last_value",
-];
-
-fn total_aggregate(name: &str) -> bool {
-    super::aggregate::SUMMARISING.contains(&name) || OTHER_TOTAL_AGGREGATES.contains(&name)
-}
-
-/// Window functions that never fail on values.
-const TOTAL_WINDOW_FUNCTIONS: &[&str] = &[
-    "row_number",
-    "rank",
-    "dense_rank",
-    "percent_rank",
-    "cume_dist",
-    "first_value",
-    "last_value",
-];
+use allowlist::{DATE_PARTS, TOTAL_FUNCTIONS, TOTAL_WINDOW_FUNCTIONS, UNBOUNDED, total_aggregate};
+pub(crate) use casts::cast_total;
+use casts::try_cast_total;
 
 /// The optimizer rewrites expressions after the policy rule checked them (it merges
 /// projections, inlining a subquery's constant into an expression over it, and copies
@@ -495,101 +355,6 @@ fn binary(b: &BinaryExpr, left: Option<DataType>, right: Option<DataType>) -> Op
             _ => format!("{b} ({l} {} {r}) fails on some values", b.op),
         })
     }
-}
-
-/// Whether `CAST(from AS to)` returns a value for every input (DataFusion casts with
-/// `safe = false`).
-pub(super) fn cast_total(from: &DataType, to: &DataType) -> bool {
-    use DataType as T;
-    let is_text = |t: &DataType| matches!(t, T::Utf8 | T::LargeUtf8 | T::Utf8View);
-    let int_digits = |t: &DataType| -> Option<i32> {
-        Some(match t {
-            T::Int8 | T::UInt8 => 3,
-            T::Int16 | T::UInt16 => 5,
-            T::Int32 | T::UInt32 => 10,
-            T::Int64 => 19,
-            T::UInt64 => 20,
-            _ => return None,
-        })
-    };
-    let rank = |t: &DataType| -> Option<(bool, u8)> {
-        Some(match t {
-            T::Int8 => (true, 1),
-            T::Int16 => (true, 2),
-            T::Int32 => (true, 4),
-            T::Int64 => (true, 8),
-            T::UInt8 => (false, 1),
-            T::UInt16 => (false, 2),
-            T::UInt32 => (false, 4),
-            T::UInt64 => (false, 8),
-            _ => return None,
-        })
-    };
-    if from == to || *from == T::Null {
-        return true;
-    }
-    match (from, to) {
-        // Integer widening (unsigned into a wider signed type too).
-        (a, b) if rank(a).is_some() && rank(b).is_some() => {
-            let ((sa, wa), (sb, wb)) = (rank(a).unwrap_or_default(), rank(b).unwrap_or_default());
-            (sa == sb && wb >= wa) || (!sa && sb && wb > wa)
-        }
-        (a, T::Float32 | T::Float64) if a.is_integer() || a.is_floating() => true,
-        (a, T::Boolean) if a.is_integer() || a.is_floating() => true,
-        (T::Boolean, b) if b.is_integer() || b.is_floating() || is_text(b) => true,
-        (a, b) if is_text(b) && (a.is_integer() || a.is_floating()) => true,
-        (T::Decimal128(..), b) if is_text(b) || b.is_floating() => true,
-        (T::Timestamp(TimeUnit::Nanosecond, _), b) if is_text(b) => true,
-        (a, b) if is_text(a) && is_text(b) => true,
-        (a, T::Decimal128(p, s)) if a.is_integer() => {
-            int_digits(a).is_some_and(|d| i32::from(*p) - i32::from(*s) >= d)
-        }
-        (T::Decimal128(p1, s1), T::Decimal128(p2, s2)) => {
-            let (p1, s1, p2, s2) = (
-                i32::from(*p1),
-                i32::from(*s1),
-                i32::from(*p2),
-                i32::from(*s2),
-            );
-            if s2 >= s1 {
-                p1 + (s2 - s1) <= p2
-            } else {
-                p1 - (s1 - s2) < p2
-            }
-        }
-        (T::Date32, T::Date64) => true,
-        (T::Date32, T::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, None)) => true,
-        (T::Timestamp(TimeUnit::Nanosecond, None), T::Date32) => true,
-        (T::Timestamp(a, tz_a), T::Timestamp(b, tz_b)) => {
-            unit_rank(a) >= unit_rank(b) && (tz_a == tz_b || tz_b.is_none())
-        }
-        // Not Int32 to Date32: it makes dates outside chrono's range, which later fail.
-        (T::Date32, T::Int32 | T::Int64) => true,
-        _ => false,
-    }
-}
-
-fn unit_rank(u: &TimeUnit) -> u8 {
-    match u {
-        TimeUnit::Second => 0,
-        TimeUnit::Millisecond => 1,
-        TimeUnit::Microsecond => 2,
-        TimeUnit::Nanosecond => 3,
-    }
-}
-
-/// Whether `TRY_CAST(from AS to)` returns a value (or NULL) for every input: some temporal
-/// conversions ignore the safe mode and fail anyway.
-fn try_cast_total(from: &DataType, to: &DataType) -> bool {
-    use DataType as T;
-    let is_text = matches!(to, T::Utf8 | T::LargeUtf8 | T::Utf8View);
-    let temporal = matches!(
-        from,
-        T::Date32 | T::Date64 | T::Timestamp(..) | T::Time32(_) | T::Time64(_)
-    );
-    let ns = matches!(from, T::Timestamp(TimeUnit::Nanosecond, _));
-    !((temporal && !ns && (is_text || matches!(to, T::Date32 | T::Time32(_) | T::Time64(_))))
-        || (matches!(from, T::Timestamp(..)) && matches!(to, T::Time32(_) | T::Time64(_))))
 }
 
 fn function(f: &ScalarFunction, e: &Expr, schema: &DFSchema) -> Option<String> {

@@ -1,0 +1,381 @@
+//! The Flight SQL surface of the service: handshake, statements, prepared statements and
+//! catalog metadata, each call authenticated first.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use base64::Engine;
+use futures::{Stream, stream};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::*;
+use crate::server::auth::verify_password;
+
+#[tonic::async_trait]
+impl FlightSqlService for ExchangeFlightService {
+    type FlightService = ExchangeFlightService;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(basic) = header.strip_prefix("Basic ") else {
+            return Err(Status::unauthenticated(
+                "handshake needs 'authorization: Basic base64(user:password)'",
+            ));
+        };
+        // Clients differ on padding (the Go ADBC driver sends none).
+        let decoded = base64::prelude::BASE64_STANDARD_NO_PAD
+            .decode(basic.trim().trim_end_matches('='))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let (user, password) = decoded.split_once(':').unwrap_or(("", ""));
+        let known = self.ex.policies().principal(user).is_some();
+        // Unknown users and users without a password are checked against a dummy hash of
+        // the same cost, so timing does not tell which names exist.
+        let stored = self
+            .ex
+            .policies()
+            .principal(user)
+            .and_then(|p| p.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let has_password = self
+            .ex
+            .policies()
+            .principal(user)
+            .is_some_and(|p| p.password_hash.is_some());
+        // The slow hash runs on a blocking thread, a few at a time, never on the workers.
+        let slot = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = verify_password(&password, &stored);
+            drop(slot);
+            ok
+        })
+        .await
+        .map_err(internal)?
+            && has_password;
+        if !ok {
+            // Same answer for unknown users, users without a password and wrong passwords;
+            // the log names only declared principals (never attacker-chosen text).
+            self.audit_auth_failure(
+                if known { user } else { "(unknown)" },
+                "wrong user name or password",
+            );
+            return Err(Status::unauthenticated("wrong user name or password"));
+        }
+        let token = self.tokens.issue(user);
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(internal)?;
+        let output = stream::iter(vec![Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        })]);
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(output));
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.authenticate(&request)?;
+        let purpose = Self::purpose(&request);
+        let output = self
+            .run(&principal, purpose.as_deref(), &query.query)
+            .await?;
+        self.stash(principal, output, request.into_inner())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&cmd.prepared_statement_handle).to_string();
+        let (purpose, sql) = {
+            let prepared = self.prepared.lock().map_err(internal)?;
+            match prepared.get(&handle) {
+                Some(p) if p.principal == principal => {
+                    if Self::purpose(&request).is_some_and(|now| Some(&now) != p.purpose.as_ref()) {
+                        return Err(Status::invalid_argument(
+                            "the purpose differs from the one the statement was prepared for: prepare it again",
+                        ));
+                    }
+                    (p.purpose.clone(), p.sql.clone())
+                }
+                _ => return Err(Status::not_found("unknown prepared statement")),
+            }
+        };
+        let output = self.run(&principal, purpose.as_deref(), &sql).await?;
+        self.stash(principal, output, request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
+        let pending = {
+            let mut results = self.results.lock().map_err(internal)?;
+            match results.get(&handle) {
+                Some(r)
+                    if r.principal == principal && r.created.elapsed() < self.limits.result_ttl =>
+                {
+                    results.remove(&handle)
+                }
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return Err(Status::not_found(
+                "unknown or expired result: run the statement again",
+            ));
+        };
+        // Dropped with the stream: a client that goes away frees its result.
+        let out = pending.output;
+        Ok(Response::new(batches_stream(out.schema, out.batches)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = self.authenticate(&request)?;
+        let purpose = Self::purpose(&request);
+        {
+            let prepared = self.prepared.lock().map_err(internal)?;
+            if prepared
+                .values()
+                .filter(|p| p.principal == principal)
+                .count()
+                >= MAX_PREPARED_PER_PRINCIPAL
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "{principal} holds {MAX_PREPARED_PER_PRINCIPAL} prepared statements: close some first"
+                )));
+            }
+        }
+        // Planning takes a query slot like running does.
+        let _permit = tokio::time::timeout(
+            self.limits.queue_wait,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        .map_err(|_| Status::resource_exhausted("all query slots are busy: try again later"))?
+        .map_err(internal)?;
+        let schema = tokio::time::timeout(
+            self.limits.query_timeout,
+            self.ex
+                .query_schema(&principal, purpose.as_deref(), &query.query),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded("planning timed out"))?
+        .map_err(status_of)?;
+        let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| internal(e))?;
+        let handle = random_handle()?;
+        self.prepared.lock().map_err(internal)?.insert(
+            handle.clone(),
+            Prepared {
+                principal,
+                purpose,
+                sql: query.query,
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_bytes,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let principal = self.authenticate(&request)?;
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
+        let mut prepared = self.prepared.lock().map_err(internal)?;
+        if prepared
+            .get(&handle)
+            .is_some_and(|p| p.principal == principal)
+        {
+            prepared.remove(&handle);
+        }
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.into_builder().schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        self.info_for(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let mut builder = query.into_builder();
+        builder.append(crate::enforcement::CATALOG);
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let tables = self.visible_tables(&request).await?;
+        let mut builder = query.into_builder();
+        let mut schemas: Vec<&String> = tables.iter().map(|t| &t.0).collect();
+        schemas.dedup();
+        for s in schemas {
+            builder.append(crate::enforcement::CATALOG, s);
+        }
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let tables = self.visible_tables(&request).await?;
+        let mut builder = query.into_builder();
+        for (schema, table, columns) in &tables {
+            builder
+                .append(crate::enforcement::CATALOG, schema, table, "TABLE", columns)
+                .map_err(internal)?;
+        }
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let builder = query.into_builder(&self.sql_info);
+        Ok(Response::new(one_batch(builder.build())?))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        request: Request<Ticket>,
+        _message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Err(Status::unimplemented("not offered by this server"))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_escape_terminal_controls() {
+        let s = status_of(QueryError::Failed("SQL error near \u{1b}[2J\r".into()));
+        assert!(!s.message().contains('\u{1b}') && !s.message().contains('\r'));
+        assert!(s.message().contains("\\u{1b}[2J"), "{}", s.message());
+        assert_eq!(
+            status_of(QueryError::Refused("no".into())).code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+}
