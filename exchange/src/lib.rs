@@ -5,31 +5,48 @@
 //! logical plan: which tables for which purpose, which rows, and which columns in which
 //! desensitized form. Every statement is audited.
 //!
-//! - [`catalog`]: agencies, datasets and column metadata (`schemas/`).
-//! - [`policy`]: principals, purposes and grants (`policies/`), and the checker.
-//! - [`keys`]: the HMAC master secret and the Ed25519 signing key (`exchange keys init`).
-//! - [`masking`]: masking functions, keyed pseudonyms and join keys.
-//! - [`enforcement`]: per-principal sessions and the policy analyzer rule.
-//! - [`audit`]: the hash-chained audit log and `audit.events`.
-//! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard.
-//! - [`engine`]: [`Exchange`], running a statement as a principal, audited.
-//! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication.
-//! - [`demo`]: the demo city's generator and showcase.
-//! - [`cli`]: the `exchange` command line.
-//! - [`text`]: text shown to people, with terminal controls escaped.
+//! # Public API
+//!
+//! Open an [`Exchange`] from an [`ExchangeConfig`] and run statements as a principal for a
+//! purpose ([`Exchange::execute`]); every call is audited. Everything else is reached
+//! through a few namespaces:
+//!
+//! - [`Exchange`], [`ExchangeConfig`], [`QueryOutput`], [`QueryPlan`], [`QueryError`],
+//!   [`OpenError`]: the entry point and what it returns;
+//! - [`check`], [`CheckReport`]: validate schemas, policies and data (`exchange policy check`);
+//! - [`catalog`]: agencies, datasets and column metadata (`schemas/`), PII discovery;
+//! - [`policy`]: principals, purposes and grants (`policies/`);
+//! - [`keys`]: the HMAC master secret and the Ed25519 signing key (`exchange keys init`);
+//! - [`masking`]: masking functions, keyed pseudonyms and join keys, validators;
+//! - [`audit`]: the hash-chained audit log: reading, verifying, reporting;
+//! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard, and
+//!   their verification;
+//! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication;
+//! - [`demo`]: the demo city's generator and showcase;
+//! - [`tuning`]: the DataFusion settings the exchange runs with;
+//! - [`cli_main`]: the `exchange` command line.
+//!
+//! The enforcement itself (analyzer rule, barrier node, fail-closed scans, per-principal
+//! sessions) and the engine's statement handling are private: the only way to data is
+//! through [`Exchange`].
+
+mod cli;
+mod enforcement;
+mod engine;
+mod text;
 
 pub mod audit;
 pub mod catalog;
-pub mod cli;
 pub mod demo;
-pub mod enforcement;
-pub mod engine;
 pub mod export;
 pub mod keys;
 pub mod masking;
 pub mod policy;
 pub mod server;
-pub mod text;
 pub mod tuning;
 
-pub use engine::{Exchange, ExchangeConfig, OpenError, QueryError, QueryOutput};
+pub use cli::main as cli_main;
+pub use engine::{
+    CheckReport, Exchange, ExchangeConfig, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
+    Severity, VisibleColumn, check,
+};

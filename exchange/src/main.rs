@@ -1,4 +1,4 @@
-//! The `exchange` binary: see [`exchange::cli`].
+//! The `exchange` binary: see [`exchange::cli_main`].
 
 fn main() -> std::process::ExitCode {
     // Like other Unix command-line tools, stop quietly when the reader of our output goes
@@ -11,5 +11,5 @@ fn main() -> std::process::ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    exchange::cli::main()
+    exchange::cli_main()
 }

@@ -140,7 +140,7 @@ async fn missing_and_corrupt_data_files_fail_the_query_clearly() {
         other => panic!("expected an error, got {other:?}"),
     }
     // The checker names both.
-    let report = exchange::policy::check(&ExchangeConfig::new(
+    let report = exchange::check(&ExchangeConfig::new(
         common::repo_root(),
         data.path().to_path_buf(),
         data.path().join("state"),
@@ -167,7 +167,7 @@ fn schema_type_mismatch_is_reported_by_the_checker() {
         "name = \"care_level\"\ntype = \"int32\"",
         "name = \"care_level\"\ntype = \"utf8\"",
     );
-    let report = exchange::policy::check(&ExchangeConfig::new(
+    let report = exchange::check(&ExchangeConfig::new(
         c.path().to_path_buf(),
         common::data_root().to_path_buf(),
         c.path().join("state"),
@@ -182,7 +182,7 @@ fn schema_type_mismatch_is_reported_by_the_checker() {
 
 #[test]
 fn repository_configuration_checks_clean() {
-    let report = exchange::policy::check(&ExchangeConfig::new(
+    let report = exchange::check(&ExchangeConfig::new(
         common::repo_root(),
         common::data_root().to_path_buf(),
         common::data_root().join("state"),
@@ -197,7 +197,7 @@ fn shadowed_grants_and_row_filter_attributes_are_reported() {
     let mut text = fs::read_to_string(&file).unwrap();
     text.push_str("\n[[grant]]\nid = \"shadowed\"\ntable = \"enterprises\"\nto = { principal = \"market_trader\" }\npurposes = [\"data_product\"]\nexpires = 2027-01-01\nrow_filter = \"district = principal.region\"\n[grant.columns]\nname = \"plain\"\n");
     fs::write(&file, text).unwrap();
-    let report = exchange::policy::check(&ExchangeConfig::new(
+    let report = exchange::check(&ExchangeConfig::new(
         c.path().to_path_buf(),
         common::data_root().to_path_buf(),
         c.path().join("state"),

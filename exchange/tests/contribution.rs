@@ -626,17 +626,16 @@ async fn the_protected_table_is_read_once_per_aggregate() {
     // the orders of TPC-H SF 1 in some runs. Counting rows once per group and in one group
     // must come from a single read of the table.
     let (ex, _state) = open();
-    let session = ex.session(CIVIL.0, Some(CIVIL.1)).unwrap();
-    let plan = session
-        .ctx
-        .sql(
+    let plan = ex
+        .plan(
+            CIVIL.0,
+            Some(CIVIL.1),
             "SELECT e.care_level, count(*) AS n FROM civil.elderly_care e
              JOIN health.visits v ON v.person_id = e.person_key GROUP BY 1",
         )
         .await
         .unwrap()
-        .into_optimized_plan()
-        .unwrap();
+        .logical;
     let text = plan.display_indent().to_string();
     assert_eq!(
         text.matches("TableScan: health.visits").count(),

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use exchange::demo::SHOWCASE;
 use exchange::{Exchange, ExchangeConfig};
@@ -219,13 +219,22 @@ fn expected(
             ));
         }
     }
-    let session = ex
-        .session("hrss_analyst", Some("new_employment_services"))
-        .unwrap();
-    let visible: Vec<String> = Exchange::visible_columns(&session, "police.residents")
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
+    // The columns hrss sees, from DESCRIBE: the Python client must see the same.
+    let described = tokio::task::block_in_place(|| {
+        rt.block_on(ex.execute(
+            "hrss_analyst",
+            Some("new_employment_services"),
+            "DESCRIBE police.residents",
+        ))
+    })
+    .unwrap();
+    let visible: Vec<String> = described
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let names = b.column(0).as_string::<i32>();
+            (0..b.num_rows()).map(move |i| names.value(i).to_string())
+        })
         .collect();
     let passwords: serde_json::Map<String, serde_json::Value> = [
         "police_officer",

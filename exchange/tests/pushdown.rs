@@ -10,10 +10,11 @@ use datafusion::logical_expr::LogicalPlan;
 /// Raw columns referenced by predicates pushed into table scans of the optimized plan.
 async fn pushed_columns(principal: &str, purpose: &str, sql: &str) -> Vec<String> {
     let (ex, _state) = common::open();
-    let session = ex.session(principal, Some(purpose)).unwrap();
-    let state = session.ctx.state();
-    let plan = state.create_logical_plan(sql).await.unwrap();
-    let optimized = state.optimize(&plan).unwrap();
+    let optimized = ex
+        .plan(principal, Some(purpose), sql)
+        .await
+        .unwrap()
+        .logical;
     let mut cols = Vec::new();
     optimized
         .apply_with_subqueries(|node| {

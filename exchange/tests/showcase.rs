@@ -262,20 +262,17 @@ async fn aggregates_over_one_table_share_one_threshold() {
     // aggregate (all arguments non-NULL), against the largest k: never looser than one
     // count per aggregate, a third of the work for three aggregates.
     let (ex, _state) = open();
-    let session = ex
-        .session("civil_analyst", Some("elderly_care_planning"))
-        .unwrap();
-    let plan = session
-        .ctx
-        .sql(
+    let plan = ex
+        .plan(
+            "civil_analyst",
+            Some("elderly_care_planning"),
             "SELECT r.gender, count(*) AS n, count(v.hospital) AS h, avg(v.cost) AS a
              FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id
              GROUP BY r.gender",
         )
         .await
         .unwrap()
-        .into_optimized_plan()
-        .unwrap();
+        .logical;
     let text = plan.display_indent().to_string();
     assert_eq!(text.matches("count(DISTINCT").count(), 1, "{text}");
     assert_eq!(

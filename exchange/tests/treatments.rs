@@ -103,14 +103,14 @@ fn suppress_is_a_rule_for_the_checker_and_rejects_derived_columns() {
             dir.join("state"),
         )
     };
-    let report = exchange::policy::check(&cfg(c.path()));
+    let report = exchange::check(&cfg(c.path()));
     assert!(!report.has_errors(), "{:?}", report.findings);
 
     // The only other rule on residents.phone is the hotline's join key: drop it, and
     // hrss's `suppress` still counts as a decision, so no "no grant has a rule" warning.
     let file = c.path().join("policies/grants/police.toml");
     edit(&file, "phone = \"join_key(phone)\"\n", "");
-    let text: Vec<String> = exchange::policy::check(&cfg(c.path()))
+    let text: Vec<String> = exchange::check(&cfg(c.path()))
         .findings
         .iter()
         .map(ToString::to_string)
@@ -121,7 +121,7 @@ fn suppress_is_a_rule_for_the_checker_and_rejects_derived_columns() {
     );
     // Without the suppress line the warning appears.
     edit(&file, "phone = \"suppress\"\n", "");
-    let text: Vec<String> = exchange::policy::check(&cfg(c.path()))
+    let text: Vec<String> = exchange::check(&cfg(c.path()))
         .findings
         .iter()
         .map(ToString::to_string)
@@ -138,7 +138,7 @@ fn suppress_is_a_rule_for_the_checker_and_rejects_derived_columns() {
         "phone = \"suppress\"",
         "phone_hidden = { from = \"phone\", treatment = \"suppress\" }",
     );
-    let report = exchange::policy::check(&cfg(c.path()));
+    let report = exchange::check(&cfg(c.path()));
     let text: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     assert!(
         text.iter()

@@ -35,7 +35,6 @@ use scan::run_scan;
 
 use crate::demo;
 use crate::engine::{Exchange, ExchangeConfig, absolute};
-use crate::policy;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -159,7 +158,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check,
         } => {
-            let report = policy::check(&config(&cli));
+            let report = crate::engine::check(&config(&cli));
             for f in &report.findings {
                 say!("{f}");
             }
@@ -167,7 +166,7 @@ async fn run(cli: Cli) -> ExitCode {
             let errors = report
                 .findings
                 .iter()
-                .filter(|f| f.severity == policy::Severity::Error)
+                .filter(|f| f.severity == crate::engine::Severity::Error)
                 .count();
             let warnings = report.findings.len() - errors;
             say!(

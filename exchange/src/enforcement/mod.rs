@@ -2,10 +2,10 @@
 //!
 //! A principal's session ([`PrincipalSession`]) holds a catalog of only the tables granted
 //! for the declared purpose, each a [`GovernedTable`] exposing the visible, treated
-//! columns. The [`PolicyRule`] analyzer rule then replaces every scan (subqueries, CTEs,
+//! columns. The [`rule::PolicyRule`] analyzer rule then replaces every scan (subqueries, CTEs,
 //! unions and self-joins included) with row filter and treatments over the raw files,
 //! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
-//! below their minimum size. After physical planning, [`RawJoinKeys`] lets hash joins of
+//! below their minimum size. After physical planning, [`join_keys::RawJoinKeys`] lets hash joins of
 //! two join keys compare the raw values the keys stand for, where nothing can observe it.
 
 mod aggregate;
@@ -20,14 +20,10 @@ mod tags;
 mod total;
 mod violation;
 
-pub use barrier::{BarrierExec, ExchangeQueryPlanner, PolicyBarrier};
-pub use join_keys::RawJoinKeys;
-pub use rule::{EnforcementReport, PolicyRule, SUBJECT, ScanUse};
-pub use session::{
-    AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, Unusable, locked_config,
-};
-pub use spec::{GovernedSpec, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};
-pub use tables::{DataUnavailable, GovernedTable, RawTable};
-pub use tags::Tag;
-pub use total::recheck_optimized;
-pub use violation::{Violation, find_violation};
+pub(crate) use barrier::PolicyBarrier;
+pub(crate) use rule::{EnforcementReport, SUBJECT, ScanUse};
+pub(crate) use session::{AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, locked_config};
+pub(crate) use spec::{HIDDEN_ROW, plan_row_filter};
+pub(crate) use tables::{DataUnavailable, GovernedTable, RawTable};
+pub(crate) use total::recheck_optimized;
+pub(crate) use violation::find_violation;

@@ -27,10 +27,9 @@ pub const CATALOG: &str = "exchange";
 /// A table the principal could be granted but whose grant cannot be applied.
 #[derive(Debug, Clone)]
 pub struct Unusable {
-    /// `agency/grant`.
+    /// `agency/grant`. Why it cannot be applied is not kept: it is never shown to the
+    /// principal, and `exchange policy check` reports it with file and line.
     pub grant_ref: String,
-    /// Why (for the policy checker and logs; not shown to the principal).
-    pub cause: String,
 }
 
 /// A DataFusion session for one principal and purpose.
@@ -200,14 +199,8 @@ impl PrincipalSession {
                     )?;
                     tables.insert(dataset.qualified_name(), spec);
                 }
-                Err(e) => {
-                    unusable.insert(
-                        dataset.qualified_name(),
-                        Unusable {
-                            grant_ref,
-                            cause: e.to_string(),
-                        },
-                    );
+                Err(_) => {
+                    unusable.insert(dataset.qualified_name(), Unusable { grant_ref });
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The exchange: catalog, policies, keys and audit log behind one entry point that runs a
 //! statement as a principal for a purpose, enforces policy, and audits the outcome.
 
+mod check;
 mod classify;
 mod config;
 mod errors;
@@ -10,13 +11,15 @@ mod lineage;
 mod outcome;
 mod run;
 
+pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
-pub use config::{ExchangeConfig, absolute};
+pub use config::ExchangeConfig;
+pub(crate) use config::absolute;
 pub(crate) use errors::run_error;
 pub(crate) use outcome::audit_decision;
 use outcome::digest_batches;
-pub(crate) use run::plan_query;
 use run::run;
+pub(crate) use run::{Planned, plan_query};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -78,6 +81,15 @@ pub struct QueryOutput {
     pub thresholds: Vec<String>,
     /// Keyed digest (HMAC-SHA256) of the result.
     pub digest: String,
+}
+
+/// The enforced plans of a query ([`Exchange::plan`]).
+#[derive(Debug, Clone)]
+pub struct QueryPlan {
+    /// The optimized logical plan, policy applied.
+    pub logical: datafusion::logical_expr::LogicalPlan,
+    /// The physical plan.
+    pub physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
 }
 
 /// A visible column, for `\d TABLE`.
@@ -159,7 +171,7 @@ impl Exchange {
     }
 
     /// The session of a principal for a purpose, after checking both.
-    pub fn session(
+    pub(crate) fn session(
         &self,
         principal: &str,
         purpose: Option<&str>,
@@ -169,7 +181,7 @@ impl Exchange {
 
     /// A session whose pseudonyms are keyed for `token_scope` instead of the principal's
     /// agency (exports, keyed per recipient).
-    pub fn scoped_session(
+    pub(crate) fn scoped_session(
         &self,
         principal: &str,
         purpose: Option<&str>,
@@ -214,7 +226,10 @@ impl Exchange {
     }
 
     /// Visible columns of a table for a session, or None when not granted.
-    pub fn visible_columns(session: &PrincipalSession, table: &str) -> Option<Vec<VisibleColumn>> {
+    pub(crate) fn visible_columns(
+        session: &PrincipalSession,
+        table: &str,
+    ) -> Option<Vec<VisibleColumn>> {
         let spec = session.tables.get(table)?;
         Some(
             spec.access
@@ -238,16 +253,43 @@ impl Exchange {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<SchemaRef, QueryError> {
+        self.plan_audited("prepare", principal, purpose, sql)
+            .await
+            .map(|p| p.physical.schema())
+    }
+
+    /// The enforced plans of a query as `principal` for `purpose`, not run: the optimized
+    /// logical plan with policy applied, and the physical plan. For operators and tests
+    /// (what a reviewer reads as a diff); a refusal is audited (kind `plan`).
+    pub async fn plan(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryPlan, QueryError> {
+        self.plan_audited("plan", principal, purpose, sql)
+            .await
+            .map(|p| QueryPlan {
+                logical: p.optimized,
+                physical: p.physical,
+            })
+    }
+
+    async fn plan_audited(
+        &self,
+        kind: &str,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<Planned, QueryError> {
         let started = Instant::now();
         let mut named = Vec::new();
         let outcome = async {
             let session = self.session(principal, purpose)?;
             match classify(&session, sql)? {
-                Kind::Query(stmt) => plan_query(&session, *stmt, &mut named)
-                    .await
-                    .map(|p| p.physical.schema()),
+                Kind::Query(stmt) => plan_query(&session, *stmt, &mut named).await,
                 _ => Err(QueryError::Refused(
-                    "only queries (SELECT, WITH, VALUES) can be prepared".into(),
+                    "only queries (SELECT, WITH, VALUES) can be planned or prepared".into(),
                 )),
             }
         }
@@ -260,7 +302,7 @@ impl Exchange {
                     agency: self.agency_of(principal),
                     purpose: purpose.map(str::to_string),
                     statement: sql.to_string(),
-                    kind: "prepare".into(),
+                    kind: kind.into(),
                     tables: named,
                     decision,
                     reason,

@@ -5,12 +5,10 @@
 //! grants match, the first in file order wins (and the checker warns about the shadowed
 //! ones).
 
-mod check;
 mod load;
 mod model;
 mod treatment;
 
-pub use check::{CheckReport, Finding, Severity, check};
 pub use model::{
     Access, AttrValue, ColumnRule, Denial, Grant, PolicySet, Principal, Purpose, RowFilter,
     Selector,

@@ -156,16 +156,17 @@ pub async fn refused(ex: &Exchange, principal: &str, purpose: Option<&str>, sql:
     }
 }
 
-/// The physical plan of `sql` in the principal's session (not run, not audited).
+/// The enforced physical plan of `sql` as the principal ([`Exchange::plan`], not run).
 pub async fn physical_plan(
     ex: &Exchange,
     principal: &str,
     purpose: &str,
     sql: &str,
 ) -> std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan> {
-    let session = ex.session(principal, Some(purpose)).unwrap();
-    let df = session.ctx.sql(sql).await.unwrap();
-    df.create_physical_plan().await.unwrap()
+    ex.plan(principal, Some(purpose), sql)
+        .await
+        .unwrap()
+        .physical
 }
 
 /// The physical plan as indented text.

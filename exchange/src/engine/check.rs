@@ -1,15 +1,16 @@
 //! `exchange policy check`: validate schemas, policies and data, with warnings.
+//! It plans every row filter as the enforcement would, so it lives beside the engine,
+//! above both the policy model and the enforcement.
 
 use std::fmt;
 
 use datafusion::common::{DFSchema, TableReference};
 use datafusion::execution::SessionStateBuilder;
 
-use super::model::PolicySet;
-use super::treatment::Treatment;
+use super::ExchangeConfig;
 use crate::catalog::{Catalog, SourcePos};
 use crate::enforcement::{locked_config, plan_row_filter};
-use crate::engine::ExchangeConfig;
+use crate::policy::{PolicySet, Treatment};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
