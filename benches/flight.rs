@@ -82,8 +82,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query_timeout: Duration::from_secs(600),
             result_ttl: Duration::from_secs(600),
             max_result_bytes: 16 << 30,
+            ..Limits::default()
         },
         token_ttl: Duration::from_secs(3600),
+        ..ServeOptions::default()
     };
     let handle = tokio::spawn(exchange::server::serve_until(
         server,

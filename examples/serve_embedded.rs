@@ -52,8 +52,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query_timeout: Duration::from_secs(60),
             result_ttl: Duration::from_secs(60),
             max_result_bytes: 64 << 20,
+            ..Limits::default()
         },
         token_ttl: Duration::from_secs(600),
+        ..ServeOptions::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready, address) = tokio::sync::oneshot::channel();

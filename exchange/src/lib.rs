@@ -13,6 +13,8 @@
 //!
 //! - [`Exchange`], [`ExchangeConfig`], [`QueryOutput`], [`QueryPlan`], [`QueryError`],
 //!   [`OpenError`]: the entry point and what it returns;
+//! - [`config`]: one configuration, `exchange.toml` ([`Settings`]), and the library's
+//!   [`ExchangeConfig`] built from it;
 //! - [`check`], [`CheckReport`]: validate schemas, policies and data (`exchange policy check`);
 //! - [`catalog`]: agencies, datasets and column metadata (`schemas/`), PII discovery;
 //! - [`policy`]: principals, purposes and grants (`policies/`);
@@ -37,6 +39,7 @@ mod text;
 
 pub mod audit;
 pub mod catalog;
+pub mod config;
 pub mod demo;
 pub mod export;
 pub mod keys;
@@ -46,7 +49,8 @@ pub mod server;
 pub mod tuning;
 
 pub use cli::main as cli_main;
+pub use config::{ExchangeConfig, Settings};
 pub use engine::{
-    CheckReport, Exchange, ExchangeConfig, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
-    Severity, VisibleColumn, check,
+    CheckReport, Exchange, Finding, OpenError, QueryError, QueryOutput, QueryPlan, Severity,
+    VisibleColumn, check,
 };

@@ -298,3 +298,70 @@ fn terminal_controls_in_statements_and_values_never_reach_a_terminal_raw() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+#[test]
+fn one_configuration_file_with_flags_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exchange.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[paths]\nconfig_dir = {:?}\ndata_root = \"city\"\nstate_dir = \"state\"\n\n[serve]\nmax_concurrent = 3\n\n[execution]\ntarget_partitions = 2\n",
+            common::repo_root().display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // ./exchange.toml is found; relative paths in it are relative to it.
+    let (code, stdout, stderr) = run(&["config"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("exchange.toml with environment and flags"),
+        "{stdout}"
+    );
+    let city = dir.path().join("city").display().to_string();
+    assert!(stdout.contains(&city), "{stdout}");
+    assert!(stdout.contains("max_concurrent = 3"), "{stdout}");
+    assert!(stdout.contains("target_partitions = 2"), "{stdout}");
+    assert!(
+        stdout.contains("key_dir"),
+        "the default key dir is spelt out: {stdout}"
+    );
+    // A flag overrides the file's key, for the command it belongs to.
+    let (code, stdout, _) = run(&["--data-root", "/elsewhere", "config"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("data_root = \"/elsewhere\""), "{stdout}");
+    // The printed configuration is itself a valid configuration file.
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &stdout).unwrap();
+    let (code, again, stderr) = run(&["--config", printed.to_str().unwrap(), "config"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(again.contains("max_concurrent = 3"), "{again}");
+    // An unknown key is an error naming file, line and key; nothing runs on a default.
+    std::fs::write(&file, "[serve]\nmax_concurent = 4\n").unwrap();
+    let (code, _, stderr) = run(&["config"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("exchange.toml"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(stderr.contains("max_concurent"), "{stderr}");
+    // Out of range, whether from the file or a flag.
+    std::fs::write(&file, "[serve]\ntoken_ttl_secs = 0\n").unwrap();
+    let (code, _, stderr) = run(&["config"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("serve.token_ttl_secs"), "{stderr}");
+    // A missing --config file is named.
+    let (code, _, stderr) = run(&["--config", "nowhere.toml", "config"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("nowhere.toml"), "{stderr}");
+}

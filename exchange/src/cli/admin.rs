@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::io::IsTerminal;
 
 use crate::audit;
-use crate::engine::{Exchange, ExchangeConfig};
+use crate::config::ExchangeConfig;
+use crate::engine::Exchange;
 use crate::export::{self, ExportRequest};
 use crate::keys::{self, PublicKey};
 
@@ -201,7 +202,7 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
         principal: principal.clone(),
         purpose: args.purpose.clone(),
         recipient: recipient.clone(),
-        out: crate::engine::absolute(out),
+        out: crate::config::absolute(out),
         sql: sql.clone(),
         expires: args.expires,
     };

@@ -10,26 +10,19 @@ use crate::demo;
 #[derive(Debug, Parser)]
 #[command(name = "exchange", version, about)]
 pub struct Cli {
-    /// Directory holding schemas/ and policies/.
-    #[arg(long, global = true, default_value = ".", env = "EXCHANGE_CONFIG_DIR")]
-    pub config_dir: PathBuf,
-    /// Root of relative dataset locations.
-    #[arg(
-        long,
-        global = true,
-        default_value = "demo-data",
-        env = "EXCHANGE_DATA_ROOT"
-    )]
-    pub data_root: PathBuf,
-    /// Directory of the audit log and REPL history.
-    #[arg(
-        long,
-        global = true,
-        default_value = ".exchange",
-        env = "EXCHANGE_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
-    /// Directory of the keys [default: <config-dir>/keys].
+    /// Configuration file [default: ./exchange.toml when present]; flags override its keys.
+    #[arg(long, global = true, env = "EXCHANGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding schemas/ and policies/ [default: paths.config_dir, else .].
+    #[arg(long, global = true, env = "EXCHANGE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Root of relative dataset locations [default: paths.data_root, else demo-data].
+    #[arg(long, global = true, env = "EXCHANGE_DATA_ROOT")]
+    pub data_root: Option<PathBuf>,
+    /// Directory of the audit log and REPL history [default: paths.state_dir, else .exchange].
+    #[arg(long, global = true, env = "EXCHANGE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Directory of the keys [default: paths.key_dir, else <config-dir>/keys].
     #[arg(long, global = true, env = "EXCHANGE_KEY_DIR")]
     pub key_dir: Option<PathBuf>,
     /// What to do.
@@ -149,34 +142,36 @@ pub enum Command {
     },
     /// Serve analysts over Arrow Flight SQL until Ctrl-C or SIGTERM.
     Serve {
-        /// Address to listen on (port 0: any free port, printed on start).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// PEM certificate chain, for TLS.
+        /// Address to listen on; port 0: any free port, printed on start [default: serve.listen, else 127.0.0.1:50051].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// PEM certificate chain, for TLS [default: serve.tls_cert].
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
-        /// PEM private key, for TLS.
+        /// PEM private key, for TLS [default: serve.tls_key].
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Queries running at once; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED.
-        #[arg(long, default_value_t = 8)]
-        max_concurrent: usize,
-        /// Seconds an excess query waits for a slot.
-        #[arg(long, default_value_t = 10)]
-        queue_wait: u64,
-        /// Seconds a query may run (DEADLINE_EXCEEDED after).
-        #[arg(long, default_value_t = 300)]
-        query_timeout: u64,
-        /// Memory limit of each query, in MiB (DataFusion memory pool).
-        #[arg(long, default_value_t = 2048)]
-        memory_limit_mib: usize,
-        /// Largest result kept for a client, in MiB of Arrow data (RESOURCE_EXHAUSTED above).
-        #[arg(long, default_value_t = 4096)]
-        max_result_mib: usize,
-        /// Seconds a login's bearer token stays valid (at most a week).
-        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
-        token_ttl: u64,
+        /// Queries running at once; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED [default: serve.max_concurrent, else 8].
+        #[arg(long)]
+        max_concurrent: Option<usize>,
+        /// Seconds an excess query waits for a slot [default: serve.queue_wait_secs, else 10].
+        #[arg(long)]
+        queue_wait: Option<u64>,
+        /// Seconds a query may run, DEADLINE_EXCEEDED after [default: serve.query_timeout_secs, else 300].
+        #[arg(long)]
+        query_timeout: Option<u64>,
+        /// Memory limit of each query, in MiB [default: serve.memory_limit_mib, else 2048].
+        #[arg(long)]
+        memory_limit_mib: Option<usize>,
+        /// Largest result kept for a client, in MiB of Arrow data [default: serve.max_result_mib, else 4096].
+        #[arg(long)]
+        max_result_mib: Option<usize>,
+        /// Seconds a login's bearer token stays valid, at most a week [default: serve.token_ttl_secs, else 3600].
+        #[arg(long)]
+        token_ttl: Option<u64>,
     },
+    /// Print the effective configuration (exchange.toml, then environment and flags).
+    Config,
     /// Credentials of principals for the Flight SQL server.
     Auth {
         /// What to do.

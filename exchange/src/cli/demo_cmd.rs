@@ -2,12 +2,19 @@
 
 use std::process::ExitCode;
 
-use super::{Cli, Format, config, describe_treatments, open, render};
+use super::{Format, config, describe_treatments, open, render};
+use crate::config::Settings;
+use crate::config::absolute;
 use crate::demo;
-use crate::engine::{QueryError, absolute};
+use crate::engine::QueryError;
 
-pub(super) async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool) -> ExitCode {
-    let root = absolute(&cli.data_root);
+pub(super) async fn run_demo(
+    settings: &Settings,
+    scale: f64,
+    seed: u64,
+    regenerate: bool,
+) -> ExitCode {
+    let root = absolute(&settings.paths.data_root);
     if regenerate || !demo::data_present(&root) {
         say!(
             "Generating the demo city (scale {scale}, seed {seed}) under {} ...",
@@ -22,11 +29,11 @@ pub(super) async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool)
         }
     }
     // The demo's first run creates its keys; anywhere else that is `exchange keys init`.
-    if let Err(e) = crate::keys::ensure(&config(cli).key_dir) {
+    if let Err(e) = crate::keys::ensure(&config(settings).key_dir) {
         complain!("error: {e}");
         return ExitCode::from(2);
     }
-    let ex = match open(cli) {
+    let ex = match open(settings) {
         Ok(e) => e,
         Err(c) => return c,
     };
@@ -101,7 +108,7 @@ pub(super) async fn run_demo(cli: &Cli, scale: f64, seed: u64, regenerate: bool)
         .find(|s| s.principal == "market_trader")
         .and_then(|s| s.queries.first())
     {
-        let dir = absolute(&cli.state_dir).join("exports");
+        let dir = absolute(&settings.paths.state_dir).join("exports");
         let out = dir.join(format!(
             "enterprises-{}.parquet",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")

@@ -1,6 +1,7 @@
 //! The `exchange` command line: demo, query, repl, explain, policy check, audit verify.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -33,8 +34,9 @@ use output::{print_lines, write_output};
 use repl::repl;
 use scan::run_scan;
 
+use crate::config::{ConfigError, ExchangeConfig, Settings, absolute};
 use crate::demo;
-use crate::engine::{Exchange, ExchangeConfig, absolute};
+use crate::engine::Exchange;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -54,34 +56,82 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
-pub(super) fn config(cli: &Cli) -> ExchangeConfig {
-    let config = ExchangeConfig::new(
-        absolute(&cli.config_dir),
-        absolute(&cli.data_root),
-        absolute(&cli.state_dir),
-    );
-    match &cli.key_dir {
-        Some(k) => config.with_key_dir(absolute(k)),
-        None => config,
+/// The effective settings: `exchange.toml` (from `--config`, else the working directory),
+/// then `EXCHANGE_*` variables and flags over it.
+fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
+    let (mut s, file) = Settings::discover(cli.config.as_deref())?;
+    let set = |target: &mut PathBuf, flag: &Option<PathBuf>| {
+        if let Some(p) = flag {
+            *target = absolute(p);
+        }
+    };
+    set(&mut s.paths.config_dir, &cli.config_dir);
+    set(&mut s.paths.data_root, &cli.data_root);
+    set(&mut s.paths.state_dir, &cli.state_dir);
+    if let Some(k) = &cli.key_dir {
+        s.paths.key_dir = Some(absolute(k));
     }
+    if let Command::Serve {
+        listen,
+        tls_cert,
+        tls_key,
+        max_concurrent,
+        queue_wait,
+        query_timeout,
+        memory_limit_mib,
+        max_result_mib,
+        token_ttl,
+    } = &cli.command
+    {
+        let v = &mut s.serve;
+        v.listen = listen.unwrap_or(v.listen);
+        if tls_cert.is_some() {
+            v.tls_cert = tls_cert.as_deref().map(absolute);
+            v.tls_key = tls_key.as_deref().map(absolute);
+        }
+        v.max_concurrent = max_concurrent.unwrap_or(v.max_concurrent);
+        v.queue_wait_secs = queue_wait.unwrap_or(v.queue_wait_secs);
+        v.query_timeout_secs = query_timeout.unwrap_or(v.query_timeout_secs);
+        v.memory_limit_mib = memory_limit_mib.unwrap_or(v.memory_limit_mib);
+        v.max_result_mib = max_result_mib.unwrap_or(v.max_result_mib);
+        v.token_ttl_secs = token_ttl.unwrap_or(v.token_ttl_secs);
+    }
+    let origin = file
+        .as_ref()
+        .map(|f| format!("{} with flags", f.display()))
+        .unwrap_or_else(|| "flags".into());
+    s.validate(&origin)?;
+    Ok((s, file))
 }
 
-pub(super) fn open(cli: &Cli) -> Result<Exchange, ExitCode> {
-    Exchange::open(config(cli)).map_err(|e| {
+pub(super) fn config(settings: &Settings) -> ExchangeConfig {
+    settings.exchange_config()
+}
+
+pub(super) fn open(settings: &Settings) -> Result<Exchange, ExitCode> {
+    Exchange::open(config(settings)).map_err(|e| {
         complain!("error: {e}");
         ExitCode::from(2)
     })
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let (settings, file) = match settings(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            complain!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = &settings;
     match &cli.command {
         Command::Demo {
             scale,
             seed,
             regenerate,
-        } => run_demo(&cli, *scale, *seed, *regenerate).await,
+        } => run_demo(cfg, *scale, *seed, *regenerate).await,
         Command::Generate { scale, seed } => {
-            let root = absolute(&cli.data_root);
+            let root = absolute(&cfg.paths.data_root);
             match demo::generate(&root, *scale, *seed) {
                 Ok(n) => {
                     say!(
@@ -103,7 +153,7 @@ async fn run(cli: Cli) -> ExitCode {
             output,
             sql,
         } => {
-            let ex = match open(&cli) {
+            let ex = match open(cfg) {
                 Ok(e) => e,
                 Err(c) => return c,
             };
@@ -127,7 +177,7 @@ async fn run(cli: Cli) -> ExitCode {
             verbose,
             sql,
         } => {
-            let ex = match open(&cli) {
+            let ex = match open(cfg) {
                 Ok(e) => e,
                 Err(c) => return c,
             };
@@ -144,7 +194,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Repl { principal, purpose } => {
-            let ex = match open(&cli) {
+            let ex = match open(cfg) {
                 Ok(e) => e,
                 Err(c) => return c,
             };
@@ -154,11 +204,11 @@ async fn run(cli: Cli) -> ExitCode {
             target,
             sample,
             format,
-        } => run_scan(&cli, target, *sample, *format),
+        } => run_scan(cfg, target, *sample, *format),
         Command::Policy {
             command: PolicyCommand::Check,
         } => {
-            let report = crate::engine::check(&config(&cli));
+            let report = crate::engine::check(&config(cfg));
             for f in &report.findings {
                 say!("{f}");
             }
@@ -180,46 +230,43 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Audit {
             command: AuditCommand::Verify { public_key },
-        } => admin::audit_verify(&config(&cli), public_key.as_deref()),
+        } => admin::audit_verify(&config(cfg), public_key.as_deref()),
         Command::Audit {
             command: AuditCommand::Report { since, principal },
-        } => admin::audit_report(&config(&cli), since.as_deref(), principal.as_deref()),
+        } => admin::audit_report(&config(cfg), since.as_deref(), principal.as_deref()),
         Command::Keys {
             command: KeysCommand::Init,
-        } => admin::keys_init(&config(&cli)),
-        Command::Auth { command } => admin::auth(&config(&cli), command),
-        Command::Serve {
-            listen,
-            tls_cert,
-            tls_key,
-            max_concurrent,
-            queue_wait,
-            query_timeout,
-            memory_limit_mib,
-            max_result_mib,
-            token_ttl,
-        } => {
-            let mut cfg = config(&cli);
-            cfg.memory_limit = Some(memory_limit_mib.saturating_mul(1 << 20));
-            let ex = match Exchange::open(cfg) {
+        } => admin::keys_init(&config(cfg)),
+        Command::Auth { command } => admin::auth(&config(cfg), command),
+        Command::Config => {
+            match &file {
+                Some(f) => say!(
+                    "# effective configuration: {} with environment and flags over it",
+                    f.display()
+                ),
+                None => say!(
+                    "# effective configuration: built-in defaults with environment and flags over them (no exchange.toml)"
+                ),
+            }
+            say!(
+                "# keys are files under paths.key_dir; their contents are never part of the configuration"
+            );
+            for line in cfg.render().lines() {
+                say!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve { .. } => {
+            let mut exchange_config = config(cfg);
+            exchange_config.memory_limit = Some(cfg.serve.memory_limit_mib.saturating_mul(1 << 20));
+            let ex = match Exchange::open(exchange_config) {
                 Ok(e) => e,
                 Err(e) => {
                     complain!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let options = crate::server::ServeOptions {
-                listen: *listen,
-                tls: tls_cert.clone().zip(tls_key.clone()),
-                limits: crate::server::Limits {
-                    max_concurrent: *max_concurrent,
-                    queue_wait: std::time::Duration::from_secs(*queue_wait),
-                    query_timeout: std::time::Duration::from_secs(*query_timeout),
-                    result_ttl: std::time::Duration::from_secs(600),
-                    max_result_bytes: max_result_mib.saturating_mul(1 << 20),
-                },
-                token_ttl: std::time::Duration::from_secs(*token_ttl),
-            };
+            let options = crate::server::ServeOptions::from_settings(&cfg.serve);
             let tls = options.tls.is_some();
             let result = crate::server::serve(ex, options, |addr| {
                 say!(
@@ -246,12 +293,12 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Export {
             command: Some(ExportCommand::Verify { file, public_key }),
             ..
-        } => admin::export_verify(&config(&cli), file, public_key.as_deref()),
+        } => admin::export_verify(&config(cfg), file, public_key.as_deref()),
         Command::Export {
             command: Some(ExportCommand::Trace { file }),
             ..
         } => {
-            let ex = match open(&cli) {
+            let ex = match open(cfg) {
                 Ok(e) => e,
                 Err(c) => return c,
             };
@@ -261,7 +308,7 @@ async fn run(cli: Cli) -> ExitCode {
             command: None,
             args,
         } => {
-            let ex = match open(&cli) {
+            let ex = match open(cfg) {
                 Ok(e) => e,
                 Err(c) => return c,
             };
@@ -269,6 +316,6 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Keys {
             command: KeysCommand::Public { out },
-        } => admin::keys_public(&config(&cli), out.as_deref()),
+        } => admin::keys_public(&config(cfg), out.as_deref()),
     }
 }

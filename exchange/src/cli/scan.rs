@@ -2,12 +2,18 @@
 
 use std::process::ExitCode;
 
-use super::{Cli, ScanFormat, config};
-use crate::engine::absolute;
+use super::{ScanFormat, config};
+use crate::config::Settings;
+use crate::config::absolute;
 
-pub(super) fn run_scan(cli: &Cli, target: &str, sample: usize, format: ScanFormat) -> ExitCode {
+pub(super) fn run_scan(
+    settings: &Settings,
+    target: &str,
+    sample: usize,
+    format: ScanFormat,
+) -> ExitCode {
     use crate::catalog::{Catalog, discover};
-    let config = config(cli);
+    let config = config(settings);
     // A catalog table, or else a path.
     let (agency, table, path) = match target.split_once('.').and_then(|(a, t)| {
         Catalog::load(&config.schemas_dir())

@@ -72,6 +72,10 @@ pub struct SessionInputs<'a> {
     pub subjects: bool,
     /// Memory limit of each query, in bytes.
     pub memory_limit: Option<usize>,
+    /// Partitions a query runs in; None: the number of cores.
+    pub target_partitions: Option<usize>,
+    /// Rows per batch; None: DataFusion's default.
+    pub batch_size: Option<usize>,
 }
 
 /// The role that may read `audit.events`.
@@ -96,8 +100,15 @@ pub fn locked_config() -> SessionConfig {
 impl PrincipalSession {
     /// Build the session of `principal` for `purpose`.
     pub fn build(inputs: &SessionInputs<'_>, principal: &Principal, purpose: &str) -> Result<Self> {
+        let mut config = locked_config();
+        if let Some(n) = inputs.target_partitions {
+            config = config.with_target_partitions(n);
+        }
+        if let Some(n) = inputs.batch_size {
+            config = config.with_batch_size(n);
+        }
         let mut builder = SessionStateBuilder::new()
-            .with_config(locked_config())
+            .with_config(config)
             .with_default_features()
             .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
             .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys));

@@ -7,8 +7,8 @@ use std::fmt;
 use datafusion::common::{DFSchema, TableReference};
 use datafusion::execution::SessionStateBuilder;
 
-use super::ExchangeConfig;
 use crate::catalog::{Catalog, SourcePos};
+use crate::config::ExchangeConfig;
 use crate::enforcement::{locked_config, plan_row_filter};
 use crate::policy::{PolicySet, Treatment};
 

@@ -3,7 +3,6 @@
 
 mod check;
 mod classify;
-mod config;
 mod errors;
 mod explain;
 mod limits;
@@ -13,8 +12,6 @@ mod run;
 
 pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
-pub use config::ExchangeConfig;
-pub(crate) use config::absolute;
 pub(crate) use errors::run_error;
 pub(crate) use outcome::audit_decision;
 use outcome::digest_batches;
@@ -30,6 +27,7 @@ use chrono::NaiveDate;
 
 use crate::audit::{AuditError, AuditLog, Entry, TableUse};
 use crate::catalog::{Catalog, CatalogError};
+use crate::config::ExchangeConfig;
 use crate::enforcement::{PrincipalSession, SessionInputs};
 use crate::keys::{KeyError, Keys, SigningKey};
 use crate::masking::KeyRing;
@@ -220,6 +218,8 @@ impl Exchange {
             // Exports (keyed for a recipient) carry their rows' subjects for the guard.
             subjects: token_scope.is_some(),
             memory_limit: self.config.memory_limit,
+            target_partitions: self.config.target_partitions,
+            batch_size: self.config.batch_size,
         };
         PrincipalSession::build(&inputs, p, purpose)
             .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))

@@ -26,9 +26,6 @@ pub use service::{ExchangeFlightService, Limits, PURPOSE_HEADER};
 
 use crate::engine::Exchange;
 
-/// How long in-flight calls may take to finish after shutdown begins.
-const DRAIN: Duration = Duration::from_secs(30);
-
 /// Errors of the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -62,6 +59,28 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Lifetime of the bearer tokens the handshake issues.
     pub token_ttl: Duration,
+    /// On shutdown, how long in-flight calls get to finish before the server stops anyway
+    /// (so a stalled client cannot keep the audit log from being sealed).
+    pub drain: Duration,
+}
+
+impl ServeOptions {
+    /// The options of `[serve]` in `exchange.toml`.
+    pub fn from_settings(s: &crate::config::ServeSettings) -> Self {
+        Self {
+            listen: s.listen,
+            tls: s.tls_cert.clone().zip(s.tls_key.clone()),
+            limits: Limits::from_settings(s),
+            token_ttl: Duration::from_secs(s.token_ttl_secs),
+            drain: Duration::from_secs(s.drain_secs),
+        }
+    }
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self::from_settings(&crate::config::ServeSettings::default())
+    }
 }
 
 /// Wait for Ctrl-C or SIGTERM.
@@ -134,8 +153,9 @@ pub async fn serve_until(
         );
     }
     ready(addr);
-    // On shutdown, in-flight calls get DRAIN to finish; then the server stops anyway, so a
-    // stalled client cannot keep the audit log from being sealed.
+    // On shutdown, in-flight calls get `drain` to finish; then the server stops anyway, so
+    // a stalled client cannot keep the audit log from being sealed.
+    let drain = options.drain;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = Arc::clone(&stop);
     let signal = async move {
@@ -147,8 +167,8 @@ pub async fn serve_until(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
     let result = tokio::select! {
         r = server => r.map_err(|e| ServerError::Transport(e.to_string())),
-        _ = async { stop.notified().await; tokio::time::sleep(DRAIN).await } => {
-            eprintln!("warning: calls still open {DRAIN:?} after shutdown began were cut off");
+        _ = async { stop.notified().await; tokio::time::sleep(drain).await } => {
+            eprintln!("warning: calls still open {drain:?} after shutdown began were cut off");
             Ok(())
         }
     };

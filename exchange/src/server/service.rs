@@ -39,12 +39,32 @@ pub struct Limits {
     pub result_ttl: Duration,
     /// Largest result kept for a client, in bytes of Arrow data.
     pub max_result_bytes: usize,
+    /// Results of one principal waiting for their DoGet.
+    pub max_pending_per_principal: usize,
+    /// Open prepared statements of one principal.
+    pub max_prepared_per_principal: usize,
 }
 
-/// Results of one principal waiting for their DoGet.
-const MAX_PENDING_PER_PRINCIPAL: usize = 16;
-/// Open prepared statements of one principal.
-const MAX_PREPARED_PER_PRINCIPAL: usize = 64;
+impl Limits {
+    /// The limits of `[serve]` in `exchange.toml`.
+    pub fn from_settings(s: &crate::config::ServeSettings) -> Self {
+        Self {
+            max_concurrent: s.max_concurrent,
+            queue_wait: Duration::from_secs(s.queue_wait_secs),
+            query_timeout: Duration::from_secs(s.query_timeout_secs),
+            result_ttl: Duration::from_secs(s.result_ttl_secs),
+            max_result_bytes: s.max_result_mib.saturating_mul(1 << 20),
+            max_pending_per_principal: s.max_pending_per_principal,
+            max_prepared_per_principal: s.max_prepared_per_principal,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_settings(&crate::config::ServeSettings::default())
+    }
+}
 
 struct PendingResult {
     principal: String,
@@ -294,7 +314,7 @@ impl ExchangeFlightService {
             .values()
             .filter(|r| r.principal == principal)
             .count();
-        if waiting >= MAX_PENDING_PER_PRINCIPAL {
+        if waiting >= self.limits.max_pending_per_principal {
             return Err(Status::resource_exhausted(format!(
                 "{waiting} results of {principal} are waiting to be fetched: fetch them (DoGet) first"
             )));

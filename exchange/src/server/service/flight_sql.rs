@@ -181,10 +181,11 @@ impl FlightSqlService for ExchangeFlightService {
                 .values()
                 .filter(|p| p.principal == principal)
                 .count()
-                >= MAX_PREPARED_PER_PRINCIPAL
+                >= self.limits.max_prepared_per_principal
             {
                 return Err(Status::resource_exhausted(format!(
-                    "{principal} holds {MAX_PREPARED_PER_PRINCIPAL} prepared statements: close some first"
+                    "{principal} holds {} prepared statements: close some first",
+                    self.limits.max_prepared_per_principal
                 )));
             }
         }

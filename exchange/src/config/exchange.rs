@@ -1,4 +1,5 @@
-//! Where the exchange finds its configuration, data, keys and state.
+//! The library's configuration: what [`crate::Exchange::open`] needs, built from
+//! [`super::Settings`] by the command line or directly by an embedding program.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,10 @@ pub struct ExchangeConfig {
     pub audit: AuditOptions,
     /// Memory limit of each query in bytes (DataFusion memory pool); None: unbounded.
     pub memory_limit: Option<usize>,
+    /// Partitions a query runs in; None: the number of cores.
+    pub target_partitions: Option<usize>,
+    /// Rows per batch; None: DataFusion's default (8192).
+    pub batch_size: Option<usize>,
 }
 
 impl ExchangeConfig {
@@ -31,6 +36,8 @@ impl ExchangeConfig {
             state_dir,
             audit: AuditOptions::default(),
             memory_limit: None,
+            target_partitions: None,
+            batch_size: None,
         }
     }
 
