@@ -317,6 +317,43 @@ async fn chains_of_ctes_that_the_optimizer_would_merge_too_deep_are_refused() {
 }
 
 #[tokio::test]
+async fn ctes_that_double_at_each_reference_are_refused_before_planning() {
+    // Review 6: 812 bytes of CTEs, each reading the one before twice, planned 2^16 scans in
+    // 70 s and 867 MB (and blocked the server's workers): the limits counted the text.
+    let (ex, _state) = common::open();
+    let mut sql = String::from("WITH c0 AS (SELECT industry AS a FROM market.enterprises)");
+    for i in 1..=16 {
+        sql.push_str(&format!(
+            ", c{i} AS (SELECT x.a FROM c{j} x CROSS JOIN c{j} y)",
+            j = i - 1
+        ));
+    }
+    sql.push_str(" SELECT count(*) AS n FROM c16");
+    match ex
+        .execute("market_trader", Some("data_product"), &sql)
+        .await
+    {
+        Err(QueryError::Refused(r)) => assert!(r.contains("reference to a CTE"), "{r}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Case does not hide a reference; a CTE read a few times is fine.
+    let shouted = sql.replace("FROM c", "FROM C");
+    assert!(matches!(
+        ex.execute("market_trader", Some("data_product"), &shouted)
+            .await,
+        Err(QueryError::Refused(_))
+    ));
+    let ok = "WITH a AS (SELECT industry, registered_capital AS c FROM market.enterprises)
+              SELECT x.industry, count(*) FROM a x JOIN a y ON x.industry = y.industry
+              JOIN a z ON z.industry = x.industry GROUP BY 1";
+    assert!(
+        ex.execute("market_trader", Some("data_product"), ok)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
 async fn statements_with_too_many_joins_tables_or_unions_are_refused() {
     // Review 5: 450 cross joins or 3,000 UNION ALL branches overflowed the stack in the
     // optimizer or parser and aborted the process before the audit record.

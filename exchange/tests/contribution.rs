@@ -697,5 +697,58 @@ async fn a_large_constant_repeated_over_a_batch_cannot_overflow_on_the_way() {
          SELECT count(*) AS n FROM c CROSS JOIN (VALUES {}) m(i) GROUP BY octet_length(c.a) > 0",
         values.join(", ")
     );
-    refused_with(&ex, &sql, "text constant").await;
+    refused_with(&ex, &sql, "constant of").await;
+}
+
+#[tokio::test]
+async fn values_and_unnest_do_not_reset_how_large_a_value_can_be() {
+    // Review 6: the growth bound restarted at one input value below VALUES and after the
+    // UNNEST of a struct, and list constants were not measured: a list grown 16x per level
+    // reached 4 MiB for the chosen person's visit of one year and overflowed arrow's offsets
+    // when repeated over a batch.
+    let (ex, _state) = open();
+    let x = target().await;
+    let l = format!("'{}'", "x".repeat(1000));
+    let sixteen = |e: &str| vec![e; 16].join(", ");
+    let visit = format!(
+        "FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key
+         WHERE e.person_id = '{x}' AND v.visit_date = DATE '2026-01-01'"
+    );
+    for (name, sql) in [
+        (
+            "values",
+            format!(
+                "WITH b AS (SELECT t.a FROM (VALUES (concat({}))) t(a))
+                 SELECT count(*) AS n {} AND octet_length(concat(b.a, b.a)) > 0 GROUP BY e.care_level",
+                sixteen(&l),
+                visit.replace("WHERE", "CROSS JOIN b WHERE")
+            ),
+        ),
+        (
+            "struct-unnest",
+            format!(
+                "WITH s AS (SELECT named_struct('a', concat({}), 'z', 1) AS st),
+                      b(a, z) AS (SELECT unnest(s.st) FROM s)
+                 SELECT count(*) AS n {} AND octet_length(concat(b.a, b.a)) > 0 GROUP BY e.care_level",
+                sixteen(&l),
+                visit.replace("WHERE", "CROSS JOIN b WHERE")
+            ),
+        ),
+        (
+            "list-constant",
+            format!(
+                "WITH b AS (SELECT t.a FROM (VALUES (make_array({}))) t(a))
+                 SELECT count(*) AS n {} AND cardinality(array_concat({})) > 0 GROUP BY e.care_level",
+                sixteen(&l),
+                visit.replace("WHERE", "CROSS JOIN b WHERE"),
+                sixteen("b.a")
+            ),
+        ),
+    ] {
+        let why = common::refused(&ex, CIVIL.0, Some(CIVIL.1), &sql).await;
+        assert!(
+            why.contains("could grow") || why.contains("constant of"),
+            "{name}: {why}"
+        );
+    }
 }

@@ -850,3 +850,69 @@ async fn rows_that_lose_their_person_or_one_person_in_two_columns_are_guarded() 
         );
     }
 }
+
+#[tokio::test]
+async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
+    // Review 6: a row was judged by the persons it carried; with its own person aggregated
+    // or unnested away and three fixed residents cross-joined in, every row carried the same
+    // three decoys (one class of 3) and each resident's gender and birth year left next to
+    // their id.
+    let (ex, state) = open();
+    let dir = state.path();
+    let decoys = "CROSS JOIN (SELECT x.name AS n1 FROM police.residents x ORDER BY x.person_id LIMIT 1) d1
+        CROSS JOIN (SELECT x.name AS n2 FROM police.residents x ORDER BY x.person_id LIMIT 1 OFFSET 1) d2
+        CROSS JOIN (SELECT x.name AS n3 FROM police.residents x ORDER BY x.person_id LIMIT 1 OFFSET 2) d3";
+    for (name, sql, shown) in [
+        (
+            "aggregated",
+            format!(
+                "SELECT t.p, t.g, t.y, t.d FROM (SELECT e.person_id AS p, max(r.gender) AS g,
+                        max(CAST(date_part('year', r.birth_date) AS VARCHAR)) AS y, max(r.district) AS d
+                    FROM hrss.employment e JOIN police.residents r ON r.person_id = e.person_pseudonym
+                    GROUP BY e.person_id) t {decoys}"
+            ),
+            vec!["g", "y", "d"],
+        ),
+        (
+            "unnested",
+            format!(
+                "SELECT t.p, t.j, CASE t.j WHEN 0 THEN t.g WHEN 1 THEN CAST(date_part('year', t.b) AS VARCHAR) ELSE t.d END AS q
+                 FROM (SELECT e.person_id AS p, r.gender AS g, r.birth_date AS b, r.district AS d,
+                              unnest(make_array(0, 1, 2)) AS j
+                       FROM hrss.employment e JOIN police.residents r ON r.person_id = e.person_pseudonym) t {decoys}"
+            ),
+            vec!["j", "q"],
+        ),
+        (
+            "distinct",
+            format!(
+                "SELECT t.p, t.g, t.y, t.d FROM (SELECT DISTINCT e.person_id AS p, r.gender AS g,
+                        CAST(date_part('year', r.birth_date) AS VARCHAR) AS y, r.district AS d
+                    FROM hrss.employment e JOIN police.residents r ON r.person_id = e.person_pseudonym) t {decoys}"
+            ),
+            vec!["g", "y", "d"],
+        ),
+    ] {
+        let out = dir.join(format!("{name}.parquet"));
+        let s = run(&ex, &request("research-f", &out, &sql)).await.unwrap();
+        let guard = s.manifest.body.guard.unwrap();
+        let (batches, _) = read(&out);
+        let people = per_person(&batches, "p", &shown);
+        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+        for rows in people.values() {
+            *signatures.entry(rows.clone()).or_default() += 1;
+        }
+        assert!(
+            signatures.values().all(|n| *n >= 3),
+            "{name}: {guard}: {:?}",
+            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
+        );
+        // The full result has persons alone in their class: the guard had work to do.
+        let full = ok(&ex, HRSS.0, HRSS.1, &sql).await;
+        let mut all: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+        for rows in per_person(&full.batches, "p", &shown).values() {
+            *all.entry(rows.clone()).or_default() += 1;
+        }
+        assert!(all.values().any(|n| *n < 3), "{name}: the test needs rare persons");
+    }
+}

@@ -71,7 +71,20 @@ impl AnalyzerRule for PolicyRule {
         for (field, tag) in plan.schema().columns().iter().zip(&tags) {
             refuse_constrained(tag, &format!("the query's output column {}", field.name))?;
         }
-        let subjects: Vec<usize> = if self.subjects {
+        let at_root = |id: usize| {
+            tags.iter()
+                .any(|t| matches!(t, Tag::Entity { scan } if *scan == id))
+        };
+        // Counting per person is sound only when every scan that could describe a person
+        // carries its person to the output: a person whose rows were aggregated away, next
+        // to decoy persons joined in, would otherwise hide in the decoys' class (review 6).
+        // Without that, no subjects: the guard counts rows, each a class of all its columns.
+        let every_subject_kept = enforcer
+            .scans
+            .iter()
+            .enumerate()
+            .all(|(id, s)| !s.subject || at_root(id));
+        let subjects: Vec<usize> = if self.subjects && every_subject_kept {
             tags.iter()
                 .enumerate()
                 .filter(|(_, t)| {

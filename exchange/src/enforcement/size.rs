@@ -68,19 +68,36 @@ fn bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, String> {
                 inputs
                     .iter()
                     .filter_map(|b| b.get(i))
-                    .fold(UNIT, |a, b| Bound {
-                        growth: a.growth.max(b.growth),
-                        depth: a.depth.max(b.depth),
-                    })
+                    .copied()
+                    .fold(UNIT, larger)
             })
             .collect(),
+        // A VALUES column is as large as its largest row's expression.
+        LogicalPlan::Values(v) => {
+            let mut out = vec![UNIT; width];
+            for row in &v.values {
+                for (slot, e) in out.iter_mut().zip(row) {
+                    *slot = larger(*slot, expr_bound(e, &schema, &of)?);
+                }
+            }
+            out
+        }
         _ if of.len() == width => of,
-        _ => inputs
-            .first()
-            .filter(|f| f.len() == width)
-            .cloned()
-            .unwrap_or_else(|| vec![UNIT; width]),
+        _ => match inputs.first().filter(|f| f.len() == width) {
+            Some(first) => first.clone(),
+            // A node whose columns are not its input's (UNNEST of a struct or a list, ...):
+            // each may be as large as the largest value below it, never smaller (review 6:
+            // a reset to one input value let a list grow 16x per UNNEST).
+            None => vec![of.iter().copied().fold(UNIT, larger); width],
+        },
     })
+}
+
+fn larger(a: Bound, b: Bound) -> Bound {
+    Bound {
+        growth: a.growth.max(b.growth),
+        depth: a.depth.max(b.depth),
+    }
 }
 
 fn literal_len(e: &Expr) -> Option<u64> {

@@ -240,11 +240,22 @@ fn oversized_literal(v: &ScalarValue) -> Option<String> {
         | ScalarValue::LargeBinary(Some(b))
         | ScalarValue::BinaryView(Some(b))
         | ScalarValue::FixedSizeBinary(_, Some(b)) => b.len(),
+        // Lists, structs and maps (a folded `make_array` of text constants): their memory,
+        // which bounds what they hold (review 6).
+        ScalarValue::List(_)
+        | ScalarValue::LargeList(_)
+        | ScalarValue::FixedSizeList(_)
+        | ScalarValue::ListView(_)
+        | ScalarValue::LargeListView(_)
+        | ScalarValue::Struct(_)
+        | ScalarValue::Map(_)
+        | ScalarValue::Union(..)
+        | ScalarValue::Dictionary(..) => v.size().saturating_sub(std::mem::size_of_val(v)),
         _ => return None,
     };
     (len > MAX_CONSTANT_BYTES).then(|| {
         format!(
-            "a text constant of {len} bytes is longer than {MAX_CONSTANT_BYTES} (repeated over a batch of rows it could overflow arrow's buffers)"
+            "a constant of {len} bytes is larger than {MAX_CONSTANT_BYTES} (repeated over a batch of rows it could overflow arrow's buffers)"
         )
     })
 }
@@ -465,5 +476,30 @@ fn window(w: &WindowFunction, schema: &DFSchema) -> Option<String> {
                 Some(format!("{name}() is not known to be safe on every value"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn list_of(values: &[ScalarValue]) -> ScalarValue {
+        ScalarValue::List(ScalarValue::new_list(values, &values[0].data_type(), true))
+    }
+
+    #[test]
+    fn nested_constants_count_what_they_hold() {
+        let small = list_of(&[
+            ScalarValue::Int64(Some(1)),
+            ScalarValue::Int64(Some(2)),
+            ScalarValue::Int64(Some(3)),
+        ]);
+        assert_eq!(oversized_literal(&small), None);
+        let kib = ScalarValue::Utf8(Some("x".repeat(1000)));
+        assert_eq!(oversized_literal(&kib), None);
+        let big = list_of(&vec![kib; 16]);
+        let why = oversized_literal(&big).unwrap();
+        assert!(why.contains("larger than 1024"), "{why}");
     }
 }
