@@ -252,7 +252,6 @@ impl ExecutionPlan for BarrierExec {
         }
     }
 
-    #[allow(deprecated)]
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
