@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use exchange::audit::{
-    AuditError, AuditLog, AuditOptions, Checkpoint, Entry, Line, Summary, segment_name, verify,
+    AuditError, AuditLog, AuditOptions, Checkpoint, Entry, Line, StatementKind, Summary,
+    segment_name, verify,
 };
 use exchange::keys::{PublicKey, SigningKey};
 
@@ -21,13 +22,9 @@ const OPTIONS: AuditOptions = AuditOptions {
 
 fn entry(i: u64) -> Entry {
     Entry {
-        principal: "hrss_analyst".into(),
-        agency: Some("hrss".into()),
-        purpose: Some("new_employment_services".into()),
-        statement: format!("SELECT {i}"),
-        kind: "query".into(),
         rows: Some(i),
-        ..Entry::default()
+        ..Entry::new(StatementKind::Query, "hrss_analyst", format!("SELECT {i}"))
+            .declared(Some("hrss".into()), Some("new_employment_services"))
     }
 }
 
@@ -165,7 +162,10 @@ fn forge(dir: &Path, forger: &SigningKey, claimed_id: &str) {
         for text in lines(&path) {
             let new = match Line::parse(&text).unwrap() {
                 Line::Record(mut r) => {
-                    r.statement = r.statement.replace("SELECT 4", "SELECT 'nothing to see'");
+                    r.entry.statement = r
+                        .entry
+                        .statement
+                        .replace("SELECT 4", "SELECT 'nothing to see'");
                     r.prev = prev.clone();
                     serde_json::to_string(&r).unwrap()
                 }

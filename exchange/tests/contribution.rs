@@ -616,7 +616,7 @@ async fn a_statement_that_trips_a_bug_fails_audited_instead_of_crashing() {
     let _ = ex.execute(CIVIL.0, Some(CIVIL.1), sql).await;
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
     assert_eq!(records.len(), before + 1);
-    assert_eq!(records.last().unwrap().statement, sql);
+    assert_eq!(records.last().unwrap().entry.statement, sql);
 }
 
 #[tokio::test]

@@ -90,11 +90,11 @@ async fn an_export_is_signed_carries_its_provenance_and_verifies() {
     // The audit record came first and says what was issued to whom.
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
     let r = records.last().unwrap();
-    assert_eq!(r.kind, "export");
+    assert_eq!(r.entry.kind, "export");
     assert_eq!(r.seq, m.audit_seq);
-    assert_eq!(r.recipient.as_deref(), Some("research-a"));
+    assert_eq!(r.entry.recipient.as_deref(), Some("research-a"));
     assert_eq!(
-        r.export.as_deref(),
+        r.entry.export.as_deref(),
         Some(format!("residents.parquet sha256:{}", m.sha256).as_str())
     );
     let auditor = ok(
@@ -262,8 +262,8 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     );
 
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
-    let r = records.iter().rfind(|r| r.kind == "export").unwrap();
-    assert_eq!(r.guard.as_deref(), Some(guard.as_str()));
+    let r = records.iter().rfind(|r| r.entry.kind == "export").unwrap();
+    assert_eq!(r.entry.guard.as_deref(), Some(guard.as_str()));
 
     // Aggregates over generalised quasi-identifiers pass when every class is large.
     let out = state.path().join("agg.parquet");
@@ -342,9 +342,10 @@ async fn a_refusing_policy_refuses_the_export_and_writes_nothing() {
     assert!(leftovers.is_empty());
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
     let r = records.last().unwrap();
-    assert_eq!(r.decision, exchange::audit::Decision::Refused);
+    assert_eq!(r.entry.decision, exchange::audit::Decision::Refused);
     assert!(
-        r.guard
+        r.entry
+            .guard
             .as_deref()
             .unwrap_or("")
             .starts_with("refused: k-anonymity")
@@ -382,7 +383,7 @@ async fn refused_and_invalid_exports_write_nothing_and_are_audited() {
     assert!(
         records
             .iter()
-            .all(|r| r.kind == "export" || r.kind == "other")
+            .all(|r| r.entry.kind == "export" || r.entry.kind == "other")
     );
 
     // Never overwritten.

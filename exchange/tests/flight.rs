@@ -339,17 +339,14 @@ async fn flight_sql_server_with_rust_and_python_clients() {
     let load = records
         .iter()
         .filter(|r| {
-            r.principal == "market_trader"
-                && r.statement.contains("count(*) + ")
-                && r.decision == exchange::audit::Decision::Allowed
+            r.entry.principal == "market_trader"
+                && r.entry.statement.contains("count(*) + ")
+                && r.entry.decision == exchange::audit::Decision::Allowed
         })
         .count();
     assert_eq!(load, 16 * 20);
-    assert!(
-        records
-            .iter()
-            .any(|r| r.kind == "auth" && r.reason.as_deref() == Some("wrong user name or password"))
-    );
+    assert!(records.iter().any(|r| r.entry.kind == "auth"
+        && r.entry.reason.as_deref() == Some("wrong user name or password")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,17 +303,24 @@ async fn audit_records_every_statement() {
     refused(&ex, "market_trader", None, "SELECT 1").await;
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
     assert_eq!(records.len(), 3);
-    assert_eq!(records[0].decision, exchange::audit::Decision::Allowed);
-    assert_eq!(records[0].tables[0].table, "market.enterprises");
+    assert_eq!(
+        records[0].entry.decision,
+        exchange::audit::Decision::Allowed
+    );
+    assert_eq!(records[0].entry.tables[0].table, "market.enterprises");
     assert!(
-        records[0].tables[0]
+        records[0].entry.tables[0]
             .grant
             .contains("enterprises-trade-product@2026-11-01")
     );
-    assert!(records[0].result_digest.is_some());
-    assert_eq!(records[1].decision, exchange::audit::Decision::Refused);
+    assert!(records[0].entry.result_digest.is_some());
+    assert_eq!(
+        records[1].entry.decision,
+        exchange::audit::Decision::Refused
+    );
     assert!(
         records[2]
+            .entry
             .reason
             .as_deref()
             .unwrap_or("")
@@ -356,13 +363,13 @@ async fn audit_keeps_values_of_failed_statements_and_tables_of_refused_ones() {
     )
     .await;
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
-    let reason = records[0].reason.clone().unwrap_or_default();
+    let reason = records[0].entry.reason.clone().unwrap_or_default();
     assert!(
         !raw_names.iter().any(|n| reason.contains(n.as_str())),
         "{reason}"
     );
-    assert_eq!(records[1].tables.len(), 1, "{:?}", records[1]);
-    assert_eq!(records[1].tables[0].table, "police.residents");
+    assert_eq!(records[1].entry.tables.len(), 1, "{:?}", records[1]);
+    assert_eq!(records[1].entry.tables[0].table, "police.residents");
     // Digests are keyed: the same result under another key differs, so guesses cannot be confirmed.
     let a = ok(&ex, "market_trader", "data_product", "SELECT 1 AS x")
         .await
@@ -397,7 +404,7 @@ async fn audit_records_columns_used_only_in_where() {
     )
     .await;
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
-    let cols = &records[0].tables[0].columns;
+    let cols = &records[0].entry.tables[0].columns;
     assert!(cols.contains(&"household_size".to_string()), "{cols:?}");
 }
 

@@ -92,12 +92,12 @@ impl AuditEvents {
                     .map(|t| t.timestamp_micros())
                     .unwrap_or(0),
             );
-            principal.append_value(&r.principal);
-            agency.append_option(r.agency.as_deref());
-            purpose.append_option(r.purpose.as_deref());
-            statement.append_value(&r.statement);
-            kind.append_value(&r.kind);
-            for t in &r.tables {
+            principal.append_value(&r.entry.principal);
+            agency.append_option(r.entry.agency.as_deref());
+            purpose.append_option(r.entry.purpose.as_deref());
+            statement.append_value(&r.entry.statement);
+            kind.append_value(r.entry.kind.as_str());
+            for t in &r.entry.tables {
                 tables.values().append_value(&t.table);
                 grants.values().append_value(&t.grant);
                 for c in &t.columns {
@@ -107,18 +107,18 @@ impl AuditEvents {
             tables.append(true);
             columns.append(true);
             grants.append(true);
-            decision.append_value(match r.decision {
+            decision.append_value(match r.entry.decision {
                 Decision::Allowed => "allowed",
                 Decision::Refused => "refused",
                 Decision::Failed => "failed",
             });
-            reason.append_option(r.reason.as_deref());
-            rows.append_option(r.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
-            digest.append_option(r.result_digest.as_deref());
-            duration.append_value(i64::try_from(r.duration_ms).unwrap_or(i64::MAX));
-            recipient.append_option(r.recipient.as_deref());
-            export.append_option(r.export.as_deref());
-            guard.append_option(r.guard.as_deref());
+            reason.append_option(r.entry.reason.as_deref());
+            rows.append_option(r.entry.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+            digest.append_option(r.entry.result_digest.as_deref());
+            duration.append_value(i64::try_from(r.entry.duration_ms).unwrap_or(i64::MAX));
+            recipient.append_option(r.entry.recipient.as_deref());
+            export.append_option(r.entry.export.as_deref());
+            guard.append_option(r.entry.guard.as_deref());
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),

@@ -318,21 +318,7 @@ impl AuditLog {
         let record = AuditRecord {
             seq: tail.seq + 1,
             time: now(),
-            principal: entry.principal,
-            agency: entry.agency,
-            purpose: entry.purpose,
-            statement: entry.statement,
-            kind: entry.kind,
-            tables: entry.tables,
-            thresholds: entry.thresholds,
-            decision: entry.decision,
-            reason: entry.reason,
-            rows: entry.rows,
-            result_digest: entry.result_digest,
-            duration_ms: entry.duration_ms,
-            recipient: entry.recipient,
-            export: entry.export,
-            guard: entry.guard,
+            entry,
             prev: tail.head.clone(),
         };
         let line =

@@ -91,13 +91,79 @@ pub struct TableUse {
     pub columns: Vec<String>,
 }
 
-/// One audit record; field order is the canonical encoding.
+/// One audit record as written: its place in the chain around the [`Entry`]. Field order
+/// is the canonical encoding (`seq`, `time`, the entry's fields, `prev`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Sequence number, from 1.
     pub seq: u64,
     /// UTC time, RFC 3339.
     pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// SHA-256 of the previous line of the log (64 zeros for the very first).
+    pub prev: String,
+}
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementKind {
+    /// A query (SELECT, WITH, VALUES).
+    Query,
+    /// EXPLAIN of a query.
+    Explain,
+    /// DESCRIBE of a table.
+    Describe,
+    /// A prepared statement (Flight SQL), planned but not run.
+    Prepare,
+    /// Enforced plans asked for by an embedding program ([`crate::Exchange::plan`]).
+    Plan,
+    /// A signed export.
+    Export,
+    /// Tracing a leaked export back to its recipient (operator).
+    Trace,
+    /// A failed Flight SQL authentication.
+    Auth,
+    /// Anything else, including statements refused before they were classified.
+    #[default]
+    Other,
+}
+
+impl StatementKind {
+    /// The kind as written in the log and shown in `audit.events`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Explain => "explain",
+            Self::Describe => "describe",
+            Self::Prepare => "prepare",
+            Self::Plan => "plan",
+            Self::Export => "export",
+            Self::Trace => "trace",
+            Self::Auth => "auth",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl PartialEq<&str> for StatementKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for StatementKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened, before the log numbers and chains it ([`Entry::new`], then the fields
+/// that apply).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
     /// Principal as stated.
     pub principal: String,
     /// The principal's agency, when known.
@@ -106,8 +172,8 @@ pub struct AuditRecord {
     pub purpose: Option<String>,
     /// Statement text as received.
     pub statement: String,
-    /// query, explain, describe or other.
-    pub kind: String,
+    /// What the record is about.
+    pub kind: StatementKind,
     /// Tables and columns touched.
     pub tables: Vec<TableUse>,
     /// Group thresholds applied (`column >= k`).
@@ -131,43 +197,32 @@ pub struct AuditRecord {
     /// What a guard did (k-anonymity on exports): classes suppressed or why refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
-    /// SHA-256 of the previous line of the log (64 zeros for the very first).
-    pub prev: String,
 }
 
-/// A record before the log numbers and chains it.
-#[derive(Debug, Clone, Default)]
-pub struct Entry {
-    /// Principal as stated.
-    pub principal: String,
-    /// The principal's agency.
-    pub agency: Option<String>,
-    /// Declared purpose.
-    pub purpose: Option<String>,
-    /// Statement text.
-    pub statement: String,
-    /// query, explain, describe or other.
-    pub kind: String,
-    /// Tables touched.
-    pub tables: Vec<TableUse>,
-    /// Thresholds applied.
-    pub thresholds: Vec<String>,
-    /// Decision.
-    pub decision: Decision,
-    /// Reason.
-    pub reason: Option<String>,
-    /// Rows returned.
-    pub rows: Option<u64>,
-    /// Result digest.
-    pub result_digest: Option<String>,
-    /// Wall time.
-    pub duration_ms: u64,
-    /// Export recipient.
-    pub recipient: Option<String>,
-    /// Export file and digest.
-    pub export: Option<String>,
-    /// Guard outcome.
-    pub guard: Option<String>,
+impl Entry {
+    /// An entry of `kind` about `statement`, by `principal` (agency, purpose, outcome and
+    /// the rest to be filled in).
+    pub fn new(kind: StatementKind, principal: &str, statement: impl Into<String>) -> Self {
+        Self {
+            principal: principal.to_string(),
+            statement: statement.into(),
+            kind,
+            ..Self::default()
+        }
+    }
+
+    /// The same entry, stating the principal's agency and declared purpose.
+    pub fn declared(mut self, agency: Option<String>, purpose: Option<&str>) -> Self {
+        self.agency = agency;
+        self.purpose = purpose.map(str::to_string);
+        self
+    }
+
+    /// The same entry, with the wall time since `started`.
+    pub fn timed(mut self, started: std::time::Instant) -> Self {
+        self.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self
+    }
 }
 
 /// A signed checkpoint line: the number of records so far and the chain head, under the

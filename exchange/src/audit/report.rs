@@ -40,14 +40,14 @@ pub fn report(
                 continue;
             }
         }
-        if principal.is_some_and(|p| p != rec.principal) {
+        if principal.is_some_and(|p| p != rec.entry.principal) {
             continue;
         }
         r.period = Some(match r.period.take() {
             None => (rec.time.clone(), rec.time.clone()),
             Some((first, _)) => (first, rec.time.clone()),
         });
-        let d = match rec.decision {
+        let d = match rec.entry.decision {
             Decision::Allowed => 0,
             Decision::Refused => 1,
             Decision::Failed => 2,
@@ -57,16 +57,16 @@ pub fn report(
             .or_default() += 1;
         r.by_principal
             .entry((
-                rec.principal.clone(),
-                rec.purpose.clone().unwrap_or_else(|| "(none)".into()),
+                rec.entry.principal.clone(),
+                rec.entry.purpose.clone().unwrap_or_else(|| "(none)".into()),
             ))
             .or_default()[d] += 1;
-        if rec.decision == Decision::Refused {
+        if rec.entry.decision == Decision::Refused {
             *r.refusals
-                .entry(rec.reason.clone().unwrap_or_default())
+                .entry(rec.entry.reason.clone().unwrap_or_default())
                 .or_default() += 1;
         }
-        for t in &rec.tables {
+        for t in &rec.entry.tables {
             let (agency, table) = t.table.split_once('.').unwrap_or(("?", &t.table));
             let e = r
                 .tables
@@ -75,14 +75,15 @@ pub fn report(
                 .entry(table.to_string())
                 .or_default();
             e.0 += 1;
-            e.1.insert(rec.principal.clone());
+            e.1.insert(rec.entry.principal.clone());
         }
-        if rec.kind == "export" && rec.decision == Decision::Allowed {
+        if rec.entry.kind == super::StatementKind::Export && rec.entry.decision == Decision::Allowed
+        {
             r.exports.push((
                 rec.time.clone(),
-                rec.principal.clone(),
-                rec.recipient.clone().unwrap_or_default(),
-                rec.export.clone().unwrap_or_default(),
+                rec.entry.principal.clone(),
+                rec.entry.recipient.clone().unwrap_or_default(),
+                rec.entry.export.clone().unwrap_or_default(),
             ));
         }
     }

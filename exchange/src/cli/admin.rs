@@ -295,9 +295,6 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
     let result = export::trace(ex, file).await;
     // Tracing recomputes pseudonyms with the exchange's secret: it is audited too.
     let entry = crate::audit::Entry {
-        principal: "(operator)".into(),
-        statement: format!("export trace {}", file.display()),
-        kind: "trace".into(),
         decision: if result.is_ok() {
             crate::audit::Decision::Allowed
         } else {
@@ -310,8 +307,12 @@ pub(super) async fn export_trace(ex: &Exchange, file: &Path) -> ExitCode {
                 .unwrap_or_else(|| "no recipient or agency explains the file".into()),
             Err(e) => e.to_string(),
         }),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        ..crate::audit::Entry::default()
+        ..crate::audit::Entry::new(
+            crate::audit::StatementKind::Trace,
+            "(operator)",
+            format!("export trace {}", file.display()),
+        )
+        .timed(started)
     };
     if let Err(e) = ex.audit().append(entry) {
         complain!("error: audit log unavailable, trace withheld: {e}");

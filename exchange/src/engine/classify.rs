@@ -19,11 +19,12 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> crate::audit::StatementKind {
+        use crate::audit::StatementKind;
         match self {
-            Kind::Query(_) => "query",
-            Kind::Explain { .. } => "explain",
-            Kind::Describe(_) => "describe",
+            Kind::Query(_) => StatementKind::Query,
+            Kind::Explain { .. } => StatementKind::Explain,
+            Kind::Describe(_) => StatementKind::Describe,
         }
     }
 }

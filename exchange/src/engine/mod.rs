@@ -25,7 +25,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
 
-use crate::audit::{AuditError, AuditLog, Entry, TableUse};
+use crate::audit::{AuditError, AuditLog, Entry, StatementKind, TableUse};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::ExchangeConfig;
 use crate::enforcement::{PrincipalSession, SessionInputs};
@@ -253,7 +253,7 @@ impl Exchange {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<SchemaRef, QueryError> {
-        self.plan_audited("prepare", principal, purpose, sql)
+        self.plan_audited(StatementKind::Prepare, principal, purpose, sql)
             .await
             .map(|p| p.physical.schema())
     }
@@ -267,7 +267,7 @@ impl Exchange {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<QueryPlan, QueryError> {
-        self.plan_audited("plan", principal, purpose, sql)
+        self.plan_audited(StatementKind::Plan, principal, purpose, sql)
             .await
             .map(|p| QueryPlan {
                 logical: p.optimized,
@@ -277,7 +277,7 @@ impl Exchange {
 
     async fn plan_audited(
         &self,
-        kind: &str,
+        kind: StatementKind,
         principal: &str,
         purpose: Option<&str>,
         sql: &str,
@@ -298,16 +298,12 @@ impl Exchange {
             let (decision, reason) = audit_decision(&outcome);
             self.audit
                 .append(Entry {
-                    principal: principal.to_string(),
-                    agency: self.agency_of(principal),
-                    purpose: purpose.map(str::to_string),
-                    statement: sql.to_string(),
-                    kind: kind.into(),
                     tables: named,
                     decision,
                     reason,
-                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    ..Entry::default()
+                    ..Entry::new(kind, principal, sql)
+                        .declared(self.agency_of(principal), purpose)
+                        .timed(started)
                 })
                 .map_err(|e| QueryError::Audit(e.to_string()))?;
         }
@@ -323,7 +319,7 @@ impl Exchange {
     ) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
         let agency = self.agency_of(principal);
-        let mut kind_label = "other";
+        let mut kind_label = StatementKind::Other;
         let mut named_tables = Vec::new();
         // A panic anywhere below is a bug, but never one that skips the audit record or
         // takes the process down: it fails the statement, audited like any failure.
@@ -354,19 +350,15 @@ impl Exchange {
         let (decision, reason) = audit_decision(&outcome);
         let out = outcome.as_ref().ok();
         let entry = Entry {
-            principal: principal.to_string(),
-            agency,
-            purpose: purpose.map(str::to_string),
-            statement: sql.to_string(),
-            kind: kind_label.to_string(),
             tables: out.map(|o| o.tables.clone()).unwrap_or(named_tables),
             thresholds: out.map(|o| o.thresholds.clone()).unwrap_or_default(),
             decision,
             reason,
             rows: out.map(|o| o.rows),
             result_digest: out.map(|o| o.digest.clone()),
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ..Entry::default()
+            ..Entry::new(kind_label, principal, sql)
+                .declared(agency, purpose)
+                .timed(started)
         };
         self.audit
             .append(entry)

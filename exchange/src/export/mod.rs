@@ -33,7 +33,7 @@ pub use guard::{GuardSpec, lineage};
 pub use manifest::{Manifest, ManifestBody, manifest_path, sha256_file, verify};
 pub use trace::{TraceReport, TraceScore, trace};
 
-use crate::audit::{Entry, TableUse};
+use crate::audit::{Entry, StatementKind, TableUse};
 use crate::catalog::KAction;
 use crate::engine::{Exchange, Kind, QueryError, audit_decision, classify, plan_query, run_error};
 use crate::keys::KeyRing;
@@ -160,18 +160,11 @@ pub async fn export(
     let (tables, thresholds) = tables.unwrap_or((named, vec![]));
     let grants: Vec<String> = tables.iter().map(|t| t.grant.clone()).collect();
     let entry = Entry {
-        principal: req.principal.clone(),
-        agency: agency.clone(),
-        purpose: req.purpose.clone(),
-        statement: req.sql.clone(),
-        kind: "export".into(),
         tables,
         thresholds,
         decision,
         reason,
         rows: staged.as_ref().ok().map(|s| s.rows),
-        result_digest: None,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         recipient: Some(req.recipient.clone()),
         export: staged
             .as_ref()
@@ -182,6 +175,9 @@ pub async fn export(
             .ok()
             .and_then(|s| s.guard.clone())
             .or(guard_note),
+        ..Entry::new(StatementKind::Export, &req.principal, req.sql.clone())
+            .declared(agency.clone(), req.purpose.as_deref())
+            .timed(started)
     };
     let audited = ex.audit().append(entry);
     let staged = match (staged, audited) {

@@ -169,8 +169,11 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
     })?;
     // Every (exporting agency, recipient) the log has issued files to.
     let mut issued: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.kind == "export") {
-        if let (Some(agency), Some(recipient)) = (&r.agency, &r.recipient) {
+    for r in records
+        .iter()
+        .filter(|r| r.entry.kind == crate::audit::StatementKind::Export)
+    {
+        if let (Some(agency), Some(recipient)) = (&r.entry.agency, &r.entry.recipient) {
             issued
                 .entry((agency.clone(), recipient.clone()))
                 .or_default()
@@ -178,9 +181,9 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
                     "audit record {} at {}: {} ({:?}) {}",
                     r.seq,
                     r.time,
-                    r.principal,
-                    r.decision,
-                    r.export.as_deref().unwrap_or("no file")
+                    r.entry.principal,
+                    r.entry.decision,
+                    r.entry.export.as_deref().unwrap_or("no file")
                 ));
         }
     }

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::auth::{SessionTokens, principal_of_api_token};
-use crate::audit::{Decision, Entry};
+use crate::audit::{Decision, Entry, StatementKind};
 use crate::engine::{Exchange, QueryError, QueryOutput};
 
 mod flight_sql;
@@ -167,12 +167,9 @@ impl ExchangeFlightService {
 
     fn audit_auth_failure(&self, who: &str, reason: &str) {
         let _ = self.ex.audit().append(Entry {
-            principal: who.to_string(),
-            statement: "(Flight SQL authentication)".into(),
-            kind: "auth".into(),
             decision: Decision::Refused,
             reason: Some(reason.to_string()),
-            ..Entry::default()
+            ..Entry::new(StatementKind::Auth, who, "(Flight SQL authentication)")
         });
     }
 
@@ -267,16 +264,11 @@ impl ExchangeFlightService {
                 self.ex
                     .audit()
                     .append(Entry {
-                        principal: principal.to_string(),
-                        agency: self.ex.agency_of(principal),
-                        purpose: purpose.map(str::to_string),
-                        statement: sql.to_string(),
-                        kind: "query".into(),
                         decision: Decision::Failed,
                         reason: Some(reason.clone()),
-                        duration_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                        ..Entry::default()
+                        ..Entry::new(StatementKind::Query, principal, sql)
+                            .declared(self.ex.agency_of(principal), purpose)
+                            .timed(started)
                     })
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 Err(Status::deadline_exceeded(reason))
