@@ -37,6 +37,15 @@ pub fn open() -> (Exchange, tempfile::TempDir) {
     (ex, state)
 }
 
+/// An exchange over the test city with a fresh state directory and `adjust`ed settings.
+pub fn open_with(adjust: impl FnOnce(&mut ExchangeConfig)) -> (Exchange, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state dir");
+    let mut config = test_config(&repo_root(), data_root(), state.path());
+    adjust(&mut config);
+    let ex = Exchange::open(config).expect("open the exchange");
+    (ex, state)
+}
+
 /// A configuration over `config` and `data` with fresh keys in `state/keys`.
 pub fn test_config(config: &Path, data: &Path, state: &Path) -> ExchangeConfig {
     let key_dir = state.join("keys");
