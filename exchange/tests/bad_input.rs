@@ -336,6 +336,34 @@ async fn ctes_that_double_at_each_reference_are_refused_before_planning() {
         Err(QueryError::Refused(r)) => assert!(r.contains("reference to a CTE"), "{r}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // Review 7: a chain over a CTE reading no table, and quoted names DataFusion tells
+    // apart by case, were counted short.
+    let mut no_table = String::from("WITH c0 AS (SELECT 1 AS a)");
+    let mut quoted = String::from("WITH \"q\" AS (SELECT 1 AS a)");
+    let mut previous = "\"q\"".to_string();
+    for i in 1..=16 {
+        no_table.push_str(&format!(
+            ", c{i} AS (SELECT x.a FROM c{j} x CROSS JOIN c{j} y)",
+            j = i - 1
+        ));
+        // "q", "Q", "qq", "QQ", ...: distinct names that are one name in lower case.
+        let name = format!(
+            "\"{}\"",
+            if i % 2 == 1 { "Q" } else { "q" }.repeat(i / 2 + 1)
+        );
+        quoted.push_str(&format!(
+            ", {name} AS (SELECT x.a FROM {previous} x CROSS JOIN {previous} y)"
+        ));
+        previous = name;
+    }
+    no_table.push_str(" SELECT count(*) AS n FROM c16");
+    quoted.push_str(&format!(" SELECT count(*) AS n FROM {previous}"));
+    for sql in [&no_table, &quoted] {
+        match ex.execute("market_trader", Some("data_product"), sql).await {
+            Err(QueryError::Refused(r)) => assert!(r.contains("reference to a CTE"), "{sql}\n{r}"),
+            other => panic!("expected a refusal of {sql}, got {other:?}"),
+        }
+    }
     // Case does not hide a reference; a CTE read a few times is fine.
     let shouted = sql.replace("FROM c", "FROM C");
     assert!(matches!(

@@ -735,6 +735,25 @@ async fn values_and_unnest_do_not_reset_how_large_a_value_can_be() {
             ),
         ),
         (
+            // A `to` from a column grows by a value's length, not by a constant factor.
+            "replace-by-a-column",
+            format!(
+                "WITH b AS (SELECT t.a FROM (VALUES ({l})) t(a))
+                 SELECT count(*) AS n {} AND octet_length(replace(b.a, 'x', b.a)) > 0 GROUP BY e.care_level",
+                visit.replace("WHERE", "CROSS JOIN b WHERE")
+            ),
+        ),
+        (
+            // One byte becomes a 4-byte character.
+            "translate",
+            format!(
+                "WITH b AS (SELECT t.a FROM (VALUES (concat({}))) t(a))
+                 SELECT count(*) AS n {} AND octet_length(translate(b.a, 'x', '𝔸')) > 0 GROUP BY e.care_level",
+                vec![l.as_str(); 8].join(", "),
+                visit.replace("WHERE", "CROSS JOIN b WHERE")
+            ),
+        ),
+        (
             "list-constant",
             format!(
                 "WITH b AS (SELECT t.a FROM (VALUES (make_array({}))) t(a))

@@ -885,6 +885,17 @@ async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
             vec!["j", "q"],
         ),
         (
+            // Review 7: DISTINCT dropped the person, and three copies of each row made a
+            // class of three.
+            "distinct-copied",
+            "SELECT t.p, t.g, t.y, t.d FROM (SELECT DISTINCT e.person_id AS p, r.gender AS g,
+                    CAST(date_part('year', r.birth_date) AS VARCHAR) AS y, r.district AS d
+                FROM hrss.employment e JOIN police.residents r ON r.person_id = e.person_pseudonym) t
+             CROSS JOIN (VALUES (1), (2), (3)) v(i)"
+                .to_string(),
+            vec!["g", "y", "d"],
+        ),
+        (
             "distinct",
             format!(
                 "SELECT t.p, t.g, t.y, t.d FROM (SELECT DISTINCT e.person_id AS p, r.gender AS g,
@@ -915,5 +926,46 @@ async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
             *all.entry(rows.clone()).or_default() += 1;
         }
         assert!(all.values().any(|n| *n < 3), "{name}: the test needs rare persons");
+    }
+}
+
+#[tokio::test]
+async fn rows_that_say_something_about_everyone_never_leave() {
+    // Review 7: one cell aggregating every person's quasi-identifiers (an aggregate copied
+    // three times, or a window over all rows next to each person) passed as a class of three
+    // rows, or as every person's identical class.
+    let (ex, state) = open();
+    let dir = state.path();
+    let people = "concat(e.person_id, '/', r.gender, '/', CAST(date_part('year', r.birth_date) AS VARCHAR), '/', r.district)";
+    for (name, sql) in [
+        (
+            "aggregate-copied",
+            format!(
+                "SELECT t.a FROM (SELECT array_agg({people}) AS a FROM hrss.employment e
+                   JOIN police.residents r ON r.person_id = e.person_pseudonym) t
+                 CROSS JOIN (VALUES (1), (2), (3)) v(i)"
+            ),
+        ),
+        (
+            "window",
+            format!(
+                "SELECT w.a FROM (SELECT array_agg({people}) OVER () AS a FROM hrss.employment e
+                   JOIN police.residents r ON r.person_id = e.person_pseudonym) w LIMIT 3"
+            ),
+        ),
+        (
+            "scalar-subquery",
+            format!(
+                "SELECT e.person_id, (SELECT max(r2.district) FROM police.residents r2) AS d, {people} AS x
+                 FROM hrss.employment e JOIN police.residents r ON r.person_id = e.person_pseudonym"
+            ),
+        ),
+    ] {
+        let out = dir.join(format!("{name}.parquet"));
+        let s = run(&ex, &request("research-g", &out, &sql)).await.unwrap();
+        let guard = s.manifest.body.guard.clone().unwrap_or_default();
+        assert_eq!(s.manifest.body.rows, 0, "{name}: {guard}");
+        let full = ok(&ex, HRSS.0, HRSS.1, &sql).await;
+        assert!(full.rows > 0, "{name}: the query has rows to withhold");
     }
 }

@@ -10,223 +10,25 @@ use std::collections::{BTreeMap, HashSet};
 use common::{cells, data_root, open, raw_strings};
 use exchange::QueryError;
 
-/// (kind, SQL). `{ID}`, `{PHONE}`, `{PATH}` are replaced by a real raw value or path.
-const HOSTILE: &[(&str, &str)] = &[
-    (
-        "subquery",
-        "SELECT (SELECT max(person_id) FROM police.residents) AS x",
-    ),
-    (
-        "subquery",
-        "SELECT * FROM (SELECT person_id, name, phone, address FROM police.residents) t",
-    ),
-    (
-        "subquery",
-        "SELECT count(*) FROM police.residents WHERE person_id IN (SELECT person_id FROM police.residents WHERE name LIKE '张%')",
-    ),
-    (
-        "exists",
-        "SELECT count(*) FROM police.residents r WHERE EXISTS (SELECT 1 FROM health.visits v WHERE v.person_id = r.person_id AND v.cost > 1000)",
-    ),
-    (
-        "exists",
-        "SELECT r.district FROM police.residents r WHERE EXISTS (SELECT 1 FROM health.visits v WHERE v.diagnosis_code = 'I10')",
-    ),
-    (
-        "cte",
-        "WITH x AS (SELECT * FROM police.residents) SELECT * FROM x",
-    ),
-    (
-        "cte",
-        "WITH x AS (SELECT person_id AS p, phone AS q FROM police.residents) SELECT p, q FROM x",
-    ),
-    (
-        "cte",
-        "WITH x AS (SELECT person_id FROM police.residents), y AS (SELECT * FROM x) SELECT a.person_id FROM x a JOIN y b ON a.person_id = b.person_id",
-    ),
-    (
-        "union",
-        "SELECT person_id FROM police.residents UNION ALL SELECT name FROM police.residents",
-    ),
-    (
-        "union",
-        "SELECT name AS v FROM police.residents UNION SELECT person_id FROM health.visits",
-    ),
-    (
-        "union",
-        "SELECT phone FROM police.residents UNION SELECT caller_phone FROM hotline.tickets",
-    ),
-    (
-        "self_join",
-        "SELECT a.name, b.person_id FROM police.residents a JOIN police.residents b ON a.person_id = b.person_id",
-    ),
-    (
-        "self_join",
-        "SELECT a.person_id, b.phone FROM police.residents a, police.residents b WHERE a.person_id = b.person_id LIMIT 5",
-    ),
-    (
-        "window",
-        "SELECT person_id, row_number() OVER (ORDER BY person_id) FROM police.residents",
-    ),
-    (
-        "window",
-        "SELECT sum(cost) OVER (PARTITION BY person_id) AS s FROM health.visits",
-    ),
-    (
-        "window",
-        "SELECT first_value(cost) OVER (ORDER BY visit_id) AS f, lag(diagnosis_code) OVER (ORDER BY visit_id) AS d FROM health.visits",
-    ),
-    (
-        "string_fn",
-        "SELECT substr(person_id, 1, 18) AS s FROM police.residents",
-    ),
-    (
-        "string_fn",
-        "SELECT upper(person_id), length(phone), concat(phone, '') FROM police.residents",
-    ),
-    (
-        "string_fn",
-        "SELECT name || phone AS x, reverse(address) AS y FROM police.residents",
-    ),
-    (
-        "cast",
-        "SELECT CAST(person_id AS VARCHAR) AS c FROM police.residents",
-    ),
-    (
-        "cast",
-        "SELECT sum(CAST(diagnosis_code AS INT)) FROM health.visits",
-    ),
-    (
-        "cast",
-        "SELECT CAST(phone AS BIGINT) AS c FROM police.residents",
-    ),
-    (
-        "cast",
-        "SELECT avg(CAST(diagnosis_code AS DOUBLE)) FROM health.visits",
-    ),
-    (
-        "order_limit",
-        "SELECT name FROM police.residents ORDER BY person_id LIMIT 1",
-    ),
-    (
-        "order_limit",
-        "SELECT district FROM police.residents ORDER BY phone DESC LIMIT 1",
-    ),
-    (
-        "order_limit",
-        "SELECT hospital FROM health.visits ORDER BY cost DESC LIMIT 1",
-    ),
-    (
-        "literal_join_key",
-        "SELECT count(*) FROM police.residents WHERE person_id = '{ID}'",
-    ),
-    (
-        "literal_join_key",
-        "SELECT count(*) FROM police.residents WHERE person_id LIKE '1201%'",
-    ),
-    (
-        "literal_join_key",
-        "SELECT count(*) FROM police.residents WHERE phone IN ('{PHONE}')",
-    ),
-    (
-        "literal_join_key",
-        "SELECT district FROM police.residents WHERE person_id > '5'",
-    ),
-    ("explain", "EXPLAIN SELECT * FROM police.residents"),
-    (
-        "explain",
-        "EXPLAIN VERBOSE SELECT r.name FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id",
-    ),
-    (
-        "explain",
-        "EXPLAIN ANALYZE SELECT count(*) FROM police.residents",
-    ),
-    (
-        "explain",
-        "EXPLAIN FORMAT INDENT SELECT * FROM health.visits WHERE cost > 10",
-    ),
-    ("describe", "DESCRIBE police.residents"),
-    ("describe", "SHOW TABLES"),
-    ("describe", "SHOW COLUMNS FROM police.residents"),
-    ("describe", "SELECT * FROM information_schema.tables"),
-    ("describe", "SELECT * FROM information_schema.columns"),
-    ("describe", "SHOW ALL"),
-    ("path_as_table", "SELECT * FROM '{PATH}'"),
-    ("path_as_table", "SELECT * FROM 'file://{PATH}'"),
-    ("path_as_table", "SELECT * FROM read_parquet('{PATH}')"),
-    (
-        "external_table",
-        "CREATE EXTERNAL TABLE leak STORED AS PARQUET LOCATION '{PATH}'",
-    ),
-    (
-        "external_table",
-        "CREATE TABLE leak AS SELECT * FROM police.residents",
-    ),
-    (
-        "external_table",
-        "CREATE VIEW v AS SELECT * FROM police.residents",
-    ),
-    (
-        "copy",
-        "COPY (SELECT * FROM police.residents) TO '/tmp/exchange-leak.parquet'",
-    ),
-    ("copy", "COPY police.residents TO '/tmp/exchange-leak.csv'"),
-    ("set", "SET datafusion.execution.collect_statistics = true"),
-    ("set", "SET datafusion.catalog.information_schema = true"),
-    (
-        "dml",
-        "INSERT INTO police.residents (person_id) VALUES ('x')",
-    ),
-    ("dml", "DELETE FROM police.residents"),
-    ("dml", "DROP TABLE police.residents"),
-    (
-        "quoting",
-        "SELECT \"PERSON_ID\", \"Name\" FROM \"POLICE\".\"RESIDENTS\"",
-    ),
-    (
-        "quoting",
-        "SELECT PERSON_ID, NAME, PHONE FROM POLICE.RESIDENTS",
-    ),
-    ("quoting", "SELECT * FROM exchange.police.residents"),
-    ("quoting", "SELECT * FROM datafusion.public.residents"),
-    (
-        "threshold",
-        "SELECT person_id, avg(cost) FROM health.visits GROUP BY person_id",
-    ),
-    (
-        "threshold",
-        "SELECT visit_id, sum(cost) AS s FROM health.visits GROUP BY visit_id",
-    ),
-    (
-        "threshold",
-        "SELECT r.name, r.birth_date, max(v.cost) AS m, min(v.diagnosis_code) AS d FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id GROUP BY r.name, r.birth_date",
-    ),
-    (
-        "threshold",
-        "SELECT hospital, max(cost) FROM health.visits GROUP BY hospital HAVING count(*) = 1",
-    ),
-    (
-        "aggregate_abuse",
-        "SELECT array_agg(cost) AS a, string_agg(diagnosis_code, ',') AS b FROM health.visits",
-    ),
-    (
-        "aggregate_abuse",
-        "SELECT min(person_id), max(phone) FROM police.residents",
-    ),
-    (
-        "aggregate_abuse",
-        "SELECT count(DISTINCT person_id) FROM police.residents",
-    ),
-    (
-        "multi_statement",
-        "SELECT 1; SELECT * FROM police.residents",
-    ),
-    ("table_function", "SELECT * FROM generate_series(1, 3)"),
-    (
-        "statistics",
-        "SELECT count(*), min(person_id), max(birth_date) FROM police.residents",
-    ),
-];
+/// (kind, SQL) of the hostile corpus, tests/sql/hostile.sql. `{ID}`, `{PHONE}`, `{PATH}` are
+/// replaced by a real raw value or path.
+fn hostile() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in include_str!("sql/hostile.sql").lines() {
+        if let Some(kind) = line.strip_prefix("-- kind: ") {
+            out.push((kind.trim().to_string(), String::new()));
+        } else if let Some((_, sql)) = out.last_mut()
+            && !line.starts_with("--")
+            && !line.trim().is_empty()
+        {
+            if !sql.is_empty() {
+                sql.push('\n');
+            }
+            sql.push_str(line);
+        }
+    }
+    out
+}
 
 const PRINCIPALS: &[(&str, &str)] = &[
     ("police_officer", "law_enforcement"),
@@ -320,18 +122,19 @@ async fn no_hostile_query_reveals_a_protected_value() {
         .join("police/residents.parquet")
         .display()
         .to_string();
-    let kinds: HashSet<&str> = HOSTILE.iter().map(|(k, _)| *k).collect();
+    let hostile = hostile();
+    let kinds: HashSet<&str> = hostile.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
-        HOSTILE.len() >= 40 && kinds.len() >= 12,
+        hostile.len() >= 40 && kinds.len() >= 12,
         "{} queries, {} kinds",
-        HOSTILE.len(),
+        hostile.len(),
         kinds.len()
     );
 
     let mut outcomes: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     for (principal, purpose) in PRINCIPALS {
         let guard = protected(principal);
-        for (kind, template) in HOSTILE {
+        for (kind, template) in &hostile {
             let sql = template
                 .replace("{ID}", &id)
                 .replace("{PHONE}", &phone)
@@ -379,207 +182,27 @@ async fn no_hostile_query_reveals_a_protected_value() {
     }
     // The audit log recorded every one of them.
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
-    assert_eq!(records.len(), PRINCIPALS.len() * HOSTILE.len());
+    assert_eq!(records.len(), PRINCIPALS.len() * hostile.len());
 }
 
+/// The attacks refused with their reasons, and the allowed uses of join keys, are SQL files:
+/// tests/sql/civil_analyst/elderly_care_planning/{refusals,join_keys}.slt (run by
+/// tests/sql.rs).
 #[tokio::test]
-async fn specific_attacks_are_refused_with_reasons() {
+async fn a_scalar_subquery_aggregates_in_its_own_block_under_its_threshold() {
     let (ex, _state) = open();
-    let civil = |sql: &'static str| (sql, "civil_analyst", "elderly_care_planning");
-    let cases = [
-        (civil("SELECT person_id FROM police.residents"), "join key"),
-        (
-            civil("SELECT count(*) FROM police.residents WHERE person_id = 'x'"),
-            "join key",
-        ),
-        (
-            civil("SELECT upper(person_id) FROM police.residents"),
-            "join key",
-        ),
-        (
-            civil("SELECT person_id, count(*) FROM police.residents GROUP BY person_id"),
-            "join key",
-        ),
-        (
-            civil("SELECT district FROM police.residents ORDER BY person_id"),
-            "join key",
-        ),
-        (civil("SELECT cost FROM health.visits"), "aggregate"),
-        (
-            civil("SELECT count(*) FROM health.visits WHERE cost > 100"),
-            "aggregate",
-        ),
-        (
-            civil("SELECT sum(cost) OVER () FROM health.visits"),
-            "aggregate",
-        ),
-        (
-            civil("SELECT array_agg(cost) FROM health.visits"),
-            "aggregate",
-        ),
-        (
-            civil("SELECT sum(CAST(diagnosis_code AS INT)) FROM health.visits"),
-            "aggregate",
-        ),
-        (
-            civil("SELECT diagnosis_code, count(*) FROM health.visits GROUP BY diagnosis_code"),
-            "aggregate",
-        ),
-        (
-            civil(
-                "SELECT r.district FROM police.residents r JOIN health.visits v ON r.person_id = v.visit_date",
-            ),
-            "join key",
-        ),
-        (
-            civil(
-                "SELECT 1 FROM police.residents r JOIN civil.elderly_care e ON r.person_id = e.person_id",
-            ),
-            "join key",
-        ),
-        (
-            civil("SELECT person_id FROM police.residents UNION SELECT 'x'"),
-            "join key",
-        ),
-        (
-            civil("SELECT * FROM generate_series(1, 3)"),
-            "not found or not granted",
-        ),
-        (civil("EXPLAIN ANALYZE SELECT 1"), "EXPLAIN ANALYZE"),
-        (
-            civil("SET datafusion.execution.collect_statistics = true"),
-            "SET",
-        ),
-        (civil("COPY (SELECT 1) TO '/tmp/x.csv'"), "COPY"),
-        (
-            civil("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/tmp'"),
-            "CREATE EXTERNAL TABLE",
-        ),
-        (civil("SHOW TABLES"), "SHOW"),
-        (civil("SELECT 1; SELECT 2"), "one statement"),
-        (
-            civil("SELECT * FROM information_schema.tables"),
-            "not found or not granted",
-        ),
-        (
-            civil("SELECT * FROM market.enterprises"),
-            "not found or not granted",
-        ),
-        (
-            civil("SELECT * FROM market.no_such_table"),
-            "not found or not granted",
-        ),
-        // propagation through aliases, nested subqueries, CTEs used twice, UNION, outer joins
-        (
-            civil(
-                "SELECT k FROM (SELECT k FROM (SELECT person_id AS k FROM police.residents) a) b",
-            ),
-            "join key",
-        ),
-        (
-            civil(
-                "WITH r AS (SELECT person_id AS k FROM police.residents) SELECT a.k FROM r a JOIN r b ON a.k = b.k",
-            ),
-            "join key",
-        ),
-        (
-            civil(
-                "SELECT person_id FROM police.residents UNION ALL SELECT name FROM police.residents",
-            ),
-            "UNION mixing",
-        ),
-        (
-            civil(
-                "SELECT r.district, v.person_id FROM police.residents r LEFT JOIN health.visits v ON v.person_id = r.person_id",
-            ),
-            "join key",
-        ),
-        (
-            civil("SELECT c FROM (SELECT cost AS c FROM health.visits) t ORDER BY c"),
-            "aggregate",
-        ),
-        (
-            civil("SELECT (SELECT avg(cost) FROM health.visits) + 0 AS x"),
-            "ok-if-thresholded",
-        ),
-        (
-            civil(
-                "SELECT district, sum(v.cost) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id GROUP BY ROLLUP(district)",
-            ),
-            "ROLLUP",
-        ),
-        (
-            civil(
-                "SELECT count(*) FROM police.residents r JOIN health.visits v ON r.person_id = v.person_id AND v.cost > 10",
-            ),
-            "aggregate-only",
-        ),
-        (
-            civil(
-                "SELECT count(*) FROM police.residents WHERE person_id = ANY(SELECT person_key FROM civil.elderly_care)",
-            ),
-            "join key",
-        ),
-        // rows of a min_group table leave only aggregated
-        (
-            civil(
-                "SELECT count(*) FROM police.residents r WHERE EXISTS (SELECT 1 FROM health.visits v WHERE v.person_id = r.person_id)",
-            ),
-            "only be used aggregated",
-        ),
-        (
-            civil(
-                "SELECT e.person_id FROM civil.elderly_care e JOIN health.visits v ON e.person_key = v.person_id",
-            ),
-            "only be used aggregated",
-        ),
-        (
-            civil(
-                "SELECT DISTINCT e.person_id FROM civil.elderly_care e JOIN health.visits v ON e.person_key = v.person_id",
-            ),
-            "only be used aggregated",
-        ),
-        (
-            civil(
-                "SELECT e.person_id, v.visit_date FROM civil.elderly_care e, health.visits v WHERE e.person_key = v.person_id",
-            ),
-            "only be used aggregated",
-        ),
-    ];
-    for ((sql, principal, purpose), expect) in cases {
-        if expect == "ok-if-thresholded" {
-            // A scalar subquery aggregates inside its own block: allowed, thresholded.
-            let out = common::ok(&ex, principal, purpose, sql).await;
-            assert!(
-                out.thresholds.iter().any(|t| t.contains("cost")),
-                "{:?}",
-                out.thresholds
-            );
-            continue;
-        }
-        let reason = common::refused(&ex, principal, Some(purpose), sql).await;
-        assert!(
-            reason.contains(expect),
-            "{sql}\n  -> {reason}\n  expected to mention {expect}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn allowed_uses_of_constrained_columns_still_work() {
-    let (ex, _state) = open();
-    let civil = ("civil_analyst", "elderly_care_planning");
-    for sql in [
-        // join keys through aliases, CTEs used twice, IN subqueries and outer joins
-        "WITH r AS (SELECT person_id AS k, district FROM police.residents) SELECT count(*) FROM r a JOIN r b ON a.k = b.k",
-        "SELECT count(*) FROM police.residents WHERE person_id IN (SELECT person_key FROM civil.elderly_care)",
-        "SELECT r.district, count(v.hospital) FROM police.residents r LEFT JOIN health.visits v ON v.person_id = r.person_id GROUP BY r.district",
-        "SELECT r.district, sum(v.cost) AS s FROM police.residents r, health.visits v WHERE r.person_id = v.person_id GROUP BY r.district",
-        "SELECT avg(c) FROM (SELECT r.district, v.cost AS c, v.person_id FROM health.visits v JOIN police.residents r ON v.person_id = r.person_id) t",
-        "SELECT count(*) FROM (SELECT name FROM police.residents UNION ALL SELECT name FROM police.residents) u",
-    ] {
-        common::ok(&ex, civil.0, civil.1, sql).await;
-    }
+    let out = common::ok(
+        &ex,
+        "civil_analyst",
+        "elderly_care_planning",
+        "SELECT (SELECT avg(cost) FROM health.visits) + 0 AS x",
+    )
+    .await;
+    assert!(
+        out.thresholds.iter().any(|t| t.contains("cost")),
+        "{:?}",
+        out.thresholds
+    );
 }
 
 #[tokio::test]
@@ -649,24 +272,8 @@ async fn reviewed_attacks_are_closed() {
     let r = common::refused(&ex, civil.0, Some(civil.1), &sql).await;
     assert!(r.contains("FILTER"), "{r}");
 
-    // Join-key tokens: no casts that fail, no self-comparison, no literals through UNION.
-    for (sql, expect) in [
-        (
-            "SELECT count(*) FROM police.residents WHERE CAST(person_id AS BIGINT) = CAST(person_id AS BIGINT)",
-            "cast",
-        ),
-        (
-            "SELECT count(*) FROM police.residents WHERE person_id = person_id",
-            "another table",
-        ),
-        (
-            "SELECT count(*) FROM police.residents r WHERE r.person_id = (SELECT x FROM (SELECT person_key AS x FROM civil.elderly_care WHERE false UNION ALL SELECT 'abc') u)",
-            "UNION mixing",
-        ),
-    ] {
-        let r = common::refused(&ex, civil.0, Some(civil.1), sql).await;
-        assert!(r.contains(expect), "{sql}\n  -> {r}");
-    }
+    // Join-key tokens (no casts that fail, no self-comparison, no literals through UNION):
+    // tests/sql/civil_analyst/elderly_care_planning/join_keys.slt.
 
     // Per-person visit counts: every group is one person, so all are suppressed.
     let out = common::ok(

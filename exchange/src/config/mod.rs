@@ -216,9 +216,21 @@ impl Settings {
         }
     }
 
-    /// Parse TOML text; the error names line and column.
+    /// Parse TOML text; the error names line and column, and what is wrong, but never
+    /// quotes the file (review 7: `--config keys/secret.key` printed the key).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| {
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!("line {line}, column {column}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", e.message().trim_end())
+        })
     }
 
     fn rebase(&mut self, base: &Path) {
@@ -343,6 +355,17 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("max_concurent"), "{err}");
         let err = Settings::parse("[serve]\nmax_concurrent = \"eight\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        let secret = "5e".repeat(32);
+        let err = Settings::parse(&secret).unwrap_err();
+        assert!(!err.contains("5e5e"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+        let err = Settings::parse(&format!("[paths]\ndata_root = 3 # {secret}\n")).unwrap_err();
+        assert!(!err.contains("5e5e"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
 

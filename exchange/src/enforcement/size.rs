@@ -159,20 +159,25 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
                 }) => sum,
                 Expr::ScalarFunction(f) => match f.func.name() {
                     "concat" | "concat_ws" | "make_array" | "array_append" | "array_prepend"
-                    | "array_concat" => sum,
-                    // Each match of `from` becomes `to`: at most |to| + 1 times the input.
+                    | "array_concat" | "named_struct" | "struct" => sum,
+                    // Each match of `from` becomes `to`: at most |to| + 1 times the input,
+                    // for a constant `to`. A `to` from a column is as long as a value, which
+                    // is no multiple of one (review 7: 1 KiB became 1 MiB).
                     "replace" => {
-                        let to = f.args.get(2);
-                        let factor = to
+                        let factor = f
+                            .args
+                            .get(2)
                             .and_then(literal_len)
-                            .map(|n| n + 1)
-                            .or_else(|| to.and_then(|t| child(t).ok()).map(|b| b.growth + 1))
-                            .unwrap_or(MAX_GROWTH + 1);
+                            .map_or(MAX_GROWTH + 1, |n| n + 1);
                         kids.first().map_or(1, |k| k.growth).saturating_mul(factor)
                     }
-                    // Case mapping can turn one character into three.
+                    // Case mapping can turn one character into three; `translate` one byte
+                    // into a 4-byte character.
                     "upper" | "lower" | "initcap" => max.saturating_mul(3),
-                    "to_hex" => max.saturating_mul(2),
+                    "translate" => max.saturating_mul(4),
+                    "to_hex" | "encode" => max.saturating_mul(2),
+                    // One element per character, each with its own offset.
+                    "string_to_array" => max.saturating_mul(5),
                     _ => max,
                 },
                 _ => max,

@@ -162,9 +162,9 @@ pub(super) fn check_size(stmt: &DFStatement) -> Result<(), QueryError> {
 
 /// Tables a statement reads once every reference to a CTE is replaced by the CTE's query,
 /// as DataFusion's planner does: a chain of CTEs each reading the previous one twice doubles
-/// at every level, and 16 levels in 800 bytes took a minute to plan (review 6). CTE names
-/// are matched case-insensitively, and a CTE's body also counts where it is written: an
-/// over-count, never an under-count.
+/// at every level, and 16 levels in 800 bytes took a minute to plan (review 6). Names are
+/// resolved as DataFusion does; a CTE counts at least one table, and its body also counts
+/// where it is written: an over-count, never an under-count.
 fn expanded_tables(stmt: &datafusion::sql::sqlparser::ast::Statement) -> u64 {
     use datafusion::sql::sqlparser::ast::{ObjectName, Query, Visit, Visitor, visit_relations};
     use std::collections::HashMap;
@@ -178,7 +178,7 @@ fn expanded_tables(stmt: &datafusion::sql::sqlparser::ast::Statement) -> u64 {
             if let Some(with) = &query.with {
                 for cte in &with.cte_tables {
                     self.0
-                        .entry(cte.alias.name.value.to_lowercase())
+                        .entry(normal(&cte.alias.name))
                         .or_default()
                         .push((*cte.query).clone());
                 }
@@ -186,9 +186,17 @@ fn expanded_tables(stmt: &datafusion::sql::sqlparser::ast::Statement) -> u64 {
             ControlFlow::Continue(())
         }
     }
+    // As DataFusion resolves names: unquoted ones in lower case, quoted ones as written
+    // (review 7: `"Abc"` and `"abc"` are two CTEs, not one reference to itself).
+    fn normal(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+        match ident.quote_style {
+            Some(_) => ident.value.clone(),
+            None => ident.value.to_lowercase(),
+        }
+    }
     fn name_of(rel: &ObjectName) -> Option<String> {
         match rel.0.as_slice() {
-            [part] => part.as_ident().map(|i| i.value.to_lowercase()),
+            [part] => part.as_ident().map(normal),
             _ => None,
         }
     }
@@ -206,9 +214,11 @@ fn expanded_tables(stmt: &datafusion::sql::sqlparser::ast::Statement) -> u64 {
                         *w
                     } else {
                         stack.push(n.clone());
+                        // A query reading no table still counts (`SELECT 1` doubled 16 times
+                        // planned as long as a table, review 7).
                         let w = ctes.0.get(&n).map_or(1, |qs| {
                             qs.iter()
-                                .map(|q| weight_of(q, ctes, memo, stack))
+                                .map(|q| weight_of(q, ctes, memo, stack).max(1))
                                 .max()
                                 .unwrap_or(1)
                         });

@@ -5,8 +5,12 @@
 //! key (its quasi-identifier columns, see [`super::guard`]) is collected per subject (the
 //! entity of the row's source record, carried in hidden columns the file never holds), a
 //! person's signature is the multiset of their rows' keys, and a class is the set of people
-//! with one signature. Rows without a subject (groups of an aggregation, rows whose subject
-//! a subquery or UNNEST dropped, an outer join's padding) are classes of all their columns. Keys and subjects are kept as 128-bit keyed hashes, never as values.
+//! with one signature. A row without a subject (a group of an aggregation, a row whose subject
+//! a subquery, DISTINCT or UNNEST dropped, an outer join's padding), and every row of a plan
+//! whose rows can mix several people's quasi-identifiers ([`GuardSpec::per_person`]), cannot
+//! be attributed to the people it describes: copies of it (a cross join, UNION ALL) are not
+//! more people (review 7), so it is a class of one, kept only when k is 1. Keys and subjects
+//! are kept as 128-bit keyed hashes, never as values.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -53,10 +57,6 @@ pub struct ClassCounter {
     keys: RowConverter,
     /// One converter per subject column: a subject is its value, whatever column holds it.
     subject_rows: Vec<RowConverter>,
-    /// All the file's columns: the key of a row without a subject (an aggregate's group, a
-    /// row whose subject UNNEST or a subquery dropped, an outer join's padding).
-    own: Vec<usize>,
-    whole: RowConverter,
     hash: Hash128,
     /// Per row: its key.
     row_keys: Vec<u128>,
@@ -73,26 +73,21 @@ impl ClassCounter {
             // No class columns: the whole result is one class (one NULL key).
             fields.push(SortField::new(arrow::datatypes::DataType::Null));
         }
-        let subject_rows = spec
-            .subjects
+        // Without sound attribution, no subjects: every row is a class of one.
+        let subjects: Vec<usize> = if spec.per_person {
+            spec.subjects.clone()
+        } else {
+            vec![]
+        };
+        let subject_rows = subjects
             .iter()
             .map(|i| RowConverter::new(vec![field(i)]))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let own: Vec<usize> = (0..schema.fields().len())
-            .filter(|i| !spec.subjects.contains(i))
-            .collect();
-        let mut whole_fields: Vec<SortField> = own.iter().map(field).collect();
-        if whole_fields.is_empty() {
-            whole_fields.push(SortField::new(arrow::datatypes::DataType::Null));
-        }
-        let whole = RowConverter::new(whole_fields)?;
         Ok(Self {
             columns: spec.columns.clone(),
-            subjects: spec.subjects.clone(),
+            subjects,
             keys: RowConverter::new(fields)?,
             subject_rows,
-            own,
-            whole,
             hash: Hash128::default(),
             row_keys: Vec::new(),
             row_subjects: Vec::new(),
@@ -120,14 +115,6 @@ impl ClassCounter {
             let column = batch.column(*i);
             subject_keys.push((column, conv.convert_columns(std::slice::from_ref(column))?));
         }
-        let mut own: Vec<ArrayRef> = self.own.iter().map(|i| batch.column(*i).clone()).collect();
-        if own.is_empty() {
-            own.push(arrow::array::new_null_array(
-                &arrow::datatypes::DataType::Null,
-                batch.num_rows(),
-            ));
-        }
-        let whole = self.whole.convert_columns(&own)?;
         for row in 0..batch.num_rows() {
             let mut subjects = Vec::new();
             for (column, rows) in &subject_keys {
@@ -141,14 +128,7 @@ impl ClassCounter {
                     subjects.push(s);
                 }
             }
-            // A row without a subject says what it says on its own, identifiers included:
-            // all its columns are its key (it may be one person's, who is not traced).
-            let key = if subjects.is_empty() {
-                self.hash.of(whole.row(row).as_ref())
-            } else {
-                self.hash.of(keys.row(row).as_ref())
-            };
-            self.row_keys.push(key);
+            self.row_keys.push(self.hash.of(keys.row(row).as_ref()));
             self.row_subjects.push(subjects);
         }
         Ok(())
@@ -159,10 +139,11 @@ impl ClassCounter {
         let k = u64::from(k);
         // A person's signature: the sorted multiset of their rows' keys.
         let mut people: HashMap<u128, Vec<u128>> = HashMap::new();
-        let mut row_classes: HashMap<u128, u64> = HashMap::new();
+        // Rows that cannot be attributed: each a class of one.
+        let mut lone = 0usize;
         for (key, subjects) in self.row_keys.iter().zip(&self.row_subjects) {
             if subjects.is_empty() {
-                *row_classes.entry(*key).or_default() += 1;
+                lone += 1;
             }
             for s in subjects {
                 people.entry(*s).or_default().push(*key);
@@ -184,22 +165,21 @@ impl ClassCounter {
                 .is_none_or(|n| *n < k)
         };
         let drop: Vec<bool> = self
-            .row_keys
+            .row_subjects
             .iter()
-            .zip(&self.row_subjects)
-            .map(|(key, subjects)| {
+            .map(|subjects| {
                 if subjects.is_empty() {
-                    row_classes.get(key).is_none_or(|n| *n < k)
+                    1 < k
                 } else {
                     subjects.iter().any(small_person)
                 }
             })
             .collect();
         let small_rows = drop.iter().filter(|d| **d).count() as u64;
-        let small_classes = signatures.values().filter(|n| **n < k).count()
-            + row_classes.values().filter(|n| **n < k).count();
+        let small_lone = if 1 < k { lone } else { 0 };
+        let small_classes = signatures.values().filter(|n| **n < k).count() + small_lone;
         Verdict {
-            classes: signatures.len() + row_classes.len(),
+            classes: signatures.len() + lone,
             small_classes,
             small_rows,
             drop,

@@ -36,6 +36,11 @@ pub struct GuardSpec {
     pub aggregated: bool,
     /// Output columns carrying the rows' subjects (never written to the file).
     pub subjects: Vec<usize>,
+    /// Whether a row's quasi-identifier values come from its subjects' own records only, so
+    /// that classes can be counted per person. Not when an aggregate, a window or a
+    /// subquery reads quasi-identifiers: one row then says something about other people
+    /// (`array_agg(...) OVER ()` put every resident in every row, review 7).
+    pub per_person: bool,
 }
 
 /// Tables whose entities the root aggregate's policy threshold counts, if the plan's rows
@@ -85,6 +90,7 @@ impl GuardSpec {
                 action: rule.action,
                 aggregated: false,
                 subjects: vec![],
+                per_person: false,
             });
             s.k = s.k.max(rule.k);
             if rule.action == KAction::Refuse {
@@ -116,6 +122,7 @@ impl GuardSpec {
         }
         spec.aggregated =
             root_thresholds(plan).is_some_and(|t| tables.iter().all(|q| t.contains(q)));
+        spec.per_person = !spec.subjects.is_empty() && !mixes_people(plan, &|s| quasi(s).is_some());
         Some(spec)
     }
 }
@@ -215,6 +222,41 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
         })
     });
     shaped
+}
+
+/// Whether some row's values can combine quasi-identifiers of several records: an aggregate
+/// or a window over them, or a subquery reading them, anywhere in the plan.
+fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -> bool {
+    plan.exists(|node| {
+        let input_reads_qi = |exprs: &[Expr]| {
+            node.inputs().first().is_some_and(|input| {
+                let of = lineage(input);
+                exprs.iter().any(|e| {
+                    let (columns, read) = references(e, input.schema());
+                    read.iter().any(is_qi)
+                        || columns
+                            .iter()
+                            .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)))
+                })
+            })
+        };
+        let subquery_reads_qi = node.expressions().iter().any(|e| {
+            let mut schema = DFSchema::empty();
+            for input in node.inputs() {
+                schema.merge(input.schema());
+            }
+            references(e, &schema).1.iter().any(is_qi)
+        });
+        Ok(subquery_reads_qi
+            || match node {
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => {
+                    input_reads_qi(&node.expressions())
+                }
+                LogicalPlan::Subquery(s) => read_anywhere(&s.subquery).iter().any(is_qi),
+                _ => false,
+            })
+    })
+    .unwrap_or(true)
 }
 
 /// Whether a plan can hold several rows from one source row: a join (not a semi or anti
