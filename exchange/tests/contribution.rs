@@ -749,7 +749,7 @@ async fn values_and_unnest_do_not_reset_how_large_a_value_can_be() {
             format!(
                 "WITH b AS (SELECT t.a FROM (VALUES (concat({}))) t(a))
                  SELECT count(*) AS n {} AND octet_length(translate(b.a, 'x', '𝔸')) > 0 GROUP BY e.care_level",
-                vec![l.as_str(); 8].join(", "),
+                [l.as_str(); 8].join(", "),
                 visit.replace("WHERE", "CROSS JOIN b WHERE")
             ),
         ),
