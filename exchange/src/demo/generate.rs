@@ -12,7 +12,7 @@ use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
     StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{Field, Schema};
 use chrono::{Datelike, NaiveDate};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
@@ -101,7 +101,15 @@ struct Resident {
     district: usize,
 }
 
-fn write(path: &Path, schema: Arc<Schema>, columns: Vec<ArrayRef>) -> Result<(), GenerateError> {
+/// Write `(name, nullable, values)` columns as one Parquet file, atomically.
+fn write(path: &Path, columns: Vec<(&str, bool, ArrayRef)>) -> Result<(), GenerateError> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, nullable, a)| Field::new(*name, a.data_type().clone(), *nullable))
+            .collect::<Vec<_>>(),
+    ));
+    let columns: Vec<ArrayRef> = columns.into_iter().map(|(_, _, a)| a).collect();
     let err = |message: String| GenerateError::Write {
         path: path.display().to_string(),
         message,
@@ -239,31 +247,19 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
             district,
         });
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("person_id", DataType::Utf8, false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("gender", DataType::Utf8, false),
-        Field::new("birth_date", DataType::Date32, false),
-        Field::new("phone", DataType::Utf8, false),
-        Field::new("address", DataType::Utf8, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("household_size", DataType::Int32, false),
-        Field::new("registered_on", DataType::Date32, false),
-    ]));
     let lives_alone: Vec<bool> = c_hh.iter().map(|h| *h == 1).collect();
     write(
         &root.join(FILES[0]),
-        schema,
         vec![
-            s(c_id),
-            s(c_name),
-            s(c_gender),
-            Arc::new(Date32Array::from(c_birth)),
-            s(c_phone),
-            s(c_addr),
-            s(c_dist),
-            Arc::new(Int32Array::from(c_hh)),
-            Arc::new(Date32Array::from(c_reg)),
+            ("person_id", false, s(c_id)),
+            ("name", false, s(c_name)),
+            ("gender", false, s(c_gender)),
+            ("birth_date", false, Arc::new(Date32Array::from(c_birth))),
+            ("phone", false, s(c_phone)),
+            ("address", false, s(c_addr)),
+            ("district", false, s(c_dist)),
+            ("household_size", false, Arc::new(Int32Array::from(c_hh))),
+            ("registered_on", false, Arc::new(Date32Array::from(c_reg))),
         ],
     )?;
 
@@ -329,28 +325,21 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
         );
         e_uscc.push(uscc);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("uscc", DataType::Utf8, false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("legal_rep_id", DataType::Utf8, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("industry", DataType::Utf8, false),
-        Field::new("registered_capital", DataType::Int64, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("established", DataType::Date32, false),
-    ]));
     write(
         &root.join(FILES[4]),
-        schema,
         vec![
-            s(e_uscc.clone()),
-            s(e_name.clone()),
-            s(e_rep),
-            s(e_dist),
-            s(e_ind),
-            Arc::new(Int64Array::from(e_cap)),
-            s(e_status),
-            Arc::new(Date32Array::from(e_est)),
+            ("uscc", false, s(e_uscc.clone())),
+            ("name", false, s(e_name.clone())),
+            ("legal_rep_id", false, s(e_rep)),
+            ("district", false, s(e_dist)),
+            ("industry", false, s(e_ind)),
+            (
+                "registered_capital",
+                false,
+                Arc::new(Int64Array::from(e_cap)),
+            ),
+            ("status", false, s(e_status)),
+            ("established", false, Arc::new(Date32Array::from(e_est))),
         ],
     )?;
 
@@ -387,26 +376,16 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
         w_ins.push(rng.below(240) as i32);
         w_upd.push(days(today) - rng.below(365) as i32);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("person_id", DataType::Utf8, false),
-        Field::new("employer_uscc", DataType::Utf8, false),
-        Field::new("employer_name", DataType::Utf8, false),
-        Field::new("job_type", DataType::Utf8, false),
-        Field::new("monthly_wage", DataType::Float64, false),
-        Field::new("insured_months", DataType::Int32, false),
-        Field::new("updated_on", DataType::Date32, false),
-    ]));
     write(
         &root.join(FILES[1]),
-        schema,
         vec![
-            s(w_id),
-            s(w_uscc),
-            s(w_emp),
-            s(w_job),
-            Arc::new(Float64Array::from(w_wage)),
-            Arc::new(Int32Array::from(w_ins)),
-            Arc::new(Date32Array::from(w_upd)),
+            ("person_id", false, s(w_id)),
+            ("employer_uscc", false, s(w_uscc)),
+            ("employer_name", false, s(w_emp)),
+            ("job_type", false, s(w_job)),
+            ("monthly_wage", false, Arc::new(Float64Array::from(w_wage))),
+            ("insured_months", false, Arc::new(Int32Array::from(w_ins))),
+            ("updated_on", false, Arc::new(Date32Array::from(w_upd))),
         ],
     )?;
 
@@ -431,26 +410,16 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
             v_chronic.push(chronic);
         }
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("visit_id", DataType::Utf8, false),
-        Field::new("person_id", DataType::Utf8, false),
-        Field::new("visit_date", DataType::Date32, false),
-        Field::new("hospital", DataType::Utf8, false),
-        Field::new("diagnosis_code", DataType::Utf8, false),
-        Field::new("cost", DataType::Float64, false),
-        Field::new("chronic", DataType::Boolean, false),
-    ]));
     write(
         &root.join(FILES[2]),
-        schema,
         vec![
-            s(v_id),
-            s(v_pid),
-            Arc::new(Date32Array::from(v_date)),
-            s(v_hosp),
-            s(v_diag),
-            Arc::new(Float64Array::from(v_cost)),
-            Arc::new(BooleanArray::from(v_chronic)),
+            ("visit_id", false, s(v_id)),
+            ("person_id", false, s(v_pid)),
+            ("visit_date", false, Arc::new(Date32Array::from(v_date))),
+            ("hospital", false, s(v_hosp)),
+            ("diagnosis_code", false, s(v_diag)),
+            ("cost", false, Arc::new(Float64Array::from(v_cost))),
+            ("chronic", false, Arc::new(BooleanArray::from(v_chronic))),
         ],
     )?;
 
@@ -474,24 +443,19 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
         c_sub.push(f64::from(level) * 200.0 + if lives_alone[i] { 300.0 } else { 0.0 });
         c_since.push(days(r.birth) + 60 * 365 + rng.below(3000) as i32);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("person_id", DataType::Utf8, false),
-        Field::new("care_level", DataType::Int32, false),
-        Field::new("lives_alone", DataType::Boolean, false),
-        Field::new("disability_grade", DataType::Int32, true),
-        Field::new("subsidy_monthly", DataType::Float64, false),
-        Field::new("since", DataType::Date32, false),
-    ]));
     write(
         &root.join(FILES[3]),
-        schema,
         vec![
-            s(c_pid),
-            Arc::new(Int32Array::from(c_level)),
-            Arc::new(BooleanArray::from(c_alone)),
-            Arc::new(Int32Array::from(c_dis)),
-            Arc::new(Float64Array::from(c_sub)),
-            Arc::new(Date32Array::from(c_since)),
+            ("person_id", false, s(c_pid)),
+            ("care_level", false, Arc::new(Int32Array::from(c_level))),
+            ("lives_alone", false, Arc::new(BooleanArray::from(c_alone))),
+            ("disability_grade", true, Arc::new(Int32Array::from(c_dis))),
+            (
+                "subsidy_monthly",
+                false,
+                Arc::new(Float64Array::from(c_sub)),
+            ),
+            ("since", false, Arc::new(Date32Array::from(c_since))),
         ],
     )?;
 
@@ -521,27 +485,24 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
             .push(resolved.then(|| created + (1 + rng.below(14 * 86_400) as i64) * 1_000_000));
         t_sat.push(resolved.then(|| rng.below(10) < 7));
     }
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("ticket_id", DataType::Utf8, false),
-        Field::new("caller_phone", DataType::Utf8, false),
-        Field::new("district", DataType::Utf8, false),
-        Field::new("category", DataType::Utf8, false),
-        Field::new("created_at", ts.clone(), false),
-        Field::new("resolved_at", ts, true),
-        Field::new("satisfied", DataType::Boolean, true),
-    ]));
     write(
         &root.join(FILES[5]),
-        schema,
         vec![
-            s(t_id),
-            s(t_phone),
-            s(t_dist),
-            s(t_cat),
-            Arc::new(TimestampMicrosecondArray::from(t_created)),
-            Arc::new(TimestampMicrosecondArray::from(t_resolved)),
-            Arc::new(BooleanArray::from(t_sat)),
+            ("ticket_id", false, s(t_id)),
+            ("caller_phone", false, s(t_phone)),
+            ("district", false, s(t_dist)),
+            ("category", false, s(t_cat)),
+            (
+                "created_at",
+                false,
+                Arc::new(TimestampMicrosecondArray::from(t_created)),
+            ),
+            (
+                "resolved_at",
+                true,
+                Arc::new(TimestampMicrosecondArray::from(t_resolved)),
+            ),
+            ("satisfied", true, Arc::new(BooleanArray::from(t_sat))),
         ],
     )?;
     Ok(n)

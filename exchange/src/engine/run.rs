@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::collect;
@@ -147,35 +147,17 @@ async fn run_inner(
             let Some(cols) = Exchange::visible_columns(session, &key) else {
                 return Err(QueryError::Refused(not_granted(session, &key)));
             };
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("column_name", DataType::Utf8, false),
-                Field::new("data_type", DataType::Utf8, false),
-                Field::new("treatment", DataType::Utf8, false),
-            ]));
-            let batch = RecordBatch::try_new(
-                schema.clone(),
+            let text = |f: &dyn Fn(&super::VisibleColumn) -> String| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values(cols.iter().map(f)))
+            };
+            text_columns(
                 vec![
-                    Arc::new(StringArray::from_iter_values(
-                        cols.iter().map(|c| c.name.clone()),
-                    )),
-                    Arc::new(StringArray::from_iter_values(
-                        cols.iter().map(|c| c.data_type.to_string()),
-                    )),
-                    Arc::new(StringArray::from_iter_values(
-                        cols.iter().map(|c| c.treatment.to_string()),
-                    )),
+                    ("column_name", text(&|c| c.name.clone())),
+                    ("data_type", text(&|c| c.data_type.to_string())),
+                    ("treatment", text(&|c| c.treatment.to_string())),
                 ],
+                vec![],
             )
-            .map_err(|e| QueryError::Failed(e.to_string()))?;
-            let digest = String::new();
-            Ok(QueryOutput {
-                schema,
-                rows: batch.num_rows() as u64,
-                batches: vec![batch],
-                tables: vec![],
-                thresholds: vec![],
-                digest,
-            })
         }
     }
 }
@@ -185,16 +167,31 @@ fn text_output(
     lines: Vec<String>,
     tables: Vec<TableUse>,
 ) -> Result<QueryOutput, QueryError> {
-    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
-        .map_err(|e| QueryError::Failed(e.to_string()))?;
-    let digest = String::new();
+    text_columns(vec![(column, Arc::new(StringArray::from(lines)))], tables)
+}
+
+/// A result of non-null text columns made by the exchange itself (EXPLAIN, DESCRIBE).
+fn text_columns(
+    columns: Vec<(&str, ArrayRef)>,
+    tables: Vec<TableUse>,
+) -> Result<QueryOutput, QueryError> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .map_err(|e| QueryError::Failed(e.to_string()))?;
     Ok(QueryOutput {
         schema,
         rows: batch.num_rows() as u64,
         batches: vec![batch],
         tables,
         thresholds: vec![],
-        digest,
+        digest: String::new(),
     })
 }

@@ -191,22 +191,29 @@ impl MaskFn {
         }
     }
 
+    /// Whether the function takes no parameters.
+    fn parameterless(self) -> bool {
+        matches!(
+            self,
+            MaskFn::NameCn
+                | MaskFn::PhoneCn
+                | MaskFn::YearOnly
+                | MaskFn::Redact
+                | MaskFn::BankCard
+                | MaskFn::PlateCn
+                | MaskFn::Email
+                | MaskFn::Ipv4
+                | MaskFn::Ipv6
+                | MaskFn::Nullify
+                | MaskFn::TypeDefault
+        )
+    }
+
     /// Check a policy's parameters; the message says what is expected.
     pub fn check_args(self, args: &[MaskArg]) -> std::result::Result<(), String> {
         let usage = match self {
             MaskFn::KeepFirstLast | MaskFn::MaskFirstLast => "(n, m) with n, m >= 0",
             MaskFn::KeepRange | MaskFn::MaskRange => "(x, y) with 0 <= x <= y",
-            MaskFn::NameCn
-            | MaskFn::PhoneCn
-            | MaskFn::YearOnly
-            | MaskFn::Redact
-            | MaskFn::BankCard
-            | MaskFn::PlateCn
-            | MaskFn::Email
-            | MaskFn::Ipv4
-            | MaskFn::Ipv6
-            | MaskFn::Nullify
-            | MaskFn::TypeDefault => "no parameters",
             MaskFn::Bucket => "(e1, e2, ...) with 1 to 32 strictly increasing integer edges",
             MaskFn::IdCn => "('display' | 'operator')",
             MaskFn::AddressCn => "('province' | 'city' | 'district')",
@@ -217,30 +224,20 @@ impl MaskFn {
             MaskFn::AgeBand => "(width) with width > 0",
             MaskFn::TopBottomCode => "(lo, hi) with lo <= hi",
             MaskFn::TruncDate => "('year' | 'month' | 'day')",
+            _ => "no parameters",
         };
         let ok = match (self, args) {
             (MaskFn::KeepFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => *n >= 0 && *m >= 0,
             (MaskFn::MaskFirstLast, [MaskArg::Int(n), MaskArg::Int(m)]) => {
                 *n >= 0 && *m >= 0 && (*n >= 1 || *m >= 1)
             }
-            (MaskFn::NameCn | MaskFn::PhoneCn | MaskFn::YearOnly, []) => true,
+            (f, []) if f.parameterless() => true,
             (MaskFn::IdCn, [MaskArg::Str(p)]) => functions::id_cn_keep(p).is_some(),
             (MaskFn::AddressCn, [MaskArg::Str(l)]) => AddressLevel::parse(l).is_some(),
             (MaskFn::RoundNum, [MaskArg::Int(k)]) => *k > 0,
             (MaskFn::KeepRange | MaskFn::MaskRange, [MaskArg::Int(x), MaskArg::Int(y)]) => {
                 *x >= 0 && x <= y
             }
-            (
-                MaskFn::Redact
-                | MaskFn::BankCard
-                | MaskFn::PlateCn
-                | MaskFn::Email
-                | MaskFn::Ipv4
-                | MaskFn::Ipv6
-                | MaskFn::Nullify
-                | MaskFn::TypeDefault,
-                [],
-            ) => true,
             (MaskFn::Bucket, edges) => bucket_edges(edges).is_some(),
             (MaskFn::MaskBefore | MaskFn::MaskAfter, [MaskArg::Str(s)]) => !s.is_empty(),
             (MaskFn::FixedMask, [MaskArg::Int(k)]) => (1..=64).contains(k),

@@ -131,6 +131,24 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 }
 
 impl PolicySet {
+    /// The purposes named, each declared (else an error at its place, after `what`).
+    fn known_purposes(
+        &self,
+        ctx: &FileCtx<'_>,
+        named: Vec<Spanned<String>>,
+        what: &str,
+    ) -> Result<Vec<String>, PolicyError> {
+        named
+            .into_iter()
+            .map(|p| match self.purpose(p.get_ref()) {
+                Some(_) => Ok(p.into_inner()),
+                None => {
+                    Err(ctx.invalid(p.span(), format!("{what}unknown purpose '{}'", p.get_ref())))
+                }
+            })
+            .collect()
+    }
+
     /// Load `dir/principals.toml`, `dir/purposes.toml` and `dir/grants/*.toml`, checking
     /// every reference against the catalog.
     pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self, PolicyError> {
@@ -192,16 +210,7 @@ impl PolicySet {
                     format!("principal '{}' is declared twice", p.name.get_ref()),
                 ));
             }
-            let mut purposes = Vec::new();
-            for purpose in p.purposes {
-                if self.purpose(purpose.get_ref()).is_none() {
-                    return Err(ctx.invalid(
-                        purpose.span(),
-                        format!("unknown purpose '{}'", purpose.get_ref()),
-                    ));
-                }
-                purposes.push(purpose.into_inner());
-            }
+            let purposes = self.known_purposes(&ctx, p.purposes, "")?;
             self.principals.push(Principal {
                 pos: ctx.pos(p.name.span()),
                 name: p.name.into_inner(),
@@ -266,16 +275,7 @@ impl PolicySet {
             if g.purposes.is_empty() {
                 return Err(ctx.invalid(g.id.span(), format!("grant '{id}' serves no purpose")));
             }
-            let mut purposes = Vec::new();
-            for p in g.purposes {
-                if self.purpose(p.get_ref()).is_none() {
-                    return Err(ctx.invalid(
-                        p.span(),
-                        format!("grant '{id}': unknown purpose '{}'", p.get_ref()),
-                    ));
-                }
-                purposes.push(p.into_inner());
-            }
+            let purposes = self.known_purposes(&ctx, g.purposes, &format!("grant '{id}': "))?;
             let expires = match g.expires {
                 None => None,
                 Some(e) => {

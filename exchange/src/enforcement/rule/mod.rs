@@ -19,13 +19,20 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{
-    Distinct, Expr, Filter, Join, JoinType, LogicalPlan, Projection, Subquery, TableScan,
+    Distinct, Expr, Filter, LogicalPlan, Projection, Subquery, TableScan,
 };
 use datafusion::optimizer::AnalyzerRule;
 
+mod combine;
+mod hidden;
+
+use combine::{join, merge_union};
+pub(in crate::enforcement) use hidden::min_group_rows;
+use hidden::{strip_hidden, strip_hidden_keeping};
+
 use super::spec::{BaseTag, GovernedSpec};
 use super::tables::{GovernedTable, RawTable};
-use super::tags::{Ctx, Scope, Tag, is_bare, join_keys_match, refuse, refuse_constrained};
+use super::tags::{Ctx, Scope, Tag, is_bare, refuse, refuse_constrained};
 
 /// What one scan contributed to a plan, for audit and EXPLAIN.
 #[derive(Debug, Clone)]
@@ -455,24 +462,6 @@ impl Enforcer {
     }
 }
 
-/// The `min_group` scans whose rows flow in `tags` (by their hidden entity columns).
-pub(super) fn min_group_rows<'a>(
-    tags: &[Tag],
-    scans: &'a [ScanInfo],
-) -> Vec<(usize, u32, &'a str)> {
-    let mut out: Vec<(usize, u32, &str)> = Vec::new();
-    for t in tags {
-        if let Tag::Entity { scan } = t
-            && let Some(info) = scans.get(*scan)
-            && let Some(k) = info.min_group
-            && !out.iter().any(|(s, _, _)| s == scan)
-        {
-            out.push((*scan, k, info.table.as_str()));
-        }
-    }
-    out
-}
-
 fn one(mut inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
     match inputs.pop() {
         Some(p) if inputs.is_empty() => Ok(p),
@@ -480,159 +469,10 @@ fn one(mut inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
     }
 }
 
-fn check_len(plan: &LogicalPlan, tags: &[Tag]) -> Result<()> {
+pub(super) fn check_len(plan: &LogicalPlan, tags: &[Tag]) -> Result<()> {
     if plan.schema().fields().len() == tags.len() {
         Ok(())
     } else {
         refuse("internal: column usage tracking lost alignment; refusing to be safe".into())
     }
-}
-
-/// The tags of a union's columns. Join keys of one domain from different scans stay join
-/// keys, of a new relation (`relation`): the union's rows are none of its branches'.
-fn merge_union(branches: &[Vec<Tag>], relation: usize) -> Result<Vec<Tag>> {
-    let mut out: Vec<Tag> = branches.first().cloned().unwrap_or_default();
-    for b in branches.iter().skip(1) {
-        for (o, t) in out.iter_mut().zip(b) {
-            match (&*o, t) {
-                (a, b) if a == b => {}
-                (
-                    Tag::JoinKey { domain, column, .. },
-                    Tag::JoinKey {
-                        domain: other_domain,
-                        ..
-                    },
-                ) if domain == other_domain => {
-                    *o = Tag::JoinKey {
-                        domain: domain.clone(),
-                        column: column.clone(),
-                        scan: relation,
-                    };
-                }
-                (a, b) => {
-                    refuse_constrained(a, "a UNION mixing different column rules")?;
-                    refuse_constrained(b, "a UNION mixing different column rules")?;
-                    // Unconstrained, but no longer one scan's own column.
-                    *o = Tag::Free;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn join(
-    j: Join,
-    inputs: Vec<LogicalPlan>,
-    input_tags: Vec<Vec<Tag>>,
-    ctx: &Ctx<'_>,
-    scans: &[ScanInfo],
-) -> Result<(LogicalPlan, Vec<Tag>)> {
-    for (l, r) in &j.on {
-        let tl = ctx.tag(l, "a join condition")?;
-        let tr = ctx.tag(r, "a join condition")?;
-        if join_keys_match(&tl, &tr)? {
-            continue;
-        }
-        match (&tl, &tr) {
-            (Tag::JoinKey { .. }, _) => refuse_constrained(
-                &tl,
-                "a join with a column that is not a join key of the same domain",
-            )?,
-            (_, Tag::JoinKey { .. }) => refuse_constrained(
-                &tr,
-                "a join with a column that is not a join key of the same domain",
-            )?,
-            _ => {
-                refuse_constrained(&tl, "a join condition")?;
-                refuse_constrained(&tr, "a join condition")?;
-            }
-        }
-    }
-    if let Some(f) = &j.filter {
-        ctx.predicate(f, "a join condition")?;
-    }
-    let mut it = input_tags.into_iter();
-    let left = it.next().unwrap_or_default();
-    let right = it.next().unwrap_or_default();
-    // A semi, anti or mark join tests rows of one side for presence and drops them: rows of
-    // a min_group table may not be tested that way.
-    let dropped = match j.join_type {
-        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => Some(&right),
-        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => Some(&left),
-        _ => None,
-    };
-    if let Some(side) = dropped
-        && let Some((_, k, table)) = min_group_rows(side, scans).first()
-    {
-        return refuse(format!(
-            "rows of {table} may only be used aggregated, in groups of at least {k} entities, and cannot be tested one by one in a semi or anti join"
-        ));
-    }
-    let tags = match j.join_type {
-        // A row of either side may meet several rows of the other, or none (padded with
-        // NULLs by an outer join): aggregates must count each protected row once.
-        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => [left, right]
-            .concat()
-            .into_iter()
-            .map(|t| match t {
-                Tag::Row { scan, .. } => Tag::Row {
-                    scan,
-                    multiplied: true,
-                },
-                other => other,
-            })
-            .collect(),
-        JoinType::LeftSemi | JoinType::LeftAnti => left,
-        JoinType::RightSemi | JoinType::RightAnti => right,
-        JoinType::LeftMark => [left, vec![Tag::Free]].concat(),
-        JoinType::RightMark => [right, vec![Tag::Free]].concat(),
-    };
-    let plan = LogicalPlan::Join(j);
-    let plan = plan.with_new_exprs(plan.expressions(), inputs)?;
-    check_len(&plan, &tags)?;
-    Ok((plan, tags))
-}
-
-/// Drop hidden columns (at a query's root, subquery roots, DISTINCT and UNION).
-///
-/// Rows of a table whose grant sets `min_group` may not pass such a point unaggregated: that
-/// would list, count or test individual entities.
-fn strip_hidden(
-    plan: LogicalPlan,
-    tags: &[Tag],
-    scans: &[ScanInfo],
-    place: &str,
-) -> Result<LogicalPlan> {
-    strip_hidden_keeping(plan, tags, scans, place, &[])
-}
-
-/// [`strip_hidden`], but the hidden columns at `keep` stay, renamed [`SUBJECT`]`N`.
-fn strip_hidden_keeping(
-    plan: LogicalPlan,
-    tags: &[Tag],
-    scans: &[ScanInfo],
-    place: &str,
-    keep: &[usize],
-) -> Result<LogicalPlan> {
-    if let Some((_, k, table)) = min_group_rows(tags, scans).first() {
-        return refuse(format!(
-            "rows of {table} may only be used aggregated, in groups of at least {k} entities, and cannot reach {place} row by row"
-        ));
-    }
-    if !tags.iter().any(Tag::is_hidden) {
-        return Ok(plan);
-    }
-    let mut exprs: Vec<Expr> = plan
-        .schema()
-        .iter()
-        .zip(tags)
-        .filter(|(_, t)| !t.is_hidden())
-        .map(|((q, f), _)| Expr::Column(Column::new(q.cloned(), f.name())))
-        .collect();
-    for (n, i) in keep.iter().enumerate() {
-        let (q, f) = plan.schema().qualified_field(*i);
-        exprs.push(Expr::Column(Column::new(q.cloned(), f.name())).alias(format!("{SUBJECT}{n}")));
-    }
-    Projection::try_new(exprs, Arc::new(plan)).map(LogicalPlan::Projection)
 }
