@@ -364,6 +364,25 @@ async fn ctes_that_double_at_each_reference_are_refused_before_planning() {
             other => panic!("expected a refusal of {sql}, got {other:?}"),
         }
     }
+    // Review 8: each level doubling an expression (`x.a + x.a`) read once: linear text,
+    // exponential once the optimizer inlines the projections.
+    let mut doubling = String::from(
+        "WITH c0 AS (SELECT registered_capital AS a FROM market.enterprises WHERE registered_capital < 0)",
+    );
+    for i in 1..=22 {
+        doubling.push_str(&format!(
+            ", c{i} AS (SELECT x.a + x.a AS a FROM c{j} x)",
+            j = i - 1
+        ));
+    }
+    doubling.push_str(" SELECT max(c22.a) AS m FROM c22");
+    match ex
+        .execute("market_trader", Some("data_product"), &doubling)
+        .await
+    {
+        Err(QueryError::Refused(r)) => assert!(r.contains("terms"), "{r}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     // Case does not hide a reference; a CTE read a few times is fine.
     let shouted = sql.replace("FROM c", "FROM C");
     assert!(matches!(

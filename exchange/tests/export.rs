@@ -954,6 +954,19 @@ async fn rows_that_say_something_about_everyone_never_leave() {
             ),
         ),
         (
+            // Review 8: three people side by side in each row all had the same signature
+            // (the one row), a class of three.
+            "three-people-per-row",
+            "WITH n AS (SELECT e.person_id AS p, e.person_pseudonym AS ps,
+                               row_number() OVER (ORDER BY e.person_id) - 1 AS rn FROM hrss.employment e),
+                  q AS (SELECT n.p, n.rn, r.gender AS g, CAST(date_part('year', r.birth_date) AS VARCHAR) AS y,
+                               r.district AS d FROM n JOIN police.residents r ON r.person_id = n.ps)
+             SELECT a.p AS p1, a.g AS g1, a.y AS y1, a.d AS d1, b.p AS p2, b.g AS g2, b.y AS y2, b.d AS d2,
+                    c.p AS p3, c.g AS g3, c.y AS y3, c.d AS d3
+             FROM q a JOIN q b ON b.rn = a.rn + 1 JOIN q c ON c.rn = a.rn + 2 WHERE a.rn % 3 = 0"
+                .to_string(),
+        ),
+        (
             "scalar-subquery",
             format!(
                 "SELECT e.person_id, (SELECT max(r2.district) FROM police.residents r2) AS d, {people} AS x

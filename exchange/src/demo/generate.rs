@@ -118,7 +118,8 @@ fn write(path: &Path, columns: Vec<(&str, bool, ArrayRef)>) -> Result<(), Genera
         fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.to_string()))?;
-    let tmp = path.with_extension("parquet.tmp");
+    // Per process: two generating the same city at once each write their own file.
+    let tmp = path.with_extension(format!("parquet.{}.tmp", std::process::id()));
     let file = fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
     let props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)

@@ -20,6 +20,9 @@ use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 pub(super) const MAX_GROWTH: u64 = 16;
 /// At most this deep once the optimizer inlines projections into each other.
 pub(super) const MAX_INLINED_DEPTH: u64 = 400;
+/// At most this many expression nodes once inlined: `x.a + x.a` over 22 CTEs is 4 million
+/// nodes, which the optimizer took 100 s to plan (review 8).
+pub(super) const MAX_INLINED_NODES: u64 = 10_000;
 
 /// Per column: how many times an input value it can be, and how deep its expression is with
 /// every projection below inlined.
@@ -27,11 +30,13 @@ pub(super) const MAX_INLINED_DEPTH: u64 = 400;
 struct Bound {
     growth: u64,
     depth: u64,
+    nodes: u64,
 }
 
 const UNIT: Bound = Bound {
     growth: 1,
     depth: 1,
+    nodes: 1,
 };
 
 /// Why the plan's values or expressions could grow past the limits, if they could.
@@ -97,6 +102,7 @@ fn larger(a: Bound, b: Bound) -> Bound {
     Bound {
         growth: a.growth.max(b.growth),
         depth: a.depth.max(b.depth),
+        nodes: a.nodes.max(b.nodes),
     }
 }
 
@@ -150,6 +156,7 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
         _ => {
             let kids = children()?;
             let depth = 1 + kids.iter().map(|k| k.depth).max().unwrap_or(0);
+            let nodes = kids.iter().fold(1u64, |n, k| n.saturating_add(k.nodes));
             let sum: u64 = kids.iter().map(|k| k.growth).sum();
             let max = kids.iter().map(|k| k.growth).max().unwrap_or(1);
             let growth = match e {
@@ -182,7 +189,11 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
                 },
                 _ => max,
             };
-            Bound { growth, depth }
+            Bound {
+                growth,
+                depth,
+                nodes,
+            }
         }
     };
     if b.growth > MAX_GROWTH {
@@ -197,6 +208,11 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
         }
         return Err(format!(
             "values of {shown} could grow to more than {MAX_GROWTH} times an input value (concatenations of concatenations); such a statement could fail on, or reveal by its memory use, rows it should not tell about"
+        ));
+    }
+    if b.nodes > MAX_INLINED_NODES {
+        return Err(format!(
+            "expressions hold more than {MAX_INLINED_NODES} terms once subqueries and CTEs are combined (each level repeating the one before); split the computation into several statements"
         ));
     }
     if b.depth > MAX_INLINED_DEPTH {

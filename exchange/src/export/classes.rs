@@ -5,7 +5,7 @@
 //! key (its quasi-identifier columns, see [`super::guard`]) is collected per subject (the
 //! entity of the row's source record, carried in hidden columns the file never holds), a
 //! person's signature is the multiset of their rows' keys, and a class is the set of people
-//! with one signature. A row without a subject (a group of an aggregation, a row whose subject
+//! with one signature. A row about several people, a row without a subject (a group of an aggregation, a row whose subject
 //! a subquery, DISTINCT or UNNEST dropped, an outer join's padding), and every row of a plan
 //! whose rows can mix several people's quasi-identifiers ([`GuardSpec::per_person`]), cannot
 //! be attributed to the people it describes: copies of it (a cross join, UNION ALL) are not
@@ -139,14 +139,12 @@ impl ClassCounter {
         let k = u64::from(k);
         // A person's signature: the sorted multiset of their rows' keys.
         let mut people: HashMap<u128, Vec<u128>> = HashMap::new();
-        // Rows that cannot be attributed: each a class of one.
+        // Rows that cannot be attributed to one person: each a class of one.
         let mut lone = 0usize;
         for (key, subjects) in self.row_keys.iter().zip(&self.row_subjects) {
-            if subjects.is_empty() {
-                lone += 1;
-            }
-            for s in subjects {
-                people.entry(*s).or_default().push(*key);
+            match subjects.as_slice() {
+                [person] => people.entry(*person).or_default().push(*key),
+                _ => lone += 1,
             }
         }
         let mut signature_of: HashMap<u128, u128> = HashMap::new();
@@ -167,12 +165,12 @@ impl ClassCounter {
         let drop: Vec<bool> = self
             .row_subjects
             .iter()
-            .map(|subjects| {
-                if subjects.is_empty() {
-                    1 < k
-                } else {
-                    subjects.iter().any(small_person)
-                }
+            .map(|subjects| match subjects.as_slice() {
+                // A row about one person is judged by that person's class; a row about
+                // none, or about several (three people side by side in one row shared
+                // one signature, review 8), is a class of one.
+                [person] => small_person(person),
+                _ => 1 < k,
             })
             .collect();
         let small_rows = drop.iter().filter(|d| **d).count() as u64;

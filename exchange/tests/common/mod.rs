@@ -1,5 +1,5 @@
-//! Shared setup of the end-to-end tests: the demo city at a small scale, generated once
-//! per test binary, with the repository's schemas/ and policies/.
+//! Shared setup of the end-to-end tests: the demo city at a small scale, generated once and
+//! shared by every test binary, with the repository's schemas/ and policies/.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -19,12 +19,28 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Data root of the generated test city, shared by the tests of one binary.
+/// Data root of the generated test city, shared by every test binary of a run (and by later
+/// runs) under cargo's target tmp dir, one per version of the generator. The generator is
+/// deterministic and writes each file atomically, so binaries generating it at once write
+/// the same bytes; tests only read it.
 pub fn data_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("exchange-test-city-{}", std::process::id()));
-        exchange::demo::generate(&dir, SCALE, SEED).expect("generate the test city");
+        let sources = [
+            include_str!("../../src/demo/generate.rs"),
+            include_str!("../../src/demo/vocab.rs"),
+            include_str!("../../src/masking/validate.rs"),
+        ];
+        // FNV-1a: the same on every machine and toolchain.
+        let mut version: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in sources.iter().flat_map(|s| s.bytes()) {
+            version = (version ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("test-city-{SCALE}-{SEED}-{version:016x}"));
+        if !exchange::demo::data_present(&dir) {
+            exchange::demo::generate(&dir, SCALE, SEED).expect("generate the test city");
+        }
         dir
     })
 }

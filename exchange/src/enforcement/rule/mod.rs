@@ -25,6 +25,8 @@ use datafusion::optimizer::AnalyzerRule;
 
 mod combine;
 mod hidden;
+#[cfg(test)]
+mod tests;
 
 use combine::{join, merge_union};
 pub(in crate::enforcement) use hidden::min_group_rows;
