@@ -10,6 +10,7 @@
 
 mod aggregate;
 mod barrier;
+mod batches;
 mod join_keys;
 mod rule;
 mod session;

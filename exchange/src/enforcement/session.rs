@@ -111,7 +111,8 @@ impl PrincipalSession {
             .with_config(config)
             .with_default_features()
             .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
-            .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys));
+            .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys))
+            .with_physical_optimizer_rule(Arc::new(super::batches::BoundedBatches));
         if let Some(limit) = inputs.memory_limit {
             // Operators that exceed it fail the query (or spill), never the server.
             let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()

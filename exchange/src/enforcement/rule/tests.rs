@@ -121,7 +121,11 @@ async fn a_grouped_aggregate_is_counted_once_per_row_and_thresholded() {
     // their row numbers, each row once per group.
     assert!(text.contains("PolicyBarrier"), "{text}");
     assert!(text.contains("__exchange_k >= Int64(3)"), "{text}");
-    assert_eq!(text.matches("TableScan: clinic.patients").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("TableScan: clinic.patients").count(),
+        1,
+        "{text}"
+    );
     assert!(text.contains("__exchange_row"), "{text}");
     // The join compares the raw values behind the two join keys' tokens.
     assert!(text.contains("join_key("), "{text}");

@@ -1,0 +1,254 @@
+//! Batches of at most `batch_size` rows into every join.
+//!
+//! A join repeats values across its probe batch: a cross join writes a build row's text once
+//! per probe row, into one array with 32-bit offsets. Most operators emit batches of at most
+//! `batch_size` rows, but a window over a whole relation (and VALUES) emits all of its rows in
+//! one batch, so a 16 KiB value joined to 262,144 analyst-made rows overflowed arrow's offsets,
+//! exactly when the chosen person's visit supplied that value (review 8). With every join
+//! input sliced to `batch_size` rows (slices share the buffers: nothing is copied), a join's
+//! output batch holds at most `batch_size` copies of a value, within the value bounds of
+//! `size.rs`. What a join collects into its build side is not bounded this way: its memory
+//! is the documented resource limit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+    ReplaceChildrenOptions, StatisticsArgs,
+};
+use futures::StreamExt;
+
+/// Passes its input's batches on, slicing those over `rows` rows.
+#[derive(Debug)]
+pub struct BatchSplitExec {
+    input: Arc<dyn ExecutionPlan>,
+    rows: usize,
+}
+
+impl BatchSplitExec {
+    /// `input` in batches of at most `rows` rows.
+    pub fn new(input: Arc<dyn ExecutionPlan>, rows: usize) -> Self {
+        Self {
+            input,
+            rows: rows.max(1),
+        }
+    }
+}
+
+impl DisplayAs for BatchSplitExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "BatchSplitExec: rows={}", self.rows)
+    }
+}
+
+impl ExecutionPlan for BatchSplitExec {
+    fn name(&self) -> &str {
+        "BatchSplitExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let stream = self.input.execute(partition, context)?;
+        let schema = self.schema();
+        let rows = self.rows;
+        let split = stream.flat_map(move |batch| {
+            let slices: Vec<Result<_>> = match batch {
+                Ok(b) if b.num_rows() > rows => (0..b.num_rows())
+                    .step_by(rows)
+                    .map(|at| Ok(b.slice(at, rows.min(b.num_rows() - at))))
+                    .collect(),
+                other => vec![other],
+            };
+            futures::stream::iter(slices)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, split)))
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        match input_stats {
+            [input] => Ok(input.clone()),
+            _ => Ok(Arc::new(Statistics::new_unknown(&self.schema()))),
+        }
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(input) if children.is_empty() => Ok(Arc::new(Self::new(input, self.rows))),
+            _ => internal_err!("BatchSplitExec takes one input"),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+}
+
+/// The physical rule: every join's inputs through a [`BatchSplitExec`]. Registered last.
+#[derive(Debug, Default)]
+pub struct BoundedBatches;
+
+impl PhysicalOptimizerRule for BoundedBatches {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rows = usize::from(config.execution.batch_size);
+        plan.transform_up(|node| {
+            let is_join = node.downcast_ref::<HashJoinExec>().is_some()
+                || node.downcast_ref::<CrossJoinExec>().is_some()
+                || node.downcast_ref::<NestedLoopJoinExec>().is_some()
+                || node.downcast_ref::<SortMergeJoinExec>().is_some()
+                || node.downcast_ref::<SymmetricHashJoinExec>().is_some();
+            if !is_join {
+                return Ok(Transformed::no(node));
+            }
+            let children: Vec<Arc<dyn ExecutionPlan>> = node
+                .children()
+                .into_iter()
+                .map(|c| {
+                    if c.downcast_ref::<BatchSplitExec>().is_some() {
+                        c.clone()
+                    } else {
+                        Arc::new(BatchSplitExec::new(c.clone(), rows)) as Arc<dyn ExecutionPlan>
+                    }
+                })
+                .collect();
+            // Slicing keeps the children's partitioning and ordering.
+            node.replace_children(
+                children,
+                ReplaceChildrenOptions::new(
+                    datafusion::physical_plan::ChildrenPropertiesMode::Keep,
+                ),
+            )
+            .map(Transformed::yes)
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "bounded_batches"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn one_large_batch_leaves_in_slices_of_at_most_the_batch_size() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..20_000))],
+        )
+        .unwrap();
+        let source = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let split = Arc::new(BatchSplitExec::new(source, 8192));
+        let out = datafusion::physical_plan::collect(split, SessionContext::new().task_ctx())
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = out.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, vec![8192, 8192, 3616]);
+        let values: Vec<i64> = out
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, (0..20_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn every_join_input_is_split() {
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql(
+                "SELECT count(*) FROM (SELECT count(*) OVER () AS w FROM (VALUES (1), (2)) a(i)) u
+                 CROSS JOIN (VALUES (3), (4)) b(j) WHERE u.w > 0",
+            )
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let plan = BoundedBatches
+            .optimize(plan, ctx.state().config_options())
+            .unwrap();
+        let mut joins = 0;
+        plan.apply(|node| {
+            if node.downcast_ref::<CrossJoinExec>().is_some() {
+                joins += 1;
+                for child in node.children() {
+                    assert!(child.downcast_ref::<BatchSplitExec>().is_some());
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        assert_eq!(joins, 1);
+    }
+}
