@@ -32,7 +32,7 @@ use datafusion::logical_expr::{
 
 use super::barrier::PolicyBarrier;
 use super::rule::{Enforcer, ScanInfo, min_group_rows};
-use super::tags::{Ctx, Tag, is_bare, refuse, refuse_constrained};
+use super::tags::{Ctx, ScanId, Tag, is_bare, refuse, refuse_constrained};
 
 /// Aggregate functions that summarise a group (and so may release protected values).
 pub(super) const SUMMARISING: &[&str] = &[
@@ -76,7 +76,7 @@ const GROUP_KEY: &str = "__exchange_group";
 
 /// The protected table an aggregate summarises, for messages.
 struct Protected<'a> {
-    scan: usize,
+    scan: ScanId,
     info: &'a ScanInfo,
 }
 
@@ -125,7 +125,7 @@ impl Enforcer {
             return Ok((plan, vec![Tag::Free; n]));
         };
         let info =
-            self.scans.get(scan).cloned().ok_or_else(|| {
+            self.scans.get(scan.0).cloned().ok_or_else(|| {
                 datafusion::common::DataFusionError::Internal("unknown scan".into())
             })?;
         let p = Protected { scan, info: &info };
@@ -259,8 +259,8 @@ impl Enforcer {
         a: &Aggregate,
         tags_in: &[Tag],
         ctx: &Ctx<'_>,
-    ) -> Result<Option<usize>> {
-        let mut found: Vec<(usize, String)> = min_group_rows(tags_in, &self.scans)
+    ) -> Result<Option<ScanId>> {
+        let mut found: Vec<(ScanId, String)> = min_group_rows(tags_in, &self.scans)
             .into_iter()
             .map(|(s, _, t)| (s, t.to_string()))
             .collect();
@@ -272,7 +272,7 @@ impl Enforcer {
                 {
                     let table = self
                         .scans
-                        .get(scan)
+                        .get(scan.0)
                         .map(|i| i.table.clone())
                         .unwrap_or_default();
                     found.push((scan, table));
@@ -291,7 +291,7 @@ impl Enforcer {
 
 /// Whether a group key is a deterministic function of the protected row alone: only its
 /// own columns, no subquery, no outer reference, nothing volatile.
-fn own_key(g: &Expr, schema: &datafusion::common::DFSchema, tags: &[Tag], scan: usize) -> bool {
+fn own_key(g: &Expr, schema: &datafusion::common::DFSchema, tags: &[Tag], scan: ScanId) -> bool {
     let mut own = true;
     let _ = g.apply(|e| {
         own &= match e {
@@ -423,7 +423,7 @@ fn protected_aggregate(
 fn once_per_group(
     input: LogicalPlan,
     tags_in: &[Tag],
-    scan: usize,
+    scan: ScanId,
     group: &[Expr],
     aggr: &[Expr],
     one_group: bool,

@@ -12,6 +12,11 @@ use std::sync::Arc;
 use super::violation::Violation;
 
 /// Usage tag of one output column of a plan node.
+/// One scan of the plan being enforced, or a relation a UNION makes of its branches
+/// (numbered from far above any scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScanId(pub usize);
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tag {
     /// No constraint: raw, masked or pseudonymised.
@@ -23,14 +28,14 @@ pub enum Tag {
         /// `agency.table.column`, for messages.
         column: String,
         /// The scan it comes from.
-        scan: usize,
+        scan: ScanId,
     },
     /// Aggregate input only, in groups of at least `k` distinct entities.
     AggOnly {
         /// Minimum group size.
         k: u32,
         /// The scan it comes from.
-        scan: usize,
+        scan: ScanId,
         /// `agency.table.column`, for messages.
         column: String,
     },
@@ -43,19 +48,19 @@ pub enum Tag {
     /// The hidden entity column of a scan, used to count distinct entities.
     Entity {
         /// The scan.
-        scan: usize,
+        scan: ScanId,
     },
     /// A visible column of a protected scan (one whose aggregates are policed), passed
     /// through unchanged: unconstrained, and what an aggregate over that scan's rows may
     /// take as argument.
     Own {
         /// The scan.
-        scan: usize,
+        scan: ScanId,
     },
     /// The hidden row number of a protected scan.
     Row {
         /// The scan.
-        scan: usize,
+        scan: ScanId,
         /// Whether a join may have repeated the scan's rows (or padded them with NULLs).
         multiplied: bool,
     },

@@ -4,14 +4,14 @@
 use datafusion::common::Result;
 use datafusion::logical_expr::{Join, JoinType, LogicalPlan};
 
-use super::super::tags::{Ctx, Tag, join_keys_match, refuse, refuse_constrained};
+use super::super::tags::{Ctx, ScanId, Tag, join_keys_match, refuse, refuse_constrained};
 use super::ScanInfo;
 use super::check_len;
 use super::hidden::min_group_rows;
 
 /// The tags of a union's columns. Join keys of one domain from different scans stay join
 /// keys, of a new relation (`relation`): the union's rows are none of its branches'.
-pub(super) fn merge_union(branches: &[Vec<Tag>], relation: usize) -> Result<Vec<Tag>> {
+pub(super) fn merge_union(branches: &[Vec<Tag>], relation: ScanId) -> Result<Vec<Tag>> {
     let mut out: Vec<Tag> = branches.first().cloned().unwrap_or_default();
     for b in branches.iter().skip(1) {
         for (o, t) in out.iter_mut().zip(b) {

@@ -6,18 +6,18 @@ use std::sync::Arc;
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 
-use super::super::tags::{Tag, refuse};
+use super::super::tags::{ScanId, Tag, refuse};
 use super::{SUBJECT, ScanInfo};
 
 /// The `min_group` scans whose rows flow in `tags` (by their hidden entity columns).
 pub(in crate::enforcement) fn min_group_rows<'a>(
     tags: &[Tag],
     scans: &'a [ScanInfo],
-) -> Vec<(usize, u32, &'a str)> {
-    let mut out: Vec<(usize, u32, &str)> = Vec::new();
+) -> Vec<(ScanId, u32, &'a str)> {
+    let mut out: Vec<(ScanId, u32, &str)> = Vec::new();
     for t in tags {
         if let Tag::Entity { scan } = t
-            && let Some(info) = scans.get(*scan)
+            && let Some(info) = scans.get(scan.0)
             && let Some(k) = info.min_group
             && !out.iter().any(|(s, _, _)| s == scan)
         {

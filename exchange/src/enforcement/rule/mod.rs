@@ -34,7 +34,7 @@ use hidden::{strip_hidden, strip_hidden_keeping};
 
 use super::spec::{BaseTag, GovernedSpec};
 use super::tables::{GovernedTable, RawTable};
-use super::tags::{Ctx, Scope, Tag, is_bare, refuse, refuse_constrained};
+use super::tags::{Ctx, ScanId, Scope, Tag, is_bare, refuse, refuse_constrained};
 
 /// What one scan contributed to a plan, for audit and EXPLAIN.
 #[derive(Debug, Clone)]
@@ -82,7 +82,7 @@ impl AnalyzerRule for PolicyRule {
         }
         let at_root = |id: usize| {
             tags.iter()
-                .any(|t| matches!(t, Tag::Entity { scan } if *scan == id))
+                .any(|t| matches!(t, Tag::Entity { scan } if scan.0 == id))
         };
         // Counting per person is sound only when every scan that could describe a person
         // carries its person to the output: a person whose rows were aggregated away, next
@@ -97,7 +97,7 @@ impl AnalyzerRule for PolicyRule {
             tags.iter()
                 .enumerate()
                 .filter(|(_, t)| {
-                    matches!(t, Tag::Entity { scan } if enforcer.scans.get(*scan).is_some_and(|s| s.subject))
+                    matches!(t, Tag::Entity { scan } if enforcer.scans.get(scan.0).is_some_and(|s| s.subject))
                 })
                 .map(|(i, _)| i)
                 .collect()
@@ -331,7 +331,7 @@ impl Enforcer {
                 let tags = match &plan {
                     LogicalPlan::Union(_) => {
                         self.unions += 1;
-                        merge_union(&stripped_tags, UNION_RELATIONS + self.unions)?
+                        merge_union(&stripped_tags, ScanId(UNION_RELATIONS + self.unions))?
                     }
                     LogicalPlan::Distinct(Distinct::All(_)) => {
                         let t = stripped_tags.concat();
@@ -401,7 +401,7 @@ impl Enforcer {
             ));
         }
         let spec: &Arc<GovernedSpec> = governed.spec();
-        let id = self.scans.len();
+        let id = ScanId(self.scans.len());
         self.scans.push(ScanInfo {
             table: spec.dataset.qualified_name(),
             min_group: spec.access.min_group,
