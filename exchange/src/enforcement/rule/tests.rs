@@ -9,25 +9,41 @@ use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
 
-use crate::config::ExchangeConfig;
-use crate::enforcement::PrincipalSession;
-use crate::engine::Exchange;
+use crate::catalog::Catalog;
+use crate::enforcement::{PrincipalSession, SessionInputs};
+use crate::keys::Keys;
+use crate::policy::PolicySet;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/two-agencies")
 }
 
-fn open() -> (Exchange, tempfile::TempDir) {
+/// The planner's session over the fixture, built from the enforcement's own inputs.
+fn planner() -> (PrincipalSession, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
     let keys = state.path().join("keys");
     crate::keys::ensure(&keys).unwrap();
-    let config = ExchangeConfig::new(
-        fixture(),
-        fixture().join("data"),
-        state.path().to_path_buf(),
-    )
-    .with_key_dir(keys);
-    (Exchange::open(config).unwrap(), state)
+    let catalog = Catalog::load(&fixture().join("schemas")).unwrap();
+    let policies = PolicySet::load(&fixture().join("policies"), &catalog).unwrap();
+    let ring = Keys::load(&keys).unwrap().ring;
+    let data = fixture().join("data");
+    let audit = state.path().join("audit");
+    let inputs = SessionInputs {
+        catalog: &catalog,
+        policies: &policies,
+        keys: &ring,
+        data_root: &data,
+        today: chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        audit_log: &audit,
+        token_scope: None,
+        subjects: false,
+        memory_limit: None,
+        target_partitions: Some(2),
+        batch_size: None,
+    };
+    let principal = policies.principal("planner").unwrap();
+    let session = PrincipalSession::build(&inputs, principal, "service_planning").unwrap();
+    (session, state)
 }
 
 async fn scan(session: &PrincipalSession, table: &str) -> LogicalPlanBuilder {
@@ -47,8 +63,7 @@ fn enforce(session: &PrincipalSession, plan: LogicalPlan) -> Result<String, Stri
 
 #[tokio::test]
 async fn rows_of_a_min_group_table_never_leave_one_by_one() {
-    let (ex, _state) = open();
-    let s = ex.session("planner", Some("service_planning")).unwrap();
+    let (s, _state) = planner();
     let plan = scan(&s, "clinic.patients")
         .await
         .project(vec![col("name"), col("district")])
@@ -62,8 +77,7 @@ async fn rows_of_a_min_group_table_never_leave_one_by_one() {
 
 #[tokio::test]
 async fn aggregate_only_columns_are_refused_outside_an_aggregate() {
-    let (ex, _state) = open();
-    let s = ex.session("planner", Some("service_planning")).unwrap();
+    let (s, _state) = planner();
     let plan = scan(&s, "clinic.patients")
         .await
         .filter(col("visits").gt(lit(3i64)))
@@ -79,8 +93,7 @@ async fn aggregate_only_columns_are_refused_outside_an_aggregate() {
 
 #[tokio::test]
 async fn join_keys_compare_only_with_join_keys_of_their_domain() {
-    let (ex, _state) = open();
-    let s = ex.session("planner", Some("service_planning")).unwrap();
+    let (s, _state) = planner();
     let plan = scan(&s, "clinic.patients")
         .await
         .filter(col("patient_id").eq(lit("11010519491231002X")))
@@ -98,8 +111,7 @@ async fn join_keys_compare_only_with_join_keys_of_their_domain() {
 
 #[tokio::test]
 async fn a_grouped_aggregate_is_counted_once_per_row_and_thresholded() {
-    let (ex, _state) = open();
-    let s = ex.session("planner", Some("service_planning")).unwrap();
+    let (s, _state) = planner();
     let households = scan(&s, "city.households").await.build().unwrap();
     let plan = scan(&s, "clinic.patients")
         .await
@@ -133,8 +145,7 @@ async fn a_grouped_aggregate_is_counted_once_per_row_and_thresholded() {
 
 #[tokio::test]
 async fn the_owner_sees_its_own_table_plain() {
-    let (ex, _state) = open();
-    let s = ex.session("planner", Some("service_planning")).unwrap();
+    let (s, _state) = planner();
     let plan = scan(&s, "city.households")
         .await
         .project(vec![col("person_id"), col("members")])
