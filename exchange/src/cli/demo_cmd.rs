@@ -132,15 +132,19 @@ pub(super) async fn run_demo(
             Err(e) => Err(format!("{}: {e}", dir.display())),
         };
         match result {
-            Ok(m) => say!(
-                "Export for recipient demo-buyer: {} ({} rows), manifest signed and verified (exchange export verify {}).\n",
-                out.display(),
-                m.body.rows,
-                out.display()
-            ),
+            Ok(m) => {
+                say!(
+                    "Export for recipient demo-buyer: {} ({} rows), manifest signed and verified (exchange export verify {}).",
+                    out.display(),
+                    m.body.rows,
+                    out.display()
+                );
+                println!();
+            }
             Err(e) => {
                 failures += 1;
-                println!("Export FAILED: {e}\n");
+                say!("Export FAILED: {e}");
+                println!();
             }
         }
     }
