@@ -4,7 +4,9 @@
 //! with [`Catalog::check_data`], that every dataset's files exist and match the declared
 //! columns.
 
+mod data;
 pub mod discover;
+mod load;
 mod model;
 
 pub(crate) use model::line_of as model_line_of;
