@@ -5,7 +5,7 @@
 //!    filter on raw values, then treatments, requalified as the scan was;
 //! 2. gives every output column of every node a usage tag ([`Tag`]) and refuses any use
 //!    that its treatment forbids;
-//! 3. rewrites aggregates over protected tables (`aggregate.rs`): each row counted once
+//! 3. rewrites aggregates over protected tables (`aggregate/`): each row counted once
 //!    per group, arguments from the table alone, groups below their minimum suppressed.
 //!
 //! Any plan node it does not know, and any table provider the exchange did not create, is
