@@ -982,3 +982,42 @@ async fn rows_that_say_something_about_everyone_never_leave() {
         assert!(full.rows > 0, "{name}: the query has rows to withhold");
     }
 }
+
+#[tokio::test]
+async fn whether_another_person_is_joined_in_never_decides_which_rows_leave() {
+    // Review 9: rows carrying two people were dropped, so `LEFT JOIN residents r2 ON
+    // r2.person_id = <target> AND r2.gender = 'F'` kept every row exactly when the target was
+    // not female: one bit per statement, 14 per target in one statement.
+    let (ex, state) = open();
+    let dir = state.path();
+    let target = common::raw_strings("hrss/employment.parquet", "person_id")[3].clone();
+    let with = format!(
+        "WITH g AS (SELECT DISTINCT e.person_pseudonym AS ps FROM hrss.employment e WHERE e.person_id = '{target}')"
+    );
+    let mut rows = Vec::new();
+    for gender in ["F", "M"] {
+        for (name, join) in [
+            (
+                "left",
+                format!(
+                    "LEFT JOIN police.residents r2 ON r2.person_id = g.ps AND r2.gender = '{gender}'"
+                ),
+            ),
+            (
+                "anti",
+                format!(
+                    "WHERE NOT EXISTS (SELECT 1 FROM police.residents r2 WHERE r2.person_id = g.ps AND r2.gender = '{gender}')"
+                ),
+            ),
+        ] {
+            let sql = format!(
+                "{with} SELECT g.ps AS who, r1.district FROM police.residents r1 CROSS JOIN g {join}"
+            );
+            let out = dir.join(format!("{name}-{gender}.parquet"));
+            let s = run(&ex, &request("research-h", &out, &sql)).await.unwrap();
+            rows.push((name, gender, s.manifest.body.rows));
+        }
+    }
+    // Nothing leaves, whatever the target's gender: the answer is not in the row count.
+    assert!(rows.iter().all(|(_, _, n)| *n == 0), "{rows:?}");
+}

@@ -224,8 +224,9 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
     shaped
 }
 
-/// Whether some row's values can combine quasi-identifiers of several records: an aggregate
-/// or a window over them, or a subquery reading them, anywhere in the plan.
+/// Whether some row's values, or whether it is there at all, can depend on quasi-identifiers
+/// of records other than its own: an aggregate or a window over them, a subquery reading
+/// them, or an outer, semi or anti join whose tested side reads them, anywhere in the plan.
 fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -> bool {
     plan.exists(|node| {
         let input_reads_qi = |exprs: &[Expr]| {
@@ -253,6 +254,27 @@ fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -
                     input_reads_qi(&node.expressions())
                 }
                 LogicalPlan::Subquery(s) => read_anywhere(&s.subquery).iter().any(is_qi),
+                // Whether a row keeps the other side's person (or survives at all) can
+                // depend on that side's quasi-identifiers: `LEFT JOIN residents r2 ON
+                // r2.person_id = <target> AND r2.gender = 'F'` dropped exactly the rows that
+                // carried two people, so the survivors spelled out the target (review 9).
+                LogicalPlan::Join(j) => {
+                    let tested: Vec<&LogicalPlan> = match j.join_type {
+                        JoinType::Inner => vec![],
+                        JoinType::Left
+                        | JoinType::LeftSemi
+                        | JoinType::LeftAnti
+                        | JoinType::LeftMark => vec![&j.right],
+                        JoinType::Right
+                        | JoinType::RightSemi
+                        | JoinType::RightAnti
+                        | JoinType::RightMark => vec![&j.left],
+                        JoinType::Full => vec![&j.left, &j.right],
+                    };
+                    tested
+                        .iter()
+                        .any(|side| read_anywhere(side).iter().any(is_qi))
+                }
                 _ => false,
             })
     })
