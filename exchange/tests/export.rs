@@ -1021,3 +1021,37 @@ async fn whether_another_person_is_joined_in_never_decides_which_rows_leave() {
     // Nothing leaves, whatever the target's gender: the answer is not in the row count.
     assert!(rows.iter().all(|(_, _, n)| *n == 0), "{rows:?}");
 }
+
+#[tokio::test]
+async fn a_pinned_person_among_decoys_is_told_apart_by_no_column() {
+    // Review 10: `(gender, birth year, district of a rare resident) OR phone IN (decoys)` on
+    // one scan, joined back on identity to a second scan whose phone was output: the copied
+    // phone told the pinned resident from the decoys, and the class (no class columns) held
+    // them all.
+    let (ex, state) = open();
+    let dir = state.path();
+    // Decoys by their phone as hrss sees it (`keep_first_last(3, 4)`).
+    let decoys: Vec<String> = common::raw_strings("police/residents.parquet", "phone")
+        .iter()
+        .take(3)
+        .map(|p| format!("'{}****{}'", &p[..3], &p[p.len() - 4..]))
+        .collect();
+    let sql = format!(
+        "WITH t AS (SELECT r.person_id AS pid FROM police.residents r
+           WHERE (r.gender = 'F' AND r.district = 'heping' AND r.birth_date >= DATE '1950-01-01'
+                  AND r.birth_date < DATE '1960-01-01')
+              OR r.phone IN ({}))
+         SELECT t.pid AS p, r2.phone AS ph FROM t JOIN police.residents r2 ON r2.person_id = t.pid",
+        decoys.join(", ")
+    );
+    let sql = sql.as_str();
+    let out = dir.join("pinned.parquet");
+    let s = run(&ex, &request("research-i", &out, sql)).await.unwrap();
+    let guard = s.manifest.body.guard.clone().unwrap_or_default();
+    let full = ok(&ex, HRSS.0, HRSS.1, sql).await;
+    assert!(
+        full.rows > 3,
+        "the test needs a pinned person besides the decoys"
+    );
+    assert_eq!(s.manifest.body.rows, 0, "{guard}");
+}

@@ -195,10 +195,13 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
                 .inputs
                 .iter()
                 .any(|branch| read_anywhere(branch).iter().any(is_qi)),
-            // Over repeated rows (a join, UNNEST, UNION), a condition mixing a
-            // quasi-identifier with anything else keeps some copies of a person's row and
-            // drops others: which survive can spell the quasi-identifier out.
-            LogicalPlan::Filter(f) if multiplies(&f.input) => {
+            // A condition mixing a quasi-identifier with anything else selects people by
+            // both: over repeated rows it keeps some copies of a person's row and drops
+            // others, and on one scan (`(gender = 'F' AND ...) OR phone IN (decoys)`) the
+            // other column tells the pinned person from the decoys, through any copy of the
+            // record joined back on identity (review 10). Either way every column is part
+            // of the class.
+            LogicalPlan::Filter(f) => {
                 let of = lineage(&f.input);
                 split_conjunction(&f.predicate).into_iter().any(|c| {
                     let (columns, read) = references(c, f.input.schema());
@@ -277,27 +280,6 @@ fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -
                 }
                 _ => false,
             })
-    })
-    .unwrap_or(true)
-}
-
-/// Whether a plan can hold several rows from one source row: a join (not a semi or anti
-/// join), UNNEST or UNION below, outside subqueries.
-fn multiplies(plan: &LogicalPlan) -> bool {
-    plan.exists(|n| {
-        Ok(match n {
-            LogicalPlan::Join(j) => !matches!(
-                j.join_type,
-                JoinType::LeftSemi
-                    | JoinType::LeftAnti
-                    | JoinType::RightSemi
-                    | JoinType::RightAnti
-                    | JoinType::LeftMark
-                    | JoinType::RightMark
-            ),
-            LogicalPlan::Unnest(_) | LogicalPlan::Union(_) | LogicalPlan::RecursiveQuery(_) => true,
-            _ => false,
-        })
     })
     .unwrap_or(true)
 }
