@@ -731,6 +731,30 @@ fn per_person(
     out
 }
 
+/// How many people (by column `p`) share each signature: the multiset of what their rows
+/// say in `shown`.
+fn signatures(batches: &[RecordBatch], shown: &[&str]) -> BTreeMap<Vec<Vec<String>>, usize> {
+    let mut out: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
+    for rows in per_person(batches, "p", shown).values() {
+        *out.entry(rows.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// Every person of the file shares what their rows say with at least two others.
+fn assert_people_in_classes_of_3(batches: &[RecordBatch], shown: &[&str], what: &str) {
+    let signatures = signatures(batches, shown);
+    assert!(
+        signatures.values().all(|n| *n >= 3),
+        "{what}: {:?}",
+        signatures
+            .iter()
+            .filter(|(_, n)| **n < 3)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn classes_count_people_over_everything_their_rows_say() {
     // Review 4: one quasi-identifier per copy of a person's row (a cross join and CASE),
@@ -773,16 +797,7 @@ async fn classes_count_people_over_everything_their_rows_say() {
             .iter()
             .all(|f| !f.name().starts_with("__exchange"))));
         // Everything the rows of one person say together is shared by >= 3 people.
-        let people = per_person(&batches, "p", &shown);
-        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
-        for rows in people.values() {
-            *signatures.entry(rows.clone()).or_default() += 1;
-        }
-        assert!(
-            signatures.values().all(|n| *n >= 3),
-            "{name}: {:?}",
-            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
-        );
+        assert_people_in_classes_of_3(&batches, &shown, name);
     }
 }
 
@@ -839,16 +854,7 @@ async fn rows_that_lose_their_person_or_one_person_in_two_columns_are_guarded() 
         let s = run(&ex, &request("research-e", &out, &sql)).await.unwrap();
         let guard = s.manifest.body.guard.unwrap();
         let (batches, _) = read(&out);
-        let people = per_person(&batches, "p", &shown);
-        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
-        for rows in people.values() {
-            *signatures.entry(rows.clone()).or_default() += 1;
-        }
-        assert!(
-            signatures.values().all(|n| *n >= 3),
-            "{name}: {guard}: {:?}",
-            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
-        );
+        assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
     }
 }
 
@@ -909,22 +915,10 @@ async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
         let s = run(&ex, &request("research-f", &out, &sql)).await.unwrap();
         let guard = s.manifest.body.guard.unwrap();
         let (batches, _) = read(&out);
-        let people = per_person(&batches, "p", &shown);
-        let mut signatures: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
-        for rows in people.values() {
-            *signatures.entry(rows.clone()).or_default() += 1;
-        }
-        assert!(
-            signatures.values().all(|n| *n >= 3),
-            "{name}: {guard}: {:?}",
-            signatures.iter().filter(|(_, n)| **n < 3).take(3).collect::<Vec<_>>()
-        );
+        assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
         // The full result has persons alone in their class: the guard had work to do.
         let full = ok(&ex, HRSS.0, HRSS.1, &sql).await;
-        let mut all: BTreeMap<Vec<Vec<String>>, usize> = BTreeMap::new();
-        for rows in per_person(&full.batches, "p", &shown).values() {
-            *all.entry(rows.clone()).or_default() += 1;
-        }
+        let all = signatures(&full.batches, &shown);
         assert!(all.values().any(|n| *n < 3), "{name}: the test needs rare persons");
     }
 }
