@@ -143,13 +143,7 @@ impl GuardSpec {
 /// one. Selecting rows by one (WHERE) and projecting it do not.
 fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -> bool {
     let tainted = |of: &[Sources], schema: &DFSchema, exprs: &[Expr]| -> bool {
-        exprs.iter().any(|e| {
-            let (columns, read) = references(e, schema);
-            read.iter().any(is_qi)
-                || columns
-                    .iter()
-                    .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)))
-        })
+        reads_qi(exprs, schema, of, is_qi)
     };
     let mut shaped = false;
     let _ = plan.apply_with_subqueries(|node| {
@@ -233,24 +227,18 @@ fn shapes_rows(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) ->
 fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -> bool {
     plan.exists(|node| {
         let input_reads_qi = |exprs: &[Expr]| {
-            node.inputs().first().is_some_and(|input| {
-                let of = lineage(input);
-                exprs.iter().any(|e| {
-                    let (columns, read) = references(e, input.schema());
-                    read.iter().any(is_qi)
-                        || columns
-                            .iter()
-                            .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)))
-                })
-            })
+            node.inputs()
+                .first()
+                .is_some_and(|input| reads_qi(exprs, input.schema(), &lineage(input), is_qi))
         };
-        let subquery_reads_qi = node.expressions().iter().any(|e| {
-            let mut schema = DFSchema::empty();
-            for input in node.inputs() {
-                schema.merge(input.schema());
-            }
-            references(e, &schema).1.iter().any(is_qi)
-        });
+        let mut schema = DFSchema::empty();
+        for input in node.inputs() {
+            schema.merge(input.schema());
+        }
+        let subquery_reads_qi = node
+            .expressions()
+            .iter()
+            .any(|e| references(e, &schema).1.iter().any(is_qi));
         Ok(subquery_reads_qi
             || match node {
                 LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => {
@@ -282,6 +270,23 @@ fn mixes_people(plan: &LogicalPlan, is_qi: &dyn Fn(&(String, String)) -> bool) -
             })
     })
     .unwrap_or(true)
+}
+
+/// Whether any of `exprs` (over `schema`, whose columns reveal `of`) reads a
+/// quasi-identifier, directly, through a column's lineage, or in a subquery.
+fn reads_qi(
+    exprs: &[Expr],
+    schema: &DFSchema,
+    of: &[Sources],
+    is_qi: &dyn Fn(&(String, String)) -> bool,
+) -> bool {
+    exprs.iter().any(|e| {
+        let (columns, read) = references(e, schema);
+        read.iter().any(is_qi)
+            || columns
+                .iter()
+                .any(|i| of.get(*i).is_some_and(|s| s.iter().any(is_qi)))
+    })
 }
 
 /// Every source column the plan reads, anywhere (subqueries included).
