@@ -39,6 +39,8 @@ pub struct PolicyBarrier {
     /// Tables (`agency.table`) whose distinct entities every row of `input` covers at
     /// least the policy's minimum of: the rows are groups of such a threshold.
     pub thresholded: Vec<String>,
+    /// The group thresholds it applies, for audit and EXPLAIN: (table or column, k).
+    pub thresholds: Vec<(String, u32)>,
     /// Whether nothing below may fail on a value (the rows of a `min_group` table flow
     /// here): checked again on the optimized plan, which may have rewritten expressions.
     pub total: bool,
@@ -48,17 +50,42 @@ pub struct PolicyBarrier {
 
 impl PolicyBarrier {
     /// Wrap `input`, an aggregate whose groups below the minimum size of `tables` are
-    /// suppressed; `total` when everything below must be total.
-    pub fn threshold(tables: Vec<String>, total: bool, input: LogicalPlan) -> LogicalPlan {
+    /// suppressed (by `thresholds`); `total` when everything below must be total.
+    pub fn threshold(
+        tables: Vec<String>,
+        thresholds: Vec<(String, u32)>,
+        total: bool,
+        input: LogicalPlan,
+    ) -> LogicalPlan {
         LogicalPlan::Extension(datafusion::logical_expr::Extension {
             node: Arc::new(PolicyBarrier {
                 label: "minimum group size".into(),
                 thresholded: tables,
+                thresholds,
                 total,
                 input,
             }),
         })
     }
+}
+
+/// The group thresholds an enforced plan applies (subqueries included), each once, in plan
+/// order: read off its barriers, so they travel with the plan they describe.
+pub fn thresholds_applied(plan: &LogicalPlan) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Extension(e) = node
+            && let Some(b) = e.node.as_any().downcast_ref::<PolicyBarrier>()
+        {
+            for t in &b.thresholds {
+                if !out.contains(t) {
+                    out.push(t.clone());
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 impl UserDefinedLogicalNodeCore for PolicyBarrier {
@@ -91,6 +118,7 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
             Some(input) if inputs.is_empty() => Ok(Self {
                 label: self.label.clone(),
                 thresholded: self.thresholded.clone(),
+                thresholds: self.thresholds.clone(),
                 total: self.total,
                 input,
             }),

@@ -21,8 +21,8 @@ mod tags;
 mod total;
 mod violation;
 
-pub(crate) use barrier::PolicyBarrier;
-pub(crate) use rule::{EnforcementReport, SUBJECT, ScanUse};
+pub(crate) use barrier::{PolicyBarrier, thresholds_applied};
+pub(crate) use rule::SUBJECT;
 pub(crate) use session::{AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, locked_config};
 pub(crate) use spec::{HIDDEN_ROW, plan_row_filter};
 pub(crate) use tables::{DataUnavailable, GovernedTable, RawTable};

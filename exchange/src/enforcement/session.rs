@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::catalog::{
@@ -14,7 +14,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 
-use super::rule::{EnforcementReport, PolicyRule};
+use super::rule::PolicyRule;
 use super::spec::{GovernedSpec, TokenFns};
 use super::tables::GovernedTable;
 use crate::catalog::Catalog;
@@ -46,8 +46,6 @@ pub struct PrincipalSession {
     pub expired: BTreeMap<String, Denial>,
     /// Tables whose grant cannot be applied, by `agency.table`.
     pub unusable: BTreeMap<String, Unusable>,
-    /// What the policy rule did to the last plan.
-    pub report: Arc<Mutex<EnforcementReport>>,
 }
 
 /// Everything a session is built from.
@@ -128,8 +126,7 @@ impl PrincipalSession {
         for v in crate::masking::Validator::ALL {
             ctx.register_udf(v.udf().as_ref().clone());
         }
-        let report = Arc::new(Mutex::new(EnforcementReport::default()));
-        ctx.add_analyzer_rule(Arc::new(PolicyRule::new(report.clone(), inputs.subjects)));
+        ctx.add_analyzer_rule(Arc::new(PolicyRule::new(inputs.subjects)));
 
         let domains: Vec<&str> = {
             let mut d: Vec<&str> = inputs
@@ -233,7 +230,6 @@ impl PrincipalSession {
             tables,
             expired,
             unusable,
-            report,
         })
     }
 

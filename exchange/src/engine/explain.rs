@@ -10,7 +10,8 @@ use crate::enforcement::PrincipalSession;
 pub(super) fn render_explain(
     session: &PrincipalSession,
     plan: &LogicalPlan,
-    report: &crate::enforcement::EnforcementReport,
+    scans: &[crate::audit::TableUse],
+    thresholds: &[(String, u32)],
     verbose: bool,
 ) -> String {
     let mut out = format!(
@@ -20,7 +21,7 @@ pub(super) fn render_explain(
     out.push_str(&plan.display_indent().to_string());
     out.push_str("\n\nPolicies applied:\n");
     let mut seen = Vec::new();
-    for scan in &report.scans {
+    for scan in scans {
         if seen.contains(&scan.table) {
             continue;
         }
@@ -28,7 +29,7 @@ pub(super) fn render_explain(
         let Some(spec) = session.tables.get(&scan.table) else {
             continue;
         };
-        out.push_str(&format!("  {}  grant {}\n", scan.table, scan.grant_ref));
+        out.push_str(&format!("  {}  grant {}\n", scan.table, scan.grant));
         match &spec.access.row_filter {
             None => out.push_str("    rows: all\n"),
             Some(f) if spec.access.owner => out.push_str(&format!("    rows: {}\n", f.sql)),
@@ -55,7 +56,7 @@ pub(super) fn render_explain(
             }
         }
     }
-    for (column, k) in &report.thresholds {
+    for (column, k) in thresholds {
         out.push_str(&format!(
             "  groups with fewer than {k} distinct entities behind {column} are suppressed\n"
         ));

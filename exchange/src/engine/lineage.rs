@@ -10,16 +10,13 @@ use crate::audit::TableUse;
 use crate::enforcement::RawTable;
 
 /// Tables and raw columns read by the enforced, optimized plan (subqueries included).
-pub(super) fn tables_touched(
-    plan: &LogicalPlan,
-    scans: &[crate::enforcement::ScanUse],
-) -> Vec<TableUse> {
+pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<TableUse> {
     let mut by_table: BTreeMap<String, TableUse> = BTreeMap::new();
     let grant_of = |t: &str| {
         scans
             .iter()
             .find(|s| s.table == t)
-            .map(|s| s.grant_ref.clone())
+            .map(|s| s.grant.clone())
             .unwrap_or_default()
     };
     let _ = plan.apply_with_subqueries(|node| {
@@ -58,7 +55,7 @@ pub(super) fn tables_touched(
     for s in scans {
         by_table.entry(s.table.clone()).or_insert_with(|| TableUse {
             table: s.table.clone(),
-            grant: s.grant_ref.clone(),
+            grant: s.grant.clone(),
             columns: vec![],
         });
     }

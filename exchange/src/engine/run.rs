@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::collect;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -14,15 +15,13 @@ use super::explain::render_explain;
 use super::lineage::{governed_scans, tables_touched};
 use super::{Exchange, QueryError, QueryOutput};
 use crate::audit::TableUse;
-use crate::enforcement::PrincipalSession;
+use crate::enforcement::{PrincipalSession, thresholds_applied};
 use crate::policy::Treatment;
 
-/// Whether a plan read any table the principal does not see whole and raw.
-fn reads_governed_data(
-    session: &PrincipalSession,
-    report: &crate::enforcement::EnforcementReport,
-) -> bool {
-    report.scans.iter().any(|s| {
+/// Whether a plan read any of `scans` (its governed tables) that the principal does not
+/// see whole and raw.
+fn reads_governed_data(session: &PrincipalSession, scans: &[TableUse]) -> bool {
+    scans.iter().any(|s| {
         session.tables.get(&s.table).is_none_or(|spec| {
             spec.access.row_filter.is_some()
                 || spec.access.columns.len() != spec.dataset.columns.len()
@@ -33,6 +32,22 @@ fn reads_governed_data(
                     .any(|c| c.treatment != Treatment::Plain)
         })
     })
+}
+
+/// The policy rule (an analyzer rule) and then the optimizer over `plan`: the optimized
+/// plan, and the group thresholds the enforced plan applies, read off its barriers before
+/// the optimizer may prune a subtree that holds one.
+fn enforce(
+    state: &SessionState,
+    plan: &LogicalPlan,
+) -> datafusion::common::Result<(LogicalPlan, Vec<(String, u32)>)> {
+    let analyzed =
+        state
+            .analyzer()
+            .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
+    let thresholds = thresholds_applied(&analyzed);
+    let optimized = state.optimizer().optimize(analyzed, state, |_, _| {})?;
+    Ok((optimized, thresholds))
 }
 
 /// A query planned under policy, ready to run.
@@ -63,21 +78,19 @@ pub(crate) async fn plan_query(
     sql_options()
         .verify_plan(&plan)
         .map_err(refused_statement)?;
-    let optimized = state.optimize(&plan).map_err(map_error)?;
+    let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
     if let Some(why) = crate::enforcement::recheck_optimized(&optimized) {
         return Err(QueryError::Refused(why));
     }
-    let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
-    let governed = reads_governed_data(session, &report);
+    let governed = reads_governed_data(session, named);
     let physical = state
         .query_planner()
         .create_physical_plan(&optimized, &state)
         .await
         .map_err(|e| run_error(governed, e))?;
     Ok(Planned {
-        tables: tables_touched(&optimized, &report.scans),
-        thresholds: report
-            .thresholds
+        tables: tables_touched(&optimized, named),
+        thresholds: thresholds
             .iter()
             .map(|(c, k)| format!("{c} >= {k} distinct entities"))
             .collect(),
@@ -130,13 +143,12 @@ async fn run_inner(
                 .verify_plan(&plan)
                 .map_err(refused_statement)?;
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
-            let optimized = state.optimize(&plan).map_err(map_error)?;
-            let report = session.report.lock().map(|r| r.clone()).unwrap_or_default();
-            let text = render_explain(session, &plan, &report, verbose);
+            let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
+            let text = render_explain(session, &plan, named, &thresholds, verbose);
             text_output(
                 "plan",
                 text.lines().map(str::to_string).collect(),
-                tables_touched(&optimized, &report.scans),
+                tables_touched(&optimized, named),
             )
         }
         Kind::Describe(name) => {

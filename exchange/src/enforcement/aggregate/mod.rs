@@ -173,11 +173,6 @@ impl Enforcer {
                 "nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists, but {why}"
             ));
         }
-        for entry in thresholds {
-            if !self.report.thresholds.contains(&entry) {
-                self.report.thresholds.push(entry);
-            }
-        }
         let Aggregate {
             input,
             group_expr,
@@ -252,8 +247,12 @@ impl Enforcer {
         let out_len = names.len();
         let plan = Projection::try_new(names, Arc::new(filtered)).map(LogicalPlan::Projection)?;
         // Nothing the analyst writes above (HAVING, an outer WHERE) may see a suppressed group.
-        let plan =
-            PolicyBarrier::threshold(vec![info.table.clone()], info.min_group.is_some(), plan);
+        let plan = PolicyBarrier::threshold(
+            vec![info.table.clone()],
+            thresholds,
+            info.min_group.is_some(),
+            plan,
+        );
         Ok((plan, vec![Tag::Free; out_len]))
     }
 

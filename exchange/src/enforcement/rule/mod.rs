@@ -12,7 +12,7 @@
 //! refused: unknown means unprotected.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
@@ -36,28 +36,9 @@ use super::spec::{BaseTag, GovernedSpec};
 use super::tables::{GovernedTable, RawTable};
 use super::tags::{Ctx, ScanId, Scope, Tag, is_bare, refuse, refuse_constrained};
 
-/// What one scan contributed to a plan, for audit and EXPLAIN.
-#[derive(Debug, Clone)]
-pub struct ScanUse {
-    /// `agency.table`.
-    pub table: String,
-    /// The grant applied.
-    pub grant_ref: String,
-}
-
-/// What the rule did to the last plan it saw.
-#[derive(Debug, Clone, Default)]
-pub struct EnforcementReport {
-    /// Every governed scan, in plan order.
-    pub scans: Vec<ScanUse>,
-    /// Group thresholds applied: (column, k).
-    pub thresholds: Vec<(String, u32)>,
-}
-
 /// The analyzer rule; registered last, after DataFusion's type coercion.
 #[derive(Debug, Default)]
 pub struct PolicyRule {
-    report: Arc<Mutex<EnforcementReport>>,
     /// Keep the subjects of `export_k` tables at the output (exports).
     subjects: bool,
 }
@@ -66,10 +47,11 @@ pub struct PolicyRule {
 pub const SUBJECT: &str = "__exchange_subject";
 
 impl PolicyRule {
-    /// A rule writing its report to `report`; with `subjects`, outputs keep the subject
-    /// columns of `export_k` tables (named [`SUBJECT`]`N`).
-    pub fn new(report: Arc<Mutex<EnforcementReport>>, subjects: bool) -> Self {
-        Self { report, subjects }
+    /// The rule; with `subjects`, outputs keep the subject columns of `export_k` tables
+    /// (named [`SUBJECT`]`N`). What it applied travels on the plan (the barriers'
+    /// thresholds), not beside it.
+    pub fn new(subjects: bool) -> Self {
+        Self { subjects }
     }
 }
 
@@ -114,9 +96,6 @@ impl AnalyzerRule for PolicyRule {
         if let Some(why) = super::size::oversized(&plan) {
             return refuse(why);
         }
-        if let Ok(mut r) = self.report.lock() {
-            *r = enforcer.report;
-        }
         Ok(plan)
     }
 
@@ -142,7 +121,6 @@ pub(super) struct ScanInfo {
 
 #[derive(Default)]
 pub(super) struct Enforcer {
-    pub(super) report: EnforcementReport,
     /// Output tags of processed subqueries, by plan address.
     subquery_tags: HashMap<usize, Vec<Tag>>,
     /// Every governed scan, by scan id.
@@ -411,10 +389,6 @@ impl Enforcer {
                 .any(|t| matches!(t, BaseTag::Entity { .. })),
             value_statistics: spec.access.value_statistics,
             subject: spec.subject,
-        });
-        self.report.scans.push(ScanUse {
-            table: spec.dataset.qualified_name(),
-            grant_ref: spec.access.grant_ref.clone(),
         });
         let all_tags: Vec<Tag> = spec
             .base_tags
