@@ -34,6 +34,20 @@ async fn run(ex: &Exchange, req: &ExportRequest) -> Result<export::ExportSummary
     export::export(ex, req, &mut |_, _| {}).await
 }
 
+/// The refusal of an export that selects, joins or orders rows by residents' quasi-
+/// identifiers without showing them (review 11).
+const UNSHOWN: &str = "by quasi-identifiers it does not show (police.residents.";
+
+/// An attack's export: `None` when refused because it selects rows by quasi-identifiers it
+/// does not show, else the export, for the guard's checks. Any other outcome fails.
+async fn attack(ex: &Exchange, req: &ExportRequest) -> Option<export::ExportSummary> {
+    match run(ex, req).await {
+        Ok(s) => Some(s),
+        Err(QueryError::Refused(r)) if r.contains(UNSHOWN) => None,
+        Err(e) => panic!("{}: {e}", req.out.display()),
+    }
+}
+
 fn read(path: &Path) -> (Vec<RecordBatch>, BTreeMap<String, String>) {
     let builder = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap();
     let meta = builder
@@ -522,9 +536,10 @@ fn raw_classes(filter: impl Fn(&str, i32, &str) -> bool) -> BTreeMap<(String, i3
 
 /// Export `sql` as hrss and check the guard: classes over `key` (named in the guard), none
 /// below k in the file, and exactly the query's rows of classes of >= 3 kept.
-async fn guarded(ex: &Exchange, dir: &Path, name: &str, sql: &str, key: &[&str]) -> String {
+/// `None`: refused, as selecting rows by quasi-identifiers it does not show.
+async fn guarded(ex: &Exchange, dir: &Path, name: &str, sql: &str, key: &[&str]) -> Option<String> {
     let out = dir.join(format!("{name}.parquet"));
-    let s = run(ex, &request("research-b", &out, sql)).await.unwrap();
+    let s = attack(ex, &request("research-b", &out, sql)).await?;
     let guard = s.manifest.body.guard.unwrap();
     let over = if key.is_empty() {
         "(the whole result, one class)".to_string()
@@ -541,7 +556,7 @@ async fn guarded(ex: &Exchange, dir: &Path, name: &str, sql: &str, key: &[&str])
         .filter(|n| **n >= 3)
         .sum();
     assert_eq!(s.manifest.body.rows as usize, kept, "{name}: {guard}");
-    guard
+    Some(guard)
 }
 
 #[tokio::test]
@@ -552,7 +567,9 @@ async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
     let dir = state.path();
     let all = raw_classes(|_, _, _| true);
     assert!(all.values().any(|n| *n < 3), "the test needs small classes");
-    // A quasi-identifier in a join condition shapes the rows: every column is in the class.
+    // A quasi-identifier in a join condition: the copy is not the column itself, so the
+    // export is refused (review 11) unless it shows the gender too; then every column is
+    // in the class.
     for (name, sql) in [
         (
             "values",
@@ -563,14 +580,13 @@ async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
             "SELECT g.v, r.birth_date, r.district, r.person_id FROM police.residents r, (VALUES ('F'), ('M')) g(v) WHERE r.gender = g.v",
         ),
     ] {
-        let g = guarded(
-            &ex,
-            dir,
-            name,
-            sql,
-            &["v", "birth_date", "district", "person_id"],
-        )
-        .await;
+        let key = ["v", "birth_date", "district", "person_id"];
+        assert!(guarded(&ex, dir, name, sql, &key).await.is_none(), "{name}");
+        let shown = sql.replace("SELECT g.v,", "SELECT g.v, r.gender,");
+        let key = ["v", "gender", "birth_date", "district", "person_id"];
+        let g = guarded(&ex, dir, &format!("{name}-shown"), &shown, &key)
+            .await
+            .unwrap();
         assert!(g.contains("suppressed"), "{name}: {g}");
     }
     // Computed in the projection: the computed column is a quasi-identifier.
@@ -581,9 +597,10 @@ async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
         "SELECT CASE WHEN r.gender = 'F' THEN 'woman' ELSE 'man' END AS sex, r.birth_date, r.district, r.person_id FROM police.residents r",
         &["sex", "birth_date", "district"],
     )
-    .await;
-    // A filter pins the gender and a constant says it.
-    guarded(
+    .await
+    .unwrap();
+    // A filter pins the gender and a constant says it: refused, the gender is not shown.
+    let constant = guarded(
         &ex,
         dir,
         "constant",
@@ -591,6 +608,7 @@ async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
         &["g", "birth_date", "district"],
     )
     .await;
+    assert!(constant.is_none());
     // A filter alone pins them: the whole result is one class, too small to leave.
     let (&(ref g, year, ref district), _) = all.iter().find(|(_, n)| **n < 3).unwrap();
     let guard = guarded(
@@ -603,7 +621,8 @@ async fn quasi_identifiers_copied_through_joins_and_constants_are_guarded() {
         &[],
     )
     .await;
-    assert!(guard.contains("suppressed"), "{guard}");
+    // Refused: the file would not show what the filter pinned (review 11).
+    assert!(guard.is_none());
 }
 
 #[tokio::test]
@@ -639,8 +658,8 @@ async fn quasi_identifiers_carried_by_row_counts_order_or_branches_are_guarded()
             vec!["person_id"],
         ),
     ] {
-        let g = guarded(&ex, dir, name, sql, &key).await;
-        assert!(g.contains("suppressed"), "{name}: {g}");
+        // Each condition reads a quasi-identifier the file does not show: refused.
+        assert!(guarded(&ex, dir, name, sql, &key).await.is_none(), "{name}");
     }
     // Review 3: each resident repeated (UNNEST, a cross join behind LIMIT or a window), and
     // a condition keeps the copies whose number is a set bit of a code of the
@@ -672,8 +691,10 @@ async fn quasi_identifiers_carried_by_row_counts_order_or_branches_are_guarded()
             ),
         ),
     ] {
-        let g = guarded(&ex, dir, name, &sql, &["p", "j"]).await;
-        assert!(g.contains("suppressed"), "{name}: {g}");
+        assert!(
+            guarded(&ex, dir, name, &sql, &["p", "j"]).await.is_none(),
+            "{name}"
+        );
     }
 }
 
@@ -786,7 +807,9 @@ async fn classes_count_people_over_everything_their_rows_say() {
         ),
     ] {
         let out = dir.join(format!("{name}.parquet"));
-        let s = run(&ex, &request("research-d", &out, &sql)).await.unwrap();
+        let Some(s) = attack(&ex, &request("research-d", &out, &sql)).await else {
+            continue;
+        };
         let guard = s.manifest.body.guard.unwrap();
         assert!(guard.contains("suppressed"), "{name}: {guard}");
         let (batches, _) = read(&out);
@@ -851,7 +874,9 @@ async fn rows_that_lose_their_person_or_one_person_in_two_columns_are_guarded() 
         ),
     ] {
         let out = dir.join(format!("{name}.parquet"));
-        let s = run(&ex, &request("research-e", &out, &sql)).await.unwrap();
+        let Some(s) = attack(&ex, &request("research-e", &out, &sql)).await else {
+            continue;
+        };
         let guard = s.manifest.body.guard.unwrap();
         let (batches, _) = read(&out);
         assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
@@ -912,7 +937,9 @@ async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
         ),
     ] {
         let out = dir.join(format!("{name}.parquet"));
-        let s = run(&ex, &request("research-f", &out, &sql)).await.unwrap();
+        let Some(s) = attack(&ex, &request("research-f", &out, &sql)).await else {
+            continue;
+        };
         let guard = s.manifest.body.guard.unwrap();
         let (batches, _) = read(&out);
         assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
@@ -969,7 +996,9 @@ async fn rows_that_say_something_about_everyone_never_leave() {
         ),
     ] {
         let out = dir.join(format!("{name}.parquet"));
-        let s = run(&ex, &request("research-g", &out, &sql)).await.unwrap();
+        let Some(s) = attack(&ex, &request("research-g", &out, &sql)).await else {
+            continue;
+        };
         let guard = s.manifest.body.guard.clone().unwrap_or_default();
         assert_eq!(s.manifest.body.rows, 0, "{name}: {guard}");
         let full = ok(&ex, HRSS.0, HRSS.1, &sql).await;
@@ -1008,8 +1037,8 @@ async fn whether_another_person_is_joined_in_never_decides_which_rows_leave() {
                 "{with} SELECT g.ps AS who, r1.district FROM police.residents r1 CROSS JOIN g {join}"
             );
             let out = dir.join(format!("{name}-{gender}.parquet"));
-            let s = run(&ex, &request("research-h", &out, &sql)).await.unwrap();
-            rows.push((name, gender, s.manifest.body.rows));
+            let left = attack(&ex, &request("research-h", &out, &sql)).await;
+            rows.push((name, gender, left.map_or(0, |s| s.manifest.body.rows)));
         }
     }
     // Nothing leaves, whatever the target's gender: the answer is not in the row count.
@@ -1040,12 +1069,77 @@ async fn a_pinned_person_among_decoys_is_told_apart_by_no_column() {
     );
     let sql = sql.as_str();
     let out = dir.join("pinned.parquet");
-    let s = run(&ex, &request("research-i", &out, sql)).await.unwrap();
-    let guard = s.manifest.body.guard.clone().unwrap_or_default();
     let full = ok(&ex, HRSS.0, HRSS.1, sql).await;
     assert!(
         full.rows > 3,
         "the test needs a pinned person besides the decoys"
     );
-    assert_eq!(s.manifest.body.rows, 0, "{guard}");
+    if let Some(s) = attack(&ex, &request("research-i", &out, sql)).await {
+        let guard = s.manifest.body.guard.clone().unwrap_or_default();
+        assert_eq!(s.manifest.body.rows, 0, "{guard}");
+    }
+}
+
+#[tokio::test]
+async fn a_rare_person_selected_beside_a_common_class_cannot_be_subtracted() {
+    // Review 11 (G1): `WHERE <a rare gender, year and district> OR <a common one>`, none of
+    // them shown, put the rare resident in the common class (one class, no class columns);
+    // a second export of the common class alone, to the same recipient, subtracted to the
+    // rare resident's pseudonym and phone.
+    let (ex, state) = open();
+    let dir = state.path();
+    let all = raw_classes(|_, _, _| true);
+    let (rare, _) = all.iter().find(|(_, n)| **n < 3).unwrap();
+    let (common, n_common) = all.iter().find(|(k, n)| **n >= 3 && k.2 == rare.2).unwrap();
+    let pin = |(g, y, d): &(String, i32, String)| {
+        format!(
+            "(r.gender = '{g}' AND r.district = '{d}' AND r.birth_date >= DATE '{y}-01-01' AND r.birth_date < DATE '{}-01-01')",
+            y + 1
+        )
+    };
+    let both = format!("{} OR {}", pin(rare), pin(common));
+    // Not shown: refused, naming the three quasi-identifiers and nothing of the data.
+    let hidden =
+        format!("SELECT r.person_id AS p, r.phone AS ph FROM police.residents r WHERE {both}");
+    let err = run(&ex, &request("research-j", &dir.join("h.parquet"), &hidden))
+        .await
+        .unwrap_err();
+    let QueryError::Refused(r) = err else {
+        panic!("{err}")
+    };
+    for c in ["gender", "birth_date", "district"] {
+        assert!(
+            r.contains(UNSHOWN) && r.contains(&format!("police.residents.{c}")),
+            "{r}"
+        );
+    }
+    assert!(!dir.join("h.parquet").exists());
+    // Shown: the rare resident is a class of their own and stays behind, so the file holds
+    // the common class alone, exactly as an export of the common class does.
+    let shown = |w: &str| {
+        format!(
+            "SELECT r.person_id AS p, r.phone AS ph, r.gender, r.birth_date, r.district FROM police.residents r WHERE {w}"
+        )
+    };
+    let ids = |name: &str| -> BTreeSet<String> {
+        column(&read(&dir.join(name)).0, "p").into_iter().collect()
+    };
+    let a = run(
+        &ex,
+        &request("research-j", &dir.join("a.parquet"), &shown(&both)),
+    )
+    .await
+    .unwrap();
+    let b = run(
+        &ex,
+        &request("research-j", &dir.join("b.parquet"), &shown(&pin(common))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        a.manifest.body.guard.unwrap().contains("suppressed"),
+        "the rare resident is withheld"
+    );
+    assert_eq!(b.manifest.body.rows, *n_common as u64);
+    assert_eq!(ids("a.parquet"), ids("b.parquet"));
 }

@@ -52,6 +52,8 @@ fn enforce(
 
 /// A query planned under policy, ready to run.
 pub(crate) struct Planned {
+    /// The logical plan as written, over the governed tables (before policy).
+    pub written: LogicalPlan,
     /// The optimized logical plan (policy applied).
     pub optimized: LogicalPlan,
     /// The physical plan.
@@ -94,6 +96,7 @@ pub(crate) async fn plan_query(
             .iter()
             .map(|(c, k)| format!("{c} >= {k} distinct entities"))
             .collect(),
+        written: plan,
         optimized,
         physical,
         governed,

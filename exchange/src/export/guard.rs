@@ -12,10 +12,10 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 use crate::catalog::{Catalog, KAction};
-use crate::enforcement::{PolicyBarrier, RawTable, SUBJECT};
+use crate::enforcement::{GovernedTable, PolicyBarrier, RawTable, SUBJECT};
 
 /// Source columns (`agency.table`, column) an output column is computed from.
-type Sources = BTreeSet<(String, String)>;
+pub(super) type Sources = BTreeSet<(String, String)>;
 
 /// What the guard checks for one export.
 #[derive(Debug, Clone)]
@@ -43,6 +43,20 @@ pub struct GuardSpec {
     pub per_person: bool,
 }
 
+/// The table and its `export_k` rule, if `(table, column)` is a quasi-identifier of a table
+/// that declares one.
+pub(super) fn quasi(
+    catalog: &Catalog,
+    (table, column): &(String, String),
+) -> Option<(String, crate::catalog::ExportK)> {
+    let (agency, name) = table.split_once('.')?;
+    let d = catalog.dataset(agency, name)?;
+    let rule = d.export_k?;
+    d.column(column)
+        .filter(|c| c.quasi_identifier)
+        .map(|_| (table.clone(), rule))
+}
+
 /// Tables whose entities the root aggregate's policy threshold counts, if the plan's rows
 /// are its groups (through projections, filters, sorts, limits and aliases only).
 fn root_thresholds(plan: &LogicalPlan) -> Option<&[String]> {
@@ -67,15 +81,7 @@ impl GuardSpec {
     /// quasi-identifiers of a table that declares `export_k`: the strictest k and action of
     /// those tables.
     pub fn of(plan: &LogicalPlan, catalog: &Catalog) -> Option<Self> {
-        let quasi =
-            |(table, column): &(String, String)| -> Option<(String, crate::catalog::ExportK)> {
-                let (agency, name) = table.split_once('.')?;
-                let d = catalog.dataset(agency, name)?;
-                let rule = d.export_k?;
-                d.column(column)
-                    .filter(|c| c.quasi_identifier)
-                    .map(|_| (table.clone(), rule))
-            };
+        let quasi = |s: &(String, String)| quasi(catalog, s);
         let mut tables: BTreeSet<String> = BTreeSet::new();
         let mut spec: Option<GuardSpec> = None;
         for source in read_anywhere(plan) {
@@ -315,7 +321,7 @@ fn read_anywhere(plan: &LogicalPlan) -> Sources {
 
 /// Columns of `schema` an expression refers to (its subqueries' outer references included),
 /// and what its subqueries read.
-fn references(expr: &Expr, schema: &DFSchema) -> (Vec<usize>, Sources) {
+pub(super) fn references(expr: &Expr, schema: &DFSchema) -> (Vec<usize>, Sources) {
     let mut columns = Vec::new();
     let mut read = Sources::new();
     let mut add = |c: &Column| {
@@ -404,18 +410,21 @@ pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
     };
     match plan {
         LogicalPlan::TableScan(scan) => {
-            let raw = source_as_provider(&scan.source)
-                .ok()
-                .is_some_and(|p| p.downcast_ref::<RawTable>().is_some());
+            // The enforced plan reads raw tables; the plan as written, governed ones.
+            let table = source_as_provider(&scan.source).ok().and_then(|p| {
+                if p.downcast_ref::<RawTable>().is_some() {
+                    Some(scan.table_name.to_string())
+                } else {
+                    p.downcast_ref::<GovernedTable>()
+                        .map(|g| g.spec().dataset.qualified_name())
+                }
+            });
             scan.projected_schema
                 .fields()
                 .iter()
-                .map(|f| {
-                    if raw {
-                        Sources::from([(scan.table_name.to_string(), f.name().clone())])
-                    } else {
-                        Sources::new()
-                    }
+                .map(|f| match &table {
+                    Some(t) => Sources::from([(t.clone(), f.name().clone())]),
+                    None => Sources::new(),
                 })
                 .collect()
         }
