@@ -22,7 +22,8 @@ use crate::catalog::Catalog;
 use crate::enforcement::GovernedTable;
 
 /// Quasi-identifiers (`agency.table.column`) of `export_k` tables that the written plan
-/// reads to select, join, order, group or limit its rows, but that no output column shows
+/// reads (subqueries included) to select, join, order, group or limit its rows, but that no
+/// output column shows
 /// as itself. Empty: every such condition is visible in the file's classes.
 pub(super) fn unshown_quasi_identifiers(written: &LogicalPlan, catalog: &Catalog) -> Vec<String> {
     let mut read = Sources::new();
