@@ -11,7 +11,8 @@
 //! purpose ([`Exchange::execute`]); every call is audited. Everything else is reached
 //! through a few namespaces:
 //!
-//! - [`Exchange`], [`ExchangeConfig`], [`QueryOutput`], [`QueryPlan`], [`QueryError`],
+//! - [`Exchange`], [`ExchangeConfig`], [`QueryOutput`], [`QueryPlan`], [`QueryError`] (with
+//!   [`FailureKind`]),
 //!   [`OpenError`]: the entry point and what it returns;
 //! - [`config`]: one configuration, `exchange.toml` ([`Settings`]), and the library's
 //!   [`ExchangeConfig`] built from it;
@@ -51,6 +52,6 @@ pub mod tuning;
 pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
-    CheckReport, Exchange, Finding, OpenError, QueryError, QueryOutput, QueryPlan, Severity,
-    VisibleColumn, check,
+    CheckReport, Exchange, FailureKind, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
+    Severity, VisibleColumn, check,
 };

@@ -123,7 +123,9 @@ async fn missing_and_corrupt_data_files_fail_the_query_clearly() {
         )
         .await
     {
-        Err(QueryError::Failed(e)) | Err(QueryError::Refused(e)) => {
+        Err(QueryError::Failed(e))
+        | Err(QueryError::Refused(e))
+        | Err(QueryError::Run { message: e, .. }) => {
             assert!(e.contains("enterprises"), "{e}")
         }
         other => panic!("expected an error, got {other:?}"),
@@ -136,7 +138,10 @@ async fn missing_and_corrupt_data_files_fail_the_query_clearly() {
         )
         .await
     {
-        Err(QueryError::Failed(e)) => assert!(e.to_lowercase().contains("parquet"), "{e}"),
+        Err(QueryError::Run { kind, message: e }) => {
+            assert_eq!(kind, exchange::FailureKind::Unreadable);
+            assert!(e.to_lowercase().contains("parquet"), "{e}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     // The checker names both.

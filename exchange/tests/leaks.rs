@@ -294,7 +294,10 @@ async fn reviewed_attacks_are_closed() {
         )
         .await
     {
-        Err(QueryError::Failed(e)) => assert!(e.contains("withheld") && !e.contains('*'), "{e}"),
+        Err(QueryError::Run { kind, message: e }) => {
+            assert_eq!(kind, exchange::FailureKind::Cast);
+            assert!(e.contains("withheld") && !e.contains('*'), "{e}")
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -387,7 +390,9 @@ async fn error_texts_over_governed_data_carry_no_chosen_text() {
         "SELECT arrow_cast(concat('missing ', birth_date), 'Int32') FROM police.residents",
     ] {
         match ex.execute(civil.0, Some(civil.1), sql).await {
-            Err(QueryError::Failed(e)) => {
+            Err(QueryError::Run { kind, message: e }) => {
+                // Told by the error's type: a text saying "parquet" is not a bad file.
+                assert_ne!(kind, exchange::FailureKind::Unreadable, "{sql}");
                 assert!(e.contains("withheld"), "{sql}\n  -> {e}");
                 assert!(
                     !e.contains("parquet ") && !e.contains("missing ") && !e.contains('*'),

@@ -10,20 +10,9 @@ use arrow::error::ArrowError;
 use datafusion::common::{DataFusionError, TableReference};
 use datafusion::sql::parser::Statement as DFStatement;
 
-use super::QueryError;
+use super::{FailureKind as Failure, QueryError};
 use crate::enforcement::{DataUnavailable, PrincipalSession, find_violation};
 use crate::policy::Denial;
-
-/// The kind of a run-time failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Cast,
-    DivideByZero,
-    Overflow,
-    Resources,
-    Unreadable,
-    Other,
-}
 
 impl Failure {
     fn words(self) -> &'static str {
@@ -141,11 +130,22 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
 
 /// What a principal is told of an error while running: for governed data only its kind.
 pub(crate) fn run_error(governed: bool, e: DataFusionError) -> QueryError {
-    if governed && find_violation(&e).is_none() {
-        QueryError::Failed(withheld(&e))
-    } else {
-        map_error(e)
+    if find_violation(&e).is_some() {
+        return map_error(e);
     }
+    let kind = if unavailable(&e).is_some() {
+        Failure::Unreadable
+    } else {
+        failure(&e)
+    };
+    let message = if governed {
+        withheld(&e)
+    } else if let Some(d) = unavailable(&e) {
+        d.to_string()
+    } else {
+        e.strip_backtrace()
+    };
+    QueryError::Run { kind, message }
 }
 
 /// Refuse a statement naming a table outside the principal's catalog, before planning: the

@@ -56,12 +56,40 @@ pub enum QueryError {
     /// Refused by policy; the reason names what and why, and leaks nothing.
     #[error("refused: {0}")]
     Refused(String),
-    /// Allowed, but the statement is invalid or failed to run.
+    /// Allowed, but the statement is invalid, cannot be planned, or its output cannot be
+    /// written.
     #[error("error: {0}")]
     Failed(String),
+    /// Allowed and planned, but it failed while running. Over governed data the message
+    /// says only the kind: an error text can quote a value the policy hides.
+    #[error("error: {message}")]
+    Run {
+        /// What went wrong, told by the error's type (never by its text).
+        kind: FailureKind,
+        /// What the principal is told.
+        message: String,
+    },
     /// The audit record could not be written, so no result is returned.
     #[error("audit log unavailable, result withheld: {0}")]
     Audit(String),
+}
+
+/// The kind of a failure while running, told by the error's DataFusion or Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// A value could not be converted (a cast or a parse).
+    Cast,
+    /// A division by zero.
+    DivideByZero,
+    /// An arithmetic overflow.
+    Overflow,
+    /// The query exceeded its memory limit.
+    Resources,
+    /// A data file could not be read: the operator's side, not the query's.
+    Unreadable,
+    /// Any other failure of an expression on a value.
+    Other,
 }
 
 /// What a statement returned.

@@ -13,9 +13,9 @@ pub(crate) fn audit_decision<T>(outcome: &Result<T, QueryError>) -> (Decision, O
     match outcome {
         Ok(_) => (Decision::Allowed, None),
         Err(QueryError::Refused(r)) => (Decision::Refused, Some(r.clone())),
-        Err(QueryError::Failed(r)) | Err(QueryError::Audit(r)) => {
-            (Decision::Failed, Some(redact_values(r)))
-        }
+        Err(QueryError::Failed(r))
+        | Err(QueryError::Run { message: r, .. })
+        | Err(QueryError::Audit(r)) => (Decision::Failed, Some(redact_values(r))),
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use datafusion::common::DFSchema;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
@@ -23,8 +23,8 @@ use crate::enforcement::GovernedTable;
 
 /// Quasi-identifiers (`agency.table.column`) of `export_k` tables that the written plan
 /// reads (subqueries included) to select, join, order, group or limit its rows, but that no
-/// output column shows
-/// as itself. Empty: every such condition is visible in the file's classes.
+/// output column shows as itself. Empty: every such condition is visible in the file's
+/// classes.
 pub(super) fn unshown_quasi_identifiers(written: &LogicalPlan, catalog: &Catalog) -> Vec<String> {
     let mut read = Sources::new();
     let _ = written.apply_with_subqueries(|node| {

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{SessionTokens, principal_of_api_token};
 use crate::audit::{Decision, Entry, StatementKind};
-use crate::engine::{Exchange, QueryError, QueryOutput};
+use crate::engine::{Exchange, FailureKind, QueryError, QueryOutput};
 
 mod flight_sql;
 
@@ -98,6 +98,11 @@ fn status_of(e: QueryError) -> Status {
     match e {
         QueryError::Refused(_) => Status::permission_denied(message),
         QueryError::Failed(_) => Status::invalid_argument(message),
+        QueryError::Run { kind, .. } => match kind {
+            FailureKind::Resources => Status::resource_exhausted(message),
+            FailureKind::Unreadable => Status::unavailable(message),
+            _ => Status::invalid_argument(message),
+        },
         QueryError::Audit(_) => Status::unavailable(message),
     }
 }

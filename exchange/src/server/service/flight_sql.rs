@@ -368,6 +368,7 @@ impl FlightSqlService for ExchangeFlightService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::FailureKind;
 
     #[test]
     fn status_messages_escape_terminal_controls() {
@@ -378,5 +379,21 @@ mod tests {
             status_of(QueryError::Refused("no".into())).code(),
             tonic::Code::PermissionDenied
         );
+    }
+
+    #[test]
+    fn run_failures_map_to_the_status_a_client_can_act_on() {
+        let run = |kind| QueryError::Run {
+            kind,
+            message: "m".into(),
+        };
+        for (kind, code) in [
+            (FailureKind::Resources, tonic::Code::ResourceExhausted),
+            (FailureKind::Unreadable, tonic::Code::Unavailable),
+            (FailureKind::Cast, tonic::Code::InvalidArgument),
+            (FailureKind::DivideByZero, tonic::Code::InvalidArgument),
+        ] {
+            assert_eq!(status_of(run(kind)).code(), code, "{kind:?}");
+        }
     }
 }
