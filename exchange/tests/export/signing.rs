@@ -1,0 +1,283 @@
+//! Signed, recipient-keyed, traceable files; what a refused or invalid export leaves behind.
+
+use super::*;
+
+#[tokio::test]
+async fn an_export_is_signed_carries_its_provenance_and_verifies() {
+    let (ex, state) = open();
+    let out = state.path().join("residents.parquet");
+    let s = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let m = &s.manifest.body;
+    assert_eq!(m.recipient, "research-a");
+    assert_eq!(
+        m.grants,
+        vec!["police/residents-hrss-employment@2026-11-01"]
+    );
+    assert_eq!(m.expires.as_deref(), Some("2027-06-30"));
+    assert!(s.manifest_path.ends_with("residents.parquet.manifest.json"));
+
+    let (batches, meta) = read(&out);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows as u64, m.rows);
+    for (k, v) in [
+        ("exchange.principal", "hrss_analyst"),
+        ("exchange.purpose", "new_employment_services"),
+        ("exchange.recipient", "research-a"),
+        ("exchange.statement", DETAIL),
+        ("exchange.expires", "2027-06-30"),
+    ] {
+        assert_eq!(meta.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(meta["exchange.grants"].contains("residents-hrss-employment"));
+
+    let verified = export::verify(&out, &public_key(&ex)).unwrap();
+    assert_eq!(verified, s.manifest);
+
+    // The audit record came first and says what was issued to whom.
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let r = records.last().unwrap();
+    assert_eq!(r.entry.kind, "export");
+    assert_eq!(r.seq, m.audit_seq);
+    assert_eq!(r.entry.recipient.as_deref(), Some("research-a"));
+    assert_eq!(
+        r.entry.export.as_deref(),
+        Some(format!("residents.parquet sha256:{}", m.sha256).as_str())
+    );
+    let auditor = ok(
+        &ex,
+        "auditor",
+        "audit_review",
+        "SELECT kind, recipient FROM audit.events WHERE kind = 'export'",
+    )
+    .await;
+    assert_eq!(cells(&auditor.batches), vec![vec!["export", "research-a"]]);
+}
+
+#[tokio::test]
+async fn edited_files_manifests_and_other_keys_fail_verification() {
+    let (ex, state) = open();
+    let out = state.path().join("r.parquet");
+    run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let key = public_key(&ex);
+    let manifest = export::manifest_path(&out);
+    let original_file = fs::read(&out).unwrap();
+    let original_manifest = fs::read_to_string(&manifest).unwrap();
+
+    // One byte of the data changed.
+    let mut bytes = original_file.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&out, &bytes).unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("does not match its manifest"), "{e}");
+    fs::write(&out, &original_file).unwrap();
+
+    // The manifest re-addressed to another recipient.
+    fs::write(
+        &manifest,
+        original_manifest.replace("\"research-a\"", "\"research-z\""),
+    )
+    .unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("signature does not verify"), "{e}");
+    fs::write(&manifest, &original_manifest).unwrap();
+
+    // Another exchange's key.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = exchange::keys::init(other.path()).unwrap();
+    let e = export::verify(&out, &other_key).unwrap_err().to_string();
+    assert!(e.contains("signed by key"), "{e}");
+
+    // Fields outside the signature are refused, not passed on as if vouched for.
+    fs::write(
+        &manifest,
+        original_manifest.replacen('{', "{\n  \"licensed_to\": \"everyone\",", 1),
+    )
+    .unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("signature does not cover: licensed_to"), "{e}");
+    fs::write(&manifest, &original_manifest).unwrap();
+
+    // A renamed file is not the file the manifest is about.
+    let renamed = state.path().join("renamed.parquet");
+    fs::copy(&out, &renamed).unwrap();
+    fs::copy(&manifest, export::manifest_path(&renamed)).unwrap();
+    let e = export::verify(&renamed, &key).unwrap_err().to_string();
+    assert!(e.contains("manifest is for file 'r.parquet'"), "{e}");
+
+    assert!(export::verify(&out, &key).is_ok());
+}
+
+#[tokio::test]
+async fn recipients_cannot_link_their_files_and_trace_names_the_recipient() {
+    let (ex, state) = open();
+    let sql = "SELECT person_id, district FROM police.residents";
+    let mut tokens: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    for r in ["research-a", "bureau-b", "insurer-c"] {
+        let out = state.path().join(format!("{r}.parquet"));
+        run(&ex, &request(r, &out, sql)).await.unwrap();
+        tokens.insert(r, column(&read(&out).0, "person_id").into_iter().collect());
+        files.push((r, out));
+    }
+    // Same persons, disjoint pseudonyms: no two recipients can join their files.
+    let sets: Vec<_> = tokens.values().collect();
+    assert_eq!(sets[0].len(), sets[1].len());
+    assert!(sets[0].is_disjoint(sets[1]) && sets[1].is_disjoint(sets[2]));
+    // Nor with what hrss analysts see in their own queries.
+    let own: BTreeSet<String> = column(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches, "person_id")
+        .into_iter()
+        .collect();
+    assert!(own.is_disjoint(sets[0]));
+
+    for (recipient, path) in &files {
+        // A leaker strips the manifest; the trace needs only the file.
+        let _ = fs::remove_file(export::manifest_path(path));
+        let report = export::trace(&ex, path).await.unwrap();
+        assert_eq!(
+            report.verdict.as_deref(),
+            Some(format!("recipient {recipient} (exports of agency hrss)").as_str()),
+            "{report:?}"
+        );
+        // The verdict comes with the audit record of the export.
+        assert_eq!(report.exports.len(), 1, "{report:?}");
+        assert!(report.exports[0].contains(&format!("{recipient}.parquet sha256:")));
+    }
+    // A file without pseudonyms has nothing to trace.
+    let out = state.path().join("plain.parquet");
+    run(
+        &ex,
+        &request(
+            "research-a",
+            &out,
+            "SELECT district, gender FROM police.residents",
+        ),
+    )
+    .await
+    .unwrap();
+    let report = export::trace(&ex, &out).await.unwrap();
+    assert!(report.columns.is_empty() && report.verdict.is_none());
+}
+
+#[tokio::test]
+async fn refused_and_invalid_exports_write_nothing_and_are_audited() {
+    let (ex, state) = open();
+    let out = state.path().join("x.parquet");
+    for (req, expect) in [
+        (
+            request("research-a", &out, "SELECT * FROM health.visits"),
+            "not found or not granted",
+        ),
+        (
+            request("research-a", &out, &format!("EXPLAIN {DETAIL}")),
+            "only queries can be exported",
+        ),
+        (request("no spaces allowed", &out, DETAIL), "a recipient is"),
+        (
+            ExportRequest {
+                purpose: None,
+                ..request("research-a", &out, DETAIL)
+            },
+            "no purpose declared",
+        ),
+    ] {
+        let e = run(&ex, &req).await.unwrap_err().to_string();
+        assert!(e.contains(expect), "{e}");
+        assert!(!out.exists());
+    }
+    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    assert_eq!(records.len(), 4);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.entry.kind == "export" || r.entry.kind == "other")
+    );
+
+    // Never overwritten.
+    run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let e = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never overwritten"), "{e}");
+}
+
+#[test]
+fn trader_workflow_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let cli = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_exchange"));
+        c.arg("--config-dir")
+            .arg(common::repo_root())
+            .arg("--data-root")
+            .arg(common::data_root())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--key-dir")
+            .arg(state.join("keys"));
+        c
+    };
+    assert!(cli().args(["keys", "init"]).status().unwrap().success());
+    let file = tmp.path().join("enterprises.parquet");
+    let out = cli()
+        .args([
+            "export",
+            "--as",
+            "market_trader",
+            "--purpose",
+            "data_product",
+            "--recipient",
+            "buyer-1",
+            "--expires",
+            "2027-01-31",
+            "--out",
+        ])
+        .arg(&file)
+        .arg("SELECT industry, district, count(*) AS enterprises FROM market.enterprises GROUP BY industry, district")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("for recipient buyer-1") && stdout.contains("expires: 2027-01-31"));
+
+    let out = cli()
+        .args(["export", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("OK: enterprises.parquet") && stdout.contains("to recipient buyer-1")
+    );
+
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    fs::write(&file, bytes).unwrap();
+    let out = cli()
+        .args(["export", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("INVALID:"));
+
+    // The export is in the log, and the log still verifies.
+    let out = cli().args(["audit", "report"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("| market_trader | buyer-1 | enterprises.parquet")
+    );
+    assert!(cli().args(["audit", "verify"]).status().unwrap().success());
+}
