@@ -277,18 +277,16 @@ async fn stage(
     // Aggregated rows are groups only under a policy threshold over the tables whose
     // quasi-identifiers the query reads; otherwise they count as records like any row.
     let guard = GuardSpec::of(&planned.optimized, ex.catalog());
-    if let Some(g) = &guard
-        && g.k > 1
-        && !g.aggregated
+    // Checked whether or not the guard found a quasi-identifier: a raw resident ID selects
+    // by them without reading one.
+    if !guard.as_ref().is_some_and(|g| g.aggregated)
+        && let Some((unshown, k)) =
+            selection::unshown_quasi_identifiers(&planned.written, ex.catalog())
     {
-        let unshown = selection::unshown_quasi_identifiers(&planned.written, ex.catalog());
-        if !unshown.is_empty() {
-            return Err(QueryError::Refused(format!(
-                "the export selects, joins or orders rows by quasi-identifiers it does not show ({}); its {}-anonymity is counted over what the file shows, so show them as plain columns (as the grant presents them) or drop the condition",
-                unshown.join(", "),
-                g.k
-            )));
-        }
+        return Err(QueryError::Refused(format!(
+            "the export selects, joins or orders rows by quasi-identifiers it does not show ({}); its {k}-anonymity is counted over what the file shows, so show them as plain columns (as the grant presents them) or drop the condition",
+            unshown.join(", ")
+        )));
     }
 
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

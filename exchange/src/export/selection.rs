@@ -13,45 +13,140 @@
 use std::collections::BTreeSet;
 
 use datafusion::common::DFSchema;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
 use super::guard::{Sources, lineage, quasi, references};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, PiiType};
 use crate::enforcement::GovernedTable;
+use crate::policy::Treatment;
 
 /// Quasi-identifiers (`agency.table.column`) of `export_k` tables that the written plan
-/// reads (subqueries included) to select, join, order, group or limit its rows, but that no
-/// output column shows as itself. Empty: every such condition is visible in the file's
-/// classes.
-pub(super) fn unshown_quasi_identifiers(written: &LogicalPlan, catalog: &Catalog) -> Vec<String> {
+/// reads (subqueries included) other than by showing them as plain output columns: to
+/// select, join, order, group or limit its rows, or to compute an output column (a flag
+/// `CASE WHEN <rare tuple> OR <common tuple>` splits the rows as a WHERE would, review 12).
+/// A resident ID the principal sees raw encodes birth date, gender and region, so reading
+/// one other than as a plain column or an equi-join key reads every quasi-identifier of the
+/// `export_k` tables the plan scans (`substr(e.person_id, 7, 4) = '1961'`, review 12).
+/// With them, the strictest k of their tables; `None`: every such read is visible in the
+/// file's classes (or k is 1).
+pub(super) fn unshown_quasi_identifiers(
+    written: &LogicalPlan,
+    catalog: &Catalog,
+) -> Option<(Vec<String>, u32)> {
+    let (raw_ids, scanned_qis) = scanned(written, catalog);
     let mut read = Sources::new();
-    let _ = written.apply_with_subqueries(|node| {
-        if !matches!(
+    reads(written, false, &mut read);
+    if read.iter().any(|s| raw_ids.contains(s)) {
+        read.extend(scanned_qis);
+    }
+    let shown: BTreeSet<(String, String)> = (0..written.schema().fields().len())
+        .filter_map(|i| origin(written, i))
+        .collect();
+    let mut k = 0;
+    let mut unshown = Vec::new();
+    for s in read {
+        if let Some((_, rule)) = quasi(catalog, &s)
+            && !shown.contains(&s)
+        {
+            k = k.max(rule.k);
+            unshown.push(format!("{}.{}", s.0, s.1));
+        }
+    }
+    (k > 1).then_some((unshown, k))
+}
+
+/// Adds to `read` the sources `plan` reads other than by passing a column on or linking by
+/// identity. Inside a subquery nothing is passed on to the file: what its projection
+/// yields, the enclosing expression compares (`'F' IN (SELECT r2.gender ...)`).
+fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Subquery(sq) = node {
+            reads(&sq.subquery, true, read);
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        if matches!(
             node,
-            LogicalPlan::Projection(_) | LogicalPlan::TableScan(_) | LogicalPlan::SubqueryAlias(_)
+            LogicalPlan::TableScan(_) | LogicalPlan::SubqueryAlias(_)
         ) {
-            let inputs = node.inputs();
-            let mut schema = DFSchema::empty();
-            let mut of: Vec<Sources> = Vec::new();
-            for input in &inputs {
-                schema.merge(input.schema());
-                of.extend(lineage(input));
-            }
-            for e in node.expressions() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let mut schema = DFSchema::empty();
+        let mut of: Vec<Sources> = Vec::new();
+        for input in node.inputs() {
+            schema.merge(input.schema());
+            of.extend(lineage(input));
+        }
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                let sub = match x {
+                    Expr::ScalarSubquery(sq) => Some(sq),
+                    Expr::Exists(x) => Some(&x.subquery),
+                    Expr::InSubquery(x) => Some(&x.subquery),
+                    Expr::SetComparison(x) => Some(&x.subquery),
+                    _ => None,
+                };
+                if let Some(sq) = sub {
+                    reads(&sq.subquery, true, read);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            if in_subquery || !shows_or_links(node, &e) {
                 read.extend(sources_of(&e, &schema, &of));
             }
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    let shown: BTreeSet<(String, String)> = (0..written.schema().fields().len())
-        .filter_map(|i| origin(written, i))
-        .collect();
-    read.into_iter()
-        .filter(|s| quasi(catalog, s).is_some() && !shown.contains(s))
-        .map(|(t, c)| format!("{t}.{c}"))
-        .collect()
+}
+
+/// Whether `e`, an expression of `node`, only passes a column on (a projection of a bare
+/// column, possibly renamed) or links rows by identity (an equi-join key pair of bare
+/// columns).
+fn shows_or_links(node: &LogicalPlan, e: &Expr) -> bool {
+    match node {
+        LogicalPlan::Projection(_) => matches!(unalias(e), Expr::Column(_)),
+        LogicalPlan::Join(j) => {
+            matches!(unalias(e), Expr::BinaryExpr(b)
+                if b.op == datafusion::logical_expr::Operator::Eq
+                    && matches!(b.left.as_ref(), Expr::Column(_))
+                    && matches!(b.right.as_ref(), Expr::Column(_))
+                    && j.on.iter().any(|(l, r)| l == b.left.as_ref() && r == b.right.as_ref()))
+        }
+        _ => false,
+    }
+}
+
+/// Over the governed scans of the written plan: the resident-ID columns the principal sees
+/// raw, and the quasi-identifiers of the `export_k` tables scanned.
+fn scanned(written: &LogicalPlan, catalog: &Catalog) -> (Sources, Sources) {
+    let mut raw_ids = Sources::new();
+    let mut qis = Sources::new();
+    let _ = written.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(governed) = provider.downcast_ref::<GovernedTable>()
+        {
+            let spec = governed.spec();
+            let table = spec.dataset.qualified_name();
+            for c in &spec.dataset.columns {
+                let source = (table.clone(), c.name.clone());
+                let plain = spec
+                    .access
+                    .columns
+                    .iter()
+                    .any(|r| r.name == c.name && r.treatment == Treatment::Plain);
+                if plain && c.pii == Some(PiiType::ResidentId) {
+                    raw_ids.insert(source.clone());
+                }
+                if quasi(catalog, &source).is_some() {
+                    qis.insert(source);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    (raw_ids, qis)
 }
 
 /// The sources an expression over `schema` (whose columns reveal `of`) reads.

@@ -369,3 +369,73 @@ async fn a_rare_person_selected_beside_a_common_class_cannot_be_subtracted() {
     assert_eq!(b.manifest.body.rows, *n_common as u64);
     assert_eq!(ids("a.parquet"), ids("b.parquet"));
 }
+
+#[tokio::test]
+async fn a_flag_or_a_raw_id_selects_by_quasi_identifiers_too() {
+    // Review 12: the condition moved into the SELECT list as a 0/1 flag split the rows as a
+    // WHERE would (G1 with two files); and civil's own raw resident IDs, which encode birth
+    // date, gender and region, picked police's rare F/1961/hexi residents with no
+    // quasi-identifier read at all, so no guard ran.
+    let (ex, state) = open();
+    let dir = state.path();
+    let flag = "SELECT r.person_id AS p, r.phone AS ph,
+            CASE WHEN r.gender = 'F' AND r.district = 'heping' THEN 1 ELSE 0 END AS f
+        FROM police.residents r";
+    let err = run(&ex, &request("research-k", &dir.join("flag.parquet"), flag))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(UNSHOWN) && err.to_string().contains("gender"),
+        "{err}"
+    );
+    // A subquery's output is compared, never shown: `'F' IN (SELECT r2.gender ...)`.
+    let correlated = "SELECT r.person_id AS p, r.phone AS ph FROM police.residents r
+        WHERE 'F' IN (SELECT r2.gender FROM police.residents r2 WHERE r2.person_id = r.person_id)";
+    let err = run(
+        &ex,
+        &request("research-k", &dir.join("sub.parquet"), correlated),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(UNSHOWN) && err.to_string().contains("gender"),
+        "{err}"
+    );
+    let civil = |sql: &str, out: &str| ExportRequest {
+        principal: "civil_analyst".into(),
+        purpose: Some("elderly_care_planning".into()),
+        recipient: "research-k".into(),
+        out: dir.join(out),
+        sql: sql.into(),
+        expires: None,
+    };
+    for (name, sql) in [
+        (
+            "id-substrings",
+            "SELECT r.name AS nm, r.household_size AS hh FROM police.residents r
+             JOIN civil.elderly_care e ON e.person_key = r.person_id
+             WHERE substr(e.person_id, 1, 6) = '120103' AND substr(e.person_id, 7, 4) = '1961'",
+        ),
+        (
+            "id-flag",
+            "SELECT r.name AS nm, substr(e.person_id, 7, 4) = '1961' AS y FROM police.residents r
+             JOIN civil.elderly_care e ON e.person_key = r.person_id",
+        ),
+    ] {
+        let err = run(&ex, &civil(sql, &format!("{name}.parquet")))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        for c in ["gender", "birth_date", "district"] {
+            assert!(
+                text.contains(UNSHOWN) && text.contains(&format!("police.residents.{c}")),
+                "{name}: {text}"
+            );
+        }
+    }
+    // Linking by the raw ID (an equi-join key) and showing it are not selections: they run.
+    let linked = "SELECT e.person_id, r.gender, r.birth_date, r.district FROM police.residents r
+        JOIN civil.elderly_care e ON e.person_key = r.person_id";
+    let s = run(&ex, &civil(linked, "linked.parquet")).await;
+    assert!(s.is_ok(), "{:?}", s.err());
+}
