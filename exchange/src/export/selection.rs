@@ -92,7 +92,8 @@ fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
                 }
                 Ok(TreeNodeRecursion::Continue)
             });
-            if in_subquery || !shows_or_links(node, &e) {
+            let governed = |x: &Expr| !sources_of(x, &schema, &of).is_empty();
+            if in_subquery || !shows_or_links(node, &e, &governed) {
                 read.extend(sources_of(&e, &schema, &of));
             }
         }
@@ -102,8 +103,8 @@ fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
 
 /// Whether `e`, an expression of `node`, only passes a column on (a projection of a bare
 /// column, possibly renamed) or links rows by identity (an equi-join key pair of bare
-/// columns).
-fn shows_or_links(node: &LogicalPlan, e: &Expr) -> bool {
+/// columns of governed tables: a key joined with a VALUES list of chosen IDs selects).
+fn shows_or_links(node: &LogicalPlan, e: &Expr, governed: &dyn Fn(&Expr) -> bool) -> bool {
     match node {
         LogicalPlan::Projection(_) => matches!(unalias(e), Expr::Column(_)),
         LogicalPlan::Join(j) => {
@@ -111,6 +112,8 @@ fn shows_or_links(node: &LogicalPlan, e: &Expr) -> bool {
                 if b.op == datafusion::logical_expr::Operator::Eq
                     && matches!(b.left.as_ref(), Expr::Column(_))
                     && matches!(b.right.as_ref(), Expr::Column(_))
+                    && governed(&b.left)
+                    && governed(&b.right)
                     && j.on.iter().any(|(l, r)| l == b.left.as_ref() && r == b.right.as_ref()))
         }
         _ => false,

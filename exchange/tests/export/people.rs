@@ -417,6 +417,12 @@ async fn a_flag_or_a_raw_id_selects_by_quasi_identifiers_too() {
              WHERE substr(e.person_id, 1, 6) = '120103' AND substr(e.person_id, 7, 4) = '1961'",
         ),
         (
+            "id-values",
+            "SELECT r.name AS nm, r.household_size AS hh FROM police.residents r
+             JOIN civil.elderly_care e ON e.person_key = r.person_id
+             JOIN (VALUES ('120103196110117509')) v(id) ON v.id = e.person_id",
+        ),
+        (
             "id-flag",
             "SELECT r.name AS nm, substr(e.person_id, 7, 4) = '1961' AS y FROM police.residents r
              JOIN civil.elderly_care e ON e.person_key = r.person_id",
