@@ -131,6 +131,23 @@ fn suppress_is_a_rule_for_the_checker_and_rejects_derived_columns() {
         "{text:?}"
     );
 
+    // An address names its district: unmarked in a table with export_k, it is reported.
+    let c = config();
+    let schema = c.path().join("schemas/police.toml");
+    let carries = |dir: &std::path::Path| -> bool {
+        exchange::check(&cfg(dir)).findings.iter().any(|f| {
+            f.to_string()
+                .contains("residents.address carries a quasi-identifier")
+        })
+    };
+    assert!(!carries(c.path()));
+    edit(
+        &schema,
+        "pii = \"address\"\nlevel = \"general-3\"\n# An address names its district: a quasi-identifier like the district itself.\nquasi_identifier = true\n",
+        "pii = \"address\"\nlevel = \"general-3\"\n",
+    );
+    assert!(carries(c.path()));
+
     let c = config();
     let file = c.path().join("policies/grants/police.toml");
     edit(

@@ -190,6 +190,28 @@ fn check_shadowing(policies: &PolicySet, report: &mut CheckReport) {
 
 fn check_pii(catalog: &Catalog, policies: &PolicySet, report: &mut CheckReport) {
     for d in catalog.datasets() {
+        // Exports are k-anonymous over the declared quasi-identifiers only: a column that
+        // carries one (an address names its district) lets an export select by it unseen.
+        if d.export_k.is_some() {
+            for c in d.columns.iter().filter(|c| {
+                !c.quasi_identifier
+                    && matches!(
+                        c.pii,
+                        Some(crate::catalog::PiiType::Address | crate::catalog::PiiType::BirthDate)
+                    )
+            }) {
+                report.warn(
+                    Some(c.pos.clone()),
+                    format!(
+                        "{}.{} carries a quasi-identifier ({:?}) but is not marked quasi_identifier: exports of {} are k-anonymous over the declared ones only",
+                        d.qualified_name(),
+                        c.name,
+                        c.pii.unwrap_or(crate::catalog::PiiType::Address),
+                        d.qualified_name()
+                    ),
+                );
+            }
+        }
         let grants: Vec<_> = policies
             .grants()
             .iter()
