@@ -235,7 +235,7 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
                 s.manifest.key_id,
                 b.audit_seq
             );
-            if let Some(g) = &b.guard {
+            if let Some(g) = &s.guard {
                 say!("guard: {g}");
             }
             if let Some(e) = &b.expires {

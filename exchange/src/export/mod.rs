@@ -100,6 +100,10 @@ pub struct ExportSummary {
     pub manifest: Manifest,
     /// The manifest file.
     pub manifest_path: PathBuf,
+    /// What the k-anonymity guard did, with its counts: for the exporter and the audit
+    /// record. The manifest, which travels to the recipient, says only which guard applied:
+    /// a count of suppressed rows answers a question about the rows withheld (review 13).
+    pub guard: Option<String>,
 }
 
 /// A result staged in a partial file, before audit and manifest.
@@ -109,6 +113,8 @@ struct Staged {
     sha256: String,
     bytes: u64,
     guard: Option<String>,
+    /// The guard as the recipient may read it: what applied, never what it found.
+    guard_public: Option<String>,
     created: String,
     expires: Option<String>,
 }
@@ -208,7 +214,7 @@ pub async fn export(
         grants,
         created: s.created.clone(),
         expires: s.expires.clone(),
-        guard: s.guard.clone(),
+        guard: s.guard_public.clone(),
         audit_seq: seq,
     };
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
@@ -231,6 +237,7 @@ pub async fn export(
     Ok(ExportSummary {
         manifest,
         manifest_path: mpath,
+        guard: s.guard,
     })
 }
 
@@ -386,6 +393,7 @@ async fn stage(
             planned.thresholds.join("; ")
         )
     });
+    let mut public = note.clone();
     if let (Some(g), Some(c)) = (&guard, &counter) {
         let v = c.verdict(g.k);
         let (classes, small_rows) = (v.small_classes, v.small_rows);
@@ -395,6 +403,13 @@ async fn stage(
             ""
         };
         let over = format!("k-anonymity k={} over {}{per}", g.k, g.over());
+        public = Some(format!(
+            "{over}: rows of classes below k are {}",
+            match g.action {
+                KAction::Refuse => "refused",
+                _ => "withheld",
+            }
+        ));
         if classes == 0 {
             note = Some(format!("{over}: {} classes, none below k", v.classes));
         } else if g.action == KAction::Refuse {
@@ -451,6 +466,7 @@ async fn stage(
         sha256,
         bytes,
         guard: note,
+        guard_public: public,
         created,
         expires,
     })

@@ -27,7 +27,7 @@ use crate::policy::Treatment;
 /// select, join, order, group or limit its rows, or to compute an output column (a flag
 /// `CASE WHEN <rare tuple> OR <common tuple>` splits the rows as a WHERE would, review 12).
 /// A resident ID the principal sees raw encodes birth date, gender and region, so reading
-/// one other than as a plain column or an equi-join key reads every quasi-identifier of the
+/// one other than as a plain output column (a join on it too) reads every quasi-identifier of the
 /// `export_k` tables the plan scans (`substr(e.person_id, 7, 4) = '1961'`, review 12).
 /// With them, the strictest k of their tables; `None`: every such read is visible in the
 /// file's classes (or k is 1).
@@ -57,8 +57,7 @@ pub(super) fn unshown_quasi_identifiers(
     (k > 1).then_some((unshown, k))
 }
 
-/// Adds to `read` the sources `plan` reads other than by passing a column on or linking by
-/// identity. Inside a subquery nothing is passed on to the file: what its projection
+/// Adds to `read` the sources `plan` reads other than by passing a column on. Inside a subquery nothing is passed on to the file: what its projection
 /// yields, the enclosing expression compares (`'F' IN (SELECT r2.gender ...)`).
 fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
     let _ = plan.apply(|node| {
@@ -92,8 +91,7 @@ fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
                 }
                 Ok(TreeNodeRecursion::Continue)
             });
-            let governed = |x: &Expr| !sources_of(x, &schema, &of).is_empty();
-            if in_subquery || !shows_or_links(node, &e, &governed) {
+            if in_subquery || !shows(node, &e) {
                 read.extend(sources_of(&e, &schema, &of));
             }
         }
@@ -101,23 +99,11 @@ fn reads(plan: &LogicalPlan, in_subquery: bool, read: &mut Sources) {
     });
 }
 
-/// Whether `e`, an expression of `node`, only passes a column on (a projection of a bare
-/// column, possibly renamed) or links rows by identity (an equi-join key pair of bare
-/// columns of governed tables: a key joined with a VALUES list of chosen IDs selects).
-fn shows_or_links(node: &LogicalPlan, e: &Expr, governed: &dyn Fn(&Expr) -> bool) -> bool {
-    match node {
-        LogicalPlan::Projection(_) => matches!(unalias(e), Expr::Column(_)),
-        LogicalPlan::Join(j) => {
-            matches!(unalias(e), Expr::BinaryExpr(b)
-                if b.op == datafusion::logical_expr::Operator::Eq
-                    && matches!(b.left.as_ref(), Expr::Column(_))
-                    && matches!(b.right.as_ref(), Expr::Column(_))
-                    && governed(&b.left)
-                    && governed(&b.right)
-                    && j.on.iter().any(|(l, r)| l == b.left.as_ref() && r == b.right.as_ref()))
-        }
-        _ => false,
-    }
+/// Whether `e`, an expression of `node`, only passes a column on: a projection of a bare
+/// column, possibly renamed. Join keys are reads like any other (DataFusion hands them over
+/// one side at a time, and a key joined with chosen IDs selects by them, review 13).
+fn shows(node: &LogicalPlan, e: &Expr) -> bool {
+    matches!(node, LogicalPlan::Projection(_)) && matches!(unalias(e), Expr::Column(_))
 }
 
 /// Over the governed scans of the written plan: the resident-ID columns the principal sees

@@ -9,12 +9,22 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     let s = run(&ex, &request("research-a", &out, DETAIL))
         .await
         .unwrap();
-    let guard = s.manifest.body.guard.clone().unwrap();
+    let guard = s.guard.clone().unwrap();
     assert!(
         guard.contains("k-anonymity k=3 over (gender, birth_date, district)")
             && guard.contains("suppressed"),
         "{guard}"
     );
+    // The recipient's manifest names the guard, not what it found: a count of withheld
+    // rows answers a question about them (review 13).
+    assert_eq!(
+        s.manifest.body.guard.as_deref(),
+        Some(
+            "k-anonymity k=3 over (gender, birth_date, district), counted per person: rows of classes below k are withheld"
+        )
+    );
+    let on_disk = fs::read_to_string(&s.manifest_path).unwrap();
+    assert!(!on_disk.contains("suppressed") && !on_disk.contains("classes,"));
     let (batches, _) = read(&out);
     let exported = classes(&batches, &["gender", "birth_date", "district"]);
     assert!(exported.values().all(|n| *n >= 3), "a class below k left");
@@ -48,7 +58,7 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     .unwrap();
     // Without a group threshold from the policy, aggregated rows count as records: each
     // (district, gender) row is a class of one, below k.
-    let g = s.manifest.body.guard.unwrap();
+    let g = s.guard.unwrap();
     assert!(g.contains("12 of 12 classes below k suppressed"), "{g}");
     assert_eq!(s.manifest.body.rows, 0);
     // DISTINCT does not turn records into groups either.
@@ -63,7 +73,7 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     )
     .await
     .unwrap();
-    assert!(s.manifest.body.guard.unwrap().contains("suppressed"));
+    assert!(s.guard.unwrap().contains("suppressed"));
     let (batches, _) = read(&out);
     assert!(
         classes(&batches, &["gender", "birth_date", "district"])
@@ -82,7 +92,7 @@ async fn small_classes_over_quasi_identifiers_are_suppressed_and_audited() {
     )
     .await
     .unwrap();
-    assert!(s.manifest.body.guard.unwrap().contains("none below k"));
+    assert!(s.guard.unwrap().contains("none below k"));
 }
 
 #[tokio::test]
@@ -141,7 +151,7 @@ async fn aggregates_under_a_policy_threshold_are_groups_not_records() {
     )
     .await
     .unwrap();
-    let g = s.manifest.body.guard.unwrap();
+    let g = s.guard.unwrap();
     assert!(g.contains("not counted") && g.contains(">= 5"), "{g}");
     assert_eq!(s.manifest.body.rows, 12);
 }
@@ -301,7 +311,7 @@ async fn a_threshold_elsewhere_in_the_plan_does_not_make_rows_groups() {
         expires: None,
     };
     let s = run(&ex, &req).await.unwrap();
-    let guard = s.manifest.body.guard.unwrap();
+    let guard = s.guard.unwrap();
     assert!(!guard.contains("not counted"), "{guard}");
     assert!(guard.contains("suppressed"), "{guard}");
     let (batches, _) = read(&out);

@@ -121,7 +121,7 @@ fn raw_classes(filter: impl Fn(&str, i32, &str) -> bool) -> BTreeMap<(String, i3
 async fn guarded(ex: &Exchange, dir: &Path, name: &str, sql: &str, key: &[&str]) -> Option<String> {
     let out = dir.join(format!("{name}.parquet"));
     let s = attack(ex, &request("research-b", &out, sql)).await?;
-    let guard = s.manifest.body.guard.unwrap();
+    let guard = s.guard.unwrap();
     let over = if key.is_empty() {
         "(the whole result, one class)".to_string()
     } else {

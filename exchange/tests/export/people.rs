@@ -36,7 +36,7 @@ async fn classes_count_people_over_everything_their_rows_say() {
         let Some(s) = attack(&ex, &request("research-d", &out, &sql)).await else {
             continue;
         };
-        let guard = s.manifest.body.guard.unwrap();
+        let guard = s.guard.unwrap();
         assert!(guard.contains("suppressed"), "{name}: {guard}");
         let (batches, _) = read(&out);
         // No column holds the subjects.
@@ -103,7 +103,7 @@ async fn rows_that_lose_their_person_or_one_person_in_two_columns_are_guarded() 
         let Some(s) = attack(&ex, &request("research-e", &out, &sql)).await else {
             continue;
         };
-        let guard = s.manifest.body.guard.unwrap();
+        let guard = s.guard.unwrap();
         let (batches, _) = read(&out);
         assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
     }
@@ -166,7 +166,7 @@ async fn decoy_persons_joined_in_do_not_hide_the_person_a_row_describes() {
         let Some(s) = attack(&ex, &request("research-f", &out, &sql)).await else {
             continue;
         };
-        let guard = s.manifest.body.guard.unwrap();
+        let guard = s.guard.unwrap();
         let (batches, _) = read(&out);
         assert_people_in_classes_of_3(&batches, &shown, &format!("{name}: {guard}"));
         // The full result has persons alone in their class: the guard had work to do.
@@ -225,7 +225,7 @@ async fn rows_that_say_something_about_everyone_never_leave() {
         let Some(s) = attack(&ex, &request("research-g", &out, &sql)).await else {
             continue;
         };
-        let guard = s.manifest.body.guard.clone().unwrap_or_default();
+        let guard = s.guard.clone().unwrap_or_default();
         assert_eq!(s.manifest.body.rows, 0, "{name}: {guard}");
         let full = ok(&ex, HRSS.0, HRSS.1, &sql).await;
         assert!(full.rows > 0, "{name}: the query has rows to withhold");
@@ -301,7 +301,7 @@ async fn a_pinned_person_among_decoys_is_told_apart_by_no_column() {
         "the test needs a pinned person besides the decoys"
     );
     if let Some(s) = attack(&ex, &request("research-i", &out, sql)).await {
-        let guard = s.manifest.body.guard.clone().unwrap_or_default();
+        let guard = s.guard.clone().unwrap_or_default();
         assert_eq!(s.manifest.body.rows, 0, "{guard}");
     }
 }
@@ -363,7 +363,7 @@ async fn a_rare_person_selected_beside_a_common_class_cannot_be_subtracted() {
     .await
     .unwrap();
     assert!(
-        a.manifest.body.guard.unwrap().contains("suppressed"),
+        a.guard.unwrap().contains("suppressed"),
         "the rare resident is withheld"
     );
     assert_eq!(b.manifest.body.rows, *n_common as u64);
@@ -439,7 +439,15 @@ async fn a_flag_or_a_raw_id_selects_by_quasi_identifiers_too() {
             );
         }
     }
-    // Linking by the raw ID (an equi-join key) and showing it are not selections: they run.
+    // A join on a raw ID reads it like a filter (a self-join could pick chosen IDs).
+    let selfjoin = "SELECT r.name AS nm FROM police.residents r
+        JOIN civil.elderly_care e ON e.person_key = r.person_id
+        JOIN civil.elderly_care e2 ON e2.person_id = e.person_id";
+    let err = run(&ex, &civil(selfjoin, "selfjoin.parquet"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(UNSHOWN), "{err}");
+    // Linking by a join key and showing a raw ID are not selections: they run.
     let linked = "SELECT e.person_id, r.gender, r.birth_date, r.district FROM police.residents r
         JOIN civil.elderly_care e ON e.person_key = r.person_id";
     let s = run(&ex, &civil(linked, "linked.parquet")).await;
