@@ -90,12 +90,17 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ExportError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = File::open(path).map_err(io)?;
+    let f = File::open(path).map_err(io)?;
+    sha256_of(f).map_err(io)
+}
+
+/// SHA-256 (hex) and length of everything `r` reads.
+pub(super) fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(io)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -176,5 +181,31 @@ pub fn verify(file: &Path, key: &PublicKey) -> Result<Manifest, ExportError> {
             manifest.body.sha256, manifest.body.bytes
         )));
     }
+    // The hash binds the file to the manifest; the rows must agree too, or the signature
+    // vouched for a count the file does not hold (review 14).
+    let rows = parquet_rows(file)?;
+    if rows != manifest.body.rows {
+        return Err(bad(format!(
+            "the file holds {rows} rows, its manifest says {}",
+            manifest.body.rows
+        )));
+    }
     Ok(manifest)
+}
+
+/// Rows of a Parquet file, from its footer.
+fn parquet_rows(file: &Path) -> Result<u64, ExportError> {
+    let f = File::open(file).map_err(|source| ExportError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let read = |message: String| ExportError::Read {
+        path: file.to_path_buf(),
+        message,
+    };
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&f)
+        .map_err(|e| read(format!("not a Parquet file: {e}")))?;
+    u64::try_from(meta.file_metadata().num_rows())
+        .map_err(|_| read("negative row count in the footer".into()))
 }

@@ -17,6 +17,7 @@ mod selection;
 mod trace;
 
 use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,9 +107,10 @@ pub struct ExportSummary {
     pub guard: Option<String>,
 }
 
-/// A result staged in a partial file, before audit and manifest.
+/// A result staged in an unnamed file, before audit and manifest.
 struct Staged {
-    partial: PathBuf,
+    /// Held open from the first byte to publication, never reopened by name.
+    file: File,
     rows: u64,
     sha256: String,
     bytes: u64,
@@ -187,19 +189,12 @@ pub async fn export(
             .timed(started)
     };
     let audited = ex.audit().append(entry);
-    let staged = match (staged, audited) {
+    let (mut s, seq) = match (staged, audited) {
         (Err(e), _) => return Err(e),
-        (Ok(s), Err(e)) => {
-            let _ = fs::remove_file(&s.partial);
-            return Err(QueryError::Audit(e.to_string()));
-        }
+        (Ok(_), Err(e)) => return Err(QueryError::Audit(e.to_string())),
         (Ok(s), Ok(record)) => (s, record.seq),
     };
-    let (s, seq) = staged;
-    let failed = |e: String| {
-        let _ = fs::remove_file(&s.partial);
-        QueryError::Failed(e)
-    };
+    let failed = QueryError::Failed;
     let body = ManifestBody {
         format: "exchange-export/v1".into(),
         file: file_name,
@@ -220,11 +215,10 @@ pub async fn export(
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
     let mpath = manifest_path(&req.out);
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
-    // Publish without replacing anything that appeared meanwhile: the file by a hard link
-    // (fails if the name exists), the manifest created new.
-    fs::hard_link(&s.partial, &req.out)
+    // Publish without replacing anything that appeared meanwhile: file and manifest are
+    // created new.
+    publish(&mut s.file, &req.out, s.bytes)
         .map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
-    let _ = fs::remove_file(&s.partial);
     let written = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -241,10 +235,36 @@ pub async fn export(
     })
 }
 
-fn partial_path(out: &Path, n: u32) -> PathBuf {
-    let mut name = out.as_os_str().to_os_string();
-    name.push(format!(".partial{n}"));
-    PathBuf::from(name)
+/// Where an export is staged: the directory it is published to (one filesystem, so
+/// publishing does not fill another), in files without names.
+fn staging_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Copy the staged file to `out`, created new (an existing name, a symlink included, fails
+/// it) and synced; the copy must be as long as what was hashed.
+fn publish(staged: &mut File, out: &Path, bytes: u64) -> std::io::Result<()> {
+    staged.seek(SeekFrom::Start(0))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)?;
+    let copied = std::io::copy(staged, &mut file).and_then(|n| {
+        file.sync_all()?;
+        Ok(n)
+    });
+    match copied {
+        Ok(n) if n == bytes => Ok(()),
+        other => {
+            let _ = fs::remove_file(out);
+            Err(other.err().unwrap_or_else(|| {
+                std::io::Error::other("the copy is not the length of the file hashed")
+            }))
+        }
+    }
 }
 
 /// Plan, run and write the result to a partial file, guard applied.
@@ -261,7 +281,9 @@ async fn stage(
             "a recipient is 1 to 64 letters, digits, '-', '_' or '.'".into(),
         ));
     }
-    if req.out.exists() || manifest_path(&req.out).exists() {
+    // Not `exists()`: a dangling symlink is a name that exists.
+    let taken = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if taken(&req.out) || taken(&manifest_path(&req.out)) {
         return Err(QueryError::Failed(format!(
             "{} already exists: exports are never overwritten",
             req.out.display()
@@ -339,52 +361,42 @@ async fn stage(
         full.project(&own)
             .map_err(|e| QueryError::Failed(e.to_string()))?,
     );
-    let first = partial_path(&req.out, 1);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| QueryError::Failed(format!("{}: {e}", p.display()))
+    // Staged in unnamed files (O_TMPFILE where the filesystem has it, else created 0600 and
+    // unlinked at once) held open until published: no one can read the unfiltered result
+    // or swap what is hashed and signed, and a killed export leaves nothing (review 14).
+    let dir = staging_dir(&req.out);
+    let io = |e: std::io::Error| QueryError::Failed(format!("{}: {e}", dir.display()));
+    let pq = |e: parquet::errors::ParquetError| {
+        QueryError::Failed(format!("staging the export in {}: {e}", dir.display()))
     };
-    let pq = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: parquet::errors::ParquetError| QueryError::Failed(format!("{}: {e}", p.display()))
-    };
-    let create = |p: &Path| fs::OpenOptions::new().write(true).create_new(true).open(p);
-    let file = create(&first).map_err(io(&first))?;
-    let mut writer =
-        ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq(&first))?;
+    let failed = |e: String| QueryError::Failed(e);
+    let file = tempfile::tempfile_in(&dir).map_err(io)?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq)?;
     let mut counter = match &guard {
         Some(g) if !g.aggregated => {
-            Some(ClassCounter::new(g, &full).map_err(|e| QueryError::Failed(e.to_string()))?)
+            Some(ClassCounter::new(g, &full).map_err(|e| failed(e.to_string()))?)
         }
         _ => None,
     };
     let governed = planned.governed;
-    let cleanup = |e: QueryError| {
-        let _ = fs::remove_file(&first);
-        e
-    };
     let mut stream = datafusion::physical_plan::execute_stream(
         Arc::clone(&planned.physical),
         session.ctx.task_ctx(),
     )
-    .map_err(|e| cleanup(run_error(governed, e)))?;
+    .map_err(|e| run_error(governed, e))?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| cleanup(run_error(governed, e)))?;
+        let batch = batch.map_err(|e| run_error(governed, e))?;
         if let Some(c) = counter.as_mut() {
-            c.add(&batch)
-                .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;
+            c.add(&batch).map_err(|e| failed(e.to_string()))?;
         }
-        let batch = batch
-            .project(&own)
-            .map_err(|e| cleanup(QueryError::Failed(e.to_string())))?;
-        writer.write(&batch).map_err(|e| cleanup(pq(&first)(e)))?;
+        let batch = batch.project(&own).map_err(|e| failed(e.to_string()))?;
+        writer.write(&batch).map_err(pq)?;
         rows += batch.num_rows() as u64;
         progress(rows, writer.bytes_written() as u64);
     }
-    writer.close().map_err(|e| cleanup(pq(&first)(e)))?;
+    let mut staged = writer.into_inner().map_err(pq)?;
 
-    let mut partial = first.clone();
     let mut note = guard.as_ref().filter(|g| g.aggregated).map(|g| {
         format!(
             "k-anonymity k={} over {}: not counted, the rows are groups of the policy's thresholds ({})",
@@ -413,7 +425,6 @@ async fn stage(
         if classes == 0 {
             note = Some(format!("{over}: {} classes, none below k", v.classes));
         } else if g.action == KAction::Refuse {
-            let _ = fs::remove_file(&first);
             let msg = format!(
                 "{over}: {classes} of {} equivalence classes ({small_rows} rows) have fewer than {} members, and the owning agency's policy refuses such exports; generalise the quasi-identifiers further (e.g. coarser bands) or export aggregates",
                 v.classes, g.k
@@ -421,47 +432,45 @@ async fn stage(
             *guard_note = Some(format!("refused: {msg}"));
             return Err(QueryError::Refused(msg));
         } else {
-            // Second pass over the staged file: drop the rows of small classes.
-            let second = partial_path(&req.out, 2);
-            let cleanup2 = |e: QueryError| {
-                let _ = fs::remove_file(&first);
-                let _ = fs::remove_file(&second);
-                e
-            };
-            let reader = ParquetRecordBatchReaderBuilder::try_new(
-                File::open(&first).map_err(|e| cleanup2(io(&first)(e)))?,
-            )
-            .and_then(|b| b.build())
-            .map_err(|e| cleanup2(pq(&first)(e)))?;
-            let file = create(&second).map_err(|e| cleanup2(io(&second)(e)))?;
-            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-                .map_err(|e| cleanup2(pq(&second)(e)))?;
+            // Second pass over the staged file, by its handle: drop the rows of small
+            // classes.
+            let reader = ParquetRecordBatchReaderBuilder::try_new(staged)
+                .and_then(|b| b.build())
+                .map_err(pq)?;
+            let file = tempfile::tempfile_in(&dir).map_err(io)?;
+            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
             rows = 0;
             let mut offset = 0;
             for batch in reader {
-                let batch = batch.map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
+                let batch = batch.map_err(|e| failed(e.to_string()))?;
                 let kept = v
                     .suppress(&batch, offset)
-                    .map_err(|e| cleanup2(QueryError::Failed(e.to_string())))?;
+                    .map_err(|e| failed(e.to_string()))?;
                 offset += batch.num_rows();
                 rows += kept.num_rows() as u64;
-                writer.write(&kept).map_err(|e| cleanup2(pq(&second)(e)))?;
+                writer.write(&kept).map_err(pq)?;
             }
-            writer.close().map_err(|e| cleanup2(pq(&second)(e)))?;
-            let _ = fs::remove_file(&first);
-            partial = second;
+            staged = writer.into_inner().map_err(pq)?;
             note = Some(format!(
                 "{over}: {classes} of {} classes below k suppressed ({small_rows} rows)",
                 v.classes
             ));
         }
     }
-    let (sha256, bytes) = sha256_file(&partial).map_err(|e| {
-        let _ = fs::remove_file(&partial);
-        QueryError::Failed(e.to_string())
-    })?;
+    // What is signed is what the handle holds: its footer must count the rows counted here.
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&staged)
+        .map_err(pq)?;
+    if u64::try_from(footer.file_metadata().num_rows()).ok() != Some(rows) {
+        return Err(failed(format!(
+            "internal error: the staged export holds {} rows, {rows} were written; no file was written",
+            footer.file_metadata().num_rows()
+        )));
+    }
+    staged.seek(SeekFrom::Start(0)).map_err(io)?;
+    let (sha256, bytes) = manifest::sha256_of(&mut staged).map_err(io)?;
     Ok(Staged {
-        partial,
+        file: staged,
         rows,
         sha256,
         bytes,

@@ -208,6 +208,84 @@ async fn refused_and_invalid_exports_write_nothing_and_are_audited() {
     assert!(e.contains("never overwritten"), "{e}");
 }
 
+/// Names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn staging_has_no_name_and_a_planted_symlink_is_not_followed() {
+    // Review 14: the unfiltered result (rare rows the guard withholds included) was staged
+    // as OUT.partial1 beside the export, readable and swappable while it ran.
+    let (ex, state) = open();
+    let dir = state.path().join("out");
+    fs::create_dir(&dir).unwrap();
+    let out = dir.join("r.parquet");
+    let mut seen = BTreeSet::new();
+    let s = export::export(&ex, &request("research-a", &out, DETAIL), &mut |_, _| {
+        seen.extend(names(&dir));
+    })
+    .await
+    .unwrap();
+    assert!(s.guard.unwrap().contains("suppressed"), "both passes ran");
+    assert!(seen.is_empty(), "named while staging: {seen:?}");
+    assert_eq!(names(&dir), vec!["r.parquet", "r.parquet.manifest.json"]);
+    export::verify(&out, &public_key(&ex)).unwrap();
+
+    // A dangling symlink where the export goes: the export fails, audited, and writes
+    // nothing through it.
+    let target = state.path().join("elsewhere.parquet");
+    let link = dir.join("l.parquet");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = run(&ex, &request("research-a", &link, DETAIL))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("l.parquet") && e.contains("exists"), "{e}");
+    assert!(!target.exists());
+    assert!(!export::manifest_path(&link).exists());
+    let last = exchange::audit::read_all(ex.audit().path())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.entry.kind, "export");
+}
+
+#[tokio::test]
+async fn verify_checks_the_rows_a_manifest_vouches_for() {
+    // A manifest whose hash matches the file but whose row count does not (what swapping a
+    // staged file between counting and hashing produced, review 14) does not verify.
+    let (ex, state) = open();
+    let out = state.path().join("r.parquet");
+    let s = run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let mut body = s.manifest.body.clone();
+    body.rows += 1;
+    let forged = body.sign(ex.signer()).unwrap();
+    fs::write(
+        &s.manifest_path,
+        serde_json::to_string_pretty(&forged).unwrap(),
+    )
+    .unwrap();
+    let e = export::verify(&out, &public_key(&ex))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "the file holds {} rows, its manifest says {}",
+            s.manifest.body.rows,
+            s.manifest.body.rows + 1
+        )),
+        "{e}"
+    );
+}
+
 #[test]
 fn trader_workflow_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
