@@ -8,10 +8,12 @@
 //! # Public API
 //!
 //! Open an [`Exchange`] from an [`ExchangeConfig`] and run statements as a principal for a
-//! purpose ([`Exchange::execute`]); every call is audited. Everything else is reached
+//! purpose, streamed ([`Exchange::start`]) or collected ([`Exchange::execute`]); every call
+//! is audited. Everything else is reached
 //! through a few namespaces:
 //!
-//! - [`Exchange`], [`ExchangeConfig`], [`QueryOutput`], [`QueryPlan`], [`QueryError`] (with
+//! - [`Exchange`], [`ExchangeConfig`], [`QueryStream`], [`QueryOutput`], [`QueryPlan`],
+//!   [`QueryError`] (with
 //!   [`FailureKind`]),
 //!   [`OpenError`]: the entry point and what it returns;
 //! - [`config`]: one configuration, `exchange.toml` ([`Settings`]), and the library's
@@ -53,5 +55,5 @@ pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
     CheckReport, Exchange, FailureKind, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
-    Severity, VisibleColumn, check,
+    QueryStream, Severity, VisibleColumn, check,
 };

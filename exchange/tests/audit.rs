@@ -372,7 +372,8 @@ fn auditor_workflow_from_the_command_line() {
         .arg(&public));
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("OK: 2 records in 1 segment") && out.contains("closed cleanly"),
+        // The query's started and completion records, and the refusal.
+        out.contains("OK: 3 records in 1 segment") && out.contains("closed cleanly"),
         "{out}"
     );
 
@@ -383,6 +384,11 @@ fn auditor_workflow_from_the_command_line() {
         "{out}"
     );
     assert!(out.contains("not found or not granted"), "{out}");
+    assert!(
+        out.contains("statements: 2 (1 allowed, 1 refused)")
+            && out.contains("streamed results: 1 complete"),
+        "{out}"
+    );
     assert!(
         out.contains("| market | enterprises | 1 | market_trader |"),
         "{out}"

@@ -109,7 +109,9 @@ fn query_prints_results_and_refusals_exit_non_zero() {
         .args(["audit", "verify"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: 2 records"));
+    // SELECT 1: started and completion records; the refusal: one.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK: 3 records"), "{stdout}");
 }
 
 #[test]

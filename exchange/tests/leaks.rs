@@ -181,8 +181,15 @@ async fn no_hostile_query_reveals_a_protected_value() {
         }
     }
     // The audit log recorded every one of them.
-    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(ex.audit().path()).unwrap());
     assert_eq!(records.len(), PRINCIPALS.len() * hostile.len());
+    // Every stream that started ended, recorded.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.entry.stream != Some(exchange::audit::StreamStatus::Started))
+    );
 }
 
 /// The attacks refused with their reasons, and the allowed uses of join keys, are SQL files:

@@ -301,8 +301,29 @@ async fn audit_records_every_statement() {
     )
     .await;
     refused(&ex, "market_trader", None, "SELECT 1").await;
-    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    // The query streamed: a started record (what it reads, under which grants), durable
+    // before any batch left, then its completion (rows, keyed digest); each refusal is one.
+    let raw = exchange::audit::read_all(ex.audit().path()).unwrap();
+    use exchange::audit::StreamStatus;
+    let kinds: Vec<_> = raw
+        .iter()
+        .map(|r| (r.entry.stream, r.entry.completes))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Some(StreamStatus::Started), None),
+            (Some(StreamStatus::Complete), Some(raw[0].seq)),
+            (None, None),
+            (None, None),
+        ]
+    );
+    assert!(raw[0].entry.result_digest.is_none() && raw[0].entry.rows.is_none());
+    assert_eq!(raw[1].entry.rows, Some(1));
+    assert!(raw[1].entry.statement.is_empty() && raw[1].entry.tables.is_empty());
+    let records = exchange::audit::statements(raw);
     assert_eq!(records.len(), 3);
+    assert_eq!(records[0].entry.stream, Some(StreamStatus::Complete));
     assert_eq!(
         records[0].entry.decision,
         exchange::audit::Decision::Allowed
@@ -362,7 +383,8 @@ async fn audit_keeps_values_of_failed_statements_and_tables_of_refused_ones() {
         "SELECT person_id FROM police.residents",
     )
     .await;
-    let records = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(ex.audit().path()).unwrap());
     let reason = records[0].entry.reason.clone().unwrap_or_default();
     assert!(
         !raw_names.iter().any(|n| reason.contains(n.as_str())),

@@ -14,9 +14,12 @@ use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Decision, read_all};
+use super::{Decision, StreamStatus, read_all, statements};
 
-/// Schema of `audit.events`: one row per statement.
+/// Schema of `audit.events`: one row per statement. A streamed result's completion record
+/// is folded into its statement's row (rows, digest, duration, and `outcome`: complete,
+/// cancelled, failed, cut, or incomplete while none was written); `outcome` is null for
+/// statements recorded whole in one record.
 pub fn events_schema() -> SchemaRef {
     let list = |name: &str| {
         Field::new(
@@ -48,6 +51,7 @@ pub fn events_schema() -> SchemaRef {
         Field::new("recipient", DataType::Utf8, true),
         Field::new("export", DataType::Utf8, true),
         Field::new("guard", DataType::Utf8, true),
+        Field::new("outcome", DataType::Utf8, true),
     ]))
 }
 
@@ -61,7 +65,8 @@ pub struct AuditEvents {
 impl AuditEvents {
     /// Load the log in directory `path` (chain checked) into a table.
     pub fn load(path: &Path) -> Result<Self> {
-        let records = read_all(path).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let records =
+            statements(read_all(path).map_err(|e| DataFusionError::External(Box::new(e)))?);
         let mut seq = Int64Builder::new();
         let mut time = TimestampMicrosecondBuilder::new().with_timezone("UTC");
         let (mut principal, mut agency, mut purpose, mut statement, mut kind) = (
@@ -85,7 +90,9 @@ impl AuditEvents {
             StringBuilder::new(),
             StringBuilder::new(),
         );
+        let mut outcome = StringBuilder::new();
         for r in &records {
+            let last = &r.entry;
             seq.append_value(i64::try_from(r.seq).unwrap_or(i64::MAX));
             time.append_value(
                 chrono::DateTime::parse_from_rfc3339(&r.time)
@@ -107,18 +114,22 @@ impl AuditEvents {
             tables.append(true);
             columns.append(true);
             grants.append(true);
-            decision.append_value(match r.entry.decision {
+            decision.append_value(match last.decision {
                 Decision::Allowed => "allowed",
                 Decision::Refused => "refused",
                 Decision::Failed => "failed",
             });
-            reason.append_option(r.entry.reason.as_deref());
-            rows.append_option(r.entry.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
-            digest.append_option(r.entry.result_digest.as_deref());
-            duration.append_value(i64::try_from(r.entry.duration_ms).unwrap_or(i64::MAX));
+            reason.append_option(last.reason.as_deref());
+            rows.append_option(last.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+            digest.append_option(last.result_digest.as_deref());
+            duration.append_value(i64::try_from(last.duration_ms).unwrap_or(i64::MAX));
             recipient.append_option(r.entry.recipient.as_deref());
             export.append_option(r.entry.export.as_deref());
             guard.append_option(r.entry.guard.as_deref());
+            outcome.append_option(r.entry.stream.map(|s| match s {
+                StreamStatus::Started => "incomplete",
+                s => s.as_str(),
+            }));
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -139,6 +150,7 @@ impl AuditEvents {
             Arc::new(recipient.finish()),
             Arc::new(export.finish()),
             Arc::new(guard.finish()),
+            Arc::new(outcome.finish()),
         ];
         let schema = events_schema();
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;

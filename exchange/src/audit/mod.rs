@@ -197,6 +197,71 @@ pub struct Entry {
     /// What a guard did (k-anonymity on exports): classes suppressed or why refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
+    /// For a streamed result: `started` on the record written before its first batch
+    /// leaves, and how it ended on the completion record that follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+    /// On a completion record: the sequence number of the started record it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completes: Option<u64>,
+}
+
+/// One record per statement, in log order: each completion record folded into the started
+/// record it completes (rows, digest, duration, decision and reason are the completion's;
+/// `stream` says how it ended, and stays `Started` when it never did).
+pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
+    let mut ends: std::collections::HashMap<u64, Entry> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        match r.entry.completes {
+            Some(started) => {
+                ends.insert(started, r.entry);
+            }
+            None => out.push(r),
+        }
+    }
+    for r in &mut out {
+        if let Some(end) = ends.remove(&r.seq) {
+            r.entry.decision = end.decision;
+            r.entry.reason = end.reason;
+            r.entry.rows = end.rows;
+            r.entry.result_digest = end.result_digest;
+            r.entry.duration_ms = end.duration_ms;
+            r.entry.stream = end.stream;
+        }
+    }
+    out
+}
+
+/// Where a streamed result stands. A started record is durable before the first batch
+/// leaves; a completion record (rows, keyed digest, duration) follows it. A started record
+/// without one was cut off by the process dying, or is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStatus {
+    /// Checked, allowed and running; rows may be leaving.
+    Started,
+    /// Every row was delivered.
+    Complete,
+    /// The client went away, or the result was never fetched.
+    Cancelled,
+    /// It failed while running.
+    Failed,
+    /// Cut at a size cap or a deadline.
+    Cut,
+}
+
+impl StreamStatus {
+    /// As written in the log and shown in `audit.events`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Complete => "complete",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+            Self::Cut => "cut",
+        }
+    }
 }
 
 impl Entry {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{AuditRecord, Decision};
+use super::{AuditRecord, Decision, StreamStatus, statements};
 
 /// A summary of the records in a period.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,9 @@ pub struct Report {
     pub tables: BTreeMap<String, BTreeMap<String, (u64, BTreeSet<String>)>>,
     /// Exports: (time, principal, recipient, file).
     pub exports: Vec<(String, String, String, String)>,
+    /// Streamed results by how they ended (`incomplete`: no completion record, the process
+    /// died mid-stream or it still runs).
+    pub streams: BTreeMap<String, u64>,
 }
 
 /// Summarise `records` from `since` on, for one principal when given.
@@ -31,7 +34,8 @@ pub fn report(
     principal: Option<&str>,
 ) -> Report {
     let mut r = Report::default();
-    for rec in records {
+    // A completion record is part of its statement, counted with it.
+    for rec in &statements(records.to_vec()) {
         if let Some(since) = since {
             let Ok(t) = DateTime::parse_from_rfc3339(&rec.time) else {
                 continue;
@@ -47,6 +51,13 @@ pub fn report(
             None => (rec.time.clone(), rec.time.clone()),
             Some((first, _)) => (first, rec.time.clone()),
         });
+        if let Some(s) = rec.entry.stream {
+            let how = match s {
+                StreamStatus::Started => "incomplete",
+                s => s.as_str(),
+            };
+            *r.streams.entry(how.to_string()).or_default() += 1;
+        }
         let d = match rec.entry.decision {
             Decision::Allowed => 0,
             Decision::Refused => 1,
@@ -108,7 +119,16 @@ impl fmt::Display for Report {
             .iter()
             .map(|(d, n)| format!("{n} {d}"))
             .collect();
-        writeln!(f, "statements: {total} ({})\n", parts.join(", "))?;
+        writeln!(f, "statements: {total} ({})", parts.join(", "))?;
+        if !self.streams.is_empty() {
+            let parts: Vec<String> = self
+                .streams
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect();
+            writeln!(f, "streamed results: {}", parts.join(", "))?;
+        }
+        writeln!(f)?;
         writeln!(f, "## Statements per principal and purpose\n")?;
         writeln!(f, "| principal | purpose | allowed | refused | failed |")?;
         writeln!(f, "|---|---|---|---|---|")?;

@@ -29,6 +29,9 @@ pub struct Summary {
     pub recoveries: u64,
     /// Each recovery: the records it covers and what it found.
     pub recovery_notes: Vec<(u64, String)>,
+    /// Streamed results started and never completed (their started records' sequence
+    /// numbers): the process died mid-stream, or they are still running.
+    pub incomplete: Vec<u64>,
 }
 
 /// A torn last line: bytes of a record that was being written when the process died.
@@ -212,6 +215,14 @@ pub(super) fn scan(
                         )));
                     }
                     s.summary.records += 1;
+                    if r.entry.stream == Some(super::StreamStatus::Started) {
+                        s.summary.incomplete.push(r.seq);
+                    } else if let Some(started) = r.entry.completes {
+                        // Streams end in about the order they start: search from the end.
+                        if let Some(i) = s.summary.incomplete.iter().rposition(|&x| x == started) {
+                            s.summary.incomplete.remove(i);
+                        }
+                    }
                     s.segment_records += 1;
                     s.since_checkpoint += 1;
                     s.summary.sealed = false;

@@ -116,6 +116,17 @@ pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> 
     } else {
         String::new()
     };
+    if !s.incomplete.is_empty() {
+        let shown: Vec<String> = s.incomplete.iter().take(20).map(u64::to_string).collect();
+        say!(
+            "NOTE: {} streamed result{} started without a completion record (record{} {}{}): cut off by the process dying, or still running",
+            s.incomplete.len(),
+            if s.incomplete.len() == 1 { "" } else { "s" },
+            if s.incomplete.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if s.incomplete.len() > 20 { ", …" } else { "" }
+        );
+    }
     for (at, note) in &s.recovery_notes {
         say!("WARNING: recovery after an unclean shutdown, at record {at}: {note}");
     }

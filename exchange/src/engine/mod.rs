@@ -9,14 +9,17 @@ mod limits;
 mod lineage;
 mod outcome;
 mod run;
+mod stream;
 
 pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
 pub(crate) use errors::run_error;
 pub(crate) use outcome::audit_decision;
 use outcome::digest_batches;
-use run::run;
+use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
+pub use stream::QueryStream;
+use stream::{Digest, Open};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +28,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
 
-use crate::audit::{AuditError, AuditLog, Entry, StatementKind, TableUse};
+use crate::audit::{AuditError, AuditLog, Entry, StatementKind, StreamStatus, TableUse};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::ExchangeConfig;
 use crate::enforcement::{PrincipalSession, SessionInputs};
@@ -136,7 +139,7 @@ pub struct Exchange {
     policies: PolicySet,
     keys: KeyRing,
     signer: Arc<SigningKey>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
 }
 
 impl Exchange {
@@ -146,7 +149,11 @@ impl Exchange {
         let policies = PolicySet::load(&config.policies_dir(), &catalog)?;
         let Keys { ring, signing } = Keys::load(&config.key_dir)?;
         let signer = Arc::new(signing);
-        let audit = AuditLog::open(&config.audit_log(), signer.clone(), config.audit)?;
+        let audit = Arc::new(AuditLog::open(
+            &config.audit_log(),
+            signer.clone(),
+            config.audit,
+        )?);
         Ok(Self {
             config,
             catalog,
@@ -338,13 +345,28 @@ impl Exchange {
         outcome
     }
 
-    /// Run one statement as `principal` for `purpose`, and audit it whatever happens.
+    /// Run one statement as `principal` for `purpose`, audited whatever happens, and
+    /// collect its result ([`Exchange::start`], then [`QueryStream::collect`]).
     pub async fn execute(
         &self,
         principal: &str,
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
+        self.start(principal, purpose, sql).await?.collect().await
+    }
+
+    /// Check, plan and begin one statement as `principal` for `purpose`: its result
+    /// streams from the returned [`QueryStream`]. A refusal or a failure before anything
+    /// runs is audited in one record. A query is audited as started (durable before this
+    /// returns, so before any batch leaves) and again when its stream ends, fails, is cut
+    /// or is dropped.
+    pub async fn start(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
         let agency = self.agency_of(principal);
         let mut kind_label = StatementKind::Other;
@@ -352,18 +374,12 @@ impl Exchange {
         // A panic anywhere below is a bug, but never one that skips the audit record or
         // takes the process down: it fails the statement, audited like any failure.
         let attempt = std::panic::AssertUnwindSafe(async {
-            match self.session(principal, purpose) {
-                Err(e) => Err(e),
-                Ok(session) => match classify(&session, sql) {
-                    Err(e) => Err(e),
-                    Ok(kind) => {
-                        kind_label = kind.label();
-                        let (outcome, named) = run(&session, kind).await;
-                        named_tables = named;
-                        outcome
-                    }
-                },
-            }
+            let session = self.session(principal, purpose)?;
+            let kind = classify(&session, sql)?;
+            kind_label = kind.label();
+            let (outcome, named) = run(&session, kind).await;
+            named_tables = named;
+            outcome
         });
         let outcome = match futures::FutureExt::catch_unwind(attempt).await {
             Ok(outcome) => outcome,
@@ -371,26 +387,60 @@ impl Exchange {
                 "internal error: the exchange failed while handling this statement (a bug, recorded in the audit log); nothing was returned".into(),
             )),
         };
-        let outcome = outcome.map(|mut o| {
-            o.digest = digest_batches(&self.keys.digest_key(), &o.schema, &o.batches);
-            o
-        });
-        let (decision, reason) = audit_decision(&outcome);
-        let out = outcome.as_ref().ok();
-        let entry = Entry {
-            tables: out.map(|o| o.tables.clone()).unwrap_or(named_tables),
-            thresholds: out.map(|o| o.thresholds.clone()).unwrap_or_default(),
-            decision,
-            reason,
-            rows: out.map(|o| o.rows),
-            result_digest: out.map(|o| o.digest.clone()),
-            ..Entry::new(kind_label, principal, sql)
-                .declared(agency, purpose)
-                .timed(started)
-        };
-        self.audit
-            .append(entry)
-            .map_err(|e| QueryError::Audit(e.to_string()))?;
-        outcome
+        let head = Entry::new(kind_label, principal, sql).declared(agency, purpose);
+        let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
+        match outcome {
+            Err(e) => {
+                let (decision, reason) = audit_decision::<()>(&Err(e.clone()));
+                self.audit
+                    .append(Entry {
+                        tables: named_tables,
+                        decision,
+                        reason,
+                        ..head.timed(started)
+                    })
+                    .map_err(audit_error)?;
+                Err(e)
+            }
+            Ok(Begun::Ready(mut out)) => {
+                out.digest = digest_batches(&self.keys.digest_key(), &out.schema, &out.batches);
+                self.audit
+                    .append(Entry {
+                        tables: out.tables.clone(),
+                        thresholds: out.thresholds.clone(),
+                        rows: Some(out.rows),
+                        result_digest: Some(out.digest.clone()),
+                        ..head.timed(started)
+                    })
+                    .map_err(audit_error)?;
+                Ok(QueryStream::ready(out))
+            }
+            Ok(Begun::Stream {
+                plan,
+                task,
+                governed,
+                tables,
+                thresholds,
+            }) => {
+                let record = self
+                    .audit
+                    .append(Entry {
+                        tables: tables.clone(),
+                        thresholds: thresholds.clone(),
+                        stream: Some(StreamStatus::Started),
+                        ..head.clone().timed(started)
+                    })
+                    .map_err(audit_error)?;
+                let digest = Digest::new(&self.keys.digest_key(), &plan.schema());
+                let head = Entry {
+                    statement: String::new(),
+                    ..head
+                };
+                let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
+                Ok(QueryStream::running(
+                    plan, task, governed, tables, thresholds, open,
+                ))
+            }
+        }
     }
 }

@@ -66,22 +66,9 @@ pub(super) fn digest_batches(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> String {
-    struct Hasher(ring::hmac::Context);
-    impl std::io::Write for Hasher {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+    let mut d = super::stream::Digest::new(key, schema);
+    for b in batches {
+        d.add(b);
     }
-    let mut hasher = Hasher(ring::hmac::Context::with_key(key));
-    if let Ok(mut w) = arrow::ipc::writer::StreamWriter::try_new(&mut hasher, schema) {
-        for b in batches {
-            let _ = w.write(b);
-        }
-        let _ = w.finish();
-    }
-    hex::encode(hasher.0.sign().as_ref())
+    d.finish()
 }

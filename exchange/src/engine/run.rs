@@ -5,8 +5,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::SessionState;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 
 use super::classify::{Kind, refused_statement, sql_options};
@@ -103,12 +104,26 @@ pub(crate) async fn plan_query(
     })
 }
 
-/// Run a classified statement. Besides the outcome, returns the tables the statement
+/// A statement under way: a query's plan running, or a result the exchange made itself.
+pub(super) enum Begun {
+    /// A query: its batches come from this stream.
+    Stream {
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+        governed: bool,
+        tables: Vec<TableUse>,
+        thresholds: Vec<String>,
+    },
+    /// EXPLAIN and DESCRIBE: made whole.
+    Ready(QueryOutput),
+}
+
+/// Begin a classified statement. Besides the outcome, returns the tables the statement
 /// named (with their grants), so that refused statements are audited with them too.
 pub(super) async fn run(
     session: &PrincipalSession,
     kind: Kind,
-) -> (Result<QueryOutput, QueryError>, Vec<TableUse>) {
+) -> (Result<Begun, QueryError>, Vec<TableUse>) {
     let mut named = Vec::new();
     let outcome = run_inner(session, kind, &mut named).await;
     (outcome, named)
@@ -118,24 +133,17 @@ async fn run_inner(
     session: &PrincipalSession,
     kind: Kind,
     named: &mut Vec<TableUse>,
-) -> Result<QueryOutput, QueryError> {
+) -> Result<Begun, QueryError> {
     let state = session.ctx.state();
     match kind {
         Kind::Query(stmt) => {
             let planned = plan_query(session, *stmt, named).await?;
-            let schema = planned.physical.schema();
-            let governed = planned.governed;
-            let batches = collect(planned.physical, session.ctx.task_ctx())
-                .await
-                .map_err(|e| run_error(governed, e))?;
-            let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-            Ok(QueryOutput {
-                schema,
-                batches,
-                rows,
+            Ok(Begun::Stream {
+                plan: planned.physical,
+                task: session.ctx.task_ctx(),
+                governed: planned.governed,
                 tables: planned.tables,
                 thresholds: planned.thresholds,
-                digest: String::new(),
             })
         }
         Kind::Explain { verbose, inner } => {
@@ -148,11 +156,11 @@ async fn run_inner(
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
             let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
             let text = render_explain(session, &plan, named, &thresholds, verbose);
-            text_output(
+            ready(text_output(
                 "plan",
                 text.lines().map(str::to_string).collect(),
                 tables_touched(&optimized, named),
-            )
+            ))
         }
         Kind::Describe(name) => {
             let key = name
@@ -165,16 +173,20 @@ async fn run_inner(
             let text = |f: &dyn Fn(&super::VisibleColumn) -> String| -> ArrayRef {
                 Arc::new(StringArray::from_iter_values(cols.iter().map(f)))
             };
-            text_columns(
+            ready(text_columns(
                 vec![
                     ("column_name", text(&|c| c.name.clone())),
                     ("data_type", text(&|c| c.data_type.to_string())),
                     ("treatment", text(&|c| c.treatment.to_string())),
                 ],
                 vec![],
-            )
+            ))
         }
     }
+}
+
+fn ready(out: Result<QueryOutput, QueryError>) -> Result<Begun, QueryError> {
+    out.map(Begun::Ready)
 }
 
 fn text_output(

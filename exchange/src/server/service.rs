@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::{ProstMessageExt, SqlInfo, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
-use futures::{Stream, TryStreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::auth::{SessionTokens, principal_of_api_token};
 use crate::audit::{Decision, Entry, StatementKind};
-use crate::engine::{Exchange, FailureKind, QueryError, QueryOutput};
+use crate::engine::{Exchange, FailureKind, QueryError, QueryStream};
 
 mod flight_sql;
 
@@ -69,7 +70,7 @@ impl Default for Limits {
 struct PendingResult {
     principal: String,
     created: Instant,
-    output: QueryOutput,
+    stream: QueryStream,
 }
 
 struct Prepared {
@@ -213,14 +214,9 @@ impl ExchangeFlightService {
             .map(str::to_string)
     }
 
-    /// Run a statement under the limits, exactly as the CLI does.
-    async fn run(
-        &self,
-        principal: &str,
-        purpose: Option<&str>,
-        sql: &str,
-    ) -> Result<QueryOutput, Status> {
-        let permit = tokio::time::timeout(
+    /// A slot among the `max_concurrent`, waiting at most `queue_wait`.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        tokio::time::timeout(
             self.limits.queue_wait,
             Arc::clone(&self.permits).acquire_owned(),
         )
@@ -231,10 +227,21 @@ impl ExchangeFlightService {
                 self.limits.max_concurrent, self.limits.queue_wait
             ))
         })?
-        .map_err(internal)?;
+        .map_err(internal)
+    }
+
+    /// Check, plan and begin a statement under the limits, exactly as the CLI does
+    /// ([`Exchange::start`]): refused here, or started (audited) with its result to stream.
+    async fn begin(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<QueryStream, Status> {
+        let permit = self.permit().await?;
         let started = Instant::now();
-        // The query runs in its own task: a client that goes away does not cancel it
-        // half-way, so it still completes its audit record (its result is then dropped).
+        // Planning runs in its own task: a client that goes away does not cancel it
+        // half-way, so it still writes its audit record.
         let ex = Arc::clone(&self.ex);
         let (p, pu, s) = (
             principal.to_string(),
@@ -242,29 +249,19 @@ impl ExchangeFlightService {
             sql.to_string(),
         );
         let task = tokio::spawn(async move {
-            let out = ex.execute(&p, pu.as_deref(), &s).await;
+            let out = ex.start(&p, pu.as_deref(), &s).await;
             drop(permit);
             out
         });
         let abort = task.abort_handle();
-        let outcome = tokio::time::timeout(self.limits.query_timeout, task).await;
-        match outcome {
-            Ok(Ok(r)) => {
-                let out = r.map_err(status_of)?;
-                let bytes: usize = out.batches.iter().map(|b| b.get_array_memory_size()).sum();
-                if bytes > self.limits.max_result_bytes {
-                    return Err(Status::resource_exhausted(format!(
-                        "the result holds {} MiB, more than this server's limit of {} MiB per result: aggregate or filter further",
-                        bytes >> 20,
-                        self.limits.max_result_bytes >> 20
-                    )));
-                }
-                Ok(out)
-            }
+        match tokio::time::timeout(self.limits.query_timeout, task).await {
+            Ok(Ok(r)) => r
+                .map(|q| q.with_cap(self.limits.max_result_bytes as u64))
+                .map_err(status_of),
             Ok(Err(e)) => Err(internal(e)),
             Err(_) => {
                 abort.abort();
-                // The query was dropped (cancelled) before it could audit itself.
+                // Dropped while planning, before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);
                 self.ex
                     .audit()
@@ -281,16 +278,17 @@ impl ExchangeFlightService {
         }
     }
 
-    /// Keep a result for its DoGet and describe it.
+    /// Keep a started statement for its DoGet and describe it. Its plan runs when fetched;
+    /// one never fetched is dropped after `result_ttl`, recorded `cancelled`.
     fn stash(
         &self,
         principal: String,
-        output: QueryOutput,
+        stream: QueryStream,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = random_handle()?;
         let info = FlightInfo::new()
-            .try_with_schema(&output.schema)
+            .try_with_schema(&stream.schema())
             .map_err(internal)?
             .with_endpoint(
                 FlightEndpoint::new().with_ticket(Ticket::new(
@@ -302,29 +300,67 @@ impl ExchangeFlightService {
                 )),
             )
             .with_descriptor(descriptor)
-            .with_total_records(i64::try_from(output.rows).unwrap_or(-1))
+            .with_total_records(-1)
             .with_ordered(true);
-        let mut results = self.results.lock().map_err(internal)?;
-        let ttl = self.limits.result_ttl;
-        results.retain(|_, r| r.created.elapsed() < ttl);
-        let waiting = results
-            .values()
-            .filter(|r| r.principal == principal)
-            .count();
-        if waiting >= self.limits.max_pending_per_principal {
-            return Err(Status::resource_exhausted(format!(
-                "{waiting} results of {principal} are waiting to be fetched: fetch them (DoGet) first"
-            )));
-        }
-        results.insert(
-            handle,
-            PendingResult {
-                principal,
-                created: Instant::now(),
-                output,
-            },
-        );
+        let expired = {
+            let mut results = self.results.lock().map_err(internal)?;
+            let ttl = self.limits.result_ttl;
+            let (live, expired): (HashMap<_, _>, HashMap<_, _>) = results
+                .drain()
+                .partition(|(_, r): &(String, PendingResult)| r.created.elapsed() < ttl);
+            *results = live;
+            let waiting = results
+                .values()
+                .filter(|r| r.principal == principal)
+                .count();
+            if waiting >= self.limits.max_pending_per_principal {
+                return Err(Status::resource_exhausted(format!(
+                    "{waiting} results of {principal} are waiting to be fetched: fetch them (DoGet) first"
+                )));
+            }
+            results.insert(
+                handle,
+                PendingResult {
+                    principal,
+                    created: Instant::now(),
+                    stream,
+                },
+            );
+            expired
+        };
+        // Their cancellations are recorded outside the lock.
+        drop(expired);
         Ok(Response::new(info))
+    }
+
+    /// The batches of a started statement as Flight data, while its plan runs: held to
+    /// the query deadline, and holding a slot among `max_concurrent` until it ends.
+    async fn deliver(&self, stream: QueryStream) -> Result<DataStream, Status> {
+        let permit = self.permit().await?;
+        let timeout = self.limits.query_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let schema = stream.schema();
+        let batches = futures::stream::unfold(Some((stream, permit)), move |state| async move {
+            let (mut q, permit) = state?;
+            match tokio::time::timeout_at(deadline, q.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), Some((q, permit)))),
+                Ok(Some(Err(e))) => Some((Err(status_of(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    let reason = format!("timed out after {timeout:?}");
+                    let status = match q.cut(&reason) {
+                        Ok(()) => Status::deadline_exceeded(reason),
+                        Err(e) => status_of(e),
+                    };
+                    Some((Err(status), None))
+                }
+            }
+        });
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches.map_err(FlightError::from))
+            .map_err(Status::from);
+        Ok(Box::pin(encoded))
     }
 
     /// Tables the principal sees for the purpose: (schema, table, visible schema).

@@ -109,10 +109,10 @@ impl FlightSqlService for ExchangeFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = self.authenticate(&request)?;
         let purpose = Self::purpose(&request);
-        let output = self
-            .run(&principal, purpose.as_deref(), &query.query)
+        let stream = self
+            .begin(&principal, purpose.as_deref(), &query.query)
             .await?;
-        self.stash(principal, output, request.into_inner())
+        self.stash(principal, stream, request.into_inner())
     }
 
     async fn get_flight_info_prepared_statement(
@@ -136,8 +136,8 @@ impl FlightSqlService for ExchangeFlightService {
                 _ => return Err(Status::not_found("unknown prepared statement")),
             }
         };
-        let output = self.run(&principal, purpose.as_deref(), &sql).await?;
-        self.stash(principal, output, request.into_inner())
+        let stream = self.begin(&principal, purpose.as_deref(), &sql).await?;
+        self.stash(principal, stream, request.into_inner())
     }
 
     async fn do_get_statement(
@@ -163,9 +163,9 @@ impl FlightSqlService for ExchangeFlightService {
                 "unknown or expired result: run the statement again",
             ));
         };
-        // Dropped with the stream: a client that goes away frees its result.
-        let out = pending.output;
-        Ok(Response::new(batches_stream(out.schema, out.batches)))
+        // Dropped with the response: a client that goes away stops the query, recorded
+        // `cancelled`.
+        Ok(Response::new(self.deliver(pending.stream).await?))
     }
 
     async fn do_action_create_prepared_statement(
