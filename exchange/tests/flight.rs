@@ -402,3 +402,128 @@ async fn excess_queries_wait_then_get_resource_exhausted() {
     assert!(exhausted > 0, "no query was turned away");
     assert!(server.stop().success());
 }
+
+/// Records of the log in `state`, one per statement (completions folded in), as a
+/// running server has written them.
+fn statements(state: &Path) -> Vec<exchange::audit::AuditRecord> {
+    exchange::audit::statements(exchange::audit::read_all(&state.join("audit")).unwrap())
+}
+
+/// The statement `sql`'s record once it satisfies `done`, waiting up to 20 s.
+async fn record_of(
+    state: &Path,
+    sql: &str,
+    done: impl Fn(&exchange::audit::Entry) -> bool,
+) -> exchange::audit::Entry {
+    for _ in 0..200 {
+        if let Some(r) = statements(state)
+            .into_iter()
+            .rev()
+            .find(|r| r.entry.statement == sql)
+            && done(&r.entry)
+        {
+            return r.entry;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no record of {sql} as expected: {:#?}", statements(state));
+}
+
+/// Ten million rows of the raw register (every resident paired with every other of their
+/// district): far more than any buffer between the server and a client.
+const LARGE: &str = "SELECT r.person_id, r.name, r.address, s.person_id AS neighbour FROM police.residents r JOIN police.residents s ON r.district = s.district";
+
+// Client connections run on their own threads, closing while the test waits for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stream_and_a_client_that_leaves_is_recorded_cancelled() {
+    use exchange::audit::StreamStatus;
+    use futures::StreamExt;
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &["--max-concurrent", "1", "--queue-wait", "5"],
+    );
+    let mut c = client(&server.uri).await;
+    c.handshake("police_officer", &password("police_officer"))
+        .await
+        .unwrap();
+    c.set_header(PURPOSE, "law_enforcement");
+
+    // GetFlightInfo checks, plans and records the start; nothing has run yet.
+    let info = c.execute(LARGE.to_string(), None).await.unwrap();
+    assert_eq!(info.total_records, -1);
+    let started = record_of(&state, LARGE, |_| true).await;
+    assert_eq!(started.stream, Some(StreamStatus::Started));
+    assert_eq!(started.tables[0].table, "police.residents");
+
+    // The first batch arrives while the query still runs: its completion is not written.
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = c.do_get(ticket).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    let now = record_of(&state, LARGE, |_| true).await;
+    assert_eq!(now.stream, Some(StreamStatus::Started), "{now:?}");
+    assert_eq!(now.rows, None);
+
+    // The client goes away mid-stream: the query stops and is recorded cancelled, with the
+    // rows that left; its slot is free again (one slot, and the next query gets it).
+    drop(stream);
+    drop(c);
+    let end = record_of(&state, LARGE, |e| e.stream != Some(StreamStatus::Started)).await;
+    assert_eq!(end.stream, Some(StreamStatus::Cancelled), "{end:?}");
+    let delivered = end.rows.unwrap();
+    assert!(delivered > 0 && delivered < 10_000_000, "{delivered}");
+    let mut c = client(&server.uri).await;
+    c.handshake("police_officer", &password("police_officer"))
+        .await
+        .unwrap();
+    c.set_header(PURPOSE, "law_enforcement");
+    let small = "SELECT count(*) AS n FROM police.residents";
+    let got = query(&mut c, small).await.unwrap();
+    assert_eq!(got[0].num_rows(), 1);
+    let done = record_of(&state, small, |e| e.stream != Some(StreamStatus::Started)).await;
+    assert_eq!(done.stream, Some(StreamStatus::Complete));
+    assert_eq!(done.rows, Some(1));
+    assert!(done.result_digest.is_some());
+    drop(c);
+    assert!(server.stop().success());
+}
+
+// Client connections run on their own threads, closing while the test waits for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_cap_cuts_a_stream_with_a_clear_error() {
+    use exchange::audit::StreamStatus;
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(config.path(), &keys, &state, &["--max-result-mib", "2"]);
+    let mut c = client(&server.uri).await;
+    c.handshake("police_officer", &password("police_officer"))
+        .await
+        .unwrap();
+    c.set_header(PURPOSE, "law_enforcement");
+    let err = query(&mut c, LARGE).await.unwrap_err();
+    assert!(
+        err.contains("exceeds the limit of 2 MiB per result")
+            && err.contains("resource has been exhausted"),
+        "{err}"
+    );
+    let end = record_of(&state, LARGE, |e| e.stream != Some(StreamStatus::Started)).await;
+    assert_eq!(end.stream, Some(StreamStatus::Cut), "{end:?}");
+    assert!(end.reason.unwrap().contains("limit of 2 MiB"));
+    // A result under the cap is whole.
+    let small = "SELECT district, count(*) FROM police.residents GROUP BY district";
+    assert!(query(&mut c, small).await.is_ok());
+    drop(c);
+    assert!(server.stop().success());
+}

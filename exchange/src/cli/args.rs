@@ -163,7 +163,7 @@ pub enum Command {
         /// Memory limit of each query, in MiB [default: serve.memory_limit_mib, else 2048].
         #[arg(long)]
         memory_limit_mib: Option<usize>,
-        /// Largest result kept for a client, in MiB of Arrow data [default: serve.max_result_mib, else 4096].
+        /// Largest result sent to a client, in MiB of Arrow data: a larger one is cut [default: serve.max_result_mib, else 4096].
         #[arg(long)]
         max_result_mib: Option<usize>,
         /// Seconds a login's bearer token stays valid, at most a week [default: serve.token_ttl_secs, else 3600].

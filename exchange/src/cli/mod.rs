@@ -29,8 +29,8 @@ mod scan;
 
 pub use args::*;
 use demo_cmd::run_demo;
+use output::{WriteFailure, print_lines, write_stream};
 pub use output::{describe_treatments, render};
-use output::{print_lines, write_output};
 use repl::repl;
 use scan::run_scan;
 
@@ -157,17 +157,22 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(e) => e,
                 Err(c) => return c,
             };
-            match ex.execute(principal, purpose.as_deref(), sql).await {
-                Ok(out) => match write_output(&out, *format, output.as_ref()) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        complain!("error: {e}");
-                        ExitCode::from(2)
-                    }
-                },
+            let stream = match ex.start(principal, purpose.as_deref(), sql).await {
+                Ok(s) => s,
                 Err(e) => {
                     complain!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match write_stream(stream, *format, output.as_ref()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(WriteFailure::Query(e)) => {
+                    complain!("{e}");
                     ExitCode::from(1)
+                }
+                Err(WriteFailure::Output(e)) => {
+                    complain!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 
 use super::Format;
-use crate::engine::{Exchange, QueryOutput};
+use futures::StreamExt;
+
+use crate::engine::{Exchange, QueryError, QueryOutput, QueryStream};
 use crate::policy::Treatment;
 
 pub(super) fn print_lines(out: &QueryOutput) {
@@ -34,6 +36,89 @@ pub(super) fn write_output(
     };
     render(&mut sink, &out.batches, format).map_err(|e| e.to_string())?;
     sink.flush().map_err(|e| e.to_string())
+}
+
+/// Why writing a streamed result stopped.
+pub(super) enum WriteFailure {
+    /// The statement failed (exit 1).
+    Query(QueryError),
+    /// The output could not be written (exit 2).
+    Output(String),
+}
+
+/// Write a result as its batches arrive (CSV, JSON Lines; a table needs every row for its
+/// widths, so it is collected first). A file is removed when the statement fails midway:
+/// a partial result must not pass for a whole one. On standard output, rows already
+/// written stay and the error follows on standard error.
+pub(super) async fn write_stream(
+    mut stream: QueryStream,
+    format: Format,
+    path: Option<&PathBuf>,
+) -> Result<(), WriteFailure> {
+    if matches!(format, Format::Table) {
+        let out = stream.collect().await.map_err(WriteFailure::Query)?;
+        return write_output(&out, format, path).map_err(WriteFailure::Output);
+    }
+    let output = |e: &dyn std::fmt::Display| WriteFailure::Output(e.to_string());
+    let sink: Box<dyn Write> = match path {
+        Some(p) => Box::new(
+            std::fs::File::create(p).map_err(|e| output(&format!("{}: {e}", p.display())))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut sink = std::io::BufWriter::new(sink);
+    let written = async {
+        let schema = stream.schema();
+        let mut any = false;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(WriteFailure::Query)?;
+            write_batch(&mut sink, !any, &batch, format).map_err(|e| output(&e))?;
+            any = true;
+            // Rows leave as they come, not when a buffer fills.
+            sink.flush().map_err(|e| output(&e))?;
+        }
+        if !any && matches!(format, Format::Csv) {
+            // The header of an empty result.
+            let empty = RecordBatch::new_empty(schema);
+            write_batch(&mut sink, true, &empty, format).map_err(|e| output(&e))?;
+        }
+        sink.flush().map_err(|e| output(&e))
+    }
+    .await;
+    if written.is_err()
+        && let Some(p) = path
+    {
+        let _ = std::fs::remove_file(p);
+    }
+    written
+}
+
+/// One batch in CSV (with the header when `first`) or JSON Lines, values escaped.
+fn write_batch(
+    sink: &mut dyn Write,
+    first: bool,
+    batch: &RecordBatch,
+    format: Format,
+) -> Result<(), arrow::error::ArrowError> {
+    let escaped = crate::text::escape_batches(std::slice::from_ref(batch))?;
+    match format {
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(first)
+                .build(sink);
+            for b in &crate::text::flatten_nested(&escaped)? {
+                w.write(b)?;
+            }
+        }
+        _ => {
+            let mut w = arrow::json::LineDelimitedWriter::new(sink);
+            for b in &escaped {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
 }
 
 /// Render batches in a format.

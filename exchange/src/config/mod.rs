@@ -152,7 +152,7 @@ pub struct ServeSettings {
     pub query_timeout_secs: u64,
     /// Memory limit of each query in MiB (default 2048).
     pub memory_limit_mib: usize,
-    /// Largest result kept for a client, in MiB of Arrow data (default 4096).
+    /// Largest result sent to a client, in MiB of Arrow data; a larger one is cut (default 4096).
     pub max_result_mib: usize,
     /// Seconds a result waits to be fetched before it is dropped (default 600).
     pub result_ttl_secs: u64,

@@ -252,7 +252,13 @@ impl QueryStream {
             } else {
                 Decision::Allowed
             },
-            reason: reason.map(|r| redact_values(&r)),
+            // Error texts may quote values; the exchange's own reasons (cut, cancelled) are
+            // kept as written.
+            reason: if status == StreamStatus::Failed {
+                reason.map(|r| redact_values(&r))
+            } else {
+                reason
+            },
             rows: Some(self.rows),
             result_digest: Some(digest),
             stream: Some(status),
@@ -310,7 +316,7 @@ impl QueryStream {
                 });
                 if let Some(cap) = over {
                     let message = format!(
-                        "the result exceeds this server's limit of {} MiB per result: aggregate or filter further",
+                        "the result exceeds the limit of {} MiB per result: aggregate or filter further",
                         cap >> 20
                     );
                     let e = QueryError::Run {

@@ -38,7 +38,7 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// How long a result waits to be fetched before it is dropped.
     pub result_ttl: Duration,
-    /// Largest result kept for a client, in bytes of Arrow data.
+    /// Largest result sent to a client, in bytes of Arrow data; a larger one is cut.
     pub max_result_bytes: usize,
     /// Results of one principal waiting for their DoGet.
     pub max_pending_per_principal: usize,
