@@ -90,9 +90,26 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ExportError> {
         path: path.to_path_buf(),
         source,
     };
-    let f = File::open(path).map_err(io)?;
+    let f = open_regular(path).map_err(io)?;
     sha256_of(f).map_err(io)
 }
+
+/// Open a regular file to read; a FIFO or a device (`/dev/zero`) is refused rather than
+/// read forever (review 15). Opened non-blocking, so that opening a FIFO does not hang.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+/// The largest manifest read: real ones are a few KiB.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// SHA-256 (hex) and length of everything `r` reads.
 pub(super) fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
@@ -114,10 +131,20 @@ pub(super) fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
 /// file's size and SHA-256. Returns the manifest.
 pub fn verify(file: &Path, key: &PublicKey) -> Result<Manifest, ExportError> {
     let mpath = manifest_path(file);
-    let text = std::fs::read_to_string(&mpath).map_err(|source| ExportError::Io {
+    let io = |source| ExportError::Io {
         path: mpath.clone(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    open_regular(&mpath)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_string(&mut text))
+        .map_err(io)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(ExportError::Manifest {
+            path: mpath.clone(),
+            message: format!("larger than {MAX_MANIFEST_BYTES} bytes: not a manifest"),
+        });
+    }
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ExportError::Manifest {
         path: mpath.clone(),
         message: format!("not a manifest: {e}"),
@@ -195,7 +222,7 @@ pub fn verify(file: &Path, key: &PublicKey) -> Result<Manifest, ExportError> {
 
 /// Rows of a Parquet file, from its footer.
 fn parquet_rows(file: &Path) -> Result<u64, ExportError> {
-    let f = File::open(file).map_err(|source| ExportError::Io {
+    let f = open_regular(file).map_err(|source| ExportError::Io {
         path: file.to_path_buf(),
         source,
     })?;

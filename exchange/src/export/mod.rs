@@ -13,6 +13,7 @@
 mod classes;
 mod guard;
 mod manifest;
+mod publish;
 mod selection;
 mod trace;
 
@@ -159,6 +160,13 @@ pub async fn export(
                 "internal error: the exchange failed while exporting (a bug, recorded in the audit log); no file was written".into(),
             ))
         });
+    // The final file beside its name before the audit record: a full disk fails the export
+    // before the log says it was issued.
+    let staged = staged.and_then(|mut s| {
+        let copy = publish::copy_beside(&mut s.file, &req.out, s.bytes)
+            .map_err(|e| QueryError::Failed(format!("{}: {e}", req.out.display())))?;
+        Ok((s, copy))
+    });
     let (decision, reason) = audit_decision(&staged);
     let agency = ex.agency_of(&req.principal);
     let file_name = req
@@ -173,28 +181,45 @@ pub async fn export(
         thresholds,
         decision,
         reason,
-        rows: staged.as_ref().ok().map(|s| s.rows),
+        rows: staged.as_ref().ok().map(|(s, _)| s.rows),
         recipient: Some(req.recipient.clone()),
         export: staged
             .as_ref()
             .ok()
-            .map(|s| format!("{file_name} sha256:{}", s.sha256)),
+            .map(|(s, _)| format!("{file_name} sha256:{}", s.sha256)),
         guard: staged
             .as_ref()
             .ok()
-            .and_then(|s| s.guard.clone())
+            .and_then(|(s, _)| s.guard.clone())
             .or(guard_note),
         ..Entry::new(StatementKind::Export, &req.principal, req.sql.clone())
             .declared(agency.clone(), req.purpose.as_deref())
             .timed(started)
     };
     let audited = ex.audit().append(entry);
-    let (mut s, seq) = match (staged, audited) {
+    let ((s, copy), seq) = match (staged, audited) {
         (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => return Err(QueryError::Audit(e.to_string())),
         (Ok(s), Ok(record)) => (s, record.seq),
     };
-    let failed = QueryError::Failed;
+    // Past the audit record, a failure is recorded too: the log must not vouch for a file
+    // that never appeared.
+    let failed = |e: String| {
+        let reason = format!("the export could not be published: {e}");
+        let entry = Entry {
+            decision: crate::audit::Decision::Failed,
+            reason: Some(crate::engine::redact_values(&reason)),
+            stream: Some(crate::audit::StreamStatus::Failed),
+            completes: Some(seq),
+            ..Entry::new(StatementKind::Export, &req.principal, "")
+                .declared(ex.agency_of(&req.principal), req.purpose.as_deref())
+                .timed(started)
+        };
+        match ex.audit().append(entry) {
+            Ok(_) => QueryError::Failed(reason),
+            Err(a) => QueryError::Audit(a.to_string()),
+        }
+    };
     let body = ManifestBody {
         format: "exchange-export/v1".into(),
         file: file_name,
@@ -215,18 +240,14 @@ pub async fn export(
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
     let mpath = manifest_path(&req.out);
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
-    // Publish without replacing anything that appeared meanwhile: file and manifest are
-    // created new.
-    publish(&mut s.file, &req.out, s.bytes)
-        .map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&mpath)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()));
-    if let Err(e) = written {
+    // Publish without replacing anything that appeared meanwhile: each name shows a whole,
+    // synced file or nothing; the manifest last, so that a manifest means a file.
+    let manifest_copy = publish::write_beside(&mpath, format!("{json}\n").as_bytes())
+        .map_err(|e| failed(format!("{}: {e}", mpath.display())))?;
+    publish::put(copy, &req.out).map_err(|e| failed(format!("{}: {e}", req.out.display())))?;
+    if let Err(e) = publish::put(manifest_copy, &mpath) {
         let _ = fs::remove_file(&req.out);
-        return Err(QueryError::Failed(format!("{}: {e}", mpath.display())));
+        return Err(failed(format!("{}: {e}", mpath.display())));
     }
     Ok(ExportSummary {
         manifest,
@@ -235,39 +256,7 @@ pub async fn export(
     })
 }
 
-/// Where an export is staged: the directory it is published to (one filesystem, so
-/// publishing does not fill another), in files without names.
-fn staging_dir(out: &Path) -> PathBuf {
-    match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Copy the staged file to `out`, created new (an existing name, a symlink included, fails
-/// it) and synced; the copy must be as long as what was hashed.
-fn publish(staged: &mut File, out: &Path, bytes: u64) -> std::io::Result<()> {
-    staged.seek(SeekFrom::Start(0))?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)?;
-    let copied = std::io::copy(staged, &mut file).and_then(|n| {
-        file.sync_all()?;
-        Ok(n)
-    });
-    match copied {
-        Ok(n) if n == bytes => Ok(()),
-        other => {
-            let _ = fs::remove_file(out);
-            Err(other.err().unwrap_or_else(|| {
-                std::io::Error::other("the copy is not the length of the file hashed")
-            }))
-        }
-    }
-}
-
-/// Plan, run and write the result to a partial file, guard applied.
+/// Plan, run and stage the result in a file without a name, guard applied.
 async fn stage(
     ex: &Exchange,
     req: &ExportRequest,
@@ -280,6 +269,12 @@ async fn stage(
         return Err(QueryError::Refused(
             "a recipient is 1 to 64 letters, digits, '-', '_' or '.'".into(),
         ));
+    }
+    if req.out.file_name().is_none() || req.out.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(QueryError::Failed(format!(
+            "{}: the output must name a file",
+            req.out.display()
+        )));
     }
     // Not `exists()`: a dangling symlink is a name that exists.
     let taken = |p: &Path| fs::symlink_metadata(p).is_ok();
@@ -361,16 +356,17 @@ async fn stage(
         full.project(&own)
             .map_err(|e| QueryError::Failed(e.to_string()))?,
     );
-    // Staged in unnamed files (O_TMPFILE where the filesystem has it, else created 0600 and
-    // unlinked at once) held open until published: no one can read the unfiltered result
-    // or swap what is hashed and signed, and a killed export leaves nothing (review 14).
-    let dir = staging_dir(&req.out);
+    // Staged in files without names, held open until published ([`publish`]): no one can
+    // read the unfiltered result or swap what is hashed and signed, and a killed export
+    // leaves nothing (reviews 14 and 15).
+    let dir = publish::staging_dir(&ex.config().state_dir)
+        .map_err(|e| QueryError::Failed(format!("the export staging directory: {e}")))?;
     let io = |e: std::io::Error| QueryError::Failed(format!("{}: {e}", dir.display()));
     let pq = |e: parquet::errors::ParquetError| {
         QueryError::Failed(format!("staging the export in {}: {e}", dir.display()))
     };
     let failed = |e: String| QueryError::Failed(e);
-    let file = tempfile::tempfile_in(&dir).map_err(io)?;
+    let file = publish::staging_file(&dir).map_err(io)?;
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.clone())).map_err(pq)?;
     let mut counter = match &guard {
         Some(g) if !g.aggregated => {
@@ -437,7 +433,7 @@ async fn stage(
             let reader = ParquetRecordBatchReaderBuilder::try_new(staged)
                 .and_then(|b| b.build())
                 .map_err(pq)?;
-            let file = tempfile::tempfile_in(&dir).map_err(io)?;
+            let file = publish::staging_file(&dir).map_err(io)?;
             let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
             rows = 0;
             let mut offset = 0;

@@ -236,6 +236,15 @@ async fn staging_has_no_name_and_a_planted_symlink_is_not_followed() {
     assert!(seen.is_empty(), "named while staging: {seen:?}");
     assert_eq!(names(&dir), vec!["r.parquet", "r.parquet.manifest.json"]);
     export::verify(&out, &public_key(&ex)).unwrap();
+    // Staged in the state directory's private staging/ (review 15: beside the output, a
+    // network share kept the unfiltered rows under a hidden name), and nothing left there.
+    let staging = ex.config().state_dir.join("staging");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&staging).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(names(&staging).is_empty());
 
     // A dangling symlink where the export goes: the export fails, audited, and writes
     // nothing through it.
@@ -254,6 +263,88 @@ async fn staging_has_no_name_and_a_planted_symlink_is_not_followed() {
         .pop()
         .unwrap();
     assert_eq!(last.entry.kind, "export");
+}
+
+#[tokio::test]
+async fn a_name_taken_while_exporting_fails_the_export_recorded_and_replaces_nothing() {
+    // Review 15: the audit record said "allowed" for a file that never appeared.
+    let (ex, state) = open();
+    let dir = state.path().join("out");
+    fs::create_dir(&dir).unwrap();
+    let out = dir.join("r.parquet");
+    let e = export::export(&ex, &request("research-a", &out, DETAIL), &mut |_, _| {
+        if !out.exists() {
+            fs::write(&out, b"someone else's").unwrap();
+        }
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("could not be published") && e.contains("r.parquet"),
+        "{e}"
+    );
+    assert_eq!(fs::read(&out).unwrap(), b"someone else's");
+    assert_eq!(names(&dir), vec!["r.parquet"], "no temporary file left");
+    let raw = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let (issued, end) = (&raw[raw.len() - 2], &raw[raw.len() - 1]);
+    assert_eq!(end.entry.completes, Some(issued.seq));
+    let folded = exchange::audit::statements(raw);
+    let last = &folded.last().unwrap().entry;
+    assert_eq!(last.decision, exchange::audit::Decision::Failed);
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap()
+            .contains("could not be published")
+    );
+
+    // An output that names a directory is refused before anything runs.
+    let e = run(&ex, &request("research-a", &dir.join("nodir/"), DETAIL))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the output must name a file"), "{e}");
+    assert!(!dir.join("nodir").exists());
+}
+
+#[tokio::test]
+async fn verify_reads_regular_files_only() {
+    // Review 15: a FIFO hung `export verify`, /dev/zero as the manifest grew without bound.
+    let (ex, state) = open();
+    let key = public_key(&ex);
+    let out = state.path().join("r.parquet");
+    run(&ex, &request("research-a", &out, DETAIL))
+        .await
+        .unwrap();
+    let manifest = export::manifest_path(&out);
+    let original = fs::read(&manifest).unwrap();
+
+    fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    fs::remove_file(&manifest).unwrap();
+    let fifo = std::ffi::CString::new(manifest.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    fs::remove_file(&manifest).unwrap();
+    fs::write(&manifest, vec![b' '; (1 << 20) + 1]).unwrap();
+    let e = export::verify(&out, &key).unwrap_err().to_string();
+    assert!(e.contains("not a manifest"), "{e}");
+
+    // The file itself: a device is not read.
+    fs::write(&manifest, &original).unwrap();
+    let elsewhere = state.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let zero = elsewhere.join("r.parquet");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    fs::write(export::manifest_path(&zero), &original).unwrap();
+    let e = export::verify(&zero, &key).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(export::verify(&out, &key).is_ok());
 }
 
 #[tokio::test]

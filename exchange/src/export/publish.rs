@@ -1,0 +1,96 @@
+//! Where an export is staged, and how it appears under its name.
+//!
+//! The unfiltered result (rows the guard will withhold included) is staged in the state
+//! directory's private `staging/` (0700), in files without names (`O_TMPFILE`; else created
+//! 0600 and unlinked at once, in a directory nobody else may enter), held open and never
+//! reopened by name. Staging beside the output instead put those rows on whatever holds
+//! the output directory: a network or FUSE share keeps an unlinked open file as a hidden
+//! name its server can read and rewrite (review 15). Only the final, guarded file reaches
+//! the output directory: copied under a temporary name, synced, then linked into place
+//! without replacing anything, so the export's name shows a whole file or nothing.
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+/// The private staging directory under `state`, created 0700 (and made so if it exists).
+pub(super) fn staging_dir(state: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = state.join("staging");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let meta = fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// A file without a name in `dir`.
+pub(super) fn staging_file(dir: &Path) -> io::Result<File> {
+    tempfile::tempfile_in(dir)
+}
+
+/// The directory `out` is published in.
+fn parent(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A temporary file beside `out`, readable as the export will be.
+fn beside(out: &Path) -> io::Result<NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".publishing")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(parent(out))
+}
+
+/// The staged file copied beside `out` under a temporary name and synced; the copy must be
+/// as long as what was hashed.
+pub(super) fn copy_beside(staged: &mut File, out: &Path, bytes: u64) -> io::Result<NamedTempFile> {
+    staged.seek(SeekFrom::Start(0))?;
+    let mut tmp = beside(out)?;
+    let n = io::copy(staged, tmp.as_file_mut())?;
+    if n != bytes {
+        return Err(io::Error::other(
+            "the copy is not the length of the file hashed",
+        ));
+    }
+    tmp.as_file().sync_all()?;
+    Ok(tmp)
+}
+
+/// `contents` beside `out` under a temporary name, synced.
+pub(super) fn write_beside(out: &Path, contents: &[u8]) -> io::Result<NamedTempFile> {
+    let mut tmp = beside(out)?;
+    tmp.as_file_mut().write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    Ok(tmp)
+}
+
+/// Give `tmp` the name `path` unless something holds it already (a symlink included),
+/// and make the name durable.
+pub(super) fn put(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    // The directory entry itself, so that a crash does not lose a name the audit vouches for.
+    if let Ok(d) = File::open(parent(path)) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
