@@ -367,3 +367,90 @@ fn one_configuration_file_with_flags_over_it() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("nowhere.toml"), "{stderr}");
 }
+
+#[test]
+fn a_stream_killed_midway_leaves_a_verifiable_log_naming_it_incomplete() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let data = common::data_root();
+    assert!(
+        exchange(&state, data)
+            .args(["keys", "init"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    // Ten million rows, written as they come: the first lines are out long before the end.
+    let large = "SELECT r.person_id, s.person_id AS neighbour FROM police.residents r JOIN police.residents s ON r.district = s.district";
+    let mut child = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "police_officer",
+            "--purpose",
+            "law_enforcement",
+            "--format",
+            "csv",
+            large,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "person_id,neighbour");
+    assert!(lines.next().unwrap().unwrap().contains(','));
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+
+    let verify = || {
+        let out = exchange(&state, data)
+            .args(["audit", "verify"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Unsealed (the process died), with the started record intact.
+    let (code, text) = verify();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("UNSEALED: 1 records"), "{text}");
+    assert!(
+        text.contains("1 streamed result started without a completion record (record 1)"),
+        "{text}"
+    );
+    // The next process recovers the log; the stream stays visibly incomplete.
+    let out = exchange(&state, data)
+        .args([
+            "query",
+            "--as",
+            "auditor",
+            "--purpose",
+            "audit_review",
+            "--format",
+            "csv",
+            "SELECT seq, decision, outcome, rows FROM audit.events ORDER BY seq",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "seq,decision,outcome,rows\n1,allowed,incomplete,\n"
+    );
+    let (code, text) = verify();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("recovery after an unclean shutdown")
+            && text.contains("1 streamed result started without a completion record (record 1)"),
+        "{text}"
+    );
+}
