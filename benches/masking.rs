@@ -99,6 +99,24 @@ fn naive_keep_first_last(v: &[String], n: usize, m: usize) -> usize {
     StringArray::from(out).len()
 }
 
+/// Tokens through ring's `hmac::sign` per value (the path before issue 13), into the same
+/// Arrow array: the baseline of the pseudonym fast path.
+fn ring_tokens(key: &ring::hmac::Key, values: &StringArray) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = arrow::array::StringBuilder::with_capacity(values.len(), values.len() * 32);
+    let mut buf = String::with_capacity(32);
+    for v in values.iter().flatten() {
+        buf.clear();
+        let tag = ring::hmac::sign(key, v.as_bytes());
+        for x in tag.as_ref().iter().take(16) {
+            buf.push(char::from(HEX[usize::from(x >> 4)]));
+            buf.push(char::from(HEX[usize::from(x & 0xf)]));
+        }
+        b.append_value(&buf);
+    }
+    b.finish().len()
+}
+
 fn main() {
     let mut rng = Rng::new(7);
     let phone_values = phones(&mut rng);
@@ -123,6 +141,8 @@ fn main() {
         "hrss",
         ["resident_id"],
     )));
+    let person_key = ring.token_key(TokenKind::Pseudonym, "hrss", "person");
+    let id_strings = StringArray::from(id_values.clone());
     let i = |v: i64| ScalarValue::Int64(Some(v));
     let s = |v: &str| ScalarValue::Utf8(Some(v.to_string()));
 
@@ -162,6 +182,11 @@ fn main() {
             "pseudonym (HMAC-SHA256)",
             "resident IDs",
             Box::new(|| invoke(&pseudonym, &id_arr, &[s("person")])),
+        ),
+        (
+            "ring hmac::sign per value (before issue 13)",
+            "resident IDs",
+            Box::new(|| ring_tokens(person_key.hmac(), &id_strings)),
         ),
         (
             "typed_random_replace(resident_id)",

@@ -7,6 +7,7 @@
 //! key is written beside them for verifiers. No key is ever formatted: `Debug` prints
 //! placeholders.
 
+mod prf;
 mod secret;
 mod signing;
 
@@ -14,6 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use prf::TokenKey;
 pub use secret::{KeyError, KeyRing, TokenKind};
 pub use signing::{PublicKey, SigningKey};
 

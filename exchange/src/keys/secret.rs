@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::TokenKey;
+
 /// Errors of key handling.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -144,10 +146,10 @@ impl KeyRing {
     }
 
     /// The token key for one scope.
-    pub fn token_key(&self, kind: TokenKind, consumer: &str, domain: &str) -> hmac::Key {
+    pub fn token_key(&self, kind: TokenKind, consumer: &str, domain: &str) -> TokenKey {
         let info = format!("exchange/v1/{}/{consumer}/{domain}", kind.label());
         let derived = hmac::sign(&self.master, info.as_bytes());
-        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+        TokenKey::new(derived.as_ref())
     }
 }
 
@@ -165,17 +167,14 @@ mod tests {
         assert!(matches!(KeyRing::create(&path), Err(KeyError::Io { .. })));
         let ka = a.token_key(TokenKind::Pseudonym, "hrss", "person");
         let kb = b.token_key(TokenKind::Pseudonym, "hrss", "person");
-        assert_eq!(
-            hmac::sign(&ka, b"x").as_ref(),
-            hmac::sign(&kb, b"x").as_ref()
-        );
+        assert_eq!(ka.sign(b"x"), kb.sign(b"x"));
         assert!(!format!("{a:?}").contains(&fs::read_to_string(&path).unwrap()));
     }
 
     #[test]
     fn scopes_get_different_keys() {
         let ring = KeyRing::from_secret(&[7u8; 32]);
-        let sig = |k: hmac::Key| hmac::sign(&k, b"110105194912310021").as_ref().to_vec();
+        let sig = |k: TokenKey| k.sign(b"110105194912310021").to_vec();
         let base = sig(ring.token_key(TokenKind::Pseudonym, "hrss", "person"));
         assert_ne!(
             base,

@@ -15,9 +15,7 @@ use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use ring::hmac;
-
-use crate::keys::{KeyRing, TokenKind};
+use crate::keys::{KeyRing, TokenKey, TokenKind};
 
 /// Bytes of the HMAC kept in a token (128 bits, 32 hex chars).
 const TOKEN_BYTES: usize = 16;
@@ -26,7 +24,7 @@ const TOKEN_BYTES: usize = 16;
 pub struct TokenKeys {
     kind: TokenKind,
     consumer: String,
-    keys: BTreeMap<String, hmac::Key>,
+    keys: BTreeMap<String, TokenKey>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -107,10 +105,10 @@ impl TokenUdf {
 }
 
 /// Hex token of one value (first 128 bits of the HMAC).
-pub fn token_hex(key: &hmac::Key, value: &[u8], out: &mut String) {
+pub fn token_hex(key: &TokenKey, value: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let tag = hmac::sign(key, value);
-    for b in tag.as_ref().iter().take(TOKEN_BYTES) {
+    let tag = key.sign(value);
+    for b in tag.iter().take(TOKEN_BYTES) {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
@@ -161,7 +159,7 @@ impl ScalarUDFImpl for TokenUdf {
                 Some(s) => {
                     buf.clear();
                     if self.keys.kind == TokenKind::Replace {
-                        super::replace::replace(key, domain, s, &mut buf);
+                        super::replace::replace(key.hmac(), domain, s, &mut buf);
                     } else {
                         token_hex(key, s.as_bytes(), &mut buf);
                     }
