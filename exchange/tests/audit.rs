@@ -479,3 +479,53 @@ fn recoveries_are_visible_to_the_auditor() {
         "{out}"
     );
 }
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_keep_one_chain() {
+    // Group commit: appenders wait for one fsync that covers them; rotations and
+    // checkpoints happen under their feet, and records written "with the next" become
+    // durable with whichever sync comes next.
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::create(&tmp.path().join("signing.key")).unwrap());
+    let dir = tmp.path().join("audit");
+    let log = Arc::new(AuditLog::open(&dir, key.clone(), OPTIONS).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                (0..40u64)
+                    .map(|i| {
+                        let durability = if i % 2 == 0 {
+                            exchange::audit::Durability::Now
+                        } else {
+                            exchange::audit::Durability::WithNext
+                        };
+                        log.append_with(entry(t * 1000 + i), durability)
+                            .unwrap()
+                            .seq
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=320).collect::<Vec<_>>());
+    drop(log);
+    let s = verify(&dir, &key.public_key()).unwrap();
+    assert!(s.sealed && s.records == 320 && s.segments == 32, "{s:?}");
+    let mut rows: Vec<u64> = exchange::audit::read_all(&dir)
+        .unwrap()
+        .iter()
+        .map(|r| r.entry.rows.unwrap())
+        .collect();
+    rows.sort_unstable();
+    let mut want: Vec<u64> = (0..8u64)
+        .flat_map(|t| (0..40u64).map(move |i| t * 1000 + i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(rows, want);
+}

@@ -30,7 +30,7 @@ impl Default for AuditOptions {
 }
 
 struct Tail {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     segment: u32,
     segment_records: u64,
@@ -39,6 +39,19 @@ struct Tail {
     since_checkpoint: u64,
     /// The last line is a shutdown checkpoint.
     sealed: bool,
+    /// Writes so far (each a record or checkpoint with its lines), for group commit.
+    writes: u64,
+}
+
+/// When an appended record must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `append` returns (records that must precede what they allow).
+    Now,
+    /// With the next durable write, at the latest when the log closes: for records whose
+    /// loss in a crash reads as the crash itself (a stream's completion: without it the
+    /// stream shows as cut off by the process dying, which it then was).
+    WithNext,
 }
 
 /// The append-only, hash-chained, signed audit log of one exchange process.
@@ -48,6 +61,9 @@ pub struct AuditLog {
     signer: Arc<SigningKey>,
     key_id: String,
     tail: Mutex<Tail>,
+    /// Writes known durable. Held while syncing, so that concurrent appenders wait for one
+    /// fsync that covers them all instead of each paying its own (group commit).
+    synced: Mutex<u64>,
     /// Held for the life of the log: one writer per log.
     _lock: File,
 }
@@ -201,7 +217,7 @@ impl AuditLog {
             key_id: public.id(),
             signer,
             tail: Mutex::new(Tail {
-                file,
+                file: Arc::new(file),
                 path,
                 segment,
                 segment_records,
@@ -209,7 +225,9 @@ impl AuditLog {
                 head: found.summary.head,
                 since_checkpoint: found.since_checkpoint,
                 sealed: found.summary.sealed,
+                writes: 0,
             }),
+            synced: Mutex::new(0),
             _lock: lock,
         };
         if !notes.is_empty() {
@@ -257,16 +275,41 @@ impl AuditLog {
         serde_json::to_string(&c).map_err(|e| Self::broken(tail, e.to_string()))
     }
 
-    /// Write lines in one write and one fsync.
+    /// Write lines in one write (not yet synced: see [`Self::sync`]).
     fn write_lines(&self, tail: &mut Tail, lines: &[&str]) -> Result<(), AuditError> {
         let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
             buf.extend_from_slice(l.as_bytes());
             buf.push(b'\n');
         }
-        let io = io_err(&tail.path);
-        tail.file.write_all(&buf).map_err(&io)?;
-        tail.file.sync_data().map_err(&io)?;
+        (&*tail.file).write_all(&buf).map_err(io_err(&tail.path))?;
+        tail.writes += 1;
+        Ok(())
+    }
+
+    /// Make every write up to `mine` durable: one fsync covers all writes made before it
+    /// starts, so appenders that queue here behind a running fsync usually find theirs done.
+    fn sync(&self, mine: u64) -> Result<(), AuditError> {
+        let mut synced = self.synced.lock().map_err(|_| AuditError::Poisoned)?;
+        if *synced >= mine {
+            return Ok(());
+        }
+        // Every write so far is in this segment or in earlier ones, synced when rotated.
+        let (upto, file, path) = {
+            let tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
+            (tail.writes, Arc::clone(&tail.file), tail.path.clone())
+        };
+        file.sync_data().map_err(io_err(&path))?;
+        *synced = upto;
+        Ok(())
+    }
+
+    /// Sync under the tail lock (checkpoints of rotation, recovery and shutdown).
+    fn sync_locked(&self, tail: &Tail) -> Result<(), AuditError> {
+        tail.file.sync_data().map_err(io_err(&tail.path))?;
+        if let Ok(mut synced) = self.synced.try_lock() {
+            *synced = (*synced).max(tail.writes);
+        }
         Ok(())
     }
 
@@ -278,6 +321,7 @@ impl AuditLog {
     ) -> Result<(), AuditError> {
         let line = self.checkpoint_line(tail, tail.seq, &tail.head, reason, note)?;
         self.write_lines(tail, &[&line])?;
+        self.sync_locked(tail)?;
         tail.head = sha256_hex(line.as_bytes());
         tail.since_checkpoint = 0;
         tail.sealed = reason == "shutdown";
@@ -300,7 +344,7 @@ impl AuditLog {
             "rotate",
             Some(format!("continues in {}", segment_name(next))),
         )?;
-        tail.file = file;
+        tail.file = Arc::new(file);
         tail.path = path;
         tail.segment = next;
         tail.segment_records = 0;
@@ -308,8 +352,26 @@ impl AuditLog {
     }
 
     /// Append a record durably (written and fsynced, with its checkpoint when one is due,
-    /// before this returns); returns it as written.
+    /// before this returns); returns it as written. Concurrent appends share fsyncs.
     pub fn append(&self, entry: Entry) -> Result<AuditRecord, AuditError> {
+        self.append_with(entry, Durability::Now)
+    }
+
+    /// Append a record, on disk as `durability` says; returns it as written.
+    pub fn append_with(
+        &self,
+        entry: Entry,
+        durability: Durability,
+    ) -> Result<AuditRecord, AuditError> {
+        let (record, mine) = self.write_record(entry)?;
+        if durability == Durability::Now {
+            self.sync(mine)?;
+        }
+        Ok(record)
+    }
+
+    /// Number, chain, sign and write a record (not synced); returns it and its write.
+    fn write_record(&self, entry: Entry) -> Result<(AuditRecord, u64), AuditError> {
         let mut tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
         // Rotate before writing, so that a failed rotation fails before the record exists.
         if tail.segment_records >= self.options.segment_records.max(1) {
@@ -342,7 +404,7 @@ impl AuditLog {
         tail.segment_records += 1;
         tail.since_checkpoint = if signed { 0 } else { tail.since_checkpoint + 1 };
         tail.sealed = false;
-        Ok(record)
+        Ok((record, tail.writes))
     }
 
     /// Seal the log with a shutdown checkpoint (also done when the log is dropped).

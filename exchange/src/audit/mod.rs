@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use events::{AuditEvents, events_schema};
-pub use log::{AuditLog, AuditOptions, in_use};
+pub use log::{AuditLog, AuditOptions, Durability, in_use};
 pub use report::{Report, report};
 pub use verify::{Summary, read_all, verify};
 

@@ -4,8 +4,8 @@
 //! thresholds) is durable before [`Exchange::start`](super::Exchange::start) returns, so
 //! before the first batch can leave. The completion record (rows, keyed digest computed
 //! batch by batch, duration, how it ended) is written when the stream ends, fails, is cut or
-//! is dropped, and before the consumer sees the end: a consumer that saw the whole result
-//! knows it is recorded.
+//! is dropped, before the consumer sees the end, and made durable by the next fsync of the
+//! log (its loss in a crash reads as what happened: the stream was cut off by the crash).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use futures::{Stream, StreamExt};
 use super::errors::run_error;
 use super::outcome::redact_values;
 use super::{FailureKind, QueryError, QueryOutput};
-use crate::audit::{AuditLog, Decision, Entry, StreamStatus, TableUse};
+use crate::audit::{AuditLog, Decision, Durability, Entry, StreamStatus, TableUse};
 
 /// HMAC-SHA256 over the Arrow IPC stream of the batches, fed one batch at a time.
 pub(super) struct Digest(Option<StreamWriter<Hasher>>);
@@ -265,8 +265,10 @@ impl QueryStream {
             completes: Some(open.seq),
             ..open.head.timed(open.started)
         };
+        // Written before the consumer sees the end, durable with the next record: lost in a
+        // crash, it leaves the stream incomplete, as the crash itself would have.
         open.audit
-            .append(entry)
+            .append_with(entry, Durability::WithNext)
             .map(|_| ())
             .map_err(|e| QueryError::Audit(e.to_string()))
     }

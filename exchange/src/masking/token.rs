@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use crate::keys::{KeyRing, TokenKey, TokenKind};
 use arrow::array::{Array, ArrayRef, StringBuilder};
 use arrow::datatypes::DataType;
 use datafusion::common::cast::as_string_array;
@@ -15,7 +16,6 @@ use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use crate::keys::{KeyRing, TokenKey, TokenKind};
 
 /// Bytes of the HMAC kept in a token (128 bits, 32 hex chars).
 const TOKEN_BYTES: usize = 16;
