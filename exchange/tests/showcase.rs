@@ -474,3 +474,42 @@ async fn typed_random_replace_outputs_valid_unlinkable_ids() {
         assert!(!raw_usccs.contains(&u), "{u}");
     }
 }
+
+#[tokio::test]
+async fn sessions_are_reused_but_data_files_are_read_afresh() {
+    // Sessions are cached per principal, purpose and day (issue 13): a data file rewritten
+    // between two statements must still be read as it is now, rows and statistics.
+    let data = tempfile::tempdir().unwrap();
+    common::copy_dir(common::data_root(), data.path());
+    let state = tempfile::tempdir().unwrap();
+    let ex = exchange::Exchange::open(common::test_config(
+        &common::repo_root(),
+        data.path(),
+        state.path(),
+    ))
+    .unwrap();
+    let count = "SELECT count(*) AS n FROM market.enterprises";
+    let n = |out: exchange::QueryOutput| column(&out.batches, "n")[0].parse::<usize>().unwrap();
+    let before = n(ok(&ex, "market_trader", "data_product", count).await);
+    assert!(before > 10);
+    // Rewrite the file with its first ten rows.
+    let file = data.path().join("market/enterprises.parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let first = reader.into_iter().next().unwrap().unwrap().slice(0, 10);
+    let tmp = data.path().join("market/enterprises.parquet.new");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&tmp).unwrap(),
+        first.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&first).unwrap();
+    w.close().unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(n(ok(&ex, "market_trader", "data_product", count).await), 10);
+}

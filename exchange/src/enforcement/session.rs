@@ -10,7 +10,8 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
 use datafusion::common::Result;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 
@@ -46,6 +47,8 @@ pub struct PrincipalSession {
     pub expired: BTreeMap<String, Denial>,
     /// Tables whose grant cannot be applied, by `agency.table`.
     pub unusable: BTreeMap<String, Unusable>,
+    /// Memory limit of each statement, in bytes.
+    memory_limit: Option<usize>,
 }
 
 /// Everything a session is built from.
@@ -111,13 +114,16 @@ impl PrincipalSession {
             .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
             .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys))
             .with_physical_optimizer_rule(Arc::new(super::batches::BoundedBatches));
-        if let Some(limit) = inputs.memory_limit {
-            // Operators that exceed it fail the query (or spill), never the server.
-            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-                .with_memory_limit(limit, 1.0)
-                .build()?;
-            builder = builder.with_runtime_env(Arc::new(runtime));
-        }
+        // The session may serve many statements (the exchange caches it): files must be
+        // listed afresh by each, so the listing cache is off. File statistics and footers stay
+        // cached, checked against each file's size and modification time. Each statement
+        // runs under its own memory pool ([`Self::task_ctx`]).
+        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
+            .build()?;
+        builder = builder.with_runtime_env(Arc::new(runtime));
         let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
         for f in MaskFn::ALL {
@@ -230,7 +236,32 @@ impl PrincipalSession {
             tables,
             expired,
             unusable,
+            memory_limit: inputs.memory_limit,
         })
+    }
+
+    /// The context one statement runs in: the session's, with a memory pool of its own, so
+    /// that the limit is per statement even when statements share the session.
+    /// Operators that exceed it fail the statement (or spill), never the server.
+    pub fn task_ctx(&self) -> Result<Arc<TaskContext>> {
+        let state = self.ctx.state();
+        let Some(limit) = self.memory_limit else {
+            return Ok(Arc::new(TaskContext::from(&state)));
+        };
+        let shared = state.runtime_env();
+        let pool = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(limit, 1.0)
+            .build()?
+            .memory_pool;
+        let runtime = RuntimeEnv {
+            memory_pool: pool,
+            disk_manager: Arc::clone(&shared.disk_manager),
+            cache_manager: Arc::clone(&shared.cache_manager),
+            object_store_registry: Arc::clone(&shared.object_store_registry),
+        };
+        Ok(Arc::new(
+            TaskContext::from(&state).with_runtime(Arc::new(runtime)),
+        ))
     }
 
     /// Parse SQL (DataFusion's generic dialect, its default recursion limit).

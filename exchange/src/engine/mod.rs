@@ -132,6 +132,20 @@ pub struct VisibleColumn {
     pub treatment: Treatment,
 }
 
+/// What a cached session is for. Policies and schemas are loaded once per [`Exchange`];
+/// the day is in the key because grants expire by day; data files are listed and their
+/// statistics checked by each statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    principal: String,
+    purpose: String,
+    token_scope: Option<String>,
+    today: NaiveDate,
+}
+
+/// Sessions kept at most (principals x purposes, plus export recipients' scopes).
+const MAX_SESSIONS: usize = 256;
+
 /// The exchange.
 pub struct Exchange {
     config: ExchangeConfig,
@@ -140,6 +154,9 @@ pub struct Exchange {
     keys: KeyRing,
     signer: Arc<SigningKey>,
     audit: Arc<AuditLog>,
+    /// Sessions by principal, purpose, token scope and day: building one reads every
+    /// granted table's metadata, which small statements would otherwise pay each time.
+    sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, Arc<PrincipalSession>>>,
 }
 
 impl Exchange {
@@ -161,6 +178,7 @@ impl Exchange {
             keys: ring,
             signer,
             audit,
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -208,7 +226,7 @@ impl Exchange {
         &self,
         principal: &str,
         purpose: Option<&str>,
-    ) -> Result<PrincipalSession, QueryError> {
+    ) -> Result<Arc<PrincipalSession>, QueryError> {
         self.scoped_session(principal, purpose, None)
     }
 
@@ -219,7 +237,7 @@ impl Exchange {
         principal: &str,
         purpose: Option<&str>,
         token_scope: Option<&str>,
-    ) -> Result<PrincipalSession, QueryError> {
+    ) -> Result<Arc<PrincipalSession>, QueryError> {
         let Some(p) = self.policies.principal(principal) else {
             return Err(QueryError::Refused(format!(
                 "unknown principal '{principal}'"
@@ -242,12 +260,27 @@ impl Exchange {
                 p.purposes.join(", ")
             )));
         }
+        let today = Self::today();
+        // Auditors' sessions hold a snapshot of the log: built afresh for each statement.
+        let cacheable = !p
+            .roles
+            .iter()
+            .any(|r| r == crate::enforcement::AUDITOR_ROLE);
+        let key = SessionKey {
+            principal: p.name.clone(),
+            purpose: purpose.to_string(),
+            token_scope: token_scope.map(str::to_string),
+            today,
+        };
+        if cacheable && let Some(s) = self.sessions.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(s);
+        }
         let inputs = SessionInputs {
             catalog: &self.catalog,
             policies: &self.policies,
             keys: &self.keys,
             data_root: &self.config.data_root,
-            today: Self::today(),
+            today,
             audit_log: self.audit.path(),
             token_scope,
             // Exports (keyed for a recipient) carry their rows' subjects for the guard.
@@ -256,8 +289,18 @@ impl Exchange {
             target_partitions: self.config.target_partitions,
             batch_size: self.config.batch_size,
         };
-        PrincipalSession::build(&inputs, p, purpose)
-            .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))
+        let session = Arc::new(
+            PrincipalSession::build(&inputs, p, purpose)
+                .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))?,
+        );
+        if cacheable && let Ok(mut cache) = self.sessions.lock() {
+            // Bounded: past the bound (many recipients' scopes), start over.
+            if cache.len() >= MAX_SESSIONS {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&session));
+        }
+        Ok(session)
     }
 
     /// Visible columns of a table for a session, or None when not granted.

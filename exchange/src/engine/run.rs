@@ -140,7 +140,9 @@ async fn run_inner(
             let planned = plan_query(session, *stmt, named).await?;
             Ok(Begun::Stream {
                 plan: planned.physical,
-                task: session.ctx.task_ctx(),
+                task: session
+                    .task_ctx()
+                    .map_err(|e| run_error(planned.governed, e))?,
                 governed: planned.governed,
                 tables: planned.tables,
                 thresholds: planned.thresholds,

@@ -377,7 +377,7 @@ async fn stage(
     let governed = planned.governed;
     let mut stream = datafusion::physical_plan::execute_stream(
         Arc::clone(&planned.physical),
-        session.ctx.task_ctx(),
+        session.task_ctx().map_err(|e| run_error(governed, e))?,
     )
     .map_err(|e| run_error(governed, e))?;
     let mut rows = 0u64;
