@@ -454,3 +454,51 @@ fn a_stream_killed_midway_leaves_a_verifiable_log_naming_it_incomplete() {
         "{text}"
     );
 }
+
+#[test]
+fn a_failing_query_leaves_an_existing_output_file_as_it_was() {
+    // Review 16: with streaming, --output truncated the file at the start and deleted it
+    // when the statement failed.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let data = common::data_root();
+    assert!(
+        exchange(&state, data)
+            .args(["keys", "init"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let notes = dir.path().join("notes.csv");
+    std::fs::write(&notes, "kept\n").unwrap();
+    let run = |sql: &str| {
+        exchange(&state, data)
+            .args([
+                "query",
+                "--as",
+                "police_officer",
+                "--purpose",
+                "law_enforcement",
+                "--format",
+                "csv",
+                "--output",
+            ])
+            .arg(&notes)
+            .arg(sql)
+            .output()
+            .unwrap()
+    };
+    let out = run("SELECT CAST(name AS INT) AS n FROM police.residents");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "kept\n");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "a temporary file left: {names:?}");
+    // A whole result replaces it.
+    let out = run("SELECT count(*) AS n FROM police.residents");
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&notes).unwrap().starts_with("n\n"));
+}

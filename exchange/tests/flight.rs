@@ -527,3 +527,88 @@ async fn the_result_cap_cuts_a_stream_with_a_clear_error() {
     drop(c);
     assert!(server.stop().success());
 }
+
+// Client connections run on their own threads, closing while the test waits for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_the_slots() {
+    // Review 16: the deadline was checked only when the client asked for more, so eight
+    // stalled readers held every slot for as long as they liked, and a principal could hold
+    // them all; a result never fetched was dropped only when someone stashed another.
+    use exchange::audit::StreamStatus;
+    use futures::StreamExt;
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &[
+            "--max-concurrent",
+            "2",
+            "--queue-wait",
+            "1",
+            "--query-timeout",
+            "3",
+            "--result-ttl",
+            "1",
+        ],
+    );
+    let login = |p: &'static str, purpose: &'static str| {
+        let uri = server.uri.clone();
+        async move {
+            let mut c = client(&uri).await;
+            c.handshake(p, &password(p)).await.unwrap();
+            c.set_header(PURPOSE, purpose);
+            c
+        }
+    };
+    let mut police = login("police_officer", "law_enforcement").await;
+    let info = police.execute(LARGE.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stalled = police.do_get(ticket).await.unwrap();
+    assert!(stalled.next().await.unwrap().unwrap().num_rows() > 0);
+
+    // The stalled reader holds one of two slots: the police's share. Their next statement
+    // is turned away (and recorded); another principal's runs.
+    let small = "SELECT count(*) AS n FROM police.residents";
+    let mut again = login("police_officer", "law_enforcement").await;
+    let err = query(&mut again, small).await.unwrap_err();
+    assert!(
+        err.contains("police_officer already runs 1 queries"),
+        "{err}"
+    );
+    let turned_away = record_of(&state, small, |_| true).await;
+    assert_eq!(turned_away.decision, exchange::audit::Decision::Failed);
+    assert!(turned_away.reason.unwrap().contains("already runs"));
+    let mut market = login("market_trader", "data_product").await;
+    query(&mut market, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap();
+
+    // Not reading any more: cut at the deadline, recorded, without the client asking.
+    let end = record_of(&state, LARGE, |e| e.stream != Some(StreamStatus::Started)).await;
+    assert_eq!(end.stream, Some(StreamStatus::Cut), "{end:?}");
+    assert!(
+        end.reason.unwrap().contains("the client stopped reading"),
+        "{:?}",
+        statements(&state).last()
+    );
+    // Its slot is free again.
+    query(&mut again, small).await.unwrap();
+    drop(stalled);
+
+    // A statement never fetched is dropped after the result TTL by itself.
+    let unfetched = "SELECT district FROM police.residents LIMIT 3";
+    let _info = again.execute(unfetched.to_string(), None).await.unwrap();
+    let end = record_of(&state, unfetched, |e| {
+        e.stream != Some(StreamStatus::Started)
+    })
+    .await;
+    assert_eq!(end.stream, Some(StreamStatus::Cancelled), "{end:?}");
+    drop((police, again, market));
+    assert!(server.stop().success());
+}

@@ -207,8 +207,8 @@ pub struct Entry {
 }
 
 /// One record per statement, in log order: each completion record folded into the started
-/// record it completes (rows, digest, duration, decision and reason are the completion's;
-/// `stream` says how it ended, and stays `Started` when it never did).
+/// record it completes (decision, reason, duration, and rows and digest when it states them,
+/// are the completion's; `stream` says how it ended, and stays `Started` when it never did).
 pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
     let mut ends: std::collections::HashMap<u64, Entry> = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(records.len());
@@ -224,8 +224,10 @@ pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
         if let Some(end) = ends.remove(&r.seq) {
             r.entry.decision = end.decision;
             r.entry.reason = end.reason;
-            r.entry.rows = end.rows;
-            r.entry.result_digest = end.result_digest;
+            // What the completion does not state stays as the start recorded it (an export
+            // that failed to publish keeps its rows and file digest).
+            r.entry.rows = end.rows.or(r.entry.rows);
+            r.entry.result_digest = end.result_digest.or(r.entry.result_digest.take());
             r.entry.duration_ms = end.duration_ms;
             r.entry.stream = end.stream;
         }

@@ -151,13 +151,13 @@ pub enum Command {
         /// PEM private key, for TLS [default: serve.tls_key].
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Queries running at once; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED [default: serve.max_concurrent, else 8].
+        /// Queries running at once, at most half of them (rounded up) one principal's; more wait up to --queue-wait, then get RESOURCE_EXHAUSTED [default: serve.max_concurrent, else 8].
         #[arg(long)]
         max_concurrent: Option<usize>,
         /// Seconds an excess query waits for a slot [default: serve.queue_wait_secs, else 10].
         #[arg(long)]
         queue_wait: Option<u64>,
-        /// Seconds a query may run, DEADLINE_EXCEEDED after [default: serve.query_timeout_secs, else 300].
+        /// Seconds a query may run, its client's reading included; DEADLINE_EXCEEDED after [default: serve.query_timeout_secs, else 300].
         #[arg(long)]
         query_timeout: Option<u64>,
         /// Memory limit of each query, in MiB [default: serve.memory_limit_mib, else 2048].
@@ -169,6 +169,9 @@ pub enum Command {
         /// Seconds a login's bearer token stays valid, at most a week [default: serve.token_ttl_secs, else 3600].
         #[arg(long)]
         token_ttl: Option<u64>,
+        /// Seconds a started statement waits for its DoGet before it is dropped, recorded cancelled [default: serve.result_ttl_secs, else 600].
+        #[arg(long)]
+        result_ttl: Option<u64>,
     },
     /// Print the effective configuration (exchange.toml, then environment and flags).
     Config,

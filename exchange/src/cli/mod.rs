@@ -81,6 +81,7 @@ fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
         memory_limit_mib,
         max_result_mib,
         token_ttl,
+        result_ttl,
     } = &cli.command
     {
         let v = &mut s.serve;
@@ -95,6 +96,7 @@ fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
         v.memory_limit_mib = memory_limit_mib.unwrap_or(v.memory_limit_mib);
         v.max_result_mib = max_result_mib.unwrap_or(v.max_result_mib);
         v.token_ttl_secs = token_ttl.unwrap_or(v.token_ttl_secs);
+        v.result_ttl_secs = result_ttl.unwrap_or(v.result_ttl_secs);
     }
     let origin = file
         .as_ref()

@@ -47,9 +47,9 @@ pub(super) enum WriteFailure {
 }
 
 /// Write a result as its batches arrive (CSV, JSON Lines; a table needs every row for its
-/// widths, so it is collected first). A file is removed when the statement fails midway:
-/// a partial result must not pass for a whole one. On standard output, rows already
-/// written stay and the error follows on standard error.
+/// widths, so it is collected first). A file appears only once the result is whole: a
+/// partial result must not pass for a whole one. On standard output, rows already written
+/// stay and the error follows on standard error.
 pub(super) async fn write_stream(
     mut stream: QueryStream,
     format: Format,
@@ -60,10 +60,23 @@ pub(super) async fn write_stream(
         return write_output(&out, format, path).map_err(WriteFailure::Output);
     }
     let output = |e: &dyn std::fmt::Display| WriteFailure::Output(e.to_string());
+    // A file is written under a temporary name beside it and renamed into place once the
+    // result is whole: a statement that fails leaves an existing file as it was (review 16).
+    let mut staged = None;
     let sink: Box<dyn Write> = match path {
-        Some(p) => Box::new(
-            std::fs::File::create(p).map_err(|e| output(&format!("{}: {e}", p.display())))?,
-        ),
+        Some(p) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let tmp = tempfile::NamedTempFile::new_in(&dir)
+                .map_err(|e| output(&format!("{}: {e}", p.display())))?;
+            let file = tmp
+                .reopen()
+                .map_err(|e| output(&format!("{}: {e}", p.display())))?;
+            staged = Some(tmp);
+            Box::new(file)
+        }
         None => Box::new(std::io::stdout()),
     };
     let mut sink = std::io::BufWriter::new(sink);
@@ -85,12 +98,13 @@ pub(super) async fn write_stream(
         sink.flush().map_err(|e| output(&e))
     }
     .await;
-    if written.is_err()
-        && let Some(p) = path
-    {
-        let _ = std::fs::remove_file(p);
+    drop(sink);
+    written?;
+    if let (Some(tmp), Some(p)) = (staged, path) {
+        tmp.persist(p)
+            .map_err(|e| output(&format!("{}: {}", p.display(), e.error)))?;
     }
-    written
+    Ok(())
 }
 
 /// One batch in CSV (with the header when `first`) or JSON Lines, values escaped.

@@ -47,7 +47,7 @@ fn parent(out: &Path) -> PathBuf {
     }
 }
 
-/// A temporary file beside `out`, readable as the export will be.
+/// A temporary file beside `out`, readable by the exchange only until published.
 fn beside(out: &Path) -> io::Result<NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
     let name = out
@@ -57,7 +57,7 @@ fn beside(out: &Path) -> io::Result<NamedTempFile> {
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".publishing")
-        .permissions(fs::Permissions::from_mode(0o644))
+        .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(parent(out))
 }
 
@@ -85,12 +85,58 @@ pub(super) fn write_beside(out: &Path, contents: &[u8]) -> io::Result<NamedTempF
 }
 
 /// Give `tmp` the name `path` unless something holds it already (a symlink included),
-/// and make the name durable.
+/// and make the name durable. The temporary name is linked by name, so whoever may write
+/// the directory could put something else under it first (review 16): the name must then
+/// hold the very file written, or publication fails.
 pub(super) fn put(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
-    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let file = tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    let ours = file.metadata()?;
+    let named = fs::symlink_metadata(path)?;
+    if !named.file_type().is_file() || (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+        // The name was just created by this link: what it holds is not the export.
+        let _ = fs::remove_file(path);
+        return Err(io::Error::other(
+            "the name does not hold the file the exchange wrote: another user changed the directory meanwhile; publish into a directory only the exchange may write (or a sticky one)",
+        ));
+    }
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
     // The directory entry itself, so that a crash does not lose a name the audit vouches for.
     if let Ok(d) = File::open(parent(path)) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_name_swapped_before_publishing_fails_it() {
+        // Review 16: in a directory others may write, the temporary name can be replaced by
+        // another file (or a symlink) before it is linked into place.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.parquet");
+        let tmp = write_beside(&out, b"the export").unwrap();
+        let theirs = dir.path().join("theirs");
+        fs::write(&theirs, b"something else").unwrap();
+        fs::rename(&theirs, tmp.path()).unwrap();
+        let e = put(tmp, &out).unwrap_err().to_string();
+        assert!(
+            e.contains("does not hold the file the exchange wrote"),
+            "{e}"
+        );
+        assert!(!out.exists());
+
+        // Untouched, it is published, readable as an export.
+        let tmp = write_beside(&out, b"the export").unwrap();
+        put(tmp, &out).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"the export");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
 }

@@ -9,20 +9,21 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::{ProstMessageExt, SqlInfo, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{Stream, TryStreamExt, stream};
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::auth::{SessionTokens, principal_of_api_token};
 use crate::audit::{Decision, Entry, StatementKind};
 use crate::engine::{Exchange, FailureKind, QueryError, QueryStream};
 
+mod delivery;
 mod flight_sql;
+mod slots;
 
 /// The header that states each call's purpose.
 pub const PURPOSE_HEADER: &str = "x-exchange-purpose";
@@ -86,8 +87,8 @@ pub struct ExchangeFlightService {
     hashing: Arc<Semaphore>,
     tokens: SessionTokens,
     limits: Limits,
-    permits: Arc<Semaphore>,
-    results: Mutex<HashMap<String, PendingResult>>,
+    slots: slots::Slots,
+    results: Arc<Mutex<HashMap<String, PendingResult>>>,
     prepared: Mutex<HashMap<String, Prepared>>,
     sql_info: SqlInfoData,
 }
@@ -135,6 +136,36 @@ fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Data
     Ok(batches_stream(batch.schema(), vec![batch]))
 }
 
+/// Drop results not fetched within `ttl` (recorded `cancelled`) every few seconds, not
+/// only when someone stashes another (review 16), until the service is gone.
+fn sweep_expired(results: std::sync::Weak<Mutex<HashMap<String, PendingResult>>>, ttl: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(results) = results.upgrade() else {
+                return;
+            };
+            let expired: Vec<PendingResult> = match results.lock() {
+                Ok(mut r) => {
+                    let old: Vec<String> = r
+                        .iter()
+                        .filter(|(_, p)| p.created.elapsed() >= ttl)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    old.iter().filter_map(|k| r.remove(k)).collect()
+                }
+                Err(_) => return,
+            };
+            // Their cancellations are recorded outside the lock.
+            drop(expired);
+        }
+    });
+}
+
 impl ExchangeFlightService {
     /// A service over `ex`.
     pub fn new(ex: Arc<Exchange>, tokens: SessionTokens, limits: Limits) -> Result<Self, Status> {
@@ -158,14 +189,16 @@ impl ExchangeFlightService {
             .unwrap_or(super::DEFAULT_ITERATIONS);
         let dummy_hash =
             super::auth::hash_password("not a password", iterations).map_err(internal)?;
+        let results = Arc::new(Mutex::new(HashMap::new()));
+        sweep_expired(Arc::downgrade(&results), limits.result_ttl);
         Ok(Self {
             dummy_hash,
             hashing: Arc::new(Semaphore::new(2)),
-            permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            slots: slots::Slots::new(limits.max_concurrent, limits.queue_wait),
             ex,
             tokens,
             limits,
-            results: Mutex::new(HashMap::new()),
+            results,
             prepared: Mutex::new(HashMap::new()),
             sql_info: info.build().map_err(internal)?,
         })
@@ -214,22 +247,6 @@ impl ExchangeFlightService {
             .map(str::to_string)
     }
 
-    /// A slot among the `max_concurrent`, waiting at most `queue_wait`.
-    async fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        tokio::time::timeout(
-            self.limits.queue_wait,
-            Arc::clone(&self.permits).acquire_owned(),
-        )
-        .await
-        .map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{} queries are running and none finished within {:?}: try again later",
-                self.limits.max_concurrent, self.limits.queue_wait
-            ))
-        })?
-        .map_err(internal)
-    }
-
     /// Check, plan and begin a statement under the limits, exactly as the CLI does
     /// ([`Exchange::start`]): refused here, or started (audited) with its result to stream.
     async fn begin(
@@ -238,8 +255,24 @@ impl ExchangeFlightService {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<QueryStream, Status> {
-        let permit = self.permit().await?;
         let started = Instant::now();
+        let permit = match self.slots.take(principal).await {
+            Ok(p) => p,
+            Err(reason) => {
+                // Turned away for want of a slot: recorded like any statement that did not run.
+                self.ex
+                    .audit()
+                    .append(Entry {
+                        decision: Decision::Failed,
+                        reason: Some(reason.clone()),
+                        ..Entry::new(StatementKind::Query, principal, sql)
+                            .declared(self.ex.agency_of(principal), purpose)
+                            .timed(started)
+                    })
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                return Err(Status::resource_exhausted(reason));
+            }
+        };
         // Planning runs in its own task: a client that goes away does not cancel it
         // half-way, so it still writes its audit record.
         let ex = Arc::clone(&self.ex);
@@ -333,34 +366,16 @@ impl ExchangeFlightService {
         Ok(Response::new(info))
     }
 
-    /// The batches of a started statement as Flight data, while its plan runs: held to
-    /// the query deadline, and holding a slot among `max_concurrent` until it ends.
-    async fn deliver(&self, stream: QueryStream) -> Result<DataStream, Status> {
-        let permit = self.permit().await?;
-        let timeout = self.limits.query_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let schema = stream.schema();
-        let batches = futures::stream::unfold(Some((stream, permit)), move |state| async move {
-            let (mut q, permit) = state?;
-            match tokio::time::timeout_at(deadline, q.next()).await {
-                Ok(Some(Ok(b))) => Some((Ok(b), Some((q, permit)))),
-                Ok(Some(Err(e))) => Some((Err(status_of(e)), None)),
-                Ok(None) => None,
-                Err(_) => {
-                    let reason = format!("timed out after {timeout:?}");
-                    let status = match q.cut(&reason) {
-                        Ok(()) => Status::deadline_exceeded(reason),
-                        Err(e) => status_of(e),
-                    };
-                    Some((Err(status), None))
-                }
-            }
-        });
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches.map_err(FlightError::from))
-            .map_err(Status::from);
-        Ok(Box::pin(encoded))
+    /// The batches of a started statement as Flight data ([`delivery`]), holding one of
+    /// the principal's slots until it ends. Turned away for want of a slot, the statement
+    /// is dropped (recorded `cancelled`).
+    async fn deliver(&self, principal: &str, stream: QueryStream) -> Result<DataStream, Status> {
+        let slot = self
+            .slots
+            .take(principal)
+            .await
+            .map_err(Status::resource_exhausted)?;
+        Ok(delivery::deliver(stream, slot, self.limits.query_timeout))
     }
 
     /// Tables the principal sees for the purpose: (schema, table, visible schema).

@@ -298,6 +298,8 @@ async fn a_name_taken_while_exporting_fails_the_export_recorded_and_replaces_not
             .unwrap()
             .contains("could not be published")
     );
+    // What was staged stays on the record (review 16: the fold blanked it).
+    assert!(last.rows.is_some_and(|n| n > 0) && last.export.is_some());
 
     // An output that names a directory is refused before anything runs.
     let e = run(&ex, &request("research-a", &dir.join("nodir/"), DETAIL))

@@ -165,7 +165,9 @@ impl FlightSqlService for ExchangeFlightService {
         };
         // Dropped with the response: a client that goes away stops the query, recorded
         // `cancelled`.
-        Ok(Response::new(self.deliver(pending.stream).await?))
+        Ok(Response::new(
+            self.deliver(&principal, pending.stream).await?,
+        ))
     }
 
     async fn do_action_create_prepared_statement(
@@ -190,13 +192,11 @@ impl FlightSqlService for ExchangeFlightService {
             }
         }
         // Planning takes a query slot like running does.
-        let _permit = tokio::time::timeout(
-            self.limits.queue_wait,
-            Arc::clone(&self.permits).acquire_owned(),
-        )
-        .await
-        .map_err(|_| Status::resource_exhausted("all query slots are busy: try again later"))?
-        .map_err(internal)?;
+        let _slot = self
+            .slots
+            .take(&principal)
+            .await
+            .map_err(Status::resource_exhausted)?;
         let schema = tokio::time::timeout(
             self.limits.query_timeout,
             self.ex
