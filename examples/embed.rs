@@ -54,8 +54,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Every statement is in the audit log, which verifies.
+    // A query's result streams: it has a started record and a completion.
     let summary = exchange::audit::verify(ex.audit().path(), &ex.signer().public_key())?;
-    println!("audit log: {} records", summary.records);
-    common::check(summary.records == 3, "three audited statements")?;
+    let statements = exchange::audit::statements(exchange::audit::read_all(ex.audit().path())?);
+    println!(
+        "audit log: {} records, {} statements",
+        summary.records,
+        statements.len()
+    );
+    common::check(statements.len() == 3, "three audited statements")?;
+    common::check(
+        summary.records == 5,
+        "two started and completed, one refused",
+    )?;
     Ok(())
 }

@@ -207,30 +207,32 @@ pub struct Entry {
 }
 
 /// One record per statement, in log order: each completion record folded into the started
-/// record it completes (decision, reason, duration, and rows and digest when it states them,
-/// are the completion's; `stream` says how it ended, and stays `Started` when it never did).
+/// record it completes, in log order (decision, reason, duration and `stream` are the last
+/// completion's; rows, digest, export file and guard are the last stated; `stream` stays
+/// `Started` when none came).
 pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
-    let mut ends: std::collections::HashMap<u64, Entry> = std::collections::HashMap::new();
-    let mut out = Vec::with_capacity(records.len());
+    let mut out: Vec<AuditRecord> = Vec::with_capacity(records.len());
+    let mut index: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     for r in records {
-        match r.entry.completes {
-            Some(started) => {
-                ends.insert(started, r.entry);
-            }
-            None => out.push(r),
-        }
-    }
-    for r in &mut out {
-        if let Some(end) = ends.remove(&r.seq) {
-            r.entry.decision = end.decision;
-            r.entry.reason = end.reason;
-            // What the completion does not state stays as the start recorded it (an export
-            // that failed to publish keeps its rows and file digest).
-            r.entry.rows = end.rows.or(r.entry.rows);
-            r.entry.result_digest = end.result_digest.or(r.entry.result_digest.take());
-            r.entry.duration_ms = end.duration_ms;
-            r.entry.stream = end.stream;
-        }
+        let Some(started) = r.entry.completes else {
+            index.insert(r.seq, out.len());
+            out.push(r);
+            continue;
+        };
+        // A completion whose start is not in the log (or not a start) stays a row of its own.
+        let Some(&i) = index.get(&started) else {
+            out.push(r);
+            continue;
+        };
+        let (s, end) = (&mut out[i].entry, r.entry);
+        s.decision = end.decision;
+        s.reason = end.reason;
+        s.duration_ms = end.duration_ms;
+        s.stream = end.stream;
+        s.rows = end.rows.or(s.rows);
+        s.result_digest = end.result_digest.or(s.result_digest.take());
+        s.export = end.export.or(s.export.take());
+        s.guard = end.guard.or(s.guard.take());
     }
     out
 }

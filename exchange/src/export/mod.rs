@@ -36,7 +36,7 @@ pub use guard::{GuardSpec, lineage};
 pub use manifest::{Manifest, ManifestBody, manifest_path, sha256_file, verify};
 pub use trace::{TraceReport, TraceScore, trace};
 
-use crate::audit::{Entry, StatementKind, TableUse};
+use crate::audit::{Entry, StatementKind, StreamStatus, TableUse};
 use crate::catalog::KAction;
 use crate::engine::{Exchange, Kind, QueryError, audit_decision, classify, plan_query, run_error};
 use crate::keys::KeyRing;
@@ -141,25 +141,50 @@ pub async fn export(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportSummary, QueryError> {
     let started = Instant::now();
+    let agency = ex.agency_of(&req.principal);
+    let head = Entry {
+        recipient: Some(req.recipient.clone()),
+        ..Entry::new(StatementKind::Export, &req.principal, req.sql.clone())
+            .declared(agency.clone(), req.purpose.as_deref())
+    };
     let mut named = Vec::new();
     let mut tables: Option<(Vec<TableUse>, Vec<String>)> = None;
     let mut guard_note = None;
-    // A panic while staging fails the export, audited, and never takes the process down.
-    let staging = std::panic::AssertUnwindSafe(stage(
-        ex,
-        req,
-        progress,
-        &mut named,
-        &mut tables,
-        &mut guard_note,
-    ));
-    let staged = futures::FutureExt::catch_unwind(staging)
-        .await
-        .unwrap_or_else(|_| {
-            Err(QueryError::Failed(
-                "internal error: the exchange failed while exporting (a bug, recorded in the audit log); no file was written".into(),
-            ))
-        });
+    // Once planned and checked, the export is recorded as started before it runs: killed
+    // while staging, it leaves that record, incomplete, as a query does.
+    let mut started_seq = None;
+    let staged = {
+        let mut on_start = |tables: &[TableUse], thresholds: &[String]| {
+            let record = ex
+                .audit()
+                .append(Entry {
+                    tables: tables.to_vec(),
+                    thresholds: thresholds.to_vec(),
+                    stream: Some(StreamStatus::Started),
+                    ..head.clone().timed(started)
+                })
+                .map_err(|e| QueryError::Audit(e.to_string()))?;
+            started_seq = Some(record.seq);
+            Ok(())
+        };
+        // A panic while staging fails the export, audited, and never takes the process down.
+        let staging = std::panic::AssertUnwindSafe(stage(
+            ex,
+            req,
+            progress,
+            &mut on_start,
+            &mut named,
+            &mut tables,
+            &mut guard_note,
+        ));
+        futures::FutureExt::catch_unwind(staging)
+            .await
+            .unwrap_or_else(|_| {
+                Err(QueryError::Failed(
+                    "internal error: the exchange failed while exporting (a bug, recorded in the audit log); no file was written".into(),
+                ))
+            })
+    };
     // The final file beside its name before the audit record: a full disk fails the export
     // before the log says it was issued.
     let staged = staged.and_then(|mut s| {
@@ -168,7 +193,6 @@ pub async fn export(
         Ok((s, copy))
     });
     let (decision, reason) = audit_decision(&staged);
-    let agency = ex.agency_of(&req.principal);
     let file_name = req
         .out
         .file_name()
@@ -176,13 +200,26 @@ pub async fn export(
         .unwrap_or_default();
     let (tables, thresholds) = tables.unwrap_or((named, vec![]));
     let grants: Vec<String> = tables.iter().map(|t| t.grant.clone()).collect();
+    // The record that vouches for the file: the completion of the started record (tables
+    // and grants are there), or the only record of an export refused before it ran.
+    let (tables, thresholds, statement) = match started_seq {
+        Some(_) => (vec![], vec![], String::new()),
+        None => (tables, thresholds, req.sql.clone()),
+    };
     let entry = Entry {
         tables,
         thresholds,
         decision,
         reason,
         rows: staged.as_ref().ok().map(|(s, _)| s.rows),
-        recipient: Some(req.recipient.clone()),
+        stream: started_seq.map(|_| {
+            if staged.is_ok() {
+                StreamStatus::Complete
+            } else {
+                StreamStatus::Failed
+            }
+        }),
+        completes: started_seq,
         export: staged
             .as_ref()
             .ok()
@@ -192,9 +229,8 @@ pub async fn export(
             .ok()
             .and_then(|(s, _)| s.guard.clone())
             .or(guard_note),
-        ..Entry::new(StatementKind::Export, &req.principal, req.sql.clone())
-            .declared(agency.clone(), req.purpose.as_deref())
-            .timed(started)
+        statement,
+        ..head.clone().timed(started)
     };
     let audited = ex.audit().append(entry);
     let ((s, copy), seq) = match (staged, audited) {
@@ -210,7 +246,7 @@ pub async fn export(
             decision: crate::audit::Decision::Failed,
             reason: Some(crate::engine::redact_values(&reason)),
             stream: Some(crate::audit::StreamStatus::Failed),
-            completes: Some(seq),
+            completes: Some(started_seq.unwrap_or(seq)),
             ..Entry::new(StatementKind::Export, &req.principal, "")
                 .declared(ex.agency_of(&req.principal), req.purpose.as_deref())
                 .timed(started)
@@ -256,11 +292,15 @@ pub async fn export(
     })
 }
 
+/// Records the start of an export once it is planned and checked (tables, thresholds).
+type OnStart<'a> = dyn FnMut(&[TableUse], &[String]) -> Result<(), QueryError> + Send + 'a;
+
 /// Plan, run and stage the result in a file without a name, guard applied.
 async fn stage(
     ex: &Exchange,
     req: &ExportRequest,
     progress: &mut dyn FnMut(u64, u64),
+    on_start: &mut OnStart<'_>,
     named: &mut Vec<TableUse>,
     tables: &mut Option<(Vec<TableUse>, Vec<String>)>,
     guard_note: &mut Option<String>,
@@ -313,6 +353,7 @@ async fn stage(
         )));
     }
 
+    on_start(&planned.tables, &planned.thresholds)?;
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let expires = req
         .expires

@@ -163,10 +163,13 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
     if samples.is_empty() {
         return Ok(report);
     }
-    let records = crate::audit::read_all(ex.audit().path()).map_err(|e| ExportError::Read {
-        path: ex.audit().path().to_path_buf(),
-        message: e.to_string(),
-    })?;
+    // One row per export: a completion folded into its started record.
+    let records = crate::audit::read_all(ex.audit().path())
+        .map(crate::audit::statements)
+        .map_err(|e| ExportError::Read {
+            path: ex.audit().path().to_path_buf(),
+            message: e.to_string(),
+        })?;
     // Every (exporting agency, recipient) the log has issued files to.
     let mut issued: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for r in records

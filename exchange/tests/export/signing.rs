@@ -36,8 +36,22 @@ async fn an_export_is_signed_carries_its_provenance_and_verifies() {
     assert_eq!(verified, s.manifest);
 
     // The audit record came first and says what was issued to whom.
+    // Recorded as started once planned and checked, before it ran (killed while staging,
+    // it leaves that record); the completion names the file and is the one the manifest
+    // cites.
     let records = exchange::audit::read_all(ex.audit().path()).unwrap();
     let r = records.last().unwrap();
+    let start = &records[records.len() - 2];
+    assert_eq!(
+        start.entry.stream,
+        Some(exchange::audit::StreamStatus::Started)
+    );
+    assert_eq!(start.entry.tables[0].table, "police.residents");
+    assert_eq!(r.entry.completes, Some(start.seq));
+    assert_eq!(
+        r.entry.stream,
+        Some(exchange::audit::StreamStatus::Complete)
+    );
     assert_eq!(r.entry.kind, "export");
     assert_eq!(r.seq, m.audit_seq);
     assert_eq!(r.entry.recipient.as_deref(), Some("research-a"));
@@ -287,8 +301,13 @@ async fn a_name_taken_while_exporting_fails_the_export_recorded_and_replaces_not
     assert_eq!(fs::read(&out).unwrap(), b"someone else's");
     assert_eq!(names(&dir), vec!["r.parquet"], "no temporary file left");
     let raw = exchange::audit::read_all(ex.audit().path()).unwrap();
+    let start = raw
+        .iter()
+        .rfind(|r| r.entry.stream == Some(exchange::audit::StreamStatus::Started))
+        .unwrap();
     let (issued, end) = (&raw[raw.len() - 2], &raw[raw.len() - 1]);
-    assert_eq!(end.entry.completes, Some(issued.seq));
+    assert_eq!(issued.entry.completes, Some(start.seq));
+    assert_eq!(end.entry.completes, Some(start.seq));
     let folded = exchange::audit::statements(raw);
     let last = &folded.last().unwrap().entry;
     assert_eq!(last.decision, exchange::audit::Decision::Failed);
