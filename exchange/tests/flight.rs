@@ -568,9 +568,27 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     };
     let mut police = login("police_officer", "law_enforcement").await;
     let info = police.execute(LARGE.to_string(), None).await.unwrap();
+    // Planned now, fetched once the police's share is taken.
+    let waiting = "SELECT district FROM police.residents LIMIT 5";
+    let waiting_info = police.execute(waiting.to_string(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let mut stalled = police.do_get(ticket).await.unwrap();
     assert!(stalled.next().await.unwrap().unwrap().num_rows() > 0);
+    let err = police
+        .do_get(waiting_info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("already runs 1 queries"), "{err}");
+    let dropped = record_of(&state, waiting, |e| e.stream != Some(StreamStatus::Started)).await;
+    assert_eq!(dropped.stream, Some(StreamStatus::Cancelled));
+    assert!(
+        dropped
+            .reason
+            .unwrap()
+            .starts_with("not run: police_officer already runs")
+    );
 
     // The stalled reader holds one of two slots: the police's share. Their next statement
     // is turned away (and recorded); another principal's runs.
@@ -609,6 +627,7 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     })
     .await;
     assert_eq!(end.stream, Some(StreamStatus::Cancelled), "{end:?}");
+    assert!(end.reason.unwrap().contains("not fetched"));
     drop((police, again, market));
     assert!(server.stop().success());
 }

@@ -218,6 +218,12 @@ impl QueryStream {
         self.end(StreamStatus::Cut, Some(reason.to_string()))
     }
 
+    /// End the stream before it ran or while it runs, recorded `cancelled` with `reason`
+    /// (never fetched, turned away for want of a slot).
+    pub fn cancel(mut self, reason: &str) -> Result<(), QueryError> {
+        self.end(StreamStatus::Cancelled, Some(reason.to_string()))
+    }
+
     /// Every batch, collected; the result digest once complete.
     pub async fn collect(mut self) -> Result<QueryOutput, QueryError> {
         let mut batches = Vec::new();

@@ -285,6 +285,11 @@ pub async fn export(
         let _ = fs::remove_file(&req.out);
         return Err(failed(format!("{}: {e}", mpath.display())));
     }
+    if let Err(e) = publish::expose(&[&req.out, &mpath]) {
+        let _ = fs::remove_file(&req.out);
+        let _ = fs::remove_file(&mpath);
+        return Err(failed(format!("{}: {e}", req.out.display())));
+    }
     Ok(ExportSummary {
         manifest,
         manifest_path: mpath,

@@ -84,12 +84,23 @@ pub(super) fn write_beside(out: &Path, contents: &[u8]) -> io::Result<NamedTempF
     Ok(tmp)
 }
 
+/// Make published files readable as exports are (0644), once every name is in place: a
+/// file readable before its manifest was could be copied by others when the manifest then
+/// failed and the export was withdrawn (review 17).
+pub(super) fn expose(paths: &[&Path]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for p in paths {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
 /// Give `tmp` the name `path` unless something holds it already (a symlink included),
 /// and make the name durable. The temporary name is linked by name, so whoever may write
 /// the directory could put something else under it first (review 16): the name must then
 /// hold the very file written, or publication fails.
 pub(super) fn put(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let file = tmp.persist_noclobber(path).map_err(|e| e.error)?;
     let ours = file.metadata()?;
     let named = fs::symlink_metadata(path)?;
@@ -100,7 +111,6 @@ pub(super) fn put(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
             "the name does not hold the file the exchange wrote: another user changed the directory meanwhile; publish into a directory only the exchange may write (or a sticky one)",
         ));
     }
-    file.set_permissions(fs::Permissions::from_mode(0o644))?;
     // The directory entry itself, so that a crash does not lose a name the audit vouches for.
     if let Ok(d) = File::open(parent(path)) {
         let _ = d.sync_all();
@@ -129,14 +139,14 @@ mod tests {
         );
         assert!(!out.exists());
 
-        // Untouched, it is published, readable as an export.
+        // Untouched, it is published, owner-only until exposed.
         let tmp = write_beside(&out, b"the export").unwrap();
         put(tmp, &out).unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"the export");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        let mode = || fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        expose(&[&out]).unwrap();
+        assert_eq!(mode(), 0o644);
     }
 }

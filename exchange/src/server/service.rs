@@ -23,6 +23,7 @@ use crate::engine::{Exchange, FailureKind, QueryError, QueryStream};
 
 mod delivery;
 mod flight_sql;
+mod runtime;
 mod slots;
 
 /// The header that states each call's purpose.
@@ -88,6 +89,8 @@ pub struct ExchangeFlightService {
     tokens: SessionTokens,
     limits: Limits,
     slots: slots::Slots,
+    /// Where statements plan and run ([`runtime`]).
+    queries: runtime::QueryRuntime,
     results: Arc<Mutex<HashMap<String, PendingResult>>>,
     prepared: Mutex<HashMap<String, Prepared>>,
     sql_info: SqlInfoData,
@@ -136,6 +139,9 @@ fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Data
     Ok(batches_stream(batch.schema(), vec![batch]))
 }
 
+/// Why a started statement was dropped unfetched.
+const NOT_FETCHED: &str = "not fetched (DoGet) within the result TTL";
+
 /// Drop results not fetched within `ttl` (recorded `cancelled`) every few seconds, not
 /// only when someone stashes another (review 16), until the service is gone.
 fn sweep_expired(results: std::sync::Weak<Mutex<HashMap<String, PendingResult>>>, ttl: Duration) {
@@ -161,7 +167,9 @@ fn sweep_expired(results: std::sync::Weak<Mutex<HashMap<String, PendingResult>>>
                 Err(_) => return,
             };
             // Their cancellations are recorded outside the lock.
-            drop(expired);
+            for p in expired {
+                let _ = p.stream.cancel(NOT_FETCHED);
+            }
         }
     });
 }
@@ -195,6 +203,7 @@ impl ExchangeFlightService {
             dummy_hash,
             hashing: Arc::new(Semaphore::new(2)),
             slots: slots::Slots::new(limits.max_concurrent, limits.queue_wait),
+            queries: runtime::QueryRuntime::new().map_err(internal)?,
             ex,
             tokens,
             limits,
@@ -259,18 +268,13 @@ impl ExchangeFlightService {
         let permit = match self.slots.take(principal).await {
             Ok(p) => p,
             Err(reason) => {
-                // Turned away for want of a slot: recorded like any statement that did not run.
-                self.ex
-                    .audit()
-                    .append(Entry {
-                        decision: Decision::Failed,
-                        reason: Some(reason.clone()),
-                        ..Entry::new(StatementKind::Query, principal, sql)
-                            .declared(self.ex.agency_of(principal), purpose)
-                            .timed(started)
-                    })
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
-                return Err(Status::resource_exhausted(reason));
+                return Err(self.turned_away(
+                    StatementKind::Query,
+                    principal,
+                    purpose,
+                    sql,
+                    reason,
+                ));
             }
         };
         // Planning runs in its own task: a client that goes away does not cancel it
@@ -281,7 +285,7 @@ impl ExchangeFlightService {
             purpose.map(str::to_string),
             sql.to_string(),
         );
-        let task = tokio::spawn(async move {
+        let task = self.queries.handle().spawn(async move {
             let out = ex.start(&p, pu.as_deref(), &s).await;
             drop(permit);
             out
@@ -308,6 +312,27 @@ impl ExchangeFlightService {
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 Err(Status::deadline_exceeded(reason))
             }
+        }
+    }
+
+    /// A statement turned away for want of a slot: recorded like any statement that did not
+    /// run; the status for the client.
+    fn turned_away(
+        &self,
+        kind: StatementKind,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+        reason: String,
+    ) -> Status {
+        let recorded = self.ex.audit().append(Entry {
+            decision: Decision::Failed,
+            reason: Some(reason.clone()),
+            ..Entry::new(kind, principal, sql).declared(self.ex.agency_of(principal), purpose)
+        });
+        match recorded {
+            Ok(_) => Status::resource_exhausted(reason),
+            Err(e) => Status::unavailable(e.to_string()),
         }
     }
 
@@ -362,7 +387,9 @@ impl ExchangeFlightService {
             expired
         };
         // Their cancellations are recorded outside the lock.
-        drop(expired);
+        for (_, p) in expired {
+            let _ = p.stream.cancel(NOT_FETCHED);
+        }
         Ok(Response::new(info))
     }
 
@@ -370,12 +397,22 @@ impl ExchangeFlightService {
     /// the principal's slots until it ends. Turned away for want of a slot, the statement
     /// is dropped (recorded `cancelled`).
     async fn deliver(&self, principal: &str, stream: QueryStream) -> Result<DataStream, Status> {
-        let slot = self
-            .slots
-            .take(principal)
-            .await
-            .map_err(Status::resource_exhausted)?;
-        Ok(delivery::deliver(stream, slot, self.limits.query_timeout))
+        let slot = match self.slots.take(principal).await {
+            Ok(slot) => slot,
+            Err(reason) => {
+                let recorded = stream.cancel(&format!("not run: {reason}"));
+                return Err(match recorded {
+                    Ok(()) => Status::resource_exhausted(reason),
+                    Err(e) => status_of(e),
+                });
+            }
+        };
+        Ok(delivery::deliver(
+            self.queries.handle(),
+            stream,
+            slot,
+            self.limits.query_timeout,
+        ))
     }
 
     /// Tables the principal sees for the purpose: (schema, table, visible schema).

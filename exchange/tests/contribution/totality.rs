@@ -131,13 +131,15 @@ async fn values_cannot_grow_without_bound_on_the_way() {
     let (ex, _state) = open();
     let x = target().await;
     let mut sql = "WITH c0 AS (SELECT e.person_id AS p, v.visit_date AS y, e.person_id AS s0 FROM civil.elderly_care e JOIN health.visits v ON v.person_id = e.person_key)".to_string();
-    for i in 1..=27 {
+    // 10 levels (review 4 used 27; the limit on tables, 32 once CTEs are expanded, now
+    // refuses those first): 1,024 times the input, past the growth limit all the same.
+    for i in 1..=10 {
         sql.push_str(&format!(
             ", c{i} AS (SELECT p, y, CASE WHEN p = '{x}' AND y = DATE '2026-01-01' THEN s{j} || s{j} ELSE '' END AS s{i} FROM c{j})",
             j = i - 1
         ));
     }
-    sql.push_str(" SELECT count(*) AS n FROM c27 GROUP BY length(s27) > 0");
+    sql.push_str(" SELECT count(*) AS n FROM c10 GROUP BY length(s10) > 0");
     refused_with(&ex, &sql, "could grow").await;
     // String aggregates are not allowed on the way either (their size follows the rows).
     refused_with(

@@ -23,8 +23,14 @@ use crate::engine::QueryStream;
 /// Batches handed over at most ahead of the client.
 const AHEAD: usize = 2;
 
-/// Deliver `stream` within `timeout`, holding `slot` until it ends.
-pub(crate) fn deliver(stream: QueryStream, slot: Slot, timeout: Duration) -> DataStream {
+/// Deliver `stream` within `timeout`, holding `slot` until it ends; the statement runs on
+/// `runtime` (the statements' own, [`super::runtime`]).
+pub(crate) fn deliver(
+    runtime: &tokio::runtime::Handle,
+    stream: QueryStream,
+    slot: Slot,
+    timeout: Duration,
+) -> DataStream {
     let schema = stream.schema();
     let deadline = tokio::time::Instant::now() + timeout;
     let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(AHEAD);
@@ -32,7 +38,7 @@ pub(crate) fn deliver(stream: QueryStream, slot: Slot, timeout: Duration) -> Dat
     // so the response reads it once the channel is drained.
     let failure: Arc<Mutex<Option<Status>>> = Arc::new(Mutex::new(None));
     let failed = Arc::clone(&failure);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let _slot = slot;
         let mut q = stream;
         let timed_out = || format!("timed out after {timeout:?}");

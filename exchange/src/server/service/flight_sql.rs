@@ -191,20 +191,35 @@ impl FlightSqlService for ExchangeFlightService {
                 )));
             }
         }
-        // Planning takes a query slot like running does.
-        let _slot = self
-            .slots
-            .take(&principal)
-            .await
-            .map_err(Status::resource_exhausted)?;
-        let schema = tokio::time::timeout(
-            self.limits.query_timeout,
-            self.ex
-                .query_schema(&principal, purpose.as_deref(), &query.query),
-        )
-        .await
-        .map_err(|_| Status::deadline_exceeded("planning timed out"))?
-        .map_err(status_of)?;
+        // Planning takes a query slot like running does, and runs on the statements' runtime.
+        let slot = match self.slots.take(&principal).await {
+            Ok(slot) => slot,
+            Err(reason) => {
+                return Err(self.turned_away(
+                    StatementKind::Prepare,
+                    &principal,
+                    purpose.as_deref(),
+                    &query.query,
+                    reason,
+                ));
+            }
+        };
+        let ex = Arc::clone(&self.ex);
+        let (p, pu, q) = (principal.clone(), purpose.clone(), query.query.clone());
+        let task = self.queries.handle().spawn(async move {
+            let schema = ex.query_schema(&p, pu.as_deref(), &q).await;
+            drop(slot);
+            schema
+        });
+        let abort = task.abort_handle();
+        let schema = match tokio::time::timeout(self.limits.query_timeout, task).await {
+            Ok(Ok(r)) => r.map_err(status_of)?,
+            Ok(Err(e)) => return Err(internal(e)),
+            Err(_) => {
+                abort.abort();
+                return Err(Status::deadline_exceeded("planning timed out"));
+            }
+        };
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: arrow::error::ArrowError| internal(e))?;
