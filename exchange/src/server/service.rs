@@ -274,6 +274,7 @@ impl ExchangeFlightService {
                     purpose,
                     sql,
                     reason,
+                    started,
                 ));
             }
         };
@@ -315,8 +316,31 @@ impl ExchangeFlightService {
         }
     }
 
-    /// A statement turned away for want of a slot: recorded like any statement that did not
-    /// run; the status for the client.
+    /// A statement that did not run (turned away for want of a slot, planning timed out):
+    /// recorded like any statement that did not run, with the time it waited.
+    fn not_run(
+        &self,
+        kind: StatementKind,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+        reason: &str,
+        started: Instant,
+    ) -> Result<(), Status> {
+        self.ex
+            .audit()
+            .append(Entry {
+                decision: Decision::Failed,
+                reason: Some(reason.to_string()),
+                ..Entry::new(kind, principal, sql)
+                    .declared(self.ex.agency_of(principal), purpose)
+                    .timed(started)
+            })
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// A statement turned away for want of a slot, recorded; the status for the client.
     fn turned_away(
         &self,
         kind: StatementKind,
@@ -324,15 +348,11 @@ impl ExchangeFlightService {
         purpose: Option<&str>,
         sql: &str,
         reason: String,
+        started: Instant,
     ) -> Status {
-        let recorded = self.ex.audit().append(Entry {
-            decision: Decision::Failed,
-            reason: Some(reason.clone()),
-            ..Entry::new(kind, principal, sql).declared(self.ex.agency_of(principal), purpose)
-        });
-        match recorded {
-            Ok(_) => Status::resource_exhausted(reason),
-            Err(e) => Status::unavailable(e.to_string()),
+        match self.not_run(kind, principal, purpose, sql, &reason, started) {
+            Ok(()) => Status::resource_exhausted(reason),
+            Err(e) => e,
         }
     }
 

@@ -175,6 +175,7 @@ impl FlightSqlService for ExchangeFlightService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let started = Instant::now();
         let principal = self.authenticate(&request)?;
         let purpose = Self::purpose(&request);
         {
@@ -201,6 +202,7 @@ impl FlightSqlService for ExchangeFlightService {
                     purpose.as_deref(),
                     &query.query,
                     reason,
+                    started,
                 ));
             }
         };
@@ -217,7 +219,17 @@ impl FlightSqlService for ExchangeFlightService {
             Ok(Err(e)) => return Err(internal(e)),
             Err(_) => {
                 abort.abort();
-                return Err(Status::deadline_exceeded("planning timed out"));
+                // Dropped while planning, before it could audit itself (review 18).
+                let reason = format!("planning timed out after {:?}", self.limits.query_timeout);
+                self.not_run(
+                    StatementKind::Prepare,
+                    &principal,
+                    purpose.as_deref(),
+                    &query.query,
+                    &reason,
+                    started,
+                )?;
+                return Err(Status::deadline_exceeded(reason));
             }
         };
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
