@@ -126,10 +126,7 @@ impl AuditEvents {
             recipient.append_option(r.entry.recipient.as_deref());
             export.append_option(r.entry.export.as_deref());
             guard.append_option(r.entry.guard.as_deref());
-            outcome.append_option(r.entry.stream.map(|s| match s {
-                StreamStatus::Started => "incomplete",
-                s => s.as_str(),
-            }));
+            outcome.append_option(r.entry.stream.map(StreamStatus::outcome));
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),

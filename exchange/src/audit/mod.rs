@@ -266,6 +266,15 @@ impl StreamStatus {
             Self::Cut => "cut",
         }
     }
+
+    /// How a statement folded by [`statements`] ended, as `audit.events` and reports say it:
+    /// a stream still `Started` there never completed, `incomplete`.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::Started => "incomplete",
+            s => s.as_str(),
+        }
+    }
 }
 
 impl Entry {

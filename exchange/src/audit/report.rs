@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{AuditRecord, Decision, StreamStatus, statements};
+use super::{AuditRecord, Decision, statements};
 
 /// A summary of the records in a period.
 #[derive(Debug, Clone, Default)]
@@ -52,11 +52,7 @@ pub fn report(
             Some((first, _)) => (first, rec.time.clone()),
         });
         if let Some(s) = rec.entry.stream {
-            let how = match s {
-                StreamStatus::Started => "incomplete",
-                s => s.as_str(),
-            };
-            *r.streams.entry(how.to_string()).or_default() += 1;
+            *r.streams.entry(s.outcome().to_string()).or_default() += 1;
         }
         let d = match rec.entry.decision {
             Decision::Allowed => 0,

@@ -208,11 +208,6 @@ impl QueryStream {
         self.rows
     }
 
-    /// Sequence number of the started record, while the stream is open.
-    pub fn audit_seq(&self) -> Option<u64> {
-        self.open.as_ref().map(|o| o.seq)
-    }
-
     /// End the stream early, recorded `cut` with `reason` (a deadline, a consumer's cap).
     pub fn cut(mut self, reason: &str) -> Result<(), QueryError> {
         self.end(StreamStatus::Cut, Some(reason.to_string()))

@@ -155,23 +155,31 @@ fn sweep_expired(results: std::sync::Weak<Mutex<HashMap<String, PendingResult>>>
             let Some(results) = results.upgrade() else {
                 return;
             };
-            let expired: Vec<PendingResult> = match results.lock() {
-                Ok(mut r) => {
-                    let old: Vec<String> = r
-                        .iter()
-                        .filter(|(_, p)| p.created.elapsed() >= ttl)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    old.iter().filter_map(|k| r.remove(k)).collect()
-                }
+            let expired = match results.lock() {
+                Ok(mut r) => take_expired(&mut r, ttl),
                 Err(_) => return,
             };
-            // Their cancellations are recorded outside the lock.
-            for p in expired {
-                let _ = p.stream.cancel(NOT_FETCHED);
-            }
+            cancel_unfetched(expired);
         }
     });
+}
+
+/// Remove the results that waited `ttl` or longer, to be cancelled outside the lock.
+fn take_expired(results: &mut HashMap<String, PendingResult>, ttl: Duration) -> Vec<PendingResult> {
+    let old: Vec<String> = results
+        .iter()
+        .filter(|(_, p)| p.created.elapsed() >= ttl)
+        .map(|(k, _)| k.clone())
+        .collect();
+    old.iter().filter_map(|k| results.remove(k)).collect()
+}
+
+/// Record results dropped unfetched (called without the results lock: each appends to the
+/// audit log).
+fn cancel_unfetched(expired: Vec<PendingResult>) {
+    for p in expired {
+        let _ = p.stream.cancel(NOT_FETCHED);
+    }
 }
 
 impl ExchangeFlightService {
@@ -380,35 +388,35 @@ impl ExchangeFlightService {
             .with_descriptor(descriptor)
             .with_total_records(-1)
             .with_ordered(true);
-        let expired = {
+        let (expired, refused) = {
             let mut results = self.results.lock().map_err(internal)?;
-            let ttl = self.limits.result_ttl;
-            let (live, expired): (HashMap<_, _>, HashMap<_, _>) = results
-                .drain()
-                .partition(|(_, r): &(String, PendingResult)| r.created.elapsed() < ttl);
-            *results = live;
+            let expired = take_expired(&mut results, self.limits.result_ttl);
             let waiting = results
                 .values()
                 .filter(|r| r.principal == principal)
                 .count();
             if waiting >= self.limits.max_pending_per_principal {
-                return Err(Status::resource_exhausted(format!(
+                let why = format!(
                     "{waiting} results of {principal} are waiting to be fetched: fetch them (DoGet) first"
-                )));
+                );
+                (expired, Some((stream, why)))
+            } else {
+                results.insert(
+                    handle,
+                    PendingResult {
+                        principal,
+                        created: Instant::now(),
+                        stream,
+                    },
+                );
+                (expired, None)
             }
-            results.insert(
-                handle,
-                PendingResult {
-                    principal,
-                    created: Instant::now(),
-                    stream,
-                },
-            );
-            expired
         };
-        // Their cancellations are recorded outside the lock.
-        for (_, p) in expired {
-            let _ = p.stream.cancel(NOT_FETCHED);
+        // Recorded outside the lock.
+        cancel_unfetched(expired);
+        if let Some((stream, why)) = refused {
+            let _ = stream.cancel(&format!("not kept: {why}"));
+            return Err(Status::resource_exhausted(why));
         }
         Ok(Response::new(info))
     }
