@@ -631,3 +631,69 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     drop((police, again, market));
     assert!(server.stop().success());
 }
+
+/// One analyst's CPU-bound statement (an aggregate over a cross join of the register with
+/// itself, minutes of work in a debug build) is cut at its deadline, and meanwhile and afterwards another principal's
+/// statements run: joins yield to the runtime every few batches (review 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_bound_statement_is_cut_at_its_deadline_and_does_not_shut_others_out() {
+    use exchange::audit::StreamStatus;
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &["--max-concurrent", "4", "--query-timeout", "3"],
+    );
+    // Masked names: few groups, so it is CPU, not memory, that the statement takes.
+    const BOMB: &str = "SELECT a.name, b.name AS n2, count(*) AS c FROM police.residents a CROSS JOIN police.residents b GROUP BY a.name, b.name";
+    // Two of them, the analyst's share of the 4 slots: enough to keep both query threads busy.
+    let mut bombs = Vec::new();
+    for _ in 0..2 {
+        let uri = server.uri.clone();
+        bombs.push(tokio::spawn(async move {
+            let mut c = client(&uri).await;
+            c.handshake("hrss_analyst", &password("hrss_analyst"))
+                .await
+                .unwrap();
+            c.set_header(PURPOSE, "new_employment_services");
+            query(&mut c, BOMB).await
+        }));
+    }
+    // While it runs, and after: another principal's statements are answered.
+    let mut other = client(&server.uri).await;
+    other
+        .handshake("hotline_analyst", &password("hotline_analyst"))
+        .await
+        .unwrap();
+    other.set_header(PURPOSE, "complaint_handling");
+    record_of(&state, BOMB, |e| e.stream == Some(StreamStatus::Started)).await;
+    let during = query(
+        &mut other,
+        "SELECT category, count(*) AS n FROM hotline.tickets GROUP BY category",
+    )
+    .await;
+    assert!(during.is_ok(), "{during:?}");
+    for bomb in bombs {
+        // Bounded only so that a regression fails instead of hanging: the deadline is 3 s.
+        let cut = tokio::time::timeout(std::time::Duration::from_secs(120), bomb)
+            .await
+            .expect("the statement ran far past its deadline")
+            .unwrap();
+        let err = cut.expect_err("the cross join finished");
+        assert!(err.contains("timed out after 3s"), "{err}");
+    }
+    let cut = statements(&state)
+        .into_iter()
+        .filter(|r| r.entry.statement == BOMB && r.entry.stream == Some(StreamStatus::Cut))
+        .count();
+    assert_eq!(cut, 2, "{:#?}", statements(&state));
+    let after = query(&mut other, "SELECT count(*) AS n FROM hotline.tickets").await;
+    assert!(after.is_ok(), "{after:?}");
+    assert!(server.stop().success());
+}

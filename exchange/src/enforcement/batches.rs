@@ -9,6 +9,14 @@
 //! output batch holds at most `batch_size` copies of a value, within the value bounds of
 //! `size.rs`. What a join collects into its build side is not bounded this way: its memory
 //! is the documented resource limit.
+//!
+//! Every join's (and unnest's) output also goes through DataFusion's `CooperativeExec`, which
+//! spends a unit of the task's scheduling budget per batch. A join can write many batches
+//! per input batch (a cross join: one per slice of the build side per probe row), and the
+//! aggregate above it pulls them in a loop that, without this, never returned to the
+//! runtime: one analyst's cross join took every query thread for minutes, ran 23x past its
+//! deadline and kept computing after it was cut (review 18). Now the task yields every 128
+//! batches, where deadlines, cancellation and other statements get their turn.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,10 +27,12 @@ use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, StatisticsArgs,
@@ -132,7 +142,8 @@ impl ExecutionPlan for BatchSplitExec {
     }
 }
 
-/// The physical rule: every join's inputs through a [`BatchSplitExec`]. Registered last.
+/// The physical rule: every join's inputs through a [`BatchSplitExec`], and its output (and
+/// an unnest's) through a `CooperativeExec`. Registered last.
 #[derive(Debug, Default)]
 pub struct BoundedBatches;
 
@@ -149,6 +160,9 @@ impl PhysicalOptimizerRule for BoundedBatches {
                 || node.downcast_ref::<NestedLoopJoinExec>().is_some()
                 || node.downcast_ref::<SortMergeJoinExec>().is_some()
                 || node.downcast_ref::<SymmetricHashJoinExec>().is_some();
+            if node.is::<UnnestExec>() {
+                return Ok(Transformed::yes(Arc::new(CooperativeExec::new(node))));
+            }
             if !is_join {
                 return Ok(Transformed::no(node));
             }
@@ -164,13 +178,13 @@ impl PhysicalOptimizerRule for BoundedBatches {
                 })
                 .collect();
             // Slicing keeps the children's partitioning and ordering.
-            node.replace_children(
+            let join = node.replace_children(
                 children,
                 ReplaceChildrenOptions::new(
                     datafusion::physical_plan::ChildrenPropertiesMode::Keep,
                 ),
-            )
-            .map(Transformed::yes)
+            )?;
+            Ok(Transformed::yes(Arc::new(CooperativeExec::new(join))))
         })
         .map(|t| t.data)
     }
