@@ -451,3 +451,24 @@ async fn statements_with_too_many_joins_tables_or_unions_are_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_statement_the_engine_cannot_plan_is_not_called_a_failure_on_a_value() {
+    // DataFusion cannot make a physical plan of this nested correlated EXISTS (review 19):
+    // nothing ran, so the words say planning, not "an expression failed on a value".
+    let (ex, _state) = common::open();
+    let sql =
+        "SELECT count(*) FROM hotline.tickets t WHERE EXISTS (SELECT 1 FROM police.residents r
+               WHERE r.phone = t.caller_key AND EXISTS (SELECT 1 FROM hotline.tickets t4
+               WHERE t4.caller_key = r.phone AND t4.ticket_id <> t.ticket_id))";
+    match ex
+        .execute("hotline_analyst", Some("complaint_handling"), sql)
+        .await
+    {
+        Err(QueryError::Failed(e)) => {
+            assert!(e.contains("failed while planning its execution"), "{e}");
+            assert!(!e.contains("on a value"), "{e}");
+        }
+        other => panic!("expected a planning failure, got {other:?}"),
+    }
+}

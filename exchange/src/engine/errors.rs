@@ -128,6 +128,31 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
     QueryError::Failed(e.strip_backtrace())
 }
 
+/// What a principal is told when the engine cannot make an executable plan of a statement
+/// that passed the policy: a limit of the engine for the statement's shape (a nested
+/// correlated subquery, say), not a failure on any value, so not worded as one (review 19).
+/// Over governed data the engine's text is withheld: it prints the enforced plan's
+/// expressions, the owner's row filters among them.
+/// Planning reads files' footers, so a missing or corrupt file fails here as it would
+/// while running, and is told the same way.
+pub(crate) fn physical_plan_error(governed: bool, e: DataFusionError) -> QueryError {
+    if find_violation(&e).is_some()
+        || unavailable(&e).is_some()
+        || !matches!(failure(&e), Failure::Other)
+    {
+        return run_error(governed, e);
+    }
+    if governed {
+        return QueryError::Failed(
+            "the query engine cannot run a statement of this shape: it failed while planning its \
+             execution, before reading any data (details are withheld because the plan reads \
+             governed data); a correlated subquery written as a join may plan"
+                .into(),
+        );
+    }
+    QueryError::Failed(e.strip_backtrace())
+}
+
 /// What a principal is told of an error while running: for governed data only its kind.
 pub(crate) fn run_error(governed: bool, e: DataFusionError) -> QueryError {
     if find_violation(&e).is_some() {

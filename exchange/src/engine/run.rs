@@ -11,7 +11,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 
 use super::classify::{Kind, refused_statement, sql_options};
-use super::errors::{check_tables, map_error, not_granted, run_error};
+use super::errors::{check_tables, map_error, not_granted, physical_plan_error, run_error};
 use super::explain::render_explain;
 use super::lineage::{governed_scans, tables_touched};
 use super::{Exchange, QueryError, QueryOutput};
@@ -90,7 +90,7 @@ pub(crate) async fn plan_query(
         .query_planner()
         .create_physical_plan(&optimized, &state)
         .await
-        .map_err(|e| run_error(governed, e))?;
+        .map_err(|e| physical_plan_error(governed, e))?;
     Ok(Planned {
         tables: tables_touched(&optimized, named),
         thresholds: thresholds
