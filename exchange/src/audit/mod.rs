@@ -184,7 +184,8 @@ pub struct Entry {
     pub reason: Option<String>,
     /// Rows returned.
     pub rows: Option<u64>,
-    /// HMAC-SHA256 of the result (Arrow IPC stream of the returned batches) under the exchange's digest key.
+    /// Keyed digest of the returned batches: `blake3:<hex>` (`engine/digest.rs`); 64 hex
+    /// digits of HMAC-SHA256 over their Arrow IPC stream in records written before it.
     pub result_digest: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,

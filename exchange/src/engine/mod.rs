@@ -3,6 +3,7 @@
 
 mod check;
 mod classify;
+mod digest;
 mod errors;
 mod explain;
 mod limits;
@@ -13,13 +14,14 @@ mod stream;
 
 pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
+use digest::Digest;
 pub(crate) use errors::run_error;
 use outcome::digest_batches;
 pub(crate) use outcome::{audit_decision, redact_values};
 use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
+use stream::Open;
 pub use stream::QueryStream;
-use stream::{Digest, Open};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -446,7 +448,8 @@ impl Exchange {
                 Err(e)
             }
             Ok(Begun::Ready(mut out)) => {
-                out.digest = digest_batches(&self.keys.digest_key(), &out.schema, &out.batches);
+                out.digest =
+                    digest_batches(&self.keys.result_digest_key(), &out.schema, &out.batches);
                 self.audit
                     .append(Entry {
                         tables: out.tables.clone(),
@@ -474,7 +477,7 @@ impl Exchange {
                         ..head.clone().timed(started)
                     })
                     .map_err(audit_error)?;
-                let digest = Digest::new(&self.keys.digest_key(), &plan.schema());
+                let digest = Digest::new(&self.keys.result_digest_key(), &plan.schema());
                 let head = Entry {
                     statement: String::new(),
                     ..head

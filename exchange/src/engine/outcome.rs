@@ -58,15 +58,13 @@ pub(crate) fn redact_values(text: &str) -> String {
     out
 }
 
-/// HMAC-SHA256 (under the exchange's digest key) over the Arrow IPC stream of the batches:
-/// the exchange can later prove a result, while nobody without the key (auditors included)
-/// can confirm a guessed result from the log.
+/// The keyed digest of a whole result ([`super::digest`]).
 pub(super) fn digest_batches(
-    key: &ring::hmac::Key,
+    key: &[u8; 32],
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> String {
-    let mut d = super::stream::Digest::new(key, schema);
+    let mut d = super::digest::Digest::new(key, schema);
     for b in batches {
         d.add(b);
     }

@@ -14,56 +14,15 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::writer::StreamWriter;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use futures::{Stream, StreamExt};
 
+use super::digest::Digest;
 use super::errors::run_error;
 use super::outcome::redact_values;
 use super::{FailureKind, QueryError, QueryOutput};
 use crate::audit::{AuditLog, Decision, Durability, Entry, StreamStatus, TableUse};
-
-/// HMAC-SHA256 over the Arrow IPC stream of the batches, fed one batch at a time.
-pub(super) struct Digest(Option<StreamWriter<Hasher>>);
-
-pub(super) struct Hasher(ring::hmac::Context);
-
-impl std::io::Write for Hasher {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Digest {
-    pub(super) fn new(key: &ring::hmac::Key, schema: &SchemaRef) -> Self {
-        let hasher = Hasher(ring::hmac::Context::with_key(key));
-        Self(StreamWriter::try_new(hasher, schema).ok())
-    }
-
-    pub(super) fn add(&mut self, batch: &RecordBatch) {
-        if let Some(w) = self.0.as_mut() {
-            // A batch the IPC writer rejects cannot be in a result; leave the digest as is.
-            let _ = w.write(batch);
-        }
-    }
-
-    /// Hex digest; an empty string if the writer could not be made.
-    pub(super) fn finish(self) -> String {
-        let Some(mut w) = self.0 else {
-            return String::new();
-        };
-        let _ = w.finish();
-        match w.into_inner() {
-            Ok(h) => hex::encode(h.0.sign().as_ref()),
-            Err(_) => String::new(),
-        }
-    }
-}
 
 /// Where the batches come from.
 enum Source {

@@ -130,10 +130,16 @@ impl KeyRing {
         }
     }
 
-    /// The key of result digests in the audit log.
-    pub fn digest_key(&self) -> hmac::Key {
-        let derived = hmac::sign(&self.master, b"exchange/v1/result-digest");
-        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+    /// The key of result digests in the audit log (keyed BLAKE3, `engine/digest.rs`),
+    /// derived from the secret for that use alone. (Records before it carry HMAC-SHA256
+    /// digests under the key derived with `exchange/v1/result-digest`.)
+    pub fn result_digest_key(&self) -> [u8; 32] {
+        let derived = hmac::sign(&self.master, b"exchange/v2/result-digest-blake3");
+        let mut key = [0u8; 32];
+        for (k, d) in key.iter_mut().zip(derived.as_ref()) {
+            *k = *d;
+        }
+        key
     }
 
     /// The scope of export pseudonyms of one agency for one recipient: exports to two
