@@ -1,5 +1,7 @@
 //! Masking throughput: values per second per core on 1,000,000 demo-like values for each
-//! function family, next to a naive per-row `String` implementation, in the same run.
+//! function family, next to a naive per-row `String` implementation, in the same run; then
+//! the result digest (`exchange::result_digest`, keyed BLAKE3 over the batches' buffers) next
+//! to the digest before issue 13 (HMAC-SHA256 over an Arrow IPC copy of every batch).
 //!
 //! Run: `cargo bench --bench masking` (prints a markdown table, writes
 //! `target/bench-masking.json`). Single-threaded: the numbers are per core.
@@ -97,6 +99,34 @@ fn naive_keep_first_last(v: &[String], n: usize, m: usize) -> usize {
         })
         .collect();
     StringArray::from(out).len()
+}
+
+/// The result digest before issue 13: HMAC-SHA256 over the Arrow IPC stream of the batches.
+fn ipc_hmac(
+    key: &ring::hmac::Key,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+) -> usize {
+    struct Sink(ring::hmac::Context);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Ok(mut w) =
+        arrow::ipc::writer::StreamWriter::try_new(Sink(ring::hmac::Context::with_key(key)), schema)
+    else {
+        return 0;
+    };
+    for b in batches {
+        let _ = w.write(b);
+    }
+    let _ = w.finish();
+    w.into_inner().map_or(0, |s| s.0.sign().as_ref().len())
 }
 
 /// Tokens through ring's `hmac::sign` per value (the path before issue 13), into the same
@@ -202,6 +232,46 @@ fn main() {
         let rate = N as f64 / median / 1e6;
         println!("| {name} | {data} | {rate:.1} | {min:.3}-{max:.3} |");
         json.push(format!("{{\"function\":\"{name}\",\"values\":\"{data}\",\"m_values_per_s\":{rate:.2},\"median_s\":{median:.4}}}"));
+    }
+    // The digest of a result: the same million rows as 8,192-row batches.
+    let rows = arrow::array::RecordBatch::try_from_iter([
+        ("id", id_arr.clone()),
+        ("name", name_arr.clone()),
+        ("phone", phone_arr.clone()),
+        ("date", date_arr.clone()),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let schema = rows.schema();
+    let batches: Vec<_> = (0..N)
+        .step_by(8192)
+        .map(|o| rows.slice(o, 8192.min(N - o)))
+        .collect();
+    let bytes: usize = [&id_arr, &name_arr, &phone_arr, &date_arr]
+        .iter()
+        .map(|a| a.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[3u8; 32]);
+    type Digest<'a> = (&'a str, Box<dyn FnMut() -> usize + 'a>);
+    let digests: Vec<Digest> = vec![
+        (
+            "keyed BLAKE3 over the buffers (now)",
+            Box::new(|| exchange::result_digest(&[3u8; 32], &schema, &batches).len()),
+        ),
+        (
+            "HMAC-SHA256 over an IPC copy (before issue 13)",
+            Box::new(|| ipc_hmac(&hmac_key, &schema, &batches)),
+        ),
+    ];
+    println!("\n| result digest | MB of Arrow data | median MB/s | min-max s |");
+    println!("|---|---|---|---|");
+    let mb = bytes as f64 / 1e6;
+    for (name, mut f) in digests {
+        let (median, min, max) = time(&mut f);
+        let rate = mb / median;
+        println!("| {name} | {mb:.0} | {rate:.0} | {min:.3}-{max:.3} |");
+        json.push(format!(
+            "{{\"digest\":\"{name}\",\"mb\":{mb:.1},\"mb_per_s\":{rate:.1},\"median_s\":{median:.4}}}"
+        ));
     }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-masking.json");

@@ -28,6 +28,21 @@ impl Text {
     }
 }
 
+/// `tpch-join-agg` as a careful engineer writes it by hand: each order once (it has one
+/// customer, so one group), groups of >= 20 customers.
+const HAND_JOIN_AGG: &str =
+    "SELECT c_nationkey, o_year, count(*) AS orders, sum(o_totalprice) AS gross,
+       avg(o_totalprice) AS avg_price
+FROM (SELECT DISTINCT c.c_nationkey, date_part('year', o.o_orderdate) AS o_year, o.o_orderkey,
+             o.o_custkey, o.o_totalprice
+      FROM sales.orders o
+      JOIN sales.customer c ON o.o_custkey = c.c_custkey
+      JOIN sales.lineitem l ON l.l_orderkey = o.o_orderkey
+      WHERE l.l_returnflag = 'R') t
+GROUP BY 1, 2
+HAVING count(DISTINCT o_custkey) FILTER (WHERE o_totalprice IS NOT NULL) >= 20
+ORDER BY 1, 2";
+
 pub(crate) struct Query {
     pub(crate) id: &'static str,
     pub(crate) workload: Workload,
@@ -234,21 +249,24 @@ JOIN sales.lineitem l ON l.l_orderkey = o.o_orderkey
 WHERE l.l_returnflag = 'R'
 GROUP BY 1, 2 ORDER BY 1, 2",
         raw: Text::Same,
-        // What a careful engineer writes by hand: each order once (it has one customer, so
-        // one group), groups of >= 20 customers.
-        hand: Text::Sql(
-            "SELECT c_nationkey, o_year, count(*) AS orders, sum(o_totalprice) AS gross,
-       avg(o_totalprice) AS avg_price
-FROM (SELECT DISTINCT c.c_nationkey, date_part('year', o.o_orderdate) AS o_year, o.o_orderkey,
-             o.o_custkey, o.o_totalprice
-      FROM sales.orders o
-      JOIN sales.customer c ON o.o_custkey = c.c_custkey
-      JOIN sales.lineitem l ON l.l_orderkey = o.o_orderkey
-      WHERE l.l_returnflag = 'R') t
-GROUP BY 1, 2
-HAVING count(DISTINCT o_custkey) FILTER (WHERE o_totalprice IS NOT NULL) >= 20
-ORDER BY 1, 2",
-        ),
+        hand: Text::Sql(HAND_JOIN_AGG),
+        duck: Text::Same,
+    },
+    Query {
+        id: "tpch-join-agg-chain",
+        workload: Workload::Tpch,
+        title: "tpch-join-agg written lineitem first: o_custkey reaches customers through the lineitem-orders join",
+        principal: "tpch_statistician",
+        purpose: "benchmark",
+        governed: "SELECT c.c_nationkey, date_part('year', o.o_orderdate) AS o_year, count(*) AS orders,
+       sum(o.o_totalprice) AS gross, avg(o.o_totalprice) AS avg_price
+FROM sales.lineitem l
+JOIN sales.orders o ON l.l_orderkey = o.o_orderkey
+JOIN sales.customer c ON o.o_custkey = c.c_custkey
+WHERE l.l_returnflag = 'R'
+GROUP BY 1, 2 ORDER BY 1, 2",
+        raw: Text::Same,
+        hand: Text::Sql(HAND_JOIN_AGG),
         duck: Text::Same,
     },
     Query {

@@ -55,5 +55,5 @@ pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
     CheckReport, Exchange, FailureKind, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
-    QueryStream, Severity, VisibleColumn, check,
+    QueryStream, Severity, VisibleColumn, check, result_digest,
 };

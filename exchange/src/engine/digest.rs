@@ -21,6 +21,16 @@ use arrow::ipc::writer::StreamWriter;
 /// Bytes gathered before they are hashed: BLAKE3 is fastest on long inputs.
 const SCRATCH: usize = 64 * 1024;
 
+/// The keyed digest of a whole result under `key`, as an audit record states it: to check
+/// a result delivered as `batches` against its record, given the exchange's digest key.
+pub fn result_digest(key: &[u8; 32], schema: &SchemaRef, batches: &[RecordBatch]) -> String {
+    let mut d = Digest::new(key, schema);
+    for b in batches {
+        d.add(b);
+    }
+    d.finish()
+}
+
 /// The digest of one result, fed one batch at a time.
 pub(super) struct Digest {
     hasher: blake3::Hasher,

@@ -15,8 +15,8 @@ mod stream;
 pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
 use digest::Digest;
+pub use digest::result_digest;
 pub(crate) use errors::run_error;
-use outcome::digest_batches;
 pub(crate) use outcome::{audit_decision, redact_values};
 use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
@@ -448,8 +448,11 @@ impl Exchange {
                 Err(e)
             }
             Ok(Begun::Ready(mut out)) => {
-                out.digest =
-                    digest_batches(&self.keys.result_digest_key(), &out.schema, &out.batches);
+                out.digest = digest::result_digest(
+                    &self.keys.result_digest_key(),
+                    &out.schema,
+                    &out.batches,
+                );
                 self.audit
                     .append(Entry {
                         tables: out.tables.clone(),

@@ -1,8 +1,5 @@
 //! How an outcome is recorded: decision, redacted reason, keyed result digest.
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-
 use super::QueryError;
 use crate::audit::Decision;
 
@@ -56,17 +53,4 @@ pub(crate) fn redact_values(text: &str) -> String {
     }
     flush(&mut digits, &mut out);
     out
-}
-
-/// The keyed digest of a whole result ([`super::digest`]).
-pub(super) fn digest_batches(
-    key: &[u8; 32],
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> String {
-    let mut d = super::digest::Digest::new(key, schema);
-    for b in batches {
-        d.add(b);
-    }
-    d.finish()
 }
