@@ -10,6 +10,7 @@ use common::{cells, ok, open, physical_plan_text};
 
 const HOTLINE: (&str, &str) = ("hotline_analyst", "complaint_handling");
 const CIVIL: (&str, &str) = ("civil_analyst", "elderly_care_planning");
+const HRSS: (&str, &str) = ("hrss_analyst", "new_employment_services");
 
 /// Rows of `sql` over the raw demo files, with plain DataFusion.
 async fn raw(sql: &str) -> BTreeSet<Vec<String>> {
@@ -19,6 +20,7 @@ async fn raw(sql: &str) -> BTreeSet<Vec<String>> {
         ("tickets", "hotline/tickets.parquet"),
         ("residents", "police/residents.parquet"),
         ("elderly_care", "civil/elderly_care.parquet"),
+        ("employment", "hrss/employment.parquet"),
     ] {
         ctx.register_parquet(name, root.join(file).to_str().unwrap(), Default::default())
             .await
@@ -210,4 +212,52 @@ async fn tokens_stay_where_they_cross_a_node_the_rewrite_does_not_follow() {
          JOIN residents r ON u.caller_phone = r.phone GROUP BY r.district",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_join_on_pseudonyms_that_are_not_shown_compares_raw_values() {
+    let sql = "SELECT r.district, count(*) AS workers, median(e.monthly_wage) AS wage
+               FROM hrss.employment e JOIN police.residents r ON e.person_pseudonym = r.person_id
+               WHERE e.job_type IN ('platform_delivery', 'ride_hailing')
+               GROUP BY r.district";
+    let (ex, _state) = open();
+    let plan = physical_plan_text(&ex, HRSS.0, HRSS.1, sql).await;
+    assert!(!plan.contains("pseudonym("), "{plan}");
+    let got: BTreeSet<Vec<String>> = cells(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches)
+        .into_iter()
+        .collect();
+    let truth = raw(
+        "SELECT r.district, count(*) AS workers, median(e.monthly_wage) AS wage
+         FROM employment e JOIN residents r ON e.person_id = r.person_id
+         WHERE e.job_type IN ('platform_delivery', 'ride_hailing')
+         GROUP BY r.district",
+    )
+    .await;
+    assert!(!truth.is_empty());
+    assert_eq!(got, truth);
+}
+
+#[tokio::test]
+async fn a_join_on_pseudonyms_that_are_shown_keeps_them() {
+    // The pseudonym is a visible value: shown, it is computed on both sides and compared as
+    // such; the rows are those of the raw join.
+    let sql = "SELECT e.person_pseudonym, r.district
+               FROM hrss.employment e JOIN police.residents r ON e.person_pseudonym = r.person_id
+               WHERE e.job_type = 'ride_hailing'";
+    let (ex, _state) = open();
+    let plan = physical_plan_text(&ex, HRSS.0, HRSS.1, sql).await;
+    assert_eq!(plan.matches("pseudonym(").count(), 2, "{plan}");
+    let got = cells(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches);
+    let truth = raw("SELECT e.person_id, r.district
+         FROM employment e JOIN residents r ON e.person_id = r.person_id
+         WHERE e.job_type = 'ride_hailing'")
+    .await;
+    assert!(!truth.is_empty());
+    assert_eq!(got.len(), truth.len());
+    let districts = |rows: Vec<Vec<String>>| -> Vec<String> {
+        let mut d: Vec<String> = rows.into_iter().map(|r| r[1].clone()).collect();
+        d.sort();
+        d
+    };
+    assert_eq!(districts(got), districts(truth.into_iter().collect()));
 }

@@ -88,9 +88,11 @@ impl TokenUdf {
         }))
     }
 
-    /// Whether it computes join keys.
-    pub(crate) fn is_join_key(&self) -> bool {
-        matches!(self.keys.kind, TokenKind::JoinKey)
+    /// Whether two of its tokens are equal exactly when the values are (up to a 2^-128
+    /// collision): join keys and pseudonyms, 128 bits of an HMAC of the value. Not
+    /// `typed_random_replace`, whose values keep the input's format and can collide.
+    pub(crate) fn equal_exactly_when_values_are(&self) -> bool {
+        matches!(self.keys.kind, TokenKind::JoinKey | TokenKind::Pseudonym)
     }
 
     /// Whether it holds a key for `domain`.

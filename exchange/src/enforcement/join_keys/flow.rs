@@ -1,9 +1,9 @@
-//! Where each join-key token of a physical plan goes, and whether it is ever anything but
-//! compared in a hash join with another token of its domain.
+//! Where each token of a physical plan goes, and whether it is ever anything but compared
+//! in a hash join with another token of its domain.
 //!
 //! One walk, bottom-up: each node's output columns are mapped to the token source they
-//! carry unchanged, if any. A source is a `join_key(x, domain)` call in a projection that
-//! stands on a governed scan. Nodes that only move, slice, filter or reorder batches carry
+//! carry unchanged, if any. A source is a `join_key(x, domain)` or `pseudonym(x, domain)`
+//! call in a projection that stands on a governed scan. Nodes that only move, slice, filter or reorder batches carry
 //! their input's columns; a projection carries a bare column; a hash join carries both
 //! sides' columns into its output. Any other use taints the source: a reference in an
 //! expression (filter predicate, computed column, hash partitioning, join filter, a join
@@ -40,7 +40,7 @@ pub(super) fn node_id(plan: &Arc<dyn ExecutionPlan>) -> NodeId {
     Arc::as_ptr(plan).cast::<()>() as usize
 }
 
-/// A `join_key` call in a projection over a governed scan.
+/// A `join_key` or `pseudonym` call in a projection over a governed scan.
 struct Source {
     udf: ScalarUDF,
     domain: String,
@@ -157,7 +157,10 @@ impl Walk {
             return Ok(None);
         };
         // Where the token would fail (no key for the domain), keep it and its error.
-        if !udf.is_join_key() || !udf.has_domain(domain) || !stands_on_barrier(p.input()) {
+        if !udf.equal_exactly_when_values_are()
+            || !udf.has_domain(domain)
+            || !stands_on_barrier(p.input())
+        {
             return Ok(None);
         }
         let site = (node_id(plan), index);

@@ -1,11 +1,13 @@
-//! Hash joins of join keys on the values the keys stand for.
+//! Hash joins of join keys (and pseudonyms) on the values the tokens stand for.
 //!
 //! A join key is `join_key(CAST(x AS Utf8), domain)`: an HMAC of the raw value under the
-//! consumer agency's key for the domain. Two join keys of one domain under one key are
-//! equal exactly when the raw texts are (up to a 2^-128 collision), and NULL exactly when
-//! the raw value is, so a hash join that only compares them finds the same rows when it
-//! compares `CAST(x AS Utf8)` instead, without an HMAC per row on both sides and without
-//! hashing and comparing 32-character tokens.
+//! consumer agency's key for the domain; a pseudonym is the same under the agency's
+//! pseudonym key. Two tokens of one kind and domain under one key are equal exactly when
+//! the raw texts are (up to a 2^-128 collision), and NULL exactly when the raw value is, so
+//! a hash join that only compares them finds the same rows when it compares
+//! `CAST(x AS Utf8)` instead, without an HMAC per row on both sides and without hashing and
+//! comparing 32-character tokens. A pseudonym is a visible value, so it qualifies only where
+//! it is not shown: a join on pseudonyms whose result shows them keeps them.
 //!
 //! The rewrite is physical, applied only where nothing can observe the difference
 //! ([`flow`] follows every token from the projection computing it to each of its uses):
@@ -18,8 +20,9 @@
 //!   compare it as above. It is never in the plan's output, a filter, a join filter, a
 //!   computed column, a partitioning, or any other node;
 //! - every token compared with it, directly or through other comparisons, meets the same
-//!   conditions and has the same domain, keys and raw type (the policy rule already refused
-//!   equalities of join keys of different domains);
+//!   conditions and has the same kind, domain, keys and raw type (the policy rule already
+//!   refused equalities of join keys of different domains, and of join keys with anything
+//!   else);
 //! - each token projection stands on a governed scan's `BarrierExec` (through nodes that
 //!   only move, filter or compute from batches);
 //! - every join whose keys change is rebuilt without runtime state, so it has no dynamic
