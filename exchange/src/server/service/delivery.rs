@@ -51,6 +51,11 @@ pub(crate) fn deliver(
                 Err(_) => break Some(cut(q, timed_out())),
                 Ok(None) => break None,
                 Ok(Some(Err(e))) => break Some(status_of(e)),
+                // A batch that took past the deadline to compute (an operator that did not
+                // yield meanwhile) is not sent: the statement is cut (review 20).
+                Ok(Some(Ok(_))) if tokio::time::Instant::now() >= deadline => {
+                    break Some(cut(q, timed_out()));
+                }
                 Ok(Some(Ok(b))) => b,
             };
             match tokio::time::timeout_at(deadline, tx.send(batch)).await {
