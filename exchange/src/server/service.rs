@@ -264,6 +264,40 @@ impl ExchangeFlightService {
             .map(str::to_string)
     }
 
+    /// Plan on the statements' runtime holding `slot` from when the work first runs; None
+    /// if it timed out (aborted). The task takes the slot when it first runs: timed out
+    /// before that (every query thread busy), the slot is given back at once rather than
+    /// when a thread next gets to the aborted task (review 20: a victim's own slots were
+    /// held by its never-run planning tasks, and it was refused for running too many).
+    async fn plan_holding<T, F>(
+        &self,
+        slot: slots::Slot,
+        work: F,
+    ) -> Option<Result<T, tokio::task::JoinError>>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let shared = Arc::new(std::sync::Mutex::new(Some(slot)));
+        let taken = Arc::clone(&shared);
+        let task = self.queries.handle().spawn(async move {
+            let held = taken.lock().ok().and_then(|mut s| s.take());
+            let out = work.await;
+            drop(held);
+            out
+        });
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.limits.query_timeout, task).await {
+            Ok(r) => Some(r),
+            Err(_) => {
+                abort.abort();
+                let unused = shared.lock().ok().and_then(|mut s| s.take());
+                drop(unused);
+                None
+            }
+        }
+    }
+
     /// Check, plan and begin a statement under the limits, exactly as the CLI does
     /// ([`Exchange::start`]): refused here, or started (audited) with its result to stream.
     async fn begin(
@@ -294,19 +328,15 @@ impl ExchangeFlightService {
             purpose.map(str::to_string),
             sql.to_string(),
         );
-        let task = self.queries.handle().spawn(async move {
-            let out = ex.start(&p, pu.as_deref(), &s).await;
-            drop(permit);
-            out
-        });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.limits.query_timeout, task).await {
-            Ok(Ok(r)) => r
+        let outcome = self
+            .plan_holding(permit, async move { ex.start(&p, pu.as_deref(), &s).await })
+            .await;
+        match outcome {
+            Some(Ok(r)) => r
                 .map(|q| q.with_cap(self.limits.max_result_bytes as u64))
                 .map_err(status_of),
-            Ok(Err(e)) => Err(internal(e)),
-            Err(_) => {
-                abort.abort();
+            Some(Err(e)) => Err(internal(e)),
+            None => {
                 // Dropped while planning, before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);
                 self.ex

@@ -208,17 +208,16 @@ impl FlightSqlService for ExchangeFlightService {
         };
         let ex = Arc::clone(&self.ex);
         let (p, pu, q) = (principal.clone(), purpose.clone(), query.query.clone());
-        let task = self.queries.handle().spawn(async move {
-            let schema = ex.query_schema(&p, pu.as_deref(), &q).await;
-            drop(slot);
-            schema
-        });
-        let abort = task.abort_handle();
-        let schema = match tokio::time::timeout(self.limits.query_timeout, task).await {
-            Ok(Ok(r)) => r.map_err(status_of)?,
-            Ok(Err(e)) => return Err(internal(e)),
-            Err(_) => {
-                abort.abort();
+        let planned = self
+            .plan_holding(
+                slot,
+                async move { ex.query_schema(&p, pu.as_deref(), &q).await },
+            )
+            .await;
+        let schema = match planned {
+            Some(Ok(r)) => r.map_err(status_of)?,
+            Some(Err(e)) => return Err(internal(e)),
+            None => {
                 // Dropped while planning, before it could audit itself (review 18).
                 let reason = format!("planning timed out after {:?}", self.limits.query_timeout);
                 self.not_run(
