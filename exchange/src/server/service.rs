@@ -339,16 +339,14 @@ impl ExchangeFlightService {
             None => {
                 // Dropped while planning, before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);
-                self.ex
-                    .audit()
-                    .append(Entry {
-                        decision: Decision::Failed,
-                        reason: Some(reason.clone()),
-                        ..Entry::new(StatementKind::Query, principal, sql)
-                            .declared(self.ex.agency_of(principal), purpose)
-                            .timed(started)
-                    })
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                self.not_run(
+                    StatementKind::Query,
+                    principal,
+                    purpose,
+                    sql,
+                    &reason,
+                    started,
+                )?;
                 Err(Status::deadline_exceeded(reason))
             }
         }
