@@ -632,6 +632,93 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     assert!(server.stop().success());
 }
 
+/// Review 20: an operator that computes for minutes inside one poll, making no batch (a
+/// nested-loop join whose filter rejects every pair), yields to nothing. It is cut at its
+/// deadline all the same (its plan runs on threads of its own), others are answered
+/// meanwhile, and the threads that go on computing after the cut stay on the principal's
+/// account: its share of slots comes back only when they have exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its_principal() {
+    use exchange::audit::StreamStatus;
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &[
+            "--max-concurrent",
+            "4",
+            "--query-timeout",
+            "3",
+            "--queue-wait",
+            "1",
+        ],
+    );
+    // The join with c has no equality: a nested-loop join that, for every batch of a x b,
+    // tries every row of c and keeps none, billions of pairs before it could yield.
+    const STUCK: &str = "SELECT count(*) AS c FROM police.residents a CROSS JOIN police.residents b \
+        JOIN police.residents c ON length(a.name) + length(b.name) + length(c.name) < 0";
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let uri = server.uri.clone();
+        stuck.push(tokio::spawn(async move {
+            let mut c = client(&uri).await;
+            c.handshake("hrss_analyst", &password("hrss_analyst"))
+                .await
+                .unwrap();
+            c.set_header(PURPOSE, "new_employment_services");
+            query(&mut c, STUCK).await
+        }));
+    }
+    let mut other = client(&server.uri).await;
+    other
+        .handshake("hotline_analyst", &password("hotline_analyst"))
+        .await
+        .unwrap();
+    other.set_header(PURPOSE, "complaint_handling");
+    record_of(&state, STUCK, |e| e.stream == Some(StreamStatus::Started)).await;
+    let during = query(
+        &mut other,
+        "SELECT category, count(*) AS n FROM hotline.tickets GROUP BY category",
+    )
+    .await;
+    assert!(during.is_ok(), "{during:?}");
+    for s in stuck {
+        // Bounded only so that a regression fails instead of hanging: the deadline is 3 s,
+        // and the join's one poll takes minutes.
+        let cut = tokio::time::timeout(std::time::Duration::from_secs(60), s)
+            .await
+            .expect("the statement ran far past its deadline")
+            .unwrap();
+        let err = cut.expect_err("the join finished");
+        assert!(err.contains("timed out after 3s"), "{err}");
+    }
+    let cut = statements(&state)
+        .into_iter()
+        .filter(|r| r.entry.statement == STUCK && r.entry.stream == Some(StreamStatus::Cut))
+        .count();
+    assert_eq!(cut, 2, "{:#?}", statements(&state));
+    // The cut statements' threads are still inside their poll: the server's slots are free
+    // for others, the analyst's share is not.
+    let after = query(&mut other, "SELECT count(*) AS n FROM hotline.tickets").await;
+    assert!(after.is_ok(), "{after:?}");
+    let mut again = client(&server.uri).await;
+    again
+        .handshake("hrss_analyst", &password("hrss_analyst"))
+        .await
+        .unwrap();
+    again.set_header(PURPOSE, "new_employment_services");
+    let refused = query(&mut again, "SELECT count(*) AS n FROM hrss.employment").await;
+    let err = refused.expect_err("the lingering statements were not counted");
+    assert!(err.contains("hrss_analyst already runs 2 queries"), "{err}");
+    assert!(server.stop().success());
+}
+
 /// One analyst's CPU-bound statement (an aggregate over a cross join of the register with
 /// itself, minutes of work in a debug build) is cut at its deadline, and meanwhile and afterwards another principal's
 /// statements run: joins yield to the runtime every few batches (review 18).

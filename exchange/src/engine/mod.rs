@@ -11,6 +11,7 @@ mod lineage;
 mod outcome;
 mod run;
 mod stream;
+mod threads;
 
 pub use check::{CheckReport, Finding, Severity, check};
 pub(crate) use classify::{Kind, classify};
@@ -22,6 +23,7 @@ use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
 use stream::Open;
 pub use stream::QueryStream;
+pub(crate) use threads::execute as execute_on_own_threads;
 
 use std::sync::Arc;
 use std::time::Instant;

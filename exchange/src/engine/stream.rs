@@ -15,12 +15,13 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::{Stream, StreamExt};
 
 use super::digest::Digest;
 use super::errors::run_error;
 use super::outcome::redact_values;
+use super::threads::{self, Lingering};
 use super::{FailureKind, QueryError, QueryOutput};
 use crate::audit::{AuditLog, Decision, Durability, Entry, StreamStatus, TableUse};
 
@@ -64,6 +65,8 @@ pub struct QueryStream {
     rows: u64,
     digest: Option<String>,
     done: bool,
+    /// Handed to the statement's threads when it runs ([`threads`]).
+    linger: Option<Lingering>,
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -121,6 +124,7 @@ impl QueryStream {
             },
             rows: 0,
             done: false,
+            linger: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl QueryStream {
             rows: out.rows,
             digest: Some(out.digest),
             done: false,
+            linger: None,
         }
     }
 
@@ -144,6 +149,14 @@ impl QueryStream {
         if let Some(o) = self.open.as_mut() {
             o.cap = Some(bytes);
         }
+        self
+    }
+
+    /// Keep `held` until every thread that ran the statement's plan has exited, which can
+    /// be after the stream is dropped (a cut statement's operator finishing its step,
+    /// demoted: [`threads`]); dropped with the stream if the plan never ran.
+    pub(crate) fn linger_with(mut self, held: Lingering) -> Self {
+        self.linger = Some(held);
         self
     }
 
@@ -239,7 +252,7 @@ impl QueryStream {
         };
         let governed = *governed;
         if let Run::NotYet(plan, task) = run {
-            match execute_stream(Arc::clone(plan), Arc::clone(task)) {
+            match threads::execute(Arc::clone(plan), Arc::clone(task), self.linger.take()) {
                 Ok(stream) => *run = Run::Going(stream),
                 Err(e) => return Poll::Ready(Some(Err(self.fail(run_error(governed, e))))),
             }

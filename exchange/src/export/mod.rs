@@ -38,7 +38,10 @@ pub use trace::{TraceReport, TraceScore, trace};
 
 use crate::audit::{Entry, StatementKind, StreamStatus, TableUse};
 use crate::catalog::KAction;
-use crate::engine::{Exchange, Kind, QueryError, audit_decision, classify, plan_query, run_error};
+use crate::engine::{
+    Exchange, Kind, QueryError, audit_decision, classify, execute_on_own_threads, plan_query,
+    run_error,
+};
 use crate::keys::KeyRing;
 
 /// Errors of export files and manifests (the export itself fails with a [`QueryError`]).
@@ -421,9 +424,10 @@ async fn stage(
         _ => None,
     };
     let governed = planned.governed;
-    let mut stream = datafusion::physical_plan::execute_stream(
+    let mut stream = execute_on_own_threads(
         Arc::clone(&planned.physical),
         session.task_ctx().map_err(|e| run_error(governed, e))?,
+        None,
     )
     .map_err(|e| run_error(governed, e))?;
     let mut rows = 0u64;

@@ -89,7 +89,7 @@ pub struct ExchangeFlightService {
     tokens: SessionTokens,
     limits: Limits,
     slots: slots::Slots,
-    /// Where statements plan and run ([`runtime`]).
+    /// Where statements plan ([`runtime`]); each runs on threads of its own.
     queries: runtime::QueryRuntime,
     results: Arc<Mutex<HashMap<String, PendingResult>>>,
     prepared: Mutex<HashMap<String, Prepared>>,
@@ -463,12 +463,7 @@ impl ExchangeFlightService {
                 });
             }
         };
-        Ok(delivery::deliver(
-            self.queries.handle(),
-            stream,
-            slot,
-            self.limits.query_timeout,
-        ))
+        Ok(delivery::deliver(stream, slot, self.limits.query_timeout))
     }
 
     /// Tables the principal sees for the purpose: (schema, table, visible schema).

@@ -2,9 +2,10 @@
 //!
 //! The statement runs in a task of its own that hands batches to the response through a
 //! channel of two. The deadline bounds the whole delivery, the client's reading included:
-//! a client that stops reading is cut when it passes, and its slot freed (review 16: the
-//! deadline was checked only when the client asked for more, so a stalled reader held its
-//! slot for as long as it liked). A client that goes away stops the statement (recorded
+//! a client that stops reading is cut when it passes, and the server's slot freed (review
+//! 16: the deadline was checked only when the client asked for more, so a stalled reader
+//! held its slot for as long as it liked); the principal's share comes back when the
+//! statement's threads have stopped. A client that goes away stops the statement (recorded
 //! `cancelled`, with the rows handed to the channel).
 
 use std::sync::{Arc, Mutex};
@@ -23,14 +24,14 @@ use crate::engine::QueryStream;
 /// Batches handed over at most ahead of the client.
 const AHEAD: usize = 2;
 
-/// Deliver `stream` within `timeout`, holding `slot` until it ends; the statement runs on
-/// `runtime` (the statements' own, [`super::runtime`]).
-pub(crate) fn deliver(
-    runtime: &tokio::runtime::Handle,
-    stream: QueryStream,
-    slot: Slot,
-    timeout: Duration,
-) -> DataStream {
+/// Deliver `stream` within `timeout`, holding the server's part of `slot` until it ends and
+/// the principal's until the statement's threads have exited ([`crate::engine`] runs each
+/// plan on threads of its own, so the deadline here fires on time whatever the plan does;
+/// a cut statement's operator may finish its step after, demoted, on the principal's
+/// account).
+pub(crate) fn deliver(stream: QueryStream, slot: Slot, timeout: Duration) -> DataStream {
+    let (slot, share) = slot.split();
+    let stream = stream.linger_with(Box::new(share));
     let schema = stream.schema();
     let deadline = tokio::time::Instant::now() + timeout;
     let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(AHEAD);
@@ -38,7 +39,7 @@ pub(crate) fn deliver(
     // so the response reads it once the channel is drained.
     let failure: Arc<Mutex<Option<Status>>> = Arc::new(Mutex::new(None));
     let failed = Arc::clone(&failure);
-    runtime.spawn(async move {
+    tokio::spawn(async move {
         let _slot = slot;
         let mut q = stream;
         let timed_out = || format!("timed out after {timeout:?}");

@@ -1,13 +1,10 @@
-//! The runtime statements plan and run on, apart from the one that serves calls.
+//! The runtime statements are planned on, apart from the one that serves calls.
 //!
-//! DataFusion's operators run on the threads that poll them, and a CPU-bound one can run
-//! for seconds between two points where a task yields. On the runtime that also answers
-//! logins, catalog calls and other principals' streams, one analyst's cross join froze the
-//! server well past the query deadline (review 17). Statements get threads of their own;
-//! the operating system shares the cores between the two, so calls are answered while a
-//! statement computes. A statement is cut only where it yields; every join's output yields
-//! every 128 batches (`enforcement/batches.rs`), so an aggregate over a cross join is cut at
-//! its deadline and leaves the threads to other statements by turns.
+//! On the runtime that also answers logins, catalog calls and other principals' streams,
+//! one analyst's cross join froze the server well past the query deadline (review 17).
+//! Planning gets threads of its own here; each statement's plan then runs on threads of
+//! its own ([`crate::engine`]), since some operators compute for minutes inside one poll
+//! (review 20) and no shared thread can be taken back from them.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 

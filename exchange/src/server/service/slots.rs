@@ -20,8 +20,33 @@ pub(crate) struct Slots {
 
 /// A slot, released when dropped.
 pub(crate) struct Slot {
+    permit: OwnedSemaphorePermit,
+    share: OwnedSemaphorePermit,
+}
+
+/// One of the server's slots, without the principal's share.
+pub(crate) struct ServerSlot {
     _permit: OwnedSemaphorePermit,
-    _share: OwnedSemaphorePermit,
+}
+
+/// A principal's share of the slots, without the server's.
+pub(crate) struct Share {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The server's slot and the principal's share, to be released apart: a cut
+    /// statement gives the server's back at once, the principal's once its threads exit.
+    pub(crate) fn split(self) -> (ServerSlot, Share) {
+        (
+            ServerSlot {
+                _permit: self.permit,
+            },
+            Share {
+                _permit: self.share,
+            },
+        )
+    }
 }
 
 impl Slots {
@@ -54,7 +79,7 @@ impl Slots {
             .await
             .map_err(|_| {
                 format!(
-                    "{principal} already runs {} queries, as many as one principal may of this server's {}, and none finished within {:?}: try again later",
+                    "{principal} already runs {} queries, as many as one principal may of this server's {}, and none finished within {:?} (a statement cut at its deadline counts until its threads have stopped): try again later",
                     self.per_principal, self.total, self.wait
                 )
             })?
@@ -68,10 +93,7 @@ impl Slots {
                 )
             })?
             .map_err(|_| unavailable())?;
-        Ok(Slot {
-            _permit: permit,
-            _share: share,
-        })
+        Ok(Slot { permit, share })
     }
 }
 
