@@ -13,7 +13,9 @@
 //! scheduling class: it runs only on cores nothing else wants until its poll returns, and
 //! then exits. What was handed in to linger (the server hands the principal's share of
 //! query slots) is released only once every thread of the statement has exited, so one
-//! principal's lingering statements count against that principal alone.
+//! principal's lingering statements count against that principal alone. A runtime whose
+//! statement ended with nothing of it left running is kept for the next statement (a few
+//! are kept): starting threads would cost about half a millisecond a statement.
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -58,46 +60,121 @@ fn lock(alive: &Mutex<Alive>) -> MutexGuard<'_, Alive> {
     alive.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Execute `plan` on threads of its own; `linger` is dropped once they have all exited.
+/// A statement's runtime and the ids of its live threads.
+struct Threads {
+    runtime: Runtime,
+    alive: Arc<Mutex<Alive>>,
+    count: usize,
+}
+
+/// Runtimes whose last statement ended with nothing left running, kept for the next:
+/// starting threads costs about half a millisecond a statement.
+static IDLE: Mutex<Vec<Threads>> = Mutex::new(Vec::new());
+
+/// Idle runtimes kept at most.
+const MAX_IDLE: usize = 8;
+
+impl Threads {
+    /// An idle runtime of `count` threads, or a new one.
+    fn take(count: usize) -> Result<Self, DataFusionError> {
+        let idle = {
+            let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            idle.iter()
+                .position(|t| t.count == count)
+                .map(|i| idle.swap_remove(i))
+        };
+        match idle {
+            Some(t) => Ok(t),
+            None => Self::start(count),
+        }
+    }
+
+    fn start(count: usize) -> Result<Self, DataFusionError> {
+        let alive = Arc::new(Mutex::new(Alive {
+            tids: HashSet::new(),
+            shut: false,
+            linger: None,
+        }));
+        let (started, stopped) = (Arc::clone(&alive), Arc::clone(&alive));
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(count)
+            .thread_name("exchange-statement")
+            .enable_all()
+            .on_thread_start(move || {
+                lock(&started).tids.insert(thread_id());
+            })
+            .on_thread_stop(move || {
+                let released = {
+                    let mut a = lock(&stopped);
+                    a.tids.remove(&thread_id());
+                    if a.shut && a.tids.is_empty() {
+                        a.linger.take()
+                    } else {
+                        None
+                    }
+                };
+                drop(released);
+            })
+            .build()
+            .map_err(|e| {
+                DataFusionError::ResourcesExhausted(format!("no threads for the statement: {e}"))
+            })?;
+        Ok(Self {
+            runtime,
+            alive,
+            count,
+        })
+    }
+
+    /// The statement is over and nothing of it runs: release what lingers and keep the
+    /// runtime for another statement.
+    fn reuse(self) {
+        let released = lock(&self.alive).linger.take();
+        drop(released);
+        let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(self);
+        } else {
+            drop(idle);
+            self.retire();
+        }
+    }
+
+    /// Shut the runtime down without waiting: a thread inside a long poll finishes it,
+    /// demoted, and exits; what lingers is released when the last thread has.
+    fn retire(self) {
+        let released = {
+            let mut a = lock(&self.alive);
+            a.shut = true;
+            // Under the lock: a thread leaves the set before it exits, so no id here is
+            // reused by another thread yet.
+            for tid in &a.tids {
+                demote(*tid);
+            }
+            if a.tids.is_empty() {
+                a.linger.take()
+            } else {
+                None
+            }
+        };
+        drop(released);
+        self.runtime.shutdown_background();
+    }
+}
+
+/// Execute `plan` on threads of its own; `linger` is dropped once nothing of the statement
+/// runs any more.
 pub(crate) fn execute(
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
     linger: Option<Lingering>,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = task.session_config().target_partitions().clamp(1, cores);
-    let alive = Arc::new(Mutex::new(Alive {
-        tids: HashSet::new(),
-        shut: false,
-        linger,
-    }));
-    let (started, stopped) = (Arc::clone(&alive), Arc::clone(&alive));
-    let runtime = Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("exchange-statement")
-        .enable_all()
-        .on_thread_start(move || {
-            lock(&started).tids.insert(thread_id());
-        })
-        .on_thread_stop(move || {
-            let released = {
-                let mut a = lock(&stopped);
-                a.tids.remove(&thread_id());
-                if a.shut && a.tids.is_empty() {
-                    a.linger.take()
-                } else {
-                    None
-                }
-            };
-            drop(released);
-        })
-        .build()
-        .map_err(|e| {
-            DataFusionError::ResourcesExhausted(format!("no threads for the statement: {e}"))
-        })?;
+    let threads = Threads::take(task.session_config().target_partitions().clamp(1, cores))?;
+    lock(&threads.alive).linger = linger;
     let schema = plan.schema();
     let (tx, rx) = mpsc::channel(AHEAD);
-    runtime.spawn(async move {
+    threads.runtime.spawn(async move {
         let run = async {
             let mut stream = match execute_stream(plan, task) {
                 Ok(s) => s,
@@ -121,55 +198,37 @@ pub(crate) fn execute(
         };
         let _ = tx.send(last).await;
     });
-    let threads = Threads {
-        runtime: Some(runtime),
-        alive,
-    };
     Ok(Box::pin(RecordBatchStreamAdapter::new(
         schema,
         Receiving {
             rx,
             ended: false,
-            _threads: threads,
+            threads: Some(threads),
         },
     )))
-}
-
-/// The runtime, shut down (and its busy threads demoted) when the consumer lets go.
-struct Threads {
-    runtime: Option<Runtime>,
-    alive: Arc<Mutex<Alive>>,
-}
-
-impl Drop for Threads {
-    fn drop(&mut self) {
-        let released = {
-            let mut a = lock(&self.alive);
-            a.shut = true;
-            // Under the lock: a thread leaves the set before it exits, so no id here is
-            // reused by another thread yet.
-            for tid in &a.tids {
-                demote(*tid);
-            }
-            if a.tids.is_empty() {
-                a.linger.take()
-            } else {
-                None
-            }
-        };
-        drop(released);
-        if let Some(r) = self.runtime.take() {
-            // Does not wait: a thread inside a long poll finishes it, demoted, and exits.
-            r.shutdown_background();
-        }
-    }
 }
 
 /// The consumer's end.
 struct Receiving {
     rx: mpsc::Receiver<Msg>,
+    /// The threads said the statement ended (complete, or failed).
     ended: bool,
-    _threads: Threads,
+    threads: Option<Threads>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let Some(threads) = self.threads.take() else {
+            return;
+        };
+        // Ended and nothing left on the runtime (tasks of a failed statement's other
+        // partitions may still be inside a poll): kept; else cut or cancelled: retired.
+        if self.ended && threads.runtime.metrics().num_alive_tasks() == 0 {
+            threads.reuse();
+        } else {
+            threads.retire();
+        }
+    }
 }
 
 impl Stream for Receiving {
@@ -191,6 +250,10 @@ impl Stream for Receiving {
             }
             Some(Msg::Panicked(panic)) => {
                 self.ended = true;
+                // Retired, not reused: its state after a panic is unknown.
+                if let Some(t) = self.threads.take() {
+                    t.retire();
+                }
                 std::panic::resume_unwind(panic)
             }
             Some(Msg::End) => {
@@ -200,6 +263,9 @@ impl Stream for Receiving {
             // Never a silent end: a result cut short must not read as complete.
             None => {
                 self.ended = true;
+                if let Some(t) = self.threads.take() {
+                    t.retire();
+                }
                 Poll::Ready(Some(Err(DataFusionError::Execution(
                     "the statement's threads stopped before its end".into(),
                 ))))
@@ -244,35 +310,37 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
-    #[tokio::test]
-    async fn batches_arrive_and_lingering_is_released_after_the_threads_exit() {
-        let ctx = SessionContext::new();
-        let df = ctx
-            .sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(x)")
-            .await
-            .unwrap();
-        let plan = df.create_physical_plan().await.unwrap();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        struct Signal(Option<tokio::sync::oneshot::Sender<()>>);
-        impl Drop for Signal {
-            fn drop(&mut self) {
-                if let Some(s) = self.0.take() {
-                    let _ = s.send(());
-                }
+    struct Signal(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Signal {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                let _ = s.send(());
             }
         }
+    }
+
+    async fn plan_of(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let df = ctx.sql(sql).await.unwrap();
+        df.create_physical_plan().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_and_lingering_is_released_when_the_statement_is_over() {
+        let ctx = SessionContext::new();
+        let plan = plan_of(&ctx, "SELECT * FROM (VALUES (1), (2), (3)) AS t(x)").await;
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let mut stream = execute(plan, ctx.task_ctx(), Some(Box::new(Signal(Some(tx))))).unwrap();
-        let mut rows = 0;
+        let mut rows = stream.next().await.unwrap().unwrap().num_rows();
+        // Held while the statement runs.
+        let now = rx.try_recv();
+        assert!(
+            matches!(now, Err(tokio::sync::oneshot::error::TryRecvError::Empty)),
+            "{now:?}"
+        );
         while let Some(b) = stream.next().await {
             rows += b.unwrap().num_rows();
         }
         assert_eq!(rows, 3);
-        // Held while the stream (and so its threads) lives; released once they are gone.
-        assert!(matches!(
-            rx.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        ));
-        drop(stream);
         tokio::time::timeout(std::time::Duration::from_secs(10), rx)
             .await
             .expect("released")
@@ -280,13 +348,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_statement_dropped_while_running_is_stopped_and_releases_what_lingers() {
+        let ctx = SessionContext::new();
+        let plan = plan_of(
+            &ctx,
+            "SELECT count(*) FROM generate_series(1, 10000000000) a WHERE a.value % 7 = 8",
+        )
+        .await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut stream = execute(plan, ctx.task_ctx(), Some(Box::new(Signal(Some(tx))))).unwrap();
+        // Running: no batch for a while.
+        let first =
+            tokio::time::timeout(std::time::Duration::from_millis(200), stream.next()).await;
+        assert!(first.is_err(), "{first:?}");
+        drop(stream);
+        // Its runtime is shut down; its task stops at its next yield and the threads exit.
+        tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+            .await
+            .expect("released once its threads exited")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn an_operator_error_ends_the_stream_with_it() {
         let ctx = SessionContext::new();
-        let df = ctx
-            .sql("SELECT CAST(x AS INT) FROM (VALUES ('a')) AS t(x)")
-            .await
-            .unwrap();
-        let plan = df.create_physical_plan().await.unwrap();
+        let plan = plan_of(&ctx, "SELECT CAST(x AS INT) FROM (VALUES ('a')) AS t(x)").await;
         let mut stream = execute(plan, ctx.task_ctx(), None).unwrap();
         assert!(matches!(stream.next().await, Some(Err(_))));
         assert!(stream.next().await.is_none());
