@@ -8,12 +8,14 @@ mod data;
 pub mod discover;
 mod load;
 mod model;
+mod stores;
 
 pub(crate) use model::line_of as model_line_of;
 pub use model::{
     Catalog, ColumnDef, ColumnType, DataFormat, Dataset, ExportK, KAction, Level, PiiType,
     SourcePos,
 };
+pub use stores::{StoreError, StoreSettings, Stores};
 
 use std::path::PathBuf;
 

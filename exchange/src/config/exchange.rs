@@ -24,6 +24,8 @@ pub struct ExchangeConfig {
     pub target_partitions: Option<usize>,
     /// Rows per batch; None: DataFusion's default (8192).
     pub batch_size: Option<usize>,
+    /// Each agency's object store settings, for `s3://` dataset locations.
+    pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
 }
 
 impl ExchangeConfig {
@@ -38,6 +40,7 @@ impl ExchangeConfig {
             memory_limit: None,
             target_partitions: None,
             batch_size: None,
+            stores: Default::default(),
         }
     }
 

@@ -68,6 +68,10 @@ pub struct Settings {
     pub execution: ExecutionSettings,
     /// The Flight SQL server (`exchange serve`).
     pub serve: ServeSettings,
+    /// Each agency's S3-compatible object store (`[stores.<agency>]`), for datasets at
+    /// `s3://` locations: endpoint, region, style, credentials file. No secrets.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
 }
 
 /// `[paths]`.
@@ -252,6 +256,11 @@ impl Settings {
         {
             join(p);
         }
+        for s in self.stores.values_mut() {
+            if let Some(p) = s.credentials_file.as_mut() {
+                join(p);
+            }
+        }
     }
 
     /// Check ranges; `origin` names where the values came from.
@@ -321,6 +330,7 @@ impl Settings {
             .map(|m| m.saturating_mul(1 << 20));
         config.target_partitions = self.execution.target_partitions;
         config.batch_size = self.execution.batch_size;
+        config.stores = self.stores.clone();
         config
     }
 

@@ -61,6 +61,8 @@ pub struct SessionInputs<'a> {
     pub keys: &'a KeyRing,
     /// Root of relative dataset locations.
     pub data_root: &'a Path,
+    /// Object stores of remote dataset locations.
+    pub stores: &'a crate::catalog::Stores,
     /// Today's date, for grant expiry.
     pub today: NaiveDate,
     /// The audit log, offered as `audit.events` to principals with the auditor role.
@@ -194,6 +196,15 @@ impl PrincipalSession {
             };
             let grant_ref = access.grant_ref.clone();
             let location = dataset.resolve_location(inputs.data_root);
+            let Ok(location) =
+                inputs
+                    .stores
+                    .register(state.runtime_env(), &dataset.agency, &location)
+            else {
+                // Told when used, as an unreadable table (`policy check` names the cause).
+                unusable.insert(dataset.qualified_name(), Unusable { grant_ref });
+                continue;
+            };
             match GovernedSpec::build(
                 &state,
                 dataset,

@@ -169,6 +169,26 @@ impl RawTable {
             .unwrap_or_default()
     }
 
+    /// The scan, unless its location listed no file at all (a directory or prefix emptied,
+    /// a bucket or credentials pointing elsewhere): an error, never an empty table.
+    fn found(
+        &self,
+        scan: Arc<dyn ExecutionPlan>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if limit != Some(0)
+            && scan
+                .downcast_ref::<datafusion::physical_plan::empty::EmptyExec>()
+                .is_some()
+        {
+            return Err(DataFusionError::External(Box::new(DataUnavailable {
+                table: self.table_ref.to_string(),
+                cause: "no data files at its location".into(),
+            })));
+        }
+        Ok(scan)
+    }
+
     /// Whether an analyst's predicate may reach the file scan (for pruning only): built-in,
     /// deterministic expressions over columns the principal sees plain.
     fn may_push(&self, filter: &Expr) -> bool {
@@ -257,7 +277,7 @@ impl TableProvider for RawTable {
                 .inner
                 .scan(state, Some(&requested), &pushed, limit)
                 .await?;
-            return barrier(scan);
+            return barrier(self.found(scan, limit)?);
         };
         let mut read = requested.clone();
         for c in row_filter.column_refs() {
@@ -268,7 +288,10 @@ impl TableProvider for RawTable {
         }
         // The row filter also prunes row groups; the limit cannot apply before it.
         pushed.push(row_filter.clone());
-        let input = self.inner.scan(state, Some(&read), &pushed, None).await?;
+        let input = self.found(
+            self.inner.scan(state, Some(&read), &pushed, None).await?,
+            None,
+        )?;
         let read_schema = Arc::new(schema.project(&read)?);
         let df_schema = DFSchema::try_from_qualified_schema(self.table_ref.clone(), &read_schema)?;
         // Never echo another agency's filter in an error.

@@ -158,6 +158,8 @@ pub struct Exchange {
     keys: KeyRing,
     signer: Arc<SigningKey>,
     audit: Arc<AuditLog>,
+    /// Object stores of remote datasets, shared by every session.
+    stores: crate::catalog::Stores,
     /// Sessions by principal, purpose, token scope and day: building one reads every
     /// granted table's metadata, which small statements would otherwise pay each time.
     sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, Arc<PrincipalSession>>>,
@@ -176,6 +178,7 @@ impl Exchange {
             config.audit,
         )?);
         Ok(Self {
+            stores: crate::catalog::Stores::new(config.stores.clone()),
             config,
             catalog,
             policies,
@@ -284,6 +287,7 @@ impl Exchange {
             policies: &self.policies,
             keys: &self.keys,
             data_root: &self.config.data_root,
+            stores: &self.stores,
             today,
             audit_log: self.audit.path(),
             token_scope,

@@ -33,6 +33,7 @@ fn planner() -> (PrincipalSession, tempfile::TempDir) {
         policies: &policies,
         keys: &ring,
         data_root: &data,
+        stores: &crate::catalog::Stores::default(),
         today: chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
         audit_log: &audit,
         token_scope: None,
