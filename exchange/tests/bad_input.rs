@@ -472,3 +472,60 @@ async fn a_statement_the_engine_cannot_plan_is_not_called_a_failure_on_a_value()
         other => panic!("expected a planning failure, got {other:?}"),
     }
 }
+
+/// Review 22: functions whose output the statement sizes at will (`repeat`, padding,
+/// ranges) aborted the process on one failed allocation, during constant folding before
+/// anything was audited. They fail the statement instead, recorded, and the process goes on.
+#[tokio::test]
+async fn functions_asked_for_huge_outputs_fail_the_statement_not_the_process() {
+    let (ex, state) = common::open();
+    for (principal, purpose, sql) in [
+        (
+            "hrss_analyst",
+            "new_employment_services",
+            "SELECT length(repeat(arrow_cast('x','LargeUtf8'), 100000000000)) AS n",
+        ),
+        (
+            "hrss_analyst",
+            "new_employment_services",
+            "SELECT length(repeat(arrow_cast(gender,'LargeUtf8'), 100000000000)) AS n FROM police.residents",
+        ),
+        (
+            "hotline_analyst",
+            "complaint_handling",
+            "SELECT cardinality(range(1, 100000000000)) AS n FROM hotline.tickets",
+        ),
+    ] {
+        let e = ex
+            .execute(principal, Some(purpose), sql)
+            .await
+            .expect_err(sql);
+        assert!(
+            matches!(
+                e,
+                QueryError::Run {
+                    kind: exchange::FailureKind::Resources,
+                    ..
+                }
+            ),
+            "{sql}: {e:?}"
+        );
+    }
+    // Each recorded, and the exchange still answers.
+    let records = exchange::audit::statements(
+        exchange::audit::read_all(&state.path().join("audit")).unwrap(),
+    );
+    let failed = records
+        .iter()
+        .filter(|r| r.entry.statement.contains("100000000000"))
+        .filter(|r| r.entry.decision == exchange::audit::Decision::Failed)
+        .count();
+    assert_eq!(failed, 3, "{records:#?}");
+    common::ok(
+        &ex,
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT count(*) AS n FROM hotline.tickets",
+    )
+    .await;
+}

@@ -9,6 +9,7 @@
 //! two join keys compare the raw values the keys stand for, where nothing can observe it.
 
 mod aggregate;
+mod amplifiers;
 mod barrier;
 mod batches;
 mod join_keys;

@@ -134,6 +134,7 @@ impl PrincipalSession {
         for v in crate::masking::Validator::ALL {
             ctx.register_udf(v.udf().as_ref().clone());
         }
+        super::amplifiers::guard_amplifiers(&ctx);
         ctx.add_analyzer_rule(Arc::new(PolicyRule::new(inputs.subjects)));
 
         let domains: Vec<&str> = {
