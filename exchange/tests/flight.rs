@@ -719,6 +719,71 @@ async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its
     assert!(server.stop().success());
 }
 
+/// Review 22: planning folds constants, and folding can compute for hours in one poll
+/// (`levenshtein` of two long strings). Two such statements held both threads of a shared
+/// planning runtime and every other statement timed out; planning now runs on threads of
+/// the statement's own, cut at the deadline like running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_planning_never_ends_is_cut_and_others_are_answered() {
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(
+        config.path(),
+        &keys,
+        &state,
+        &[
+            "--max-concurrent",
+            "4",
+            "--query-timeout",
+            "3",
+            "--queue-wait",
+            "1",
+        ],
+    );
+    const FOLD: &str = "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000)) AS d";
+    let mut folding = Vec::new();
+    for _ in 0..2 {
+        let uri = server.uri.clone();
+        folding.push(tokio::spawn(async move {
+            let mut c = client(&uri).await;
+            c.handshake("hrss_analyst", &password("hrss_analyst"))
+                .await
+                .unwrap();
+            c.set_header(PURPOSE, "new_employment_services");
+            query(&mut c, FOLD).await
+        }));
+    }
+    let mut other = client(&server.uri).await;
+    other
+        .handshake("hotline_analyst", &password("hotline_analyst"))
+        .await
+        .unwrap();
+    other.set_header(PURPOSE, "complaint_handling");
+    // Give the folding statements time to take their threads.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = query(
+        &mut other,
+        "SELECT category, count(*) AS n FROM hotline.tickets GROUP BY category",
+    )
+    .await;
+    assert!(during.is_ok(), "{during:?}");
+    for f in folding {
+        let cut = tokio::time::timeout(std::time::Duration::from_secs(60), f)
+            .await
+            .expect("planning ran far past its deadline")
+            .unwrap();
+        let err = cut.expect_err("the folding finished");
+        assert!(err.contains("timed out after 3s"), "{err}");
+    }
+    let after = query(&mut other, "SELECT count(*) AS n FROM hotline.tickets").await;
+    assert!(after.is_ok(), "{after:?}");
+    assert!(server.stop().success());
+}
+
 /// One analyst's CPU-bound statement (an aggregate over a cross join of the register with
 /// itself, minutes of work in a debug build) is cut at its deadline, and meanwhile and afterwards another principal's
 /// statements run: joins yield to the runtime every few batches (review 18).

@@ -24,6 +24,7 @@ pub(crate) use run::{Planned, plan_query};
 use stream::Open;
 pub use stream::QueryStream;
 pub(crate) use threads::execute as execute_on_own_threads;
+pub(crate) use threads::run_within as run_on_own_threads;
 
 use std::sync::Arc;
 use std::time::Instant;

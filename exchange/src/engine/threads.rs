@@ -162,6 +162,40 @@ impl Threads {
     }
 }
 
+/// Run `work` (a statement's planning, which folds constants and can compute for as long
+/// as the statement likes) on threads of its own, within `timeout`: None if it did not
+/// finish, its threads then retired and `linger` released once they have exited.
+pub(crate) async fn run_within<T, F>(
+    work: F,
+    timeout: std::time::Duration,
+    linger: Lingering,
+) -> Result<Option<Result<T, tokio::task::JoinError>>, DataFusionError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = Threads::take(cores)?;
+    lock(&threads.alive).linger = Some(linger);
+    let task = threads.runtime.spawn(work);
+    let abort = task.abort_handle();
+    match tokio::time::timeout(timeout, task).await {
+        Ok(done) => {
+            if done.is_ok() && threads.runtime.metrics().num_alive_tasks() == 0 {
+                threads.reuse();
+            } else {
+                threads.retire();
+            }
+            Ok(Some(done))
+        }
+        Err(_) => {
+            abort.abort();
+            threads.retire();
+            Ok(None)
+        }
+    }
+}
+
 /// Execute `plan` on threads of its own; `linger` is dropped once nothing of the statement
 /// runs any more.
 pub(crate) fn execute(

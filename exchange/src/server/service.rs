@@ -23,7 +23,6 @@ use crate::engine::{Exchange, FailureKind, QueryError, QueryStream};
 
 mod delivery;
 mod flight_sql;
-mod runtime;
 mod slots;
 
 /// The header that states each call's purpose.
@@ -89,8 +88,6 @@ pub struct ExchangeFlightService {
     tokens: SessionTokens,
     limits: Limits,
     slots: slots::Slots,
-    /// Where statements plan ([`runtime`]); each runs on threads of its own.
-    queries: runtime::QueryRuntime,
     results: Arc<Mutex<HashMap<String, PendingResult>>>,
     prepared: Mutex<HashMap<String, Prepared>>,
     sql_info: SqlInfoData,
@@ -211,7 +208,6 @@ impl ExchangeFlightService {
             dummy_hash,
             hashing: Arc::new(Semaphore::new(2)),
             slots: slots::Slots::new(limits.max_concurrent, limits.queue_wait),
-            queries: runtime::QueryRuntime::new().map_err(internal)?,
             ex,
             tokens,
             limits,
@@ -264,37 +260,26 @@ impl ExchangeFlightService {
             .map(str::to_string)
     }
 
-    /// Plan on the statements' runtime holding `slot` from when the work first runs; None
-    /// if it timed out (aborted). The task takes the slot when it first runs: timed out
-    /// before that (every query thread busy), the slot is given back at once rather than
-    /// when a thread next gets to the aborted task (review 20: a victim's own slots were
-    /// held by its never-run planning tasks, and it was refused for running too many).
-    async fn plan_holding<T, F>(
-        &self,
-        slot: slots::Slot,
-        work: F,
-    ) -> Option<Result<T, tokio::task::JoinError>>
+    /// Plan on threads of the statement's own, holding `slot` (review 22: planning folds
+    /// constants, and two statements folding `levenshtein` of long strings held a shared
+    /// planning runtime for minutes, every other statement timing out). Ok(None) if it
+    /// timed out: the server's slot comes back then, the principal's share once the
+    /// threads have finished their step ([`crate::engine`]).
+    async fn plan_holding<T, F>(&self, slot: slots::Slot, work: F) -> Result<Option<T>, Status>
     where
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,
     {
-        let shared = Arc::new(std::sync::Mutex::new(Some(slot)));
-        let taken = Arc::clone(&shared);
-        let task = self.queries.handle().spawn(async move {
-            let held = taken.lock().ok().and_then(|mut s| s.take());
-            let out = work.await;
-            drop(held);
-            out
-        });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.limits.query_timeout, task).await {
-            Ok(r) => Some(r),
-            Err(_) => {
-                abort.abort();
-                let unused = shared.lock().ok().and_then(|mut s| s.take());
-                drop(unused);
-                None
-            }
+        let (slot, share) = slot.split();
+        let outcome =
+            crate::engine::run_on_own_threads(work, self.limits.query_timeout, Box::new(share))
+                .await;
+        drop(slot);
+        match outcome {
+            Ok(Some(Ok(v))) => Ok(Some(v)),
+            Ok(Some(Err(e))) => Err(internal(e)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Status::resource_exhausted(e.to_string())),
         }
     }
 
@@ -331,11 +316,10 @@ impl ExchangeFlightService {
         let outcome = self
             .plan_holding(permit, async move { ex.start(&p, pu.as_deref(), &s).await })
             .await;
-        match outcome {
-            Some(Ok(r)) => r
+        match outcome? {
+            Some(r) => r
                 .map(|q| q.with_cap(self.limits.max_result_bytes as u64))
                 .map_err(status_of),
-            Some(Err(e)) => Err(internal(e)),
             None => {
                 // Dropped while planning, before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);

@@ -214,9 +214,8 @@ impl FlightSqlService for ExchangeFlightService {
                 async move { ex.query_schema(&p, pu.as_deref(), &q).await },
             )
             .await;
-        let schema = match planned {
-            Some(Ok(r)) => r.map_err(status_of)?,
-            Some(Err(e)) => return Err(internal(e)),
+        let schema = match planned? {
+            Some(r) => r.map_err(status_of)?,
             None => {
                 // Dropped while planning, before it could audit itself (review 18).
                 let reason = format!("planning timed out after {:?}", self.limits.query_timeout);
