@@ -291,3 +291,49 @@ fn the_cli_reads_credentials_from_the_environment() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(!err.contains("not-the-secret-42"), "{err}");
 }
+
+/// `exchange policy check` lists every remote dataset and reads its first file's footer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_check_reads_the_footers_of_remote_datasets() {
+    let s3 = start_s3();
+    let config = s3_config();
+    let state = tempfile::tempdir().unwrap();
+    let checked = |secret: &str| {
+        let creds = credentials(state.path(), secret);
+        let mut c = common::test_config(config.path(), Path::new("/nonexistent"), state.path());
+        with_stores(&mut c, &s3.endpoint, &creds);
+        exchange::check(&c)
+    };
+    let report = checked(SECRET_KEY);
+    assert!(!report.has_errors(), "{:#?}", report.findings);
+    let errors = |r: &exchange::CheckReport| -> Vec<String> {
+        r.findings
+            .iter()
+            .filter(|f| f.severity == exchange::Severity::Error)
+            .map(|f| f.message.clone())
+            .collect()
+    };
+    // Wrong credentials: every remote dataset is unreadable, the secret is not shown.
+    let report = checked("wrong-secret-0815");
+    let wrong = errors(&report);
+    assert!(wrong.len() >= 6, "{wrong:#?}");
+    assert!(
+        wrong.iter().all(|e| !e.contains("wrong-secret-0815")),
+        "{wrong:#?}"
+    );
+    // A declared column of another type, and an emptied prefix, are named.
+    common::edit(
+        &config.path().join("schemas/hotline.toml"),
+        "location = \"s3://city/hotline/tickets.parquet\"",
+        "location = \"s3://city/hotline/\"",
+    );
+    std::fs::remove_file(s3.root.path().join(BUCKET).join("hotline/tickets.parquet")).unwrap();
+    let report = checked(SECRET_KEY);
+    let found = errors(&report);
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("hotline.tickets") && e.contains("no .parquet files")),
+        "{found:#?}"
+    );
+}

@@ -87,7 +87,8 @@ pub fn check(config: &ExchangeConfig) -> CheckReport {
             return report;
         }
     };
-    for e in catalog.check_data(&config.data_root) {
+    let stores = crate::catalog::Stores::new(config.stores.clone());
+    for e in catalog.check_data_in(&config.data_root, &stores) {
         report.error(None, e.to_string());
     }
     let policies = match PolicySet::load(&config.policies_dir(), &catalog) {
