@@ -742,6 +742,36 @@ async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its
     assert!(server.stop().success());
 }
 
+/// Review 23 N4: a sum of 30,000 terms (60 KB of SQL, under the statement cap) overflowed
+/// the stack of the thread planning it and aborted the server, unaudited. Statements of
+/// any nesting up to the cap are refused or answered; the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_nested_up_to_the_size_cap_do_not_crash_the_server() {
+    let config = config_copy();
+    credentials(config.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    exchange::keys::init(&keys).unwrap();
+    let state = tmp.path().join("state");
+    let server = start(config.path(), &keys, &state, &["--query-timeout", "60"]);
+    let mut c = client(&server.uri).await;
+    c.handshake("hotline_analyst", &password("hotline_analyst"))
+        .await
+        .unwrap();
+    c.set_header(PURPOSE, "complaint_handling");
+    for terms in [30_000usize, 400_000] {
+        let sql = format!("SELECT 1{} AS n", "+1".repeat(terms));
+        let err = query(&mut c, &sql).await.expect_err("so deep a sum");
+        assert!(
+            err.contains("nest") || err.contains("too"),
+            "{terms}: {err}"
+        );
+    }
+    let after = query(&mut c, "SELECT count(*) AS n FROM hotline.tickets").await;
+    assert!(after.is_ok(), "{after:?}");
+    assert!(server.stop().success());
+}
+
 /// Review 22: planning folds constants, and folding can compute for hours in one poll
 /// (`levenshtein` of two long strings). Two such statements held both threads of a shared
 /// planning runtime and every other statement timed out; planning now runs on threads of

@@ -74,6 +74,13 @@ static IDLE: Mutex<Vec<Threads>> = Mutex::new(Vec::new());
 /// Idle runtimes kept at most.
 const MAX_IDLE: usize = 8;
 
+/// Stack of a statement's threads. Parsing, planning and dropping a statement recurse once
+/// per nesting level, and the statement cap (1 MiB of SQL) allows some 500,000 levels of
+/// `1+1+...`: at tokio's default 2 MiB a 30,000-term sum overflowed the stack and aborted
+/// the server (review 23 N4); 64 MiB holds the cap with room. Reserved, not committed:
+/// untouched pages cost no memory.
+const STACK_BYTES: usize = 64 << 20;
+
 impl Threads {
     /// An idle runtime of `count` threads, or a new one.
     fn take(count: usize) -> Result<Self, DataFusionError> {
@@ -98,6 +105,7 @@ impl Threads {
         let (started, stopped) = (Arc::clone(&alive), Arc::clone(&alive));
         let runtime = Builder::new_multi_thread()
             .worker_threads(count)
+            .thread_stack_size(STACK_BYTES)
             .thread_name("exchange-statement")
             .enable_all()
             .on_thread_start(move || {
