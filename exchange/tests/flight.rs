@@ -611,7 +611,7 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     let end = record_of(&state, LARGE, |e| e.stream != Some(StreamStatus::Started)).await;
     assert_eq!(end.stream, Some(StreamStatus::Cut), "{end:?}");
     assert!(
-        end.reason.unwrap().contains("the client stopped reading"),
+        end.reason.unwrap().contains("while a batch was being sent"),
         "{:?}",
         statements(&state).last()
     );

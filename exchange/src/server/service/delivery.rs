@@ -51,7 +51,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Cut the statement if it still runs (recorded `cut`), telling whether the client was
-/// waiting for a batch or had stopped reading; wake the response to say so.
+/// waiting for a batch or a batch was being sent; wake the response to say so.
 fn cut(state: &Mutex<State>, reason: &str) {
     let (live, waiting, reason) = {
         let mut s = lock(state);
@@ -60,7 +60,9 @@ fn cut(state: &Mutex<State>, reason: &str) {
         let reason = if waiting.is_some() {
             reason.to_string()
         } else {
-            format!("{reason}: the client stopped reading")
+            // The response was busy with a batch: the client was slow to take it, or had
+            // stopped reading (review 23: "stopped reading" was said of fast readers too).
+            format!("{reason} while a batch was being sent to the client")
         };
         if live.is_some() {
             s.failure = Some(Status::deadline_exceeded(reason.clone()));
