@@ -82,8 +82,10 @@ const MAX_IDLE: usize = 8;
 const STACK_BYTES: usize = 64 << 20;
 
 impl Threads {
-    /// An idle runtime of `count` threads, or a new one.
+    /// An idle runtime of `count` threads (at most one per core), or a new one.
     fn take(count: usize) -> Result<Self, DataFusionError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = count.clamp(1, cores);
         let idle = {
             let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
             idle.iter()
@@ -134,6 +136,17 @@ impl Threads {
         })
     }
 
+    /// Give the runtime back after its statement: kept for another if the statement
+    /// `ended` and nothing of it is left on the runtime (tasks of a failed statement's other
+    /// partitions may still be inside a poll), else retired.
+    fn release(self, ended: bool) {
+        if ended && self.runtime.metrics().num_alive_tasks() == 0 {
+            self.reuse();
+        } else {
+            self.retire();
+        }
+    }
+
     /// The statement is over and nothing of it runs: release what lingers and keep the
     /// runtime for another statement.
     fn reuse(self) {
@@ -182,18 +195,13 @@ where
     T: Send + 'static,
     F: std::future::Future<Output = T> + Send + 'static,
 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = Threads::take(cores)?;
+    let threads = Threads::take(usize::MAX)?;
     lock(&threads.alive).linger = Some(linger);
     let task = threads.runtime.spawn(work);
     let abort = task.abort_handle();
     match tokio::time::timeout(timeout, task).await {
         Ok(done) => {
-            if done.is_ok() && threads.runtime.metrics().num_alive_tasks() == 0 {
-                threads.reuse();
-            } else {
-                threads.retire();
-            }
+            threads.release(done.is_ok());
             Ok(Some(done))
         }
         Err(_) => {
@@ -211,8 +219,7 @@ pub(crate) fn execute(
     task: Arc<TaskContext>,
     linger: Option<Lingering>,
 ) -> Result<SendableRecordBatchStream, DataFusionError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = Threads::take(task.session_config().target_partitions().clamp(1, cores))?;
+    let threads = Threads::take(task.session_config().target_partitions())?;
     lock(&threads.alive).linger = linger;
     let schema = plan.schema();
     let (tx, rx) = mpsc::channel(AHEAD);
@@ -263,13 +270,7 @@ impl Drop for Receiving {
         let Some(threads) = self.threads.take() else {
             return;
         };
-        // Ended and nothing left on the runtime (tasks of a failed statement's other
-        // partitions may still be inside a poll): kept; else cut or cancelled: retired.
-        if self.ended && threads.runtime.metrics().num_alive_tasks() == 0 {
-            threads.reuse();
-        } else {
-            threads.retire();
-        }
+        threads.release(self.ended);
     }
 }
 
