@@ -54,6 +54,6 @@ pub mod tuning;
 pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
-    CheckReport, Exchange, FailureKind, Finding, OpenError, QueryError, QueryOutput, QueryPlan,
-    QueryStream, Severity, VisibleColumn, check, result_digest,
+    Budget, CheckReport, CountingAllocator, Exchange, FailureKind, Finding, OpenError, QueryError,
+    QueryOutput, QueryPlan, QueryStream, Severity, VisibleColumn, check, live_bytes, result_digest,
 };

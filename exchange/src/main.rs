@@ -1,15 +1,13 @@
 //! The `exchange` binary: see [`exchange::cli_main`].
 
+// Counts the heap bytes the process holds, for the memory budget every statement shares
+// (exchange::Budget): past it a statement fails, audited, instead of the process aborting.
+#[global_allocator]
+static ALLOCATOR: exchange::CountingAllocator = exchange::CountingAllocator;
+
 fn main() -> std::process::ExitCode {
-    // Like other Unix command-line tools, stop quietly when the reader of our output goes
-    // away (`exchange audit report | head`) instead of failing on every later write.
-    // Not for the server: a closed stdout must never stop it before it seals its audit log.
-    #[cfg(unix)]
-    if !std::env::args().any(|a| a == "serve") {
-        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    // SIGPIPE stays ignored (Rust's default): a socket closed by a store must not kill a
+    // command unaudited; the CLI's standard output ends the process quietly instead when
+    // its reader goes away (cli/output.rs).
     exchange::cli_main()
 }

@@ -502,3 +502,42 @@ fn a_failing_query_leaves_an_existing_output_file_as_it_was() {
     assert!(out.status.success());
     assert!(std::fs::read_to_string(&notes).unwrap().starts_with("n\n"));
 }
+
+/// Review 23: values made outside any memory pool (sums of calls each under the per-call
+/// bound) aborted the process, unaudited. The binary counts its heap: past the memory
+/// budget the statement fails as out of resources, is recorded, and the process exits as
+/// for any failed statement.
+#[test]
+fn a_statement_past_the_memory_budget_fails_recorded_instead_of_aborting() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    exchange::keys::init(&state.join("keys")).unwrap();
+    let toml = dir.path().join("exchange.toml");
+    std::fs::write(&toml, "[execution]\nmemory_budget_mib = 256\n").unwrap();
+    let out = exchange(&state, common::data_root())
+        .arg("--config")
+        .arg(&toml)
+        .args([
+            "query",
+            "--as",
+            "hotline_analyst",
+            "--purpose",
+            "complaint_handling",
+            "WITH t AS (SELECT * FROM (VALUES ('abcdefgh')) AS v(c)) \
+             SELECT length(repeat(c, 25000000) || repeat(c, 25000000)) AS n FROM t",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("memory budget of 256 MiB"), "{err}");
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(&state.join("audit")).unwrap());
+    assert!(
+        records
+            .iter()
+            .any(|r| r.entry.decision == exchange::audit::Decision::Failed
+                && r.entry.statement.contains("25000000")),
+        "{records:#?}"
+    );
+}

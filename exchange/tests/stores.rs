@@ -7,147 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use exchange::catalog::StoreSettings;
 use exchange::demo::SHOWCASE;
-use exchange::{Exchange, ExchangeConfig};
 
-const ACCESS_KEY: &str = "exchange-test-access";
-const SECRET_KEY: &str = "s3cr3t-never-printed-4711";
-const BUCKET: &str = "city";
-
-/// The S3 server: $EXCHANGE_S3_SERVER (set by .ci/run), else target/tools/bin/s3s-fs,
-/// installed from crates.io when missing.
-fn s3_server_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("EXCHANGE_S3_SERVER") {
-        return PathBuf::from(p);
-    }
-    let root = common::repo_root().join("target/tools");
-    let bin = root.join("bin/s3s-fs");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args([
-                "install",
-                "--locked",
-                "--quiet",
-                "s3s-fs@0.14.1",
-                "--features",
-                "binary",
-                "--root",
-            ])
-            .arg(&root)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "could not install s3s-fs into {}", root.display());
-    }
-    bin
-}
-
-struct S3 {
-    child: Child,
-    endpoint: String,
-    root: tempfile::TempDir,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server, with the test city under s3://city/<agency>/.
-fn start_s3() -> S3 {
-    let root = tempfile::tempdir().unwrap();
-    common::copy_dir(common::data_root(), &root.path().join(BUCKET));
-    let port = free_port();
-    let child = Command::new(s3_server_binary())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    S3 {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-        root,
-    }
-}
-
-/// A copy of schemas/ and policies/ whose datasets are at s3://city/...
-fn s3_config() -> tempfile::TempDir {
-    let config = common::config_copy();
-    for e in std::fs::read_dir(config.path().join("schemas")).unwrap() {
-        let path = e.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let moved = text.replace("location = \"", &format!("location = \"s3://{BUCKET}/"));
-        std::fs::write(&path, moved).unwrap();
-    }
-    config
-}
-
-/// Credentials files of every agency, readable by the owner only.
-fn credentials(dir: &Path, secret: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("s3-credentials.toml");
-    std::fs::write(
-        &path,
-        format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{secret}\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-fn with_stores(config: &mut ExchangeConfig, endpoint: &str, credentials_file: &Path) {
-    for agency in [
-        "police", "civil", "health", "hrss", "hotline", "market", "trade",
-    ] {
-        config.stores.insert(
-            agency.to_string(),
-            StoreSettings {
-                endpoint: Some(endpoint.to_string()),
-                credentials_file: Some(credentials_file.to_path_buf()),
-                max_retries: 0,
-                ..StoreSettings::default()
-            },
-        );
-    }
-}
-
-fn open_s3(config: &Path, s3: &S3, secret: &str) -> (Exchange, tempfile::TempDir) {
-    let state = tempfile::tempdir().unwrap();
-    let creds = credentials(state.path(), secret);
-    let mut c = common::test_config(config, Path::new("/nonexistent"), state.path());
-    with_stores(&mut c, &s3.endpoint, &creds);
-    (Exchange::open(c).unwrap(), state)
-}
-
-/// The same exchange over the local files, with `remote`'s keys (the same pseudonyms).
-fn open_local(remote: &Exchange) -> (Exchange, tempfile::TempDir) {
-    let state = tempfile::tempdir().unwrap();
-    let c = common::test_config(&common::repo_root(), common::data_root(), state.path())
-        .with_key_dir(remote.config().key_dir.clone());
-    (Exchange::open(c).unwrap(), state)
-}
+use common::s3::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_showcase_reads_the_same_from_the_object_store_as_from_local_files() {
@@ -335,5 +200,56 @@ async fn policy_check_reads_the_footers_of_remote_datasets() {
             .iter()
             .any(|e| e.contains("hotline.tickets") && e.contains("no .parquet files")),
         "{found:#?}"
+    );
+}
+
+/// `exchange scan` of a dataset on an object store samples it through its agency's store
+/// (it read local paths only).
+#[test]
+fn scan_reads_remote_datasets_through_their_agencys_store() {
+    let s3 = start_s3();
+    let config = s3_config();
+    let state = tempfile::tempdir().unwrap();
+    let toml = state.path().join("exchange.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[stores.police]\nendpoint = \"{}\"\nmax_retries = 0\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    let run = |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_exchange"))
+            .arg("--config")
+            .arg(&toml)
+            .arg("--config-dir")
+            .arg(config.path())
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .args(["scan", "police.residents", "--sample", "200"])
+            .env("EXCHANGE_POLICE_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("EXCHANGE_POLICE_SECRET_ACCESS_KEY", secret)
+            .output()
+            .unwrap()
+    };
+    let good = run(SECRET_KEY);
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        out.contains("person_id") && out.contains("resident_id"),
+        "{out}"
+    );
+    let wrong = run("wrong-secret-0815");
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{err}");
+    assert!(err.contains("police.residents"), "{err}");
+    assert!(
+        !err.contains("wrong-secret-0815") && !err.contains(ACCESS_KEY),
+        "{err}"
     );
 }

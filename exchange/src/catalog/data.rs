@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
@@ -97,8 +98,14 @@ async fn check_remote(d: &Dataset, data_root: &Path, stores: &Stores) -> Result<
         DataFormat::Parquet => "parquet",
         DataFormat::Csv => "csv",
     };
-    let unreadable = |e: object_store::Error| err(format!("{location} cannot be read: {e}"));
-    let first = if url.is_collection() {
+    // The store's own words are never repeated: they can quote credentials.
+    let unreadable = |e: object_store::Error| {
+        err(format!(
+            "{location} cannot be read: {}",
+            super::store_client::describe(&e)
+        ))
+    };
+    let files = if url.is_collection() {
         let mut files: Vec<object_store::ObjectMeta> = store
             .list(Some(url.prefix()))
             .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(ext)))
@@ -106,26 +113,36 @@ async fn check_remote(d: &Dataset, data_root: &Path, stores: &Stores) -> Result<
             .await
             .map_err(unreadable)?;
         files.sort_by(|a, b| a.location.cmp(&b.location));
-        files.into_iter().next()
+        files
     } else {
-        Some(store.head(url.prefix()).await.map_err(unreadable)?)
+        vec![store.head(url.prefix()).await.map_err(unreadable)?]
     };
-    let Some(first) = first else {
+    if files.is_empty() {
         return Err(err(format!("no .{ext} files at {location}")));
-    };
+    }
     if d.format == DataFormat::Csv {
         return Ok(());
     }
-    let name = format!("{location} ({})", first.location);
-    // Deprecated in favour of a reader of one's own; it reads the footer with two range
-    // requests, which is all this check needs.
-    #[expect(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, first.location)
-        .with_file_size(first.size);
-    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| err(format!("data file {name} is not valid Parquet: {e}")))?;
-    check_columns(d, builder.schema(), &name)
+    // Every file's footer (two range requests each): a query reads them all.
+    for file in files {
+        let name = format!("{location} ({})", file.location);
+        // Deprecated in favour of a reader of one's own; it reads the footer, which is all
+        // this check needs.
+        #[expect(deprecated)]
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+            Arc::clone(&store),
+            file.location,
+        )
+        .with_file_size(file.size);
+        let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| match super::store_client::describe_in(&e) {
+                Some(said) => err(format!("data file {name} cannot be read: {said}")),
+                None => err(format!("data file {name} is not valid Parquet: {e}")),
+            })?;
+        check_columns(d, builder.schema(), &name)?;
+    }
+    Ok(())
 }
 
 fn check_dataset(d: &Dataset, data_root: &Path) -> Result<(), CatalogError> {
@@ -138,22 +155,31 @@ fn check_dataset(d: &Dataset, data_root: &Path) -> Result<(), CatalogError> {
     };
     let files = local_files(&path, ext)
         .map_err(|e| err(format!("data file {} cannot be read: {e}", path.display())))?;
-    let Some(first) = files.first() else {
+    if files.is_empty() {
         return Err(err(format!("no .{ext} files in {}", path.display())));
-    };
+    }
     if d.format == DataFormat::Csv {
         return Ok(());
     }
-    let file = fs::File::open(first)
-        .map_err(|e| err(format!("data file {} cannot be read: {e}", first.display())))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| {
+    // Every file: a query reads them all, and a file lacking a declared column would give
+    // NULLs for it (review 24 F3).
+    for file_path in &files {
+        let file = fs::File::open(file_path).map_err(|e| {
             err(format!(
-                "data file {} is not valid Parquet: {e}",
-                first.display()
+                "data file {} cannot be read: {e}",
+                file_path.display()
             ))
         })?;
-    check_columns(d, builder.schema(), &first.display().to_string())
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| {
+                err(format!(
+                    "data file {} is not valid Parquet: {e}",
+                    file_path.display()
+                ))
+            })?;
+        check_columns(d, builder.schema(), &file_path.display().to_string())?;
+    }
+    Ok(())
 }
 
 /// The declared columns are in `actual` (the schema of data file `file`) with compatible

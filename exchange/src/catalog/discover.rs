@@ -10,7 +10,7 @@ use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use super::{CatalogError, Level, PiiType, SourcePos};
+use super::{CatalogError, DataFormat, Dataset, Level, PiiType, SourcePos};
 use crate::masking::functions::COMPOUND_SURNAMES;
 use crate::masking::validate;
 
@@ -193,15 +193,62 @@ pub fn scan_file(path: &Path, sample: usize) -> Result<Vec<ColumnFinding>, Catal
         table: path.display().to_string(),
         message,
     })?;
+    Ok(classify(&batches, sample))
+}
+
+/// Sample up to `sample` rows of a dataset on an object store (read with its agency's
+/// credentials) and classify each column. The store's own words never appear in errors.
+pub async fn scan_remote(
+    dataset: &Dataset,
+    data_root: &Path,
+    stores: &super::Stores,
+    sample: usize,
+) -> Result<Vec<ColumnFinding>, CatalogError> {
+    use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+    let location = dataset.resolve_location(data_root);
+    let err = |message: String| CatalogError::Data {
+        pos: dataset.pos.clone(),
+        table: dataset.qualified_name(),
+        message,
+    };
+    let said = |e: datafusion::error::DataFusionError| {
+        err(match super::store_client::describe_in(&e) {
+            Some(s) => format!("{location} cannot be read: {s}"),
+            None => format!("{location} cannot be read: {}", e.strip_backtrace()),
+        })
+    };
+    let ctx = SessionContext::new();
+    let scan = stores
+        .register(ctx.runtime_env().as_ref(), &dataset.agency, &location)
+        .map_err(|e| err(e.to_string()))?;
+    let frame = match dataset.format {
+        DataFormat::Parquet => ctx.read_parquet(scan, ParquetReadOptions::default()).await,
+        DataFormat::Csv => {
+            ctx.read_csv(scan, CsvReadOptions::new().has_header(true))
+                .await
+        }
+    }
+    .map_err(said)?;
+    let batches = frame
+        .limit(0, Some(sample.max(1)))
+        .map_err(said)?
+        .collect()
+        .await
+        .map_err(said)?;
+    Ok(classify(&batches, sample.max(1)))
+}
+
+/// Classify each column of sampled rows.
+pub fn classify(batches: &[RecordBatch], sample: usize) -> Vec<ColumnFinding> {
     let Some(first) = batches.first() else {
-        return Ok(vec![]);
+        return vec![];
     };
     let schema = first.schema();
     let options = FormatOptions::default();
     let mut findings = Vec::new();
     for (i, field) in schema.fields().iter().enumerate() {
         let mut values = Vec::new();
-        for b in &batches {
+        for b in batches {
             let col = b.column(i);
             let Ok(f) = ArrayFormatter::try_new(col.as_ref(), &options) else {
                 continue;
@@ -248,7 +295,7 @@ pub fn scan_file(path: &Path, sample: usize) -> Result<Vec<ColumnFinding>, Catal
             domain,
         });
     }
-    Ok(findings)
+    findings
 }
 
 fn pii_name(p: PiiType) -> &'static str {

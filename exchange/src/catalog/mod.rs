@@ -8,12 +8,16 @@ mod data;
 pub mod discover;
 mod load;
 mod model;
+mod store_client;
 mod stores;
 
 pub(crate) use model::line_of as model_line_of;
 pub use model::{
     Catalog, ColumnDef, ColumnType, DataFormat, Dataset, ExportK, KAction, Level, PiiType,
     SourcePos,
+};
+pub use store_client::{
+    describe as describe_store_failure, describe_in as describe_store_failure_in,
 };
 pub use stores::{StoreError, StoreSettings, Stores};
 

@@ -118,6 +118,8 @@ struct CredentialsFile {
 pub struct Stores {
     settings: BTreeMap<String, StoreSettings>,
     made: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// A number per (agency, HTTP server), naming its store.
+    servers: Mutex<HashMap<String, usize>>,
 }
 
 /// The environment variables' prefix of an agency's credentials.
@@ -135,12 +137,56 @@ fn env_prefix(agency: &str) -> String {
     format!("EXCHANGE_{name}_")
 }
 
+/// The location with any `user:password@` replaced, for messages.
+fn without_userinfo(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => location.to_string(),
+    }
+}
+
+/// Refuse locations whose text and whose meaning differ: URL parsing resolves `..` (also
+/// spelt `%2e%2e`) and drops credentials, queries and fragments, so
+/// `s3://city/hotline/../police/` read the police's objects as hotline's (review 24 F4).
+fn confined(location: &str) -> Result<(), String> {
+    let Some((_, rest)) = location.split_once("://") else {
+        return Ok(());
+    };
+    let lower = rest.to_ascii_lowercase();
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("credentials in a location are not allowed (use [stores.<agency>])".into());
+    }
+    if rest.contains('?') || rest.contains('#') {
+        return Err("a location has no query or fragment".into());
+    }
+    if rest.contains('\\')
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+    {
+        return Err("encoded dots, slashes or backslashes are not allowed in a location".into());
+    }
+    if rest
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+    {
+        return Err("`.` and `..` segments are not allowed in a location".into());
+    }
+    Ok(())
+}
+
 impl Stores {
     /// The stores of `settings` (agency -> settings; agencies not named get the defaults).
     pub fn new(settings: BTreeMap<String, StoreSettings>) -> Self {
         Self {
             settings,
             made: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,9 +202,10 @@ impl Stores {
             return Ok(location.to_string());
         }
         let bad = |message: &str| StoreError::Location {
-            location: location.to_string(),
+            location: without_userinfo(location),
             message: message.to_string(),
         };
+        confined(location).map_err(|m| bad(&m))?;
         let url = Url::parse(location).map_err(|e| bad(&e.to_string()))?;
         let host = url
             .host_str()
@@ -174,11 +221,19 @@ impl Stores {
                 (key, scan)
             }
             "http" | "https" => {
-                let key = match url.port() {
+                // Also a name of the agency's own (a number per server, as a host name
+                // cannot end in a number label): one agency's timeouts and retries are not
+                // another's.
+                let base = match url.port() {
                     Some(p) => format!("{}://{host}:{p}", url.scheme()),
                     None => format!("{}://{host}", url.scheme()),
                 };
-                (key, location.to_string())
+                let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+                let next = servers.len();
+                let n = *servers.entry(format!("{agency} {base}")).or_insert(next);
+                let key = format!("{}://{agency}.server{n}.exchange", url.scheme());
+                let scan = format!("{key}{}", url.path());
+                (key, scan)
             }
             other => {
                 return Err(bad(&format!(
@@ -212,7 +267,13 @@ impl Stores {
         let settings = self.settings.get(agency).unwrap_or(&defaults);
         let client_error = |e: object_store::Error| StoreError::Client {
             agency: agency.to_string(),
-            message: e.to_string(),
+            message: super::store_client::describe(&e),
+        };
+        let timeout = Duration::from_secs(settings.timeout_secs.max(1));
+        let connector = |https_only: bool| super::store_client::NoRedirects {
+            timeout,
+            connect_timeout: Duration::from_secs(settings.timeout_secs.clamp(1, 10)),
+            https_only,
         };
         let retry = RetryConfig {
             max_retries: settings.max_retries,
@@ -229,6 +290,7 @@ impl Stores {
             };
             let store = HttpBuilder::new()
                 .with_url(base)
+                .with_http_connector(connector(url.scheme() == "https"))
                 .with_client_options(options)
                 .with_retry(retry)
                 .build()
@@ -245,6 +307,7 @@ impl Stores {
             .with_virtual_hosted_style_request(!settings.path_style)
             .with_allow_http(endpoint_http)
             .with_client_options(options.with_allow_http(endpoint_http))
+            .with_http_connector(connector(!endpoint_http))
             .with_retry(retry);
         if let Some(e) = &settings.endpoint {
             builder = builder.with_endpoint(e.clone());

@@ -181,7 +181,7 @@ pub(super) fn audit_report(
     }
     match audit::read_all(&config.audit_log()) {
         Ok(records) => {
-            print!("{}", audit::report(&records, since, principal));
+            super::output::print(&audit::report(&records, since, principal).to_string());
             ExitCode::SUCCESS
         }
         Err(e) => {

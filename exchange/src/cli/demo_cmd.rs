@@ -21,7 +21,7 @@ pub(super) async fn run_demo(
             root.display()
         );
         match demo::generate(&root, scale, seed) {
-            Ok(n) => println!("  {n} residents and their records across six agencies.\n"),
+            Ok(n) => say!("  {n} residents and their records across six agencies.\n"),
             Err(e) => {
                 complain!("error: {e}");
                 return ExitCode::from(2);
@@ -71,7 +71,7 @@ pub(super) async fn run_demo(
                     for line in describe_treatments(&ex, show.principal, show.purpose, &out) {
                         say!("  ⤷ {line}");
                     }
-                    let mut stdout = std::io::stdout().lock();
+                    let mut stdout = super::output::Stdout;
                     let _ = render(&mut stdout, &out.batches, Format::Table);
                     say!("  ({} rows)", out.rows);
                 }
@@ -94,7 +94,7 @@ pub(super) async fn run_demo(
             );
             say!("    {reason}");
         }
-        println!();
+        say!("");
     }
     for (r, reason) in refused_lines
         .iter()
@@ -139,12 +139,12 @@ pub(super) async fn run_demo(
                     m.body.rows,
                     out.display()
                 );
-                println!();
+                say!("");
             }
             Err(e) => {
                 failures += 1;
                 say!("Export FAILED: {e}");
-                println!();
+                say!("");
             }
         }
     }

@@ -8,9 +8,14 @@ use clap::Parser;
 
 /// Print a line for a person, with terminal controls in it shown escaped (`crate::text`).
 macro_rules! say {
-    ($($t:tt)*) => {
-        println!("{}", $crate::text::escape(&format!($($t)*)))
-    };
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(
+            $crate::cli::output::Stdout,
+            "{}",
+            $crate::text::escape(&format!($($t)*))
+        );
+    }};
 }
 
 /// Print a line on standard error, with terminal controls in it shown escaped.
@@ -211,7 +216,7 @@ async fn run(cli: Cli) -> ExitCode {
             target,
             sample,
             format,
-        } => run_scan(cfg, target, *sample, *format),
+        } => run_scan(cfg, target, *sample, *format).await,
         Command::Policy {
             command: PolicyCommand::Check,
         } => {
@@ -264,6 +269,7 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { .. } => {
+            output::SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut exchange_config = config(cfg);
             exchange_config.memory_limit = Some(cfg.serve.memory_limit_mib.saturating_mul(1 << 20));
             let ex = match Exchange::open(exchange_config) {

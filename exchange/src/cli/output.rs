@@ -32,7 +32,7 @@ pub(super) fn write_output(
 ) -> Result<(), String> {
     let mut sink: Box<dyn Write> = match path {
         Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(Stdout),
     };
     render(&mut sink, &out.batches, format).map_err(|e| e.to_string())?;
     sink.flush().map_err(|e| e.to_string())
@@ -77,7 +77,7 @@ pub(super) async fn write_stream(
             staged = Some(tmp);
             Box::new(file)
         }
-        None => Box::new(std::io::stdout()),
+        None => Box::new(Stdout),
     };
     let mut sink = std::io::BufWriter::new(sink);
     let written = async {
@@ -211,4 +211,41 @@ pub fn describe_treatments(
         lines.push(format!("groups suppressed unless {th}"));
     }
     lines
+}
+
+/// Standard output that ends the process quietly when its reader has gone
+/// (`exchange audit report | head`), as SIGPIPE's default disposition would. The process
+/// keeps ignoring SIGPIPE (Rust's default), so that a network peer closing a socket (a TLS
+/// client talking to a plain-HTTP store) cannot kill a command silently, unaudited
+/// (review 24 F6).
+/// Not for the server: a closed stdout must never stop it before it seals its audit log.
+pub(crate) struct Stdout;
+
+/// Set by `exchange serve`: standard output going away is then only an error.
+pub(crate) static SERVING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn quiet<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+    if let Err(e) = &r
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+        && !SERVING.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        std::process::exit(141);
+    }
+    r
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        quiet(std::io::stdout().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        quiet(std::io::stdout().flush())
+    }
+}
+
+/// Write text to standard output as it is (no escaping: text the exchange made).
+pub(crate) fn print(text: &str) {
+    let _ = Stdout.write_all(text.as_bytes());
 }

@@ -90,7 +90,7 @@ pub(super) async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) 
         let sql = sql.trim().trim_end_matches(';');
         match ex.execute(principal, purpose, sql).await {
             Ok(out) => {
-                let mut stdout = std::io::stdout().lock();
+                let mut stdout = super::output::Stdout;
                 let _ = render(&mut stdout, &out.batches, Format::Table);
                 say!("({} rows)", out.rows);
             }

@@ -6,7 +6,7 @@ use super::{ScanFormat, config};
 use crate::config::Settings;
 use crate::config::absolute;
 
-pub(super) fn run_scan(
+pub(super) async fn run_scan(
     settings: &Settings,
     target: &str,
     sample: usize,
@@ -14,6 +14,26 @@ pub(super) fn run_scan(
 ) -> ExitCode {
     use crate::catalog::{Catalog, discover};
     let config = config(settings);
+    // A catalog table on an object store: read through its agency's store.
+    if let Some(d) = target.split_once('.').and_then(|(a, t)| {
+        Catalog::load(&config.schemas_dir())
+            .ok()
+            .and_then(|c| c.dataset(a, t).cloned())
+    }) && d.resolve_location(&config.data_root).contains("://")
+        && !d.resolve_location(&config.data_root).starts_with("file://")
+    {
+        let stores = crate::catalog::Stores::new(config.stores.clone());
+        return match discover::scan_remote(&d, &config.data_root, &stores, sample).await {
+            Ok(findings) => {
+                show(&findings, format, &d.agency, &d.name, &d.location);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                complain!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // A catalog table, or else a path.
     let (agency, table, path) = match target.split_once('.').and_then(|(a, t)| {
         Catalog::load(&config.schemas_dir())
@@ -48,28 +68,39 @@ pub(super) fn run_scan(
     };
     match discover::scan_file(&path, sample.max(1)) {
         Ok(findings) => {
-            match format {
-                // Column names come from the file: each line shown escaped.
-                ScanFormat::Table => {
-                    for line in discover::render_table(&findings).lines() {
-                        say!("{line}");
-                    }
-                }
-                ScanFormat::Schema => print!(
-                    "{}",
-                    discover::render_schema(
-                        &agency,
-                        &table,
-                        &path.display().to_string(),
-                        &findings
-                    )
-                ),
-            }
+            show(
+                &findings,
+                format,
+                &agency,
+                &table,
+                &path.display().to_string(),
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
             complain!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn show(
+    findings: &[crate::catalog::discover::ColumnFinding],
+    format: ScanFormat,
+    agency: &str,
+    table: &str,
+    location: &str,
+) {
+    use crate::catalog::discover;
+    match format {
+        // Column names come from the file: each line shown escaped.
+        ScanFormat::Table => {
+            for line in discover::render_table(findings).lines() {
+                say!("{line}");
+            }
+        }
+        ScanFormat::Schema => {
+            super::output::print(&discover::render_schema(agency, table, location, findings))
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct ExchangeConfig {
     pub audit: AuditOptions,
     /// Memory limit of each query in bytes (DataFusion memory pool); None: unbounded.
     pub memory_limit: Option<usize>,
+    /// Memory the process may hold, every statement together (see [`crate::engine::Budget`]).
+    pub memory_budget: crate::engine::Budget,
     /// Partitions a query runs in; None: the number of cores.
     pub target_partitions: Option<usize>,
     /// Rows per batch; None: DataFusion's default (8192).
@@ -38,6 +40,7 @@ impl ExchangeConfig {
             state_dir,
             audit: AuditOptions::default(),
             memory_limit: None,
+            memory_budget: crate::engine::Budget::from_machine(),
             target_partitions: None,
             batch_size: None,
             stores: Default::default(),

@@ -128,6 +128,11 @@ pub struct ExecutionSettings {
     /// server has its own, `serve.memory_limit_mib`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<usize>,
+    /// Memory the whole process may hold in MiB, every statement together, CLI and server
+    /// (default: half of the least of physical memory, `ulimit -v` and the cgroup limit).
+    /// A statement that would take the process past it fails as out of resources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mib: Option<usize>,
     /// Partitions a query runs in (default: the number of cores).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_partitions: Option<usize>,
@@ -273,6 +278,28 @@ impl Settings {
             })
         };
         let s = &self.serve;
+        // An endpoint object_store cannot use would fail (or panic) at the first query
+        // (review 24 F5); one with credentials in it would print them.
+        for (agency, store) in &self.stores {
+            if let Some(e) = &store.endpoint {
+                let ok = url::Url::parse(e).ok().filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some_and(|h| !h.is_empty())
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                });
+                if ok.is_none() {
+                    return invalid(
+                        "stores.<agency>.endpoint",
+                        &format!(
+                            "of agency {agency} must be an http:// or https:// URL with a host and nothing else (no user, password, query or fragment)"
+                        ),
+                    );
+                }
+            }
+        }
         if self.audit.checkpoint_every == 0 {
             return invalid("audit.checkpoint_every", "must be at least 1");
         }
@@ -284,6 +311,9 @@ impl Settings {
         }
         if self.execution.batch_size == Some(0) {
             return invalid("execution.batch_size", "must be at least 1");
+        }
+        if self.execution.memory_budget_mib == Some(0) {
+            return invalid("execution.memory_budget_mib", "must be at least 1");
         }
         if self.execution.memory_limit_mib == Some(0) {
             return invalid("execution.memory_limit_mib", "must be at least 1");
@@ -328,6 +358,9 @@ impl Settings {
             .execution
             .memory_limit_mib
             .map(|m| m.saturating_mul(1 << 20));
+        if let Some(m) = self.execution.memory_budget_mib {
+            config.memory_budget = crate::engine::Budget::of(m.saturating_mul(1 << 20));
+        }
         config.target_partitions = self.execution.target_partitions;
         config.batch_size = self.execution.batch_size;
         config.stores = self.stores.clone();

@@ -9,10 +9,11 @@
 //! two join keys compare the raw values the keys stand for, where nothing can observe it.
 
 mod aggregate;
-mod amplifiers;
 mod barrier;
 mod batches;
+mod drift;
 mod join_keys;
+mod outputs;
 mod rule;
 mod session;
 mod size;

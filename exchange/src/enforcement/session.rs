@@ -19,6 +19,7 @@ use super::rule::PolicyRule;
 use super::spec::{GovernedSpec, TokenFns};
 use super::tables::GovernedTable;
 use crate::catalog::Catalog;
+use crate::engine::{Budget, BudgetedPool};
 use crate::masking::{KeyRing, MaskFn, TokenKeys, TokenKind, TokenUdf};
 use crate::policy::{Denial, PolicySet, Principal};
 
@@ -49,6 +50,8 @@ pub struct PrincipalSession {
     pub unusable: BTreeMap<String, Unusable>,
     /// Memory limit of each statement, in bytes.
     memory_limit: Option<usize>,
+    /// What the process may hold, every statement together.
+    memory_budget: Budget,
 }
 
 /// Everything a session is built from.
@@ -75,6 +78,8 @@ pub struct SessionInputs<'a> {
     pub subjects: bool,
     /// Memory limit of each query, in bytes.
     pub memory_limit: Option<usize>,
+    /// What the process may hold, every statement together.
+    pub memory_budget: Budget,
     /// Partitions a query runs in; None: the number of cores.
     pub target_partitions: Option<usize>,
     /// Rows per batch; None: DataFusion's default.
@@ -128,14 +133,16 @@ impl PrincipalSession {
         builder = builder.with_runtime_env(Arc::new(runtime));
         let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
+        // Built-ins first, so that the exchange's own functions stay unwrapped.
+        let guard = super::outputs::guard_functions(&ctx, inputs.memory_budget);
         for f in MaskFn::ALL {
             ctx.register_udf(f.udf().as_ref().clone());
         }
         for v in crate::masking::Validator::ALL {
             ctx.register_udf(v.udf().as_ref().clone());
         }
-        super::amplifiers::guard_amplifiers(&ctx);
         ctx.add_analyzer_rule(Arc::new(PolicyRule::new(inputs.subjects)));
+        ctx.add_analyzer_rule(Arc::new(guard));
 
         let domains: Vec<&str> = {
             let mut d: Vec<&str> = inputs
@@ -249,6 +256,7 @@ impl PrincipalSession {
             expired,
             unusable,
             memory_limit: inputs.memory_limit,
+            memory_budget: inputs.memory_budget,
         })
     }
 
@@ -257,16 +265,14 @@ impl PrincipalSession {
     /// Operators that exceed it fail the statement (or spill), never the server.
     pub fn task_ctx(&self) -> Result<Arc<TaskContext>> {
         let state = self.ctx.state();
-        let Some(limit) = self.memory_limit else {
-            return Ok(Arc::new(TaskContext::from(&state)));
-        };
         let shared = state.runtime_env();
-        let pool = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_memory_limit(limit, 1.0)
-            .build()?
-            .memory_pool;
+        let mut pool = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = self.memory_limit {
+            pool = pool.with_memory_limit(limit, 1.0);
+        }
+        let pool = pool.build()?.memory_pool;
         let runtime = RuntimeEnv {
-            memory_pool: pool,
+            memory_pool: Arc::new(BudgetedPool::new(pool, self.memory_budget)),
             disk_manager: Arc::clone(&shared.disk_manager),
             cache_manager: Arc::clone(&shared.cache_manager),
             object_store_registry: Arc::clone(&shared.object_store_registry),

@@ -165,8 +165,8 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
                     ..
                 }) => sum,
                 Expr::ScalarFunction(f) => match f.func.name() {
-                    "concat" | "concat_ws" | "make_array" | "array_append" | "array_prepend"
-                    | "array_concat" | "named_struct" | "struct" => sum,
+                    "concat" | "string_concat" | "concat_ws" | "make_array" | "array_append"
+                    | "array_prepend" | "array_concat" | "named_struct" | "struct" => sum,
                     // Each match of `from` becomes `to`: at most |to| + 1 times the input,
                     // for a constant `to`. A `to` from a column is as long as a value, which
                     // is no multiple of one (review 7: 1 KiB became 1 MiB).

@@ -146,7 +146,10 @@ impl RawTable {
         };
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
-            .with_schema(dataset.arrow_schema());
+            .with_schema(dataset.arrow_schema())
+            .with_expr_adapter_factory(Arc::new(super::drift::DeclaredColumns {
+                table: dataset.qualified_name(),
+            }));
         let data = dataset.arrow_schema();
         let mut fields: Vec<_> = data.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(ROW_NUMBER, DataType::UInt64, false)));

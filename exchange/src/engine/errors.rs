@@ -116,11 +116,26 @@ fn withheld(e: &DataFusionError) -> String {
     )
 }
 
+/// An object store's failure, told by its kind only: the service's words can quote the
+/// agency's credentials (review 24 F1), whoever reads the table.
+fn store_failure(e: &DataFusionError) -> Option<QueryError> {
+    let said = crate::catalog::describe_store_failure_in(e)?;
+    Some(QueryError::Run {
+        kind: Failure::Unreadable,
+        message: format!(
+            "a table's data could not be read from its object store: {said}; the operator should run `exchange policy check`"
+        ),
+    })
+}
+
 /// What a principal is told of an error while planning, or while running a query that
 /// reads nothing governed (then the text is the principal's own data's).
 pub(crate) fn map_error(e: DataFusionError) -> QueryError {
     if let Some(v) = find_violation(&e) {
         return QueryError::Refused(v.message().to_string());
+    }
+    if let Some(s) = store_failure(&e) {
+        return s;
     }
     if let Some(d) = unavailable(&e) {
         return QueryError::Failed(d.to_string());
@@ -157,6 +172,9 @@ pub(crate) fn physical_plan_error(governed: bool, e: DataFusionError) -> QueryEr
 pub(crate) fn run_error(governed: bool, e: DataFusionError) -> QueryError {
     if find_violation(&e).is_some() {
         return map_error(e);
+    }
+    if let Some(s) = store_failure(&e) {
+        return s;
     }
     let kind = if unavailable(&e).is_some() {
         Failure::Unreadable

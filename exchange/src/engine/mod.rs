@@ -8,6 +8,7 @@ mod errors;
 mod explain;
 mod limits;
 mod lineage;
+mod memory;
 mod outcome;
 mod run;
 mod stream;
@@ -18,6 +19,8 @@ pub(crate) use classify::{Kind, classify};
 use digest::Digest;
 pub use digest::result_digest;
 pub(crate) use errors::run_error;
+pub(crate) use memory::BudgetedPool;
+pub use memory::{Budget, CountingAllocator, live_bytes};
 pub(crate) use outcome::{audit_decision, redact_values};
 use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
@@ -295,6 +298,7 @@ impl Exchange {
             // Exports (keyed for a recipient) carry their rows' subjects for the guard.
             subjects: token_scope.is_some(),
             memory_limit: self.config.memory_limit,
+            memory_budget: self.config.memory_budget,
             target_partitions: self.config.target_partitions,
             batch_size: self.config.batch_size,
         };

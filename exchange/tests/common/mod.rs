@@ -2,6 +2,8 @@
 //! shared by every test binary, with the repository's schemas/ and policies/.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

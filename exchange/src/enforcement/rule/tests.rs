@@ -39,6 +39,7 @@ fn planner() -> (PrincipalSession, tempfile::TempDir) {
         token_scope: None,
         subjects: false,
         memory_limit: None,
+        memory_budget: crate::engine::Budget::NONE,
         target_partitions: Some(2),
         batch_size: None,
     };
