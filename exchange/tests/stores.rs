@@ -253,3 +253,43 @@ fn scan_reads_remote_datasets_through_their_agencys_store() {
         "{err}"
     );
 }
+
+/// An export to `s3://` is written through the exporting agency's store, its manifest
+/// beside it, and verifies like a local one; an export never replaces an object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_written_to_the_object_store_with_their_manifest() {
+    let s3 = start_s3();
+    let config = s3_config();
+    let (ex, _state) = open_s3(config.path(), &s3, SECRET_KEY);
+    let req = exchange::export::ExportRequest {
+        principal: "hrss_analyst".into(),
+        purpose: Some("new_employment_services".into()),
+        recipient: "research-s3".into(),
+        out: format!("s3://{BUCKET}/exports/employment.parquet").into(),
+        sql: "SELECT district, count(*) AS n FROM police.residents GROUP BY district".into(),
+        expires: None,
+    };
+    let summary = exchange::export::export(&ex, &req, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.manifest_path.to_string_lossy(),
+        format!("s3://{BUCKET}/exports/employment.parquet.manifest.json")
+    );
+    // The store is file-backed: what it holds verifies with the exchange's public key.
+    let file = s3
+        .root
+        .path()
+        .join(BUCKET)
+        .join("exports/employment.parquet");
+    let verified = exchange::export::verify(&file, &ex.signer().public_key());
+    assert!(verified.is_ok(), "{verified:?}");
+    // Again under the same name: refused, the first file intact.
+    let before = std::fs::read(&file).unwrap();
+    let e = exchange::export::export(&ex, &req, &mut |_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never replaces"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}

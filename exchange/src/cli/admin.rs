@@ -213,7 +213,12 @@ pub(super) async fn export_run(ex: &Exchange, args: &ExportArgs) -> ExitCode {
         principal: principal.clone(),
         purpose: args.purpose.clone(),
         recipient: recipient.clone(),
-        out: crate::config::absolute(out),
+        // An object store URL as it is; a local path made absolute.
+        out: if out.to_string_lossy().contains("://") {
+            out.to_path_buf()
+        } else {
+            crate::config::absolute(out)
+        },
         sql: sql.clone(),
         expires: args.expires,
     };

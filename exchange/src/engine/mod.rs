@@ -227,6 +227,11 @@ impl Exchange {
         chrono::Utc::now().date_naive()
     }
 
+    /// The object stores of remote datasets (and exports), shared by every session.
+    pub(crate) fn stores(&self) -> &crate::catalog::Stores {
+        &self.stores
+    }
+
     /// The agency of a declared principal.
     pub fn agency_of(&self, principal: &str) -> Option<String> {
         self.policies.principal(principal).map(|p| p.agency.clone())

@@ -14,6 +14,7 @@ mod classes;
 mod guard;
 mod manifest;
 mod publish;
+mod remote;
 mod selection;
 mod trace;
 
@@ -90,7 +91,8 @@ pub struct ExportRequest {
     pub purpose: Option<String>,
     /// To whom the file is issued.
     pub recipient: String,
-    /// The Parquet file to write (must not exist).
+    /// The Parquet file to write (must not exist): a local path, or `s3://bucket/key`
+    /// written through the store of the principal's agency.
     pub out: PathBuf,
     /// The query.
     pub sql: String,
@@ -189,12 +191,22 @@ pub async fn export(
             })
     };
     // The final file beside its name before the audit record: a full disk fails the export
-    // before the log says it was issued.
-    let staged = staged.and_then(|mut s| {
-        let copy = publish::copy_beside(&mut s.file, &req.out, s.bytes)
-            .map_err(|e| QueryError::Failed(format!("{}: {e}", req.out.display())))?;
-        Ok((s, copy))
-    });
+    // before the log says it was issued. A remote destination is resolved and found vacant.
+    let staged = match staged {
+        Err(e) => Err(e),
+        Ok(s) if remote::is_remote(&req.out) => {
+            match remote::Destination::resolve(ex, agency.as_deref(), &req.out) {
+                Ok(d) => match d.vacant().await {
+                    Ok(()) => Ok((s, Pending::Remote(d))),
+                    Err(e) => Err(QueryError::Failed(e)),
+                },
+                Err(e) => Err(QueryError::Failed(e)),
+            }
+        }
+        Ok(mut s) => publish::copy_beside(&mut s.file, &req.out, s.bytes)
+            .map(|copy| (s, Pending::Local(copy)))
+            .map_err(|e| QueryError::Failed(format!("{}: {e}", req.out.display()))),
+    };
     let (decision, reason) = audit_decision(&staged);
     let file_name = req
         .out
@@ -236,7 +248,7 @@ pub async fn export(
         ..head.clone().timed(started)
     };
     let audited = ex.audit().append(entry);
-    let ((s, copy), seq) = match (staged, audited) {
+    let ((mut s, pending), seq) = match (staged, audited) {
         (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => return Err(QueryError::Audit(e.to_string())),
         (Ok(s), Ok(record)) => (s, record.seq),
@@ -279,6 +291,19 @@ pub async fn export(
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
     let mpath = manifest_path(&req.out);
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+    let copy = match pending {
+        Pending::Remote(d) => {
+            d.publish(&mut s.file, s.bytes, format!("{json}\n").as_bytes())
+                .await
+                .map_err(failed)?;
+            return Ok(ExportSummary {
+                manifest,
+                manifest_path: d.manifest_url(),
+                guard: s.guard,
+            });
+        }
+        Pending::Local(copy) => copy,
+    };
     // Publish without replacing anything that appeared meanwhile: each name shows a whole,
     // synced file or nothing; the manifest last, so that a manifest means a file.
     let manifest_copy = publish::write_beside(&mpath, format!("{json}\n").as_bytes())
@@ -298,6 +323,14 @@ pub async fn export(
         manifest_path: mpath,
         guard: s.guard,
     })
+}
+
+/// Where a staged export goes once audited.
+enum Pending {
+    /// A copy beside its local name, synced.
+    Local(tempfile::NamedTempFile),
+    /// An object store, found vacant.
+    Remote(remote::Destination),
 }
 
 /// Records the start of an export once it is planned and checked (tables, thresholds).
