@@ -541,3 +541,45 @@ fn a_statement_past_the_memory_budget_fails_recorded_instead_of_aborting() {
         "{records:#?}"
     );
 }
+
+/// Review 24b N8: a reader closing the pipe (`| head -1`) ends the command quietly, after
+/// the exchange sealed its audit log (exiting at the failed write left it unsealed, and
+/// the next command recorded a recovery).
+#[test]
+fn a_closed_pipe_ends_the_command_quietly_with_the_log_sealed() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    exchange::keys::init(&state.join("keys")).unwrap();
+    let mut child = exchange(&state, common::data_root())
+        .args([
+            "query",
+            "--as",
+            "police_officer",
+            "--purpose",
+            "law_enforcement",
+            "--format",
+            "csv",
+            "SELECT * FROM police.residents",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "quiet: {err}");
+    let verified = exchange(&state, common::data_root())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{said}");
+    assert!(!said.contains("UNSEALED"), "{said}");
+}

@@ -23,6 +23,13 @@ const SECRET: &str = "secretNEVERshown0815";
 /// A hostile HTTP server on loopback answering every request with `response`; the heads of
 /// the requests it got.
 fn hostile(response: String) -> (String, Arc<Mutex<Vec<String>>>) {
+    hostile_by(move |_| response.clone())
+}
+
+/// A hostile HTTP server answering each request by its head.
+fn hostile_by(
+    respond: impl Fn(&str) -> String + Send + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -41,9 +48,9 @@ fn hostile(response: String) -> (String, Arc<Mutex<Vec<String>>>) {
                     break;
                 }
             }
-            log.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&head).into_owned());
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let response = respond(&head);
+            log.lock().unwrap().push(head);
             let _ = conn.write_all(response.as_bytes());
         }
     });
@@ -193,12 +200,18 @@ fn locations_escaping_their_prefix_are_refused() {
         ),
         ("s3://user:pw@city/police/residents.parquet", "credentials"),
         ("s3://city/police/residents.parquet?versionId=1", "query"),
+        // Review 24b N3: URL parsing drops tabs and newlines, `.\t.` became `..`.
+        ("s3://city/hotline/.\t./police/residents.parquet", "control"),
+        ("s3://city/hotline/.\n./police/residents.parquet", "control"),
     ] {
         let (config, _state, c) = remote(&endpoint);
         common::edit(
             &config.path().join("schemas/hotline.toml"),
             "location = \"s3://city/hotline/tickets.parquet\"",
-            &format!("location = \"{location}\""),
+            &format!(
+                "location = \"{}\"",
+                location.replace('\t', "\\t").replace('\n', "\\n")
+            ),
         );
         let found = check_messages(&c);
         assert!(
@@ -214,52 +227,104 @@ fn locations_escaping_their_prefix_are_refused() {
         .iter()
         .filter(|r| r.contains("residents"))
         .count();
-    assert_eq!(residents, 4);
+    assert_eq!(residents, 6);
 }
 
-/// F3/F4: a file of a dataset lacking a declared column fails the scan (it was read as
-/// NULLs, presented as complete) and `policy check` names the file, not only the first.
+/// F3/F4 and review 24b N4: a file of a dataset lacking a declared column, holding it twice
+/// (the stray copy was served) or in another type (an integer read as a timestamp) fails
+/// the scan, as `policy check` reports it, which names the file (not only the first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_lacking_a_declared_column_fails_the_scan() {
-    let data = tempfile::tempdir().unwrap();
-    common::copy_dir(common::data_root(), data.path());
-    let tickets = data.path().join("hotline/tickets.parquet");
-    let dir = data.path().join("hotline/tickets");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::rename(&tickets, dir.join("a.parquet")).unwrap();
-    drop_column(
-        &dir.join("a.parquet"),
-        "caller_phone",
-        &dir.join("zz.parquet"),
-    );
-    let config = common::config_copy();
-    common::edit(
-        &config.path().join("schemas/hotline.toml"),
-        "location = \"hotline/tickets.parquet\"",
-        "location = \"hotline/tickets/\"",
-    );
-    let state = tempfile::tempdir().unwrap();
-    let c = common::test_config(config.path(), data.path(), state.path());
-    let found = check_messages(&c);
-    assert!(
-        found.contains("zz.parquet") && found.contains("caller_phone"),
-        "{found}"
-    );
-    let ex = Exchange::open(c).unwrap();
-    let e = ex
-        .execute(
-            "hotline_analyst",
-            Some("complaint_handling"),
-            "SELECT category, count(*) AS n FROM hotline.tickets GROUP BY category",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("lacks a declared column"), "{e}");
-    assert!(e.contains("hotline.tickets"), "{e}");
+async fn a_file_not_holding_its_declared_columns_fails_the_scan() {
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use arrow::datatypes::{Field, Schema};
+    type Change = fn(&RecordBatch) -> RecordBatch;
+    let variants: [(&str, Change, &str); 3] = [
+        (
+            "lacks",
+            |b| {
+                let keep: Vec<usize> = (0..b.num_columns())
+                    .filter(|i| b.schema().field(*i).name() != "caller_phone")
+                    .collect();
+                b.project(&keep).unwrap()
+            },
+            "missing from",
+        ),
+        (
+            "twice",
+            |b| {
+                let i = b.schema().index_of("caller_phone").unwrap();
+                let mut fields: Vec<Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+                fields.insert(0, fields[i].clone());
+                columns.insert(0, columns[i].clone());
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+            },
+            "holds it twice",
+        ),
+        (
+            "retyped",
+            |b| {
+                let i = b.schema().index_of("created_at").unwrap();
+                let mut fields: Vec<Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+                fields[i] = Field::new("created_at", arrow::datatypes::DataType::Int64, true);
+                columns[i] = Arc::new(Int64Array::from(vec![1_700_000_000; b.num_rows()]));
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+            },
+            "but",
+        ),
+    ];
+    for (what, change, checked) in variants {
+        let data = tempfile::tempdir().unwrap();
+        common::copy_dir(common::data_root(), data.path());
+        let tickets = data.path().join("hotline/tickets.parquet");
+        let dir = data.path().join("hotline/tickets");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::rename(&tickets, dir.join("a.parquet")).unwrap();
+        rewrite(&dir.join("a.parquet"), &dir.join("zz.parquet"), change);
+        let config = common::config_copy();
+        common::edit(
+            &config.path().join("schemas/hotline.toml"),
+            "location = \"hotline/tickets.parquet\"",
+            "location = \"hotline/tickets/\"",
+        );
+        let state = tempfile::tempdir().unwrap();
+        let c = common::test_config(config.path(), data.path(), state.path());
+        let found = check_messages(&c);
+        assert!(
+            found.contains("zz.parquet") && found.contains(checked),
+            "{what}: {found}"
+        );
+        let ex = Exchange::open(c).unwrap();
+        let e = ex
+            .execute(
+                "hotline_analyst",
+                Some("complaint_handling"),
+                "SELECT category, count(*) AS n, min(created_at) AS first FROM hotline.tickets GROUP BY category",
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hotline.tickets"), "{what}: {e}");
+        assert!(e.contains("a data file"), "{what}: {e}");
+    }
 }
 
-fn drop_column(from: &Path, column: &str, to: &PathBuf) {
+fn rewrite(
+    from: &Path,
+    to: &PathBuf,
+    change: fn(&arrow::array::RecordBatch) -> arrow::array::RecordBatch,
+) {
     let file = std::fs::File::open(from).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap()
@@ -267,11 +332,7 @@ fn drop_column(from: &Path, column: &str, to: &PathBuf) {
         .unwrap();
     let mut writer = None;
     for batch in reader {
-        let batch = batch.unwrap();
-        let keep: Vec<usize> = (0..batch.num_columns())
-            .filter(|i| batch.schema().field(*i).name() != column)
-            .collect();
-        let batch = batch.project(&keep).unwrap();
+        let batch = change(&batch.unwrap());
         let w = writer.get_or_insert_with(|| {
             parquet::arrow::ArrowWriter::try_new(
                 std::fs::File::create(to).unwrap(),
@@ -283,6 +344,51 @@ fn drop_column(from: &Path, column: &str, to: &PathBuf) {
         w.write(&batch).unwrap();
     }
     writer.unwrap().close().unwrap();
+}
+
+/// Review 24b C1: an upload the store refuses is told by kind: the refusal's body (quoting
+/// the key id and the session token) reaches neither the exporter nor the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_export_upload_is_told_by_kind_only() {
+    let body = format!(
+        "<Error><Code>AccessDenied</Code><AWSAccessKeyId>{KEY_ID}</AWSAccessKeyId><x>x-amz-security-token:{TOKEN}</x></Error>"
+    );
+    let (endpoint, seen) = hostile_by(move |head| {
+        if head.starts_with("HEAD") || head.starts_with("GET") {
+            http_response("404 Not Found", "", "")
+        } else {
+            http_response("403 Forbidden", "Content-Type: application/xml\r\n", &body)
+        }
+    });
+    let (_remote_config, state, remote_c) = remote(&endpoint);
+    // Datasets local; the exporter's agency (hrss) writes to the hostile store.
+    let mut c = common::test_config(&common::repo_root(), common::data_root(), state.path());
+    c.stores = remote_c.stores.clone();
+    let ex = Exchange::open(c).unwrap();
+    let req = exchange::export::ExportRequest {
+        principal: "hrss_analyst".into(),
+        purpose: Some("new_employment_services".into()),
+        recipient: "research-x".into(),
+        out: "s3://city/exports/employment.parquet".into(),
+        sql: "SELECT district, count(*) AS n FROM police.residents GROUP BY district".into(),
+        expires: None,
+    };
+    let e = exchange::export::export(&ex, &req, &mut |_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("PUT") || r.starts_with("POST")),
+        "an upload was tried: {e}"
+    );
+    let shown = format!("{e}\n{}", audit_text(state.path()));
+    for secret in [KEY_ID, TOKEN, SECRET] {
+        assert!(!shown.contains(secret), "{secret} shown in: {shown}");
+    }
+    assert!(e.contains("could not be published"), "{e}");
 }
 
 fn cli(toml: &Path, config_dir: &Path, state: &Path, args: &[&str]) -> std::process::Output {
@@ -370,4 +476,44 @@ fn a_store_closing_the_connection_does_not_kill_the_cli() {
         audit_text(&state.path().join("state")).contains("police.residents"),
         "recorded"
     );
+}
+
+/// Review 24 F7: a table whose store has no credentials is unreadable data, not a policy
+/// refusal, and the operator's fix takes effect at the next statement (the session missing
+/// it was kept until the next day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_credentials_are_unreadable_data_until_fixed() {
+    let (endpoint, _seen) = hostile(http_response("403 Forbidden", "", ""));
+    let (_config, state, mut c) = remote(&endpoint);
+    let creds = state.path().join("creds.toml");
+    let moved = state.path().join("creds.away");
+    std::fs::rename(&creds, &moved).unwrap();
+    for s in c.stores.values_mut() {
+        s.credentials_file = Some(creds.clone());
+    }
+    let ex = Exchange::open(c).unwrap();
+    let sql = "SELECT count(*) AS n FROM police.residents";
+    let e = ex
+        .execute("police_officer", Some("law_enforcement"), sql)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            exchange::QueryError::Run {
+                kind: exchange::FailureKind::Unreadable,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("not reachable as configured"), "{e}");
+    std::fs::rename(&moved, &creds).unwrap();
+    let e = ex
+        .execute("police_officer", Some("law_enforcement"), sql)
+        .await
+        .unwrap_err()
+        .to_string();
+    // Now the store itself is asked (and, being hostile, refuses).
+    assert!(e.contains("denied"), "{e}");
 }

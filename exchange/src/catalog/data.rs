@@ -108,7 +108,15 @@ async fn check_remote(d: &Dataset, data_root: &Path, stores: &Stores) -> Result<
     let files = if url.is_collection() {
         let mut files: Vec<object_store::ObjectMeta> = store
             .list(Some(url.prefix()))
-            .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(ext)))
+            .try_filter(|m| {
+                let name = m.location.filename().unwrap_or_default();
+                // As the scan lists: files of this prefix (no subdirectories) named *.ext.
+                let direct = m
+                    .location
+                    .prefix_match(url.prefix())
+                    .is_some_and(|mut rest| rest.next().is_some() && rest.next().is_none());
+                futures::future::ready(direct && name.ends_with(&format!(".{ext}")))
+            })
             .try_collect()
             .await
             .map_err(unreadable)?;
@@ -187,6 +195,18 @@ fn check_dataset(d: &Dataset, data_root: &Path) -> Result<(), CatalogError> {
 fn check_columns(d: &Dataset, actual: &Schema, file: &str) -> Result<(), CatalogError> {
     let err = |message: String| data_error(d, message);
     for c in &d.columns {
+        if actual
+            .fields()
+            .iter()
+            .filter(|f| f.name() == &c.name)
+            .count()
+            > 1
+        {
+            return Err(err(format!(
+                "column {} is declared at {} but {file} holds it twice",
+                c.name, c.pos
+            )));
+        }
         match actual.field_with_name(&c.name) {
             Err(_) => {
                 return Err(err(format!(
@@ -197,12 +217,7 @@ fn check_columns(d: &Dataset, actual: &Schema, file: &str) -> Result<(), Catalog
             Ok(f) => {
                 let want = c.ty.data_type();
                 let got = f.data_type();
-                let compatible = got == &want
-                    || (matches!(want, DataType::Utf8)
-                        && matches!(got, DataType::LargeUtf8 | DataType::Utf8View))
-                    || (matches!(want, DataType::Timestamp(_, _))
-                        && matches!(got, DataType::Timestamp(_, _)));
-                if !compatible {
+                if !holds(&want, got) {
                     return Err(err(format!(
                         "column {} is declared {:?} at {} but {file} holds {got}",
                         c.name, c.ty, c.pos
@@ -227,4 +242,16 @@ pub(crate) fn local_files(location: &Path, ext: &str) -> std::io::Result<Vec<Pat
         fs::metadata(location)?;
         Ok(vec![location.to_path_buf()])
     }
+}
+
+/// Whether a file's column of type `got` holds values of the declared type `want`: the
+/// same type, another encoding of a string (large, view, dictionary), or a timestamp of
+/// another unit. The scan applies the same rule (`enforcement/drift.rs`): a file the
+/// check reports is never read as if it were whole.
+pub(crate) fn holds(want: &DataType, got: &DataType) -> bool {
+    got == want
+        || (matches!(want, DataType::Utf8)
+            && matches!(got, DataType::LargeUtf8 | DataType::Utf8View))
+        || (matches!(want, DataType::Timestamp(_, _)) && matches!(got, DataType::Timestamp(_, _)))
+        || matches!(got, DataType::Dictionary(_, v) if holds(want, v))
 }

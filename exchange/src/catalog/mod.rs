@@ -11,6 +11,7 @@ mod model;
 mod store_client;
 mod stores;
 
+pub(crate) use data::holds as column_holds;
 pub(crate) use model::line_of as model_line_of;
 pub use model::{
     Catalog, ColumnDef, ColumnType, DataFormat, Dataset, ExportK, KAction, Level, PiiType,

@@ -79,6 +79,13 @@ pub fn describe_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         {
             return Some(describe(s));
         }
+        // io::Error's source() skips the error it wraps (object_store's writers wrap theirs).
+        if let Some(io) = x.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(s) = describe_in(inner)
+        {
+            return Some(s);
+        }
         current = x.source();
     }
     None

@@ -156,6 +156,10 @@ fn confined(location: &str) -> Result<(), String> {
     let Some((_, rest)) = location.split_once("://") else {
         return Ok(());
     };
+    // URL parsing drops tabs and newlines: `.\t.` becomes `..` (review 24b N3).
+    if rest.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("control or whitespace characters are not allowed in a location".into());
+    }
     let lower = rest.to_ascii_lowercase();
     let authority = rest.split('/').next().unwrap_or("");
     if authority.contains('@') {

@@ -21,7 +21,10 @@ macro_rules! say {
 /// Print a line on standard error, with terminal controls in it shown escaped.
 macro_rules! complain {
     ($($t:tt)*) => {
-        eprintln!("{}", $crate::text::escape(&format!($($t)*)))
+        // Once stdout's reader has gone, the failure that follows is not news.
+        if !$crate::cli::output::pipe_closed() {
+            eprintln!("{}", $crate::text::escape(&format!($($t)*)))
+        }
     };
 }
 
@@ -58,7 +61,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(cli))
+    let code = runtime.block_on(run(cli));
+    // The exchange is closed (its log sealed) by now.
+    if output::pipe_closed() {
+        return ExitCode::from(141);
+    }
+    code
 }
 
 /// The effective settings: `exchange.toml` (from `--config`, else the working directory),
@@ -269,7 +277,6 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { .. } => {
-            output::SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut exchange_config = config(cfg);
             exchange_config.memory_limit = Some(cfg.serve.memory_limit_mib.saturating_mul(1 << 20));
             let ex = match Exchange::open(exchange_config) {

@@ -213,24 +213,28 @@ pub fn describe_treatments(
     lines
 }
 
-/// Standard output that ends the process quietly when its reader has gone
-/// (`exchange audit report | head`), as SIGPIPE's default disposition would. The process
-/// keeps ignoring SIGPIPE (Rust's default), so that a network peer closing a socket (a TLS
-/// client talking to a plain-HTTP store) cannot kill a command silently, unaudited
-/// (review 24 F6).
-/// Not for the server: a closed stdout must never stop it before it seals its audit log.
+/// Standard output whose reader going away (`exchange audit report | head`) ends the
+/// command quietly, as SIGPIPE's default disposition would, but only once the command has
+/// closed the exchange and sealed its audit log (review 24b N8: exiting at the write left
+/// the log unsealed). The process keeps ignoring SIGPIPE (Rust's default), so that a
+/// network peer closing a socket (a TLS client talking to a plain-HTTP store) cannot kill a
+/// command silently, unaudited (review 24 F6).
 pub(crate) struct Stdout;
 
-/// Set by `exchange serve`: standard output going away is then only an error.
-pub(crate) static SERVING: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// Set when standard output's reader has gone: the command's writes fail, it ends as it
+/// would on any output error, and the process exits with 141, saying nothing more.
+static PIPE_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether standard output's reader has gone.
+pub(crate) fn pipe_closed() -> bool {
+    PIPE_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn quiet<T>(r: std::io::Result<T>) -> std::io::Result<T> {
     if let Err(e) = &r
         && e.kind() == std::io::ErrorKind::BrokenPipe
-        && !SERVING.load(std::sync::atomic::Ordering::Relaxed)
     {
-        std::process::exit(141);
+        PIPE_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     r
 }

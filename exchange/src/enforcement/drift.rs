@@ -4,13 +4,15 @@
 //! as NULLs, a list is cast to a string. For governed data that turns drift into silent
 //! wrong answers presented as complete (a file of one prefix missing `caller_phone` gave
 //! NULL phones) and, with a location pointing at another agency's objects, served another
-//! table's rows under this table's grant (review 24 F3/F4). So a file lacking a declared
-//! column, or holding it as a nested value where a flat one is declared (or the reverse),
-//! fails the scan as unreadable data; other type differences are DataFusion's casts.
+//! table's rows under this table's grant (review 24 F3/F4); an integer where a timestamp is
+//! declared read as microseconds since 1970, a duplicated column served the stray copy
+//! (review 24b N4). So a file lacking a declared column, holding it twice, or holding it
+//! in a type that `exchange policy check` would report ([`crate::catalog::column_holds`])
+//! fails the scan as unreadable data: the check and the scan agree.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr_adapter::{
     DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
@@ -23,10 +25,6 @@ use super::DataUnavailable;
 pub(crate) struct DeclaredColumns {
     /// `agency.table`, for the error.
     pub(crate) table: String,
-}
-
-fn nested(t: &DataType) -> bool {
-    t.is_nested()
 }
 
 impl PhysicalExprAdapterFactory for DeclaredColumns {
@@ -44,14 +42,18 @@ impl PhysicalExprAdapterFactory for DeclaredColumns {
         for field in logical_file_schema.fields() {
             // Columns are not named: the table's owner declared them, the analyst may not
             // see them all.
-            let Ok(found) = physical_file_schema.field_with_name(field.name()) else {
+            let mut found = physical_file_schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() == field.name());
+            let (Some(found), None) = (found.next(), found.next()) else {
                 return Err(unreadable(
-                    "a data file lacks a declared column (the operator should run `exchange policy check`)",
+                    "a data file lacks a declared column or holds it twice (the operator should run `exchange policy check`)",
                 ));
             };
-            if nested(found.data_type()) != nested(field.data_type()) {
+            if !crate::catalog::column_holds(field.data_type(), found.data_type()) {
                 return Err(unreadable(
-                    "a data file holds a declared column with another shape (list, struct or map) than declared (the operator should run `exchange policy check`)",
+                    "a data file holds a declared column in another type than declared (the operator should run `exchange policy check`)",
                 ));
             }
         }

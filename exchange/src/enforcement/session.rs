@@ -32,6 +32,9 @@ pub struct Unusable {
     /// `agency/grant`. Why it cannot be applied is not kept: it is never shown to the
     /// principal, and `exchange policy check` reports it with file and line.
     pub grant_ref: String,
+    /// The grant is fine but the table's object store cannot be reached as configured (no
+    /// credentials, a refused location): unreadable data, not a policy fault.
+    pub store: bool,
 }
 
 /// A DataFusion session for one principal and purpose.
@@ -210,7 +213,13 @@ impl PrincipalSession {
                     .register(state.runtime_env(), &dataset.agency, &location)
             else {
                 // Told when used, as an unreadable table (`policy check` names the cause).
-                unusable.insert(dataset.qualified_name(), Unusable { grant_ref });
+                unusable.insert(
+                    dataset.qualified_name(),
+                    Unusable {
+                        grant_ref,
+                        store: true,
+                    },
+                );
                 continue;
             };
             match GovernedSpec::build(
@@ -234,7 +243,13 @@ impl PrincipalSession {
                     tables.insert(dataset.qualified_name(), spec);
                 }
                 Err(_) => {
-                    unusable.insert(dataset.qualified_name(), Unusable { grant_ref });
+                    unusable.insert(
+                        dataset.qualified_name(),
+                        Unusable {
+                            grant_ref,
+                            store: false,
+                        },
+                    );
                 }
             }
         }

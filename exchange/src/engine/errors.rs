@@ -209,10 +209,16 @@ pub(crate) fn check_tables(
                 TableReference::Partial { schema, table }
                 | TableReference::Full { schema, table, .. } => format!("{schema}.{table}"),
             };
-            return Err(QueryError::Refused(not_granted(
-                session,
-                &name.to_lowercase(),
-            )));
+            let name = name.to_lowercase();
+            if session.unusable.get(&name).is_some_and(|u| u.store) {
+                return Err(QueryError::Run {
+                    kind: Failure::Unreadable,
+                    message: format!(
+                        "table {name}: its data cannot be read: its agency's object store is not reachable as configured (credentials or location); the operator should run `exchange policy check`"
+                    ),
+                });
+            }
+            return Err(QueryError::Refused(not_granted(session, &name)));
         }
     }
     Ok(())

@@ -311,6 +311,9 @@ impl Exchange {
             PrincipalSession::build(&inputs, p, purpose)
                 .map_err(|e| QueryError::Failed(format!("session could not be built: {e}")))?,
         );
+        // A session missing a table for want of its store's credentials is not kept: the
+        // operator's fix (a credentials file) then takes effect at the next statement.
+        let cacheable = cacheable && !session.unusable.values().any(|u| u.store);
         if cacheable && let Ok(mut cache) = self.sessions.lock() {
             // Bounded: past the bound (many recipients' scopes), start over.
             if cache.len() >= MAX_SESSIONS {

@@ -103,7 +103,13 @@ impl Destination {
     ) -> Result<(), String> {
         let failed =
             |e: object_store::Error| format!("{}: {}", self.url, describe_store_failure(&e));
-        let io = |e: std::io::Error| format!("{}: {e}", self.url);
+        // An upload's io::Error wraps the store's error, whose text carries the service's
+        // response (review 24b C1): told by kind only, as every store failure.
+        let io = |e: std::io::Error| {
+            let said = crate::catalog::describe_store_failure_in(&e)
+                .unwrap_or_else(|| "the staged file could not be read or uploaded".into());
+            format!("{}: {said}", self.url)
+        };
         self.vacant().await?;
         staged.seek(SeekFrom::Start(0)).map_err(io)?;
         let mut upload =
