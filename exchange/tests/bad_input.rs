@@ -529,3 +529,100 @@ async fn functions_asked_for_huge_outputs_fail_the_statement_not_the_process() {
     )
     .await;
 }
+
+/// Review 25: constants made while planning were copied onto every row (H1), printed into
+/// column names when a call over them was kept (H2), and copied by the planner (H3, VALUES):
+/// each aborted the server, two without a record. Constants are now at most 1 MiB each and
+/// 16 MiB per statement, and what a projection or join copies onto its rows is bounded.
+#[tokio::test]
+async fn large_constants_fail_the_statement_not_the_process() {
+    let (ex, state) = common::open();
+    let concat6 = (0..6)
+        .map(|i| format!("repeat('{i}', 268435456)"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let values20 = (0..20)
+        .map(|_| "(repeat('a', 200000000))".to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let many = (0..40)
+        .map(|i| format!("repeat('{}', 900000)", i % 10))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for sql in [
+        "SELECT arrow_cast(repeat('x', 200000000), 'LargeUtf8') AS v FROM (SELECT district FROM police.residents LIMIT 40) t".to_string(),
+        format!("SELECT length({concat6}) AS n"),
+        format!("SELECT count(*) AS n FROM (VALUES {values20}) t(v)"),
+        format!("SELECT length(concat({many})) AS n FROM (SELECT district FROM police.residents LIMIT 3) t"),
+    ] {
+        let e = ex
+            .execute("hrss_analyst", Some("new_employment_services"), &sql)
+            .await
+            .expect_err(&sql);
+        assert!(
+            matches!(
+                e,
+                QueryError::Run {
+                    kind: exchange::FailureKind::Resources,
+                    ..
+                } | QueryError::Refused(_)
+            ),
+            "{}: {e:?}",
+            &sql[..60]
+        );
+    }
+    let records = exchange::audit::statements(
+        exchange::audit::read_all(&state.path().join("audit")).unwrap(),
+    );
+    let failed = records
+        .iter()
+        .filter(|r| r.entry.decision != exchange::audit::Decision::Allowed)
+        .count();
+    assert!(failed >= 4, "{records:#?}");
+    common::ok(
+        &ex,
+        "hrss_analyst",
+        "new_employment_services",
+        "SELECT count(*) AS n FROM police.residents",
+    )
+    .await;
+}
+
+/// Review 25b: an aggregate's constant argument became an array as long as the batch
+/// (8 GB for a 1 MiB constant), and `array_agg`/`string_agg` over a whole-table window
+/// copied the table's value onto each row: both aborted the server.
+#[tokio::test]
+async fn aggregates_and_windows_do_not_multiply_values_past_the_bounds() {
+    let (ex, _state) = common::open();
+    let out = ex
+        .execute(
+            "police_officer",
+            Some("law_enforcement"),
+            "SELECT count(arrow_cast(repeat('x', 1000000), 'LargeUtf8')) AS n FROM police.residents",
+        )
+        .await;
+    match out {
+        Ok(o) => assert_eq!(common::cells(&o.batches), vec![vec!["3000".to_string()]]),
+        Err(e) => assert!(
+            matches!(
+                e,
+                QueryError::Run {
+                    kind: exchange::FailureKind::Resources,
+                    ..
+                }
+            ),
+            "{e:?}"
+        ),
+    }
+    for sql in [
+        "SELECT cardinality(array_agg(district) OVER ()) AS n FROM police.residents LIMIT 1",
+        "SELECT length(string_agg(district, ',') OVER ()) AS n FROM police.residents LIMIT 1",
+    ] {
+        let e = ex
+            .execute("police_officer", Some("law_enforcement"), sql)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(e.contains("over a window copies"), "{sql}: {e}");
+    }
+}

@@ -583,3 +583,110 @@ fn a_closed_pipe_ends_the_command_quietly_with_the_log_sealed() {
     assert!(verified.status.success(), "{said}");
     assert!(!said.contains("UNSEALED"), "{said}");
 }
+
+/// Issue 14, key ceremony: a domain key made on one node travels sealed to another node's
+/// transport key; both then derive the domain's pseudonyms from it (and no longer from
+/// their master secrets, which differ); a node without it derives other ones.
+#[test]
+fn a_domain_key_handed_over_sealed_gives_both_nodes_the_same_pseudonyms() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        let state = dir.path().join(name);
+        exchange::keys::init(&state.join("keys")).unwrap();
+        state
+    };
+    let (a, b, c) = (node("a"), node("b"), node("c"));
+    let run = |state: &std::path::Path, args: &[&str]| {
+        let out = exchange(state, common::data_root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pseudonyms = |state: &std::path::Path| {
+        run(
+            state,
+            &[
+                "query",
+                "--as",
+                "hrss_analyst",
+                "--purpose",
+                "new_employment_services",
+                "--format",
+                "csv",
+                "SELECT person_pseudonym FROM hrss.employment ORDER BY person_pseudonym LIMIT 5",
+            ],
+        )
+    };
+    let before = pseudonyms(&b);
+    run(&a, &["keys", "domain", "create", "person"]);
+    let b_public = run(&b, &["keys", "transport"]);
+    assert_eq!(b_public.trim().len(), 64, "{b_public}");
+    let sealed = dir.path().join("person.sealed.json");
+    run(
+        &a,
+        &[
+            "keys",
+            "domain",
+            "export",
+            "person",
+            "--to",
+            b_public.trim(),
+            "--out",
+            sealed.to_str().unwrap(),
+        ],
+    );
+    // Node c cannot open what was sealed to b.
+    run(&c, &["keys", "transport"]);
+    let a_public = a.join("keys/signing.pub");
+    let from_a = a_public.to_str().unwrap();
+    let refused = exchange(&c, common::data_root())
+        .args([
+            "keys",
+            "domain",
+            "import",
+            sealed.to_str().unwrap(),
+            "--from",
+            from_a,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    // Signed by a, but b names c as the sender: refused.
+    let c_public = c.join("keys/signing.pub");
+    let wrong = exchange(&b, common::data_root())
+        .args([
+            "keys",
+            "domain",
+            "import",
+            sealed.to_str().unwrap(),
+            "--from",
+            c_public.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not signed by"));
+    run(
+        &b,
+        &[
+            "keys",
+            "domain",
+            "import",
+            sealed.to_str().unwrap(),
+            "--from",
+            from_a,
+        ],
+    );
+    assert!(run(&b, &["keys", "domain", "list"]).contains("person v1"));
+    let (pa, pb, pc) = (pseudonyms(&a), pseudonyms(&b), pseudonyms(&c));
+    assert_eq!(pa, pb);
+    assert_ne!(pb, before);
+    assert_ne!(pc, pb);
+    assert!(pa.lines().count() > 3, "{pa}");
+}

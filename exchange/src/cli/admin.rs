@@ -453,3 +453,82 @@ pub(super) fn auth(config: &ExchangeConfig, command: &super::AuthCommand) -> Exi
         }
     }
 }
+
+/// `exchange keys transport`.
+pub(super) fn keys_transport(config: &ExchangeConfig) -> ExitCode {
+    match crate::keys::transport::TransportKey::load_or_create(&config.key_dir) {
+        Ok(k) => {
+            say!("{}", hex::encode(k.public()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `exchange keys domain ...`.
+pub(super) fn keys_domain(config: &ExchangeConfig, command: &super::DomainCommand) -> ExitCode {
+    use super::DomainCommand as D;
+    use crate::keys::domain;
+    let dir = &config.key_dir;
+    let result: Result<String, crate::keys::KeyError> = match command {
+        D::Create { domain: d } => domain::create(dir, d).map(|k| {
+            format!("created key v{} of domain {d} (tokens of {d} now derive from it, not the master secret)", k.version)
+        }),
+        D::Rotate { domain: d } => domain::rotate(dir, d).map(|k| {
+            format!("domain {d} now at key v{}; hand it to the domain's other nodes (keys domain export/import)", k.version)
+        }),
+        D::Export { domain: d, to, out } => {
+            let text = std::fs::read_to_string(to).unwrap_or_else(|_| to.clone());
+            crate::keys::transport::parse_public(&text)
+                .and_then(|to| {
+                    let signer = crate::keys::SigningKey::load(
+                        &dir.join(crate::keys::SIGNING_FILE),
+                    )?;
+                    domain::export(dir, d, &to, &signer)
+                })
+                .and_then(|sealed| {
+                    std::fs::write(out, format!("{sealed}\n"))
+                        .map_err(|source| crate::keys::KeyError::Io {
+                            path: out.clone(),
+                            source,
+                        })
+                        .map(|()| format!("sealed domain {d}'s key to {}", out.display()))
+                })
+        }
+        D::Import { file, from } => std::fs::read_to_string(file)
+            .map_err(|source| crate::keys::KeyError::Io {
+                path: file.clone(),
+                source,
+            })
+            .and_then(|text| {
+                let from = crate::keys::PublicKey::read(from)?;
+                domain::import(dir, &text, &from)
+            })
+            .map(|(d, v)| format!("installed key v{v} of domain {d}")),
+        D::List => domain::load_all(dir).map(|all| {
+            if all.is_empty() {
+                "no domain has a key of its own here (all tokens derive from the master secret)".into()
+            } else {
+                all.iter()
+                    .map(|(d, k)| format!("{d} v{}", k.version))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }),
+    };
+    match result {
+        Ok(said) => {
+            for line in said.lines() {
+                say!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -261,6 +261,56 @@ pub enum KeysCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print this node's X25519 transport public key (created on first use), to which
+    /// other nodes seal domain keys.
+    Transport,
+    /// Keys of identity domains (join keys and pseudonyms), held by the agency nodes of a
+    /// domain and never by the hub.
+    Domain {
+        /// What to do.
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+}
+
+/// `exchange keys domain ...`: the key ceremony.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Create the first key of a domain on this node.
+    Create {
+        /// The domain (`person`, `enterprise`...).
+        domain: String,
+    },
+    /// Make a new version of a domain's key (the old one is archived); hand it to the
+    /// domain's other nodes with `export`/`import`.
+    Rotate {
+        /// The domain.
+        domain: String,
+    },
+    /// Seal a domain's key to another node's transport public key.
+    Export {
+        /// The domain.
+        domain: String,
+        /// The other node's `transport.pub` (a file, or its 64 hex digits).
+        #[arg(long)]
+        to: String,
+        /// Write the sealed key here.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Open a sealed domain key with this node's transport key and install it, if it is
+    /// signed by the node named with `--from`.
+    Import {
+        /// The sealed key file.
+        file: PathBuf,
+        /// The sending node's `signing.pub` (`exchange keys public` there), obtained from
+        /// it by a channel you trust: anyone can seal a key to this node's public
+        /// transport key, only the named node's signature makes it one to install.
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// The domains with keys of their own here, and their versions.
+    List,
 }
 
 /// Output of `exchange scan`.

@@ -337,5 +337,11 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::Public { out },
         } => admin::keys_public(&config(cfg), out.as_deref()),
+        Command::Keys {
+            command: KeysCommand::Transport,
+        } => admin::keys_transport(&config(cfg)),
+        Command::Keys {
+            command: KeysCommand::Domain { command },
+        } => admin::keys_domain(&config(cfg), command),
     }
 }

@@ -31,6 +31,7 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
 };
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{
@@ -142,8 +143,64 @@ impl ExecutionPlan for BatchSplitExec {
     }
 }
 
-/// The physical rule: every join's inputs through a [`BatchSplitExec`], and its output (and
-/// an unnest's) through a `CooperativeExec`. Registered last.
+/// Bytes of constants one batch may repeat on each of its rows: a projection (or a CASE in
+/// it) copies its constants onto every row of a batch, and a join copies one side's row
+/// onto each matching row of the other's: a 200 MB constant over 40 rows asked for 8 GB
+/// at once and aborted the server (review 25 H1). Batches are sliced so that rows times
+/// the constants' bytes stay under this.
+const BROADCAST_BYTES: u128 = 64 << 20;
+
+/// Bytes of the variable-width constants of one expression.
+fn literal_bytes(expr: &Arc<dyn PhysicalExpr>) -> u128 {
+    use datafusion::physical_expr::expressions::Literal;
+    let mut total: u128 = 0;
+    let _ = expr.apply(|e| {
+        if let Some(l) = e.downcast_ref::<Literal>() {
+            let v = l.value();
+            let own = std::mem::size_of::<datafusion::common::ScalarValue>();
+            total = total.saturating_add(v.size().saturating_sub(own) as u128);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    total
+}
+
+/// The constants one operator evaluates on each row of its input (a projection's, an
+/// aggregate's or a window's arguments, a filter's): each becomes an array as long as the
+/// batch (review 25b: `count(<1 MiB constant>)` asked for 8 GB).
+fn node_constants(node: &Arc<dyn ExecutionPlan>) -> u128 {
+    let mut sum: u128 = 0;
+    let _ = node.apply_expressions(&mut |e| {
+        sum = sum.saturating_add(literal_bytes(e));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    sum
+}
+
+/// The largest sum of constants one operator of `plan` puts on each row.
+fn constants_per_row(plan: &Arc<dyn ExecutionPlan>) -> u128 {
+    let mut most: u128 = 0;
+    let _ = plan.apply(|node| {
+        most = most.max(node_constants(node));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    most
+}
+
+/// Rows per batch under which `bytes` of constants per row stay within [`BROADCAST_BYTES`].
+fn rows_for(bytes: u128, batch_size: usize) -> usize {
+    if bytes == 0 {
+        return batch_size;
+    }
+    usize::try_from(BROADCAST_BYTES / bytes)
+        .unwrap_or(batch_size)
+        .clamp(1, batch_size.max(1))
+}
+
+/// The physical rule: every join's inputs through a [`BatchSplitExec`] (of fewer rows when
+/// the other side carries large constants), every projection of large constants over
+/// batches small enough, and joins' (and unnests') outputs through a `CooperativeExec`.
+/// Registered last.
 #[derive(Debug, Default)]
 pub struct BoundedBatches;
 
@@ -155,6 +212,32 @@ impl PhysicalOptimizerRule for BoundedBatches {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let rows = usize::from(config.execution.batch_size);
         plan.transform_up(|node| {
+            let is_join_node = node.downcast_ref::<HashJoinExec>().is_some()
+                || node.downcast_ref::<CrossJoinExec>().is_some()
+                || node.downcast_ref::<NestedLoopJoinExec>().is_some()
+                || node.downcast_ref::<SortMergeJoinExec>().is_some()
+                || node.downcast_ref::<SymmetricHashJoinExec>().is_some();
+            if !is_join_node && node.children().len() == 1 {
+                let bounded = rows_for(node_constants(&node), rows);
+                let input = node.children()[0];
+                let split = input
+                    .downcast_ref::<BatchSplitExec>()
+                    .is_some_and(|s| s.rows <= bounded);
+                if bounded < rows && !split {
+                    let sliced: Arc<dyn ExecutionPlan> =
+                        Arc::new(BatchSplitExec::new(Arc::clone(input), bounded));
+                    let node = Arc::clone(&node).replace_children(
+                        vec![sliced],
+                        ReplaceChildrenOptions::new(
+                            datafusion::physical_plan::ChildrenPropertiesMode::Keep,
+                        ),
+                    )?;
+                    return Ok(Transformed::yes(node));
+                }
+                if node.downcast_ref::<ProjectionExec>().is_some() {
+                    return Ok(Transformed::no(node));
+                }
+            }
             let is_join = node.downcast_ref::<HashJoinExec>().is_some()
                 || node.downcast_ref::<CrossJoinExec>().is_some()
                 || node.downcast_ref::<NestedLoopJoinExec>().is_some()
@@ -166,14 +249,28 @@ impl PhysicalOptimizerRule for BoundedBatches {
             if !is_join {
                 return Ok(Transformed::no(node));
             }
-            let children: Vec<Arc<dyn ExecutionPlan>> = node
-                .children()
-                .into_iter()
-                .map(|c| {
-                    if c.downcast_ref::<BatchSplitExec>().is_some() {
-                        c.clone()
-                    } else {
-                        Arc::new(BatchSplitExec::new(c.clone(), rows)) as Arc<dyn ExecutionPlan>
+            let originals = node.children();
+            // Each side sliced so that the other side's constants, copied onto its rows, stay
+            // bounded.
+            let constants: Vec<u128> = originals.iter().map(|c| constants_per_row(c)).collect();
+            let children: Vec<Arc<dyn ExecutionPlan>> = originals
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let others = constants
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, b)| *b)
+                        .max()
+                        .unwrap_or(0);
+                    let want = rows_for(others, rows);
+                    match c.downcast_ref::<BatchSplitExec>() {
+                        Some(s) if s.rows <= want => Arc::clone(c),
+                        Some(s) => Arc::new(BatchSplitExec::new(Arc::clone(&s.input), want))
+                            as Arc<dyn ExecutionPlan>,
+                        None => Arc::new(BatchSplitExec::new(Arc::clone(c), want))
+                            as Arc<dyn ExecutionPlan>,
                     }
                 })
                 .collect();
@@ -264,5 +361,60 @@ mod tests {
         })
         .unwrap();
         assert_eq!(joins, 1);
+    }
+
+    /// Review 25 H1: a projection copies its constants onto every row, a join one side's
+    /// row onto the other's rows: batches are sliced so that rows x constant bytes stays
+    /// within 64 MiB.
+    #[tokio::test]
+    async fn constants_are_copied_onto_bounded_batches() {
+        let ctx = SessionContext::new();
+        let big = "x".repeat(500_000);
+        let splits = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut rows = vec![];
+            plan.apply(|n| {
+                if let Some(s) = n.downcast_ref::<BatchSplitExec>() {
+                    rows.push(s.rows);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            rows
+        };
+        for (sql, want) in [
+            (
+                format!("SELECT '{big}' AS v, i FROM (VALUES (1), (2)) a(i)"),
+                64 * 1024 * 1024 / 500_000,
+            ),
+            (
+                format!(
+                    "SELECT CASE WHEN i > 1 THEN '{big}' ELSE '{big}' END AS v FROM (VALUES (1), (2)) a(i)"
+                ),
+                64 * 1024 * 1024 / 1_000_000,
+            ),
+            (
+                format!(
+                    "SELECT length(u.v) + j AS n FROM (SELECT '{big}' AS v FROM (VALUES (1)) a(i)) u CROSS JOIN (VALUES (3), (4)) b(j)"
+                ),
+                64 * 1024 * 1024 / 500_000,
+            ),
+        ] {
+            let plan = ctx
+                .sql(&sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let plan = BoundedBatches
+                .optimize(plan, ctx.state().config_options())
+                .unwrap();
+            let rows = splits(&plan);
+            assert!(rows.contains(&want), "{rows:?} for {}", &sql[..40]);
+            let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                .await
+                .unwrap();
+            assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
+        }
     }
 }

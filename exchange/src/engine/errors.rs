@@ -20,7 +20,9 @@ impl Failure {
             Failure::Cast => "a value could not be converted",
             Failure::DivideByZero => "a division by zero",
             Failure::Overflow => "an arithmetic overflow",
-            Failure::Resources => "the query exceeded its memory limit",
+            Failure::Resources => {
+                "the query exceeded its memory limit, or the exchange's memory budget (shared by every statement running) was in use: try again later or ask for less"
+            }
             Failure::Unreadable => {
                 "a data file (Parquet or CSV) could not be read; the operator should run `exchange policy check`"
             }

@@ -125,6 +125,40 @@ impl Budget {
     }
 }
 
+/// Bytes of constants planning may make for one statement: they are copied with the plan
+/// by every optimizer pass and printed into column names when a call over them is kept
+/// (review 25 H2: six 256 MiB constants became a 1.6 GB column name).
+pub const MAX_PLAN_CONSTANT_BYTES: u128 = 16 << 20;
+
+tokio::task_local! {
+    static PLAN_CONSTANTS: std::cell::Cell<u128>;
+}
+
+/// Run `planning` with its own count of the constants it makes.
+pub(crate) async fn counting_constants<F: std::future::Future>(planning: F) -> F::Output {
+    PLAN_CONSTANTS
+        .scope(std::cell::Cell::new(0), planning)
+        .await
+}
+
+/// Count a constant of `bytes` made while planning; fail past [`MAX_PLAN_CONSTANT_BYTES`].
+/// Outside planning (a call of constants while running) nothing is counted.
+pub(crate) fn charge_constant(bytes: u128) -> Result<()> {
+    PLAN_CONSTANTS
+        .try_with(|made| {
+            let total = made.get().saturating_add(bytes);
+            made.set(total);
+            if total > MAX_PLAN_CONSTANT_BYTES {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "the statement's constants would hold more than {} MiB once computed; compute over a table's rows instead",
+                    MAX_PLAN_CONSTANT_BYTES >> 20
+                )));
+            }
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
+}
+
 /// Physical memory, `RLIMIT_AS` and the cgroup limit, the least of those known.
 fn machine_limit() -> Option<usize> {
     let mut limits = Vec::new();

@@ -74,6 +74,15 @@ pub(crate) async fn plan_query(
     stmt: DFStatement,
     named: &mut Vec<TableUse>,
 ) -> Result<Planned, QueryError> {
+    super::counting_constants(plan_counted(session, stmt, named)).await
+}
+
+/// [`plan_query`], its constants counted.
+async fn plan_counted(
+    session: &PrincipalSession,
+    stmt: DFStatement,
+    named: &mut Vec<TableUse>,
+) -> Result<Planned, QueryError> {
     let state = session.ctx.state();
     check_tables(session, &stmt)?;
     let plan = state.statement_to_plan(stmt).await.map_err(map_error)?;

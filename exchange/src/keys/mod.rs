@@ -7,9 +7,11 @@
 //! key is written beside them for verifiers. No key is ever formatted: `Debug` prints
 //! placeholders.
 
+pub mod domain;
 mod prf;
 mod secret;
 mod signing;
+pub mod transport;
 
 use std::fs;
 use std::io::Write;
@@ -39,7 +41,7 @@ impl Keys {
     /// Load both keys from `dir`.
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
         Ok(Self {
-            ring: KeyRing::load(&dir.join(SECRET_FILE))?,
+            ring: KeyRing::load(&dir.join(SECRET_FILE))?.with_domains(&domain::load_all(dir)?),
             signing: SigningKey::load(&dir.join(SIGNING_FILE))?,
         })
     }
@@ -91,8 +93,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        // Directories made here for keys are owner-only.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(io)?;
     }
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -58,6 +58,9 @@ pub enum KeyError {
         /// The key directory.
         dir: PathBuf,
     },
+    /// The domain-key ceremony failed (never carries a secret).
+    #[error("{0}")]
+    Ceremony(String),
     /// A public key file does not hold an Ed25519 public key.
     #[error("public key {path} is not an Ed25519 public key (expected 64 hex digits)")]
     BadPublicKey {
@@ -90,6 +93,8 @@ impl TokenKind {
 /// The master secret.
 pub struct KeyRing {
     master: hmac::Key,
+    /// Keys of identity domains that have their own (`keys/domain.rs`), by domain.
+    domains: std::collections::BTreeMap<String, hmac::Key>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -127,7 +132,20 @@ impl KeyRing {
     pub fn from_secret(secret: &[u8]) -> Self {
         Self {
             master: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            domains: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The ring with domains' own keys: their tokens derive from them, not the master.
+    pub fn with_domains(
+        mut self,
+        domains: &std::collections::BTreeMap<String, super::domain::DomainKey>,
+    ) -> Self {
+        for (d, k) in domains {
+            self.domains
+                .insert(d.clone(), hmac::Key::new(hmac::HMAC_SHA256, k.secret()));
+        }
+        self
     }
 
     /// The key of result digests in the audit log (keyed BLAKE3, `engine/digest.rs`),
@@ -154,7 +172,8 @@ impl KeyRing {
     /// The token key for one scope.
     pub fn token_key(&self, kind: TokenKind, consumer: &str, domain: &str) -> TokenKey {
         let info = format!("exchange/v1/{}/{consumer}/{domain}", kind.label());
-        let derived = hmac::sign(&self.master, info.as_bytes());
+        let root = self.domains.get(domain).unwrap_or(&self.master);
+        let derived = hmac::sign(root, info.as_bytes());
         TokenKey::new(derived.as_ref())
     }
 }

@@ -222,6 +222,15 @@ async fn rows_that_say_something_about_everyone_never_leave() {
         ),
     ] {
         let out = dir.join(format!("{name}.parquet"));
+        if name == "window" {
+            // Since review 25b array_agg over a window is refused before it runs.
+            let e = run(&ex, &request("research-g", &out, &sql))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("over a window copies"), "{e}");
+            continue;
+        }
         let Some(s) = attack(&ex, &request("research-g", &out, &sql)).await else {
             continue;
         };

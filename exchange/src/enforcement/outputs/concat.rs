@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use super::{admit, estimate, made_bytes};
+use super::{admit, admit_constant, estimate, made_bytes};
 use crate::engine::Budget;
 
 /// Name of the function `||` becomes (shown by EXPLAIN; not callable by analysts: it is in
@@ -88,6 +88,13 @@ impl ScalarUDFImpl for StringConcat {
             .iter()
             .map(|a| estimate::broadcast_bytes(a, rows))
             .fold(0u128, u128::saturating_add);
+        admit_constant("string concatenation (||)", &args.args, || {
+            Ok(args
+                .args
+                .iter()
+                .map(|a| estimate::broadcast_bytes(a, 1))
+                .fold(0u128, u128::saturating_add))
+        })?;
         admit("string concatenation (||)", bytes, self.budget)?;
         let scalars = args
             .args

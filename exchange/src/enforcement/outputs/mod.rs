@@ -35,6 +35,11 @@ use crate::engine::Budget;
 /// Largest output one call may make over one batch: 256 MiB.
 pub const MAX_OUTPUT_BYTES: u128 = 256 << 20;
 
+/// Largest value a call of constants may make: as large as the statement's text may be.
+/// Constants folded while planning are copied into plans, printed into column names and
+/// copied onto every row; a 200 MB one aborted the server through each (review 25 H1-H3).
+pub const MAX_CONSTANT_BYTES: u128 = 1 << 20;
+
 /// Functions left as they are: they make no values of their own (field access, struct
 /// building over their arguments' arrays, file metadata) and DataFusion recognises them by
 /// type when it plans.
@@ -67,6 +72,29 @@ pub(crate) fn guard_functions(ctx: &SessionContext, budget: Budget) -> GuardOutp
         }));
     }
     GuardOutputs::new(names, budget)
+}
+
+/// Refuse a call of constants (every argument a scalar) whose one value, `value_bytes`
+/// (from [`estimate::output_bytes`] over one row), would be over [`MAX_CONSTANT_BYTES`].
+fn admit_constant(
+    what: &str,
+    args: &[ColumnarValue],
+    value_bytes: impl FnOnce() -> Result<u128>,
+) -> Result<()> {
+    let constant = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    if !constant {
+        return Ok(());
+    }
+    let bytes = value_bytes()?;
+    crate::engine::charge_constant(bytes)?;
+    if bytes > MAX_CONSTANT_BYTES {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{what} of constants would make a value of up to {} MiB; a constant may be at most {} MiB, as large as a statement",
+            bytes.div_ceil(1 << 20),
+            MAX_CONSTANT_BYTES >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// Refuse a call that would make `bytes`, or the process past its budget.
@@ -152,6 +180,9 @@ impl ScalarUDFImpl for Guarded {
             args.return_field.data_type(),
         )?;
         let what = format!("{name}()");
+        admit_constant(&what, &args.args, || {
+            estimate::output_bytes(name, &args.args, 1, args.return_field.data_type())
+        })?;
         admit(&what, bytes, self.budget)?;
         let out = self.inner.invoke_with_args(args)?;
         // The bound is an estimate; what was made is checked too (and dropped if over).
@@ -185,7 +216,7 @@ impl ScalarUDFImpl for Guarded {
             }
         }
         let bytes = estimate::output_bytes(self.name(), &literals, 1, &DataType::Utf8)?;
-        if admit(self.name(), bytes, self.budget).is_err() {
+        if bytes > MAX_CONSTANT_BYTES || admit(self.name(), bytes, self.budget).is_err() {
             return Ok(ExprSimplifyResult::Original(args));
         }
         self.inner.simplify(args, info)
@@ -293,7 +324,10 @@ mod tests {
             "SELECT length(array_to_string(range(1, 1000), repeat('x', 1000000))) AS n",
         ] {
             let e = run(&ctx, sql).await.expect_err(sql).to_string();
-            assert!(e.contains("MiB per call"), "{sql}: {e}");
+            assert!(
+                e.contains("MiB per call") || e.contains("a constant may be at most 1 MiB"),
+                "{sql}: {e}"
+            );
             assert!(!e.contains("xxxx"), "{sql}: {e}");
         }
         for sql in [
@@ -319,6 +353,28 @@ mod tests {
         ] {
             assert_eq!(run(&ctx, sql).await.unwrap(), 1, "{sql}");
         }
+    }
+
+    /// Review 25 H2/H3: constants made while planning are copied into plans and column
+    /// names; none may be larger than a statement.
+    #[tokio::test]
+    async fn calls_of_constants_make_at_most_a_statements_worth() {
+        let ctx = guarded();
+        for sql in [
+            "SELECT length(repeat('x', 2000000)) AS n",
+            "SELECT length(repeat('x', 600000) || repeat('y', 600000)) AS n",
+            "SELECT length(concat(repeat('x', 600000), repeat('y', 600000))) AS n",
+            "SELECT count(*) AS n FROM (VALUES (repeat('a', 2000000)), (repeat('b', 2000000))) AS t(v)",
+        ] {
+            let e = run(&ctx, sql).await.expect_err(sql).to_string();
+            assert!(e.contains("a constant may be at most 1 MiB"), "{sql}: {e}");
+        }
+        assert_eq!(
+            run(&ctx, "SELECT length(repeat('x', 500000)) AS n")
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -347,25 +403,28 @@ mod tests {
         let budget = Budget::of(1 << 20);
         let rule = guard_functions(&ctx, budget);
         ctx.add_analyzer_rule(std::sync::Arc::new(rule));
+        // Values of a table, so that nothing is folded into a constant.
+        let t = "WITH t AS (SELECT * FROM (VALUES ('x', 'y', 'a')) AS v(x, y, a))";
         for sql in [
-            "SELECT length(repeat('x', 2000000)) AS n",
-            "SELECT length(concat(repeat('x', 600000), repeat('y', 600000))) AS n",
-            "SELECT length(repeat('x', 600000) || repeat('y', 600000)) AS n",
-            "WITH t AS (SELECT repeat('x', 400000) AS a) SELECT length(a || a || a) AS n FROM t",
-            "SELECT length(encode(encode(repeat('a', 300000), 'hex'), 'hex')) AS n",
-            "SELECT cardinality(string_to_array(repeat('a', 300000), NULL)) AS n",
-            "SELECT cardinality(array_concat(range(40000), range(40000), range(40000), range(40000))) AS n",
-            "SELECT length(overlay(repeat('x', 600000) placing repeat('y', 600000) from 2 for 1)) AS n",
+            "SELECT length(repeat(x, 2000000)) AS n FROM t",
+            "SELECT length(concat(repeat(x, 600000), repeat(y, 600000))) AS n FROM t",
+            "SELECT length(repeat(x, 600000) || repeat(y, 600000)) AS n FROM t",
+            "SELECT length(b || b || b) AS n FROM (SELECT repeat(x, 400000) AS b FROM t) u",
+            "SELECT length(encode(encode(repeat(a, 300000), 'hex'), 'hex')) AS n FROM t",
+            "SELECT cardinality(string_to_array(repeat(a, 300000), NULL)) AS n FROM t",
+            "SELECT length(overlay(repeat(x, 600000) placing repeat(y, 600000) from 2 for 1)) AS n FROM t",
         ] {
-            let e = run(&ctx, sql).await.expect_err(sql).to_string();
+            let sql = format!("{t} {sql}");
+            let e = run(&ctx, &sql).await.expect_err(&sql).to_string();
             assert!(e.contains("memory budget of 1 MiB"), "{sql}: {e}");
             assert!(!e.contains("xxxx"), "{sql}: {e}");
         }
         for sql in [
-            "SELECT length(repeat('x', 600000)) AS n",
-            "WITH t AS (SELECT repeat('x', 200000) AS a) SELECT length(a || a) AS n FROM t",
+            "SELECT length(repeat(x, 600000)) AS n FROM t",
+            "SELECT length(b || b) AS n FROM (SELECT repeat(x, 200000) AS b FROM t) u",
         ] {
-            assert_eq!(run(&ctx, sql).await.unwrap(), 1, "{sql}");
+            let sql = format!("{t} {sql}");
+            assert_eq!(run(&ctx, &sql).await.unwrap(), 1, "{sql}");
         }
     }
 }
