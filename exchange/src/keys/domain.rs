@@ -26,6 +26,9 @@ use super::{KeyError, PublicKey, SigningKey};
 
 /// Directory of domain keys under the key directory.
 pub const DOMAINS_DIR: &str = "domains";
+/// The domains that have had a key here, one per line: a key file missing for one of them
+/// stops the exchange instead of its tokens silently falling back to the master secret.
+const REQUIRED_FILE: &str = "required";
 const FORMAT: &str = "exchange-domain-key/v1";
 
 /// One domain's current key.
@@ -165,17 +168,65 @@ fn install(key_dir: &Path, domain: &str, key: &DomainKey) -> Result<(), KeyError
         super::write_private(&archive, text.as_bytes())?;
     }
     fs::rename(&staged, &path).map_err(io(&path))?;
+    require(key_dir, domain)?;
     if let Ok(d) = fs::File::open(key_dir.join(DOMAINS_DIR)) {
         let _ = d.sync_all();
     }
     Ok(())
 }
 
+/// The domains listed as having had a key here.
+fn required(key_dir: &Path) -> Vec<String> {
+    fs::read_to_string(key_dir.join(DOMAINS_DIR).join(REQUIRED_FILE))
+        .map(|t| {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// List `domain` as required (written beside, then renamed into place).
+fn require(key_dir: &Path, domain: &str) -> Result<(), KeyError> {
+    let mut all = required(key_dir);
+    if all.iter().any(|d| d == domain) {
+        return Ok(());
+    }
+    all.push(domain.to_string());
+    let path = key_dir.join(DOMAINS_DIR).join(REQUIRED_FILE);
+    let staged = path.with_extension("new");
+    let io = |source| KeyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let _ = fs::remove_file(&staged);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&staged)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, format!("{}\n", all.join("\n")).as_bytes())
+        })
+        .map_err(io)?;
+    fs::rename(&staged, &path).map_err(io)
+}
+
 /// Every domain's current key in the key directory (none: tokens derive from the master
-/// secret).
+/// secret). A domain listed as required without its key file is an error.
 pub fn load_all(key_dir: &Path) -> Result<BTreeMap<String, DomainKey>, KeyError> {
     let dir = key_dir.join(DOMAINS_DIR);
     let mut keys = BTreeMap::new();
+    for domain in required(key_dir) {
+        if !path_of(key_dir, &domain).exists() {
+            return Err(ceremony(format!(
+                "domain {domain} has had a key of its own here ({}) but {} is missing: restore it from a backup or import it again (without it the domain's pseudonyms and join keys would silently change)",
+                dir.join(REQUIRED_FILE).display(),
+                path_of(key_dir, &domain).display()
+            )));
+        }
+    }
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(keys);
     };
@@ -376,6 +427,11 @@ mod tests {
         let lied = newer.replace("\"version\": 2", "\"version\": 3");
         assert!(import(&b, &lied, &from_a).is_err());
         assert!(create(&a, "../x").is_err());
+        // A lost key file of a domain that had one stops the load (no silent fallback).
+        fs::rename(b.join("domains/person.key"), b.join("person.key.away")).unwrap();
+        let e = load_all(&b).unwrap_err().to_string();
+        assert!(e.contains("domain person has had a key"), "{e}");
+        fs::rename(b.join("person.key.away"), b.join("domains/person.key")).unwrap();
         // An unreadable current key is never replaced by an import (it was rolled back).
         #[cfg(unix)]
         {
