@@ -31,7 +31,6 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
 };
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{
@@ -197,9 +196,42 @@ fn rows_for(bytes: u128, batch_size: usize) -> usize {
         .clamp(1, batch_size.max(1))
 }
 
+fn is_join(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.downcast_ref::<HashJoinExec>().is_some()
+        || node.downcast_ref::<CrossJoinExec>().is_some()
+        || node.downcast_ref::<NestedLoopJoinExec>().is_some()
+        || node.downcast_ref::<SortMergeJoinExec>().is_some()
+        || node.downcast_ref::<SymmetricHashJoinExec>().is_some()
+}
+
+/// `node` over its one input sliced so that the constants it evaluates make at most
+/// [`BROADCAST_BYTES`] a batch; whether it was changed.
+fn slice_input(
+    node: Arc<dyn ExecutionPlan>,
+    rows: usize,
+) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
+    let bounded = rows_for(node_constants(&node), rows);
+    let Some(input) = node.children().first().map(|c| Arc::clone(c)) else {
+        return Ok((node, false));
+    };
+    let split = input
+        .downcast_ref::<BatchSplitExec>()
+        .is_some_and(|s| s.rows <= bounded);
+    if bounded >= rows || split {
+        return Ok((node, false));
+    }
+    let sliced: Arc<dyn ExecutionPlan> = Arc::new(BatchSplitExec::new(input, bounded));
+    let node = node.replace_children(
+        vec![sliced],
+        ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Keep),
+    )?;
+    Ok((node, true))
+}
+
 /// The physical rule: every join's inputs through a [`BatchSplitExec`] (of fewer rows when
-/// the other side carries large constants), every projection of large constants over
-/// batches small enough, and joins' (and unnests') outputs through a `CooperativeExec`.
+/// the other side carries large constants), every other operator evaluating large
+/// constants over batches small enough, and joins' (and unnests') outputs through a
+/// `CooperativeExec`.
 /// Registered last.
 #[derive(Debug, Default)]
 pub struct BoundedBatches;
@@ -212,42 +244,22 @@ impl PhysicalOptimizerRule for BoundedBatches {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let rows = usize::from(config.execution.batch_size);
         plan.transform_up(|node| {
-            let is_join_node = node.downcast_ref::<HashJoinExec>().is_some()
-                || node.downcast_ref::<CrossJoinExec>().is_some()
-                || node.downcast_ref::<NestedLoopJoinExec>().is_some()
-                || node.downcast_ref::<SortMergeJoinExec>().is_some()
-                || node.downcast_ref::<SymmetricHashJoinExec>().is_some();
-            if !is_join_node && node.children().len() == 1 {
-                let bounded = rows_for(node_constants(&node), rows);
-                let input = node.children()[0];
-                let split = input
-                    .downcast_ref::<BatchSplitExec>()
-                    .is_some_and(|s| s.rows <= bounded);
-                if bounded < rows && !split {
-                    let sliced: Arc<dyn ExecutionPlan> =
-                        Arc::new(BatchSplitExec::new(Arc::clone(input), bounded));
-                    let node = Arc::clone(&node).replace_children(
-                        vec![sliced],
-                        ReplaceChildrenOptions::new(
-                            datafusion::physical_plan::ChildrenPropertiesMode::Keep,
-                        ),
-                    )?;
-                    return Ok(Transformed::yes(node));
-                }
-                if node.downcast_ref::<ProjectionExec>().is_some() {
-                    return Ok(Transformed::no(node));
-                }
-            }
-            let is_join = node.downcast_ref::<HashJoinExec>().is_some()
-                || node.downcast_ref::<CrossJoinExec>().is_some()
-                || node.downcast_ref::<NestedLoopJoinExec>().is_some()
-                || node.downcast_ref::<SortMergeJoinExec>().is_some()
-                || node.downcast_ref::<SymmetricHashJoinExec>().is_some();
+            let join = is_join(&node);
+            // One input evaluated with constants: sliced to bound what they make per batch.
+            let (node, sliced) = if !join && node.children().len() == 1 {
+                slice_input(node, rows)?
+            } else {
+                (node, false)
+            };
             if node.is::<UnnestExec>() {
                 return Ok(Transformed::yes(Arc::new(CooperativeExec::new(node))));
             }
-            if !is_join {
-                return Ok(Transformed::no(node));
+            if !join {
+                return Ok(if sliced {
+                    Transformed::yes(node)
+                } else {
+                    Transformed::no(node)
+                });
             }
             let originals = node.children();
             // Each side sliced so that the other side's constants, copied onto its rows, stay

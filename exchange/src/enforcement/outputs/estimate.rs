@@ -339,24 +339,17 @@ fn amplified(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u128> 
 
 /// Elements under the rows of a list array (all levels' values counted at the top).
 fn list_elements(a: &dyn Array) -> usize {
-    use arrow::array::AsArray;
+    use arrow::array::{AsArray, GenericListArray, OffsetSizeTrait};
+    fn of<O: OffsetSizeTrait>(l: &GenericListArray<O>) -> usize {
+        let offsets = l.value_offsets();
+        let first = offsets.first().map_or(0, |o| o.as_usize());
+        let last = offsets.last().map_or(0, |o| o.as_usize());
+        last.saturating_sub(first)
+            .max(list_elements(l.values().as_ref()))
+    }
     match a.data_type() {
-        DataType::List(_) => {
-            let l = a.as_list::<i32>();
-            let offsets = l.value_offsets();
-            let n = offsets.last().copied().unwrap_or(0) - offsets.first().copied().unwrap_or(0);
-            usize::try_from(n)
-                .unwrap_or(0)
-                .max(list_elements(l.values().as_ref()))
-        }
-        DataType::LargeList(_) => {
-            let l = a.as_list::<i64>();
-            let offsets = l.value_offsets();
-            let n = offsets.last().copied().unwrap_or(0) - offsets.first().copied().unwrap_or(0);
-            usize::try_from(n)
-                .unwrap_or(0)
-                .max(list_elements(l.values().as_ref()))
-        }
+        DataType::List(_) => of(a.as_list::<i32>()),
+        DataType::LargeList(_) => of(a.as_list::<i64>()),
         DataType::FixedSizeList(_, _) => {
             let l = a.as_fixed_size_list();
             l.values().len().max(list_elements(l.values().as_ref()))

@@ -2,6 +2,8 @@
 
 /// Scalar functions that are total whatever their (total) arguments.
 pub(super) const TOTAL_FUNCTIONS: &[&str] = &[
+    // `a || b` of strings, as `enforcement/outputs` plans it (the operator is total).
+    "string_concat",
     // core
     "coalesce",
     "nvl",
