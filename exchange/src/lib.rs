@@ -26,6 +26,8 @@
 //! - [`audit`]: the hash-chained audit log: reading, verifying, reporting;
 //! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard, and
 //!   their verification;
+//! - [`federation`]: agency nodes and the hub (`exchange node`, `[federation]`), and
+//!   reconciling their audit logs;
 //! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication;
 //! - [`demo`]: the demo city's generator and showcase;
 //! - [`tuning`]: the DataFusion settings the exchange runs with;
@@ -45,6 +47,7 @@ pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod federation;
 pub mod keys;
 pub mod masking;
 pub mod policy;

@@ -126,6 +126,8 @@ pub enum StatementKind {
     Trace,
     /// A failed Flight SQL authentication.
     Auth,
+    /// A hub's request to an agency node.
+    Node,
     /// Anything else, including statements refused before they were classified.
     #[default]
     Other,
@@ -143,6 +145,7 @@ impl StatementKind {
             Self::Export => "export",
             Self::Trace => "trace",
             Self::Auth => "auth",
+            Self::Node => "node",
             Self::Other => "other",
         }
     }
@@ -205,6 +208,13 @@ pub struct Entry {
     /// On a completion record: the sequence number of the started record it completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completes: Option<u64>,
+    /// At a hub: the id its node requests name, for a statement that read agencies'
+    /// tables through their nodes (`exchange audit reconcile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_id: Option<String>,
+    /// At a node: the hub statement a request served (`<hub key id>/<statement id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_statement: Option<String>,
 }
 
 /// One record per statement, in log order: each completion record folded into the started

@@ -1,6 +1,6 @@
 //! `exchange keys ...` and `exchange audit ...`: commands for operators and auditors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::io::IsTerminal;
@@ -80,6 +80,45 @@ pub(super) fn public_key(
         ),
         other => other.to_string(),
     })
+}
+
+pub(super) fn audit_reconcile(hub: &Path, nodes: &[PathBuf], hub_key: Option<&Path>) -> ExitCode {
+    let key_id = match hub_key.map(crate::keys::PublicKey::read).transpose() {
+        Ok(k) => k.map(|k| k.id()),
+        Err(e) => {
+            complain!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match crate::federation::reconcile(hub, nodes, key_id.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            complain!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    say!(
+        "{} hub statement{} read tables through nodes; {} node record{} match{} them; {} request{} refused before verification",
+        r.hub_statements,
+        if r.hub_statements == 1 { "" } else { "s" },
+        r.matched,
+        if r.matched == 1 { "" } else { "s" },
+        if r.matched == 1 { "es" } else { "" },
+        r.unverified,
+        if r.unverified == 1 { " was" } else { "s were" },
+    );
+    for u in &r.unexplained {
+        say!("UNEXPLAINED {u}");
+    }
+    for m in &r.missing {
+        say!("MISSING {m}");
+    }
+    if r.is_clean() {
+        say!("reconciled: every node request is explained by a hub statement");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 pub(super) fn audit_verify(config: &ExchangeConfig, key_file: Option<&Path>) -> ExitCode {

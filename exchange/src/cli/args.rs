@@ -173,6 +173,16 @@ pub enum Command {
         #[arg(long)]
         result_ttl: Option<u64>,
     },
+    /// Serve one agency's tables to the hubs pinned in [federation.hubs] (an agency node),
+    /// until Ctrl-C or SIGTERM.
+    Node {
+        /// The agency whose tables this node serves.
+        #[arg(long)]
+        agency: String,
+        /// Address to listen on; port 0: any free port, printed on start.
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        listen: std::net::SocketAddr,
+    },
     /// Print the effective configuration (exchange.toml, then environment and flags).
     Config,
     /// Credentials of principals for the Flight SQL server.
@@ -346,5 +356,17 @@ pub enum AuditCommand {
         /// Only this principal.
         #[arg(long)]
         principal: Option<String>,
+    },
+    /// Pair a hub's log with its nodes' logs: report node requests no hub statement
+    /// explains, and hub statements a node has no record of. Exit 1 if any.
+    Reconcile {
+        /// The hub's audit log directory.
+        hub_log: PathBuf,
+        /// Nodes' audit log directories.
+        #[arg(required = true)]
+        node_logs: Vec<PathBuf>,
+        /// The hub's public key: node records naming another signing key are unexplained too.
+        #[arg(long)]
+        hub_key: Option<PathBuf>,
     },
 }

@@ -254,6 +254,48 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Report { since, principal },
         } => admin::audit_report(&config(cfg), since.as_deref(), principal.as_deref()),
+        Command::Audit {
+            command:
+                AuditCommand::Reconcile {
+                    hub_log,
+                    node_logs,
+                    hub_key,
+                },
+        } => admin::audit_reconcile(hub_log, node_logs, hub_key.as_deref()),
+        Command::Node { agency, listen } => {
+            let ex = match Exchange::open(config(cfg)) {
+                Ok(e) => e,
+                Err(e) => {
+                    complain!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = crate::federation::NodeOptions {
+                agency: agency.clone(),
+                listen: *listen,
+            };
+            let result = crate::federation::serve_node(
+                ex,
+                options,
+                |addr| {
+                    say!("exchange node of agency {agency} listening on http://{addr}");
+                    let _ = std::io::stdout().flush();
+                },
+                crate::server::shutdown_signal(),
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    // As `serve`: the reader of the first line may be gone.
+                    let _ = writeln!(std::io::stdout(), "exchange node stopped; audit log sealed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    complain!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Keys {
             command: KeysCommand::Init,
         } => admin::keys_init(&config(cfg)),

@@ -28,6 +28,8 @@ pub struct ExchangeConfig {
     pub batch_size: Option<usize>,
     /// Each agency's object store settings, for `s3://` dataset locations.
     pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
+    /// Nodes (at a hub) and pinned hub keys (at a node).
+    pub federation: crate::federation::FederationSettings,
 }
 
 impl ExchangeConfig {
@@ -44,6 +46,7 @@ impl ExchangeConfig {
             target_partitions: None,
             batch_size: None,
             stores: Default::default(),
+            federation: Default::default(),
         }
     }
 

@@ -72,6 +72,8 @@ pub struct Settings {
     /// `s3://` locations: endpoint, region, style, credentials file. No secrets.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
+    /// Federation: the agencies' nodes at a hub, the hubs' keys at a node.
+    pub federation: crate::federation::FederationSettings,
 }
 
 /// `[paths]`.
@@ -300,6 +302,13 @@ impl Settings {
                 }
             }
         }
+        if let Err(message) = self.federation.validate() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "federation",
+                message,
+            });
+        }
         if self.audit.checkpoint_every == 0 {
             return invalid("audit.checkpoint_every", "must be at least 1");
         }
@@ -364,6 +373,7 @@ impl Settings {
         config.target_partitions = self.execution.target_partitions;
         config.batch_size = self.execution.batch_size;
         config.stores = self.stores.clone();
+        config.federation = self.federation.clone();
         config
     }
 

@@ -16,7 +16,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 
 use super::rule::PolicyRule;
-use super::spec::{GovernedSpec, TokenFns};
+use super::spec::{GovernedSpec, Remote, Source, TokenFns};
 use super::tables::GovernedTable;
 use crate::catalog::Catalog;
 use crate::engine::{Budget, BudgetedPool};
@@ -87,6 +87,9 @@ pub struct SessionInputs<'a> {
     pub target_partitions: Option<usize>,
     /// Rows per batch; None: DataFusion's default.
     pub batch_size: Option<usize>,
+    /// At a hub: the nodes serving agencies' tables, by agency. Those tables are read
+    /// through their node, treated there; the hub never opens their files.
+    pub nodes: &'a BTreeMap<String, crate::federation::NodeClient>,
 }
 
 /// The role that may read `audit.events`.
@@ -207,11 +210,26 @@ impl PrincipalSession {
             };
             let grant_ref = access.grant_ref.clone();
             let location = dataset.resolve_location(inputs.data_root);
-            let Ok(location) =
+            let remote = inputs.nodes.get(&dataset.agency).map(|client| Remote {
+                client: client.clone(),
+                claims: crate::federation::Claims {
+                    principal: principal.name.clone(),
+                    agency: principal.agency.clone(),
+                    roles: crate::federation::roles_of(principal),
+                    attributes: crate::federation::attributes_of(principal),
+                    purpose: purpose.to_string(),
+                    scope: consumer.to_string(),
+                },
+            });
+            let registered = if remote.is_some() {
+                // Read by the node: its location is the node's business.
+                Ok(location)
+            } else {
                 inputs
                     .stores
                     .register(state.runtime_env(), &dataset.agency, &location)
-            else {
+            };
+            let Ok(location) = registered else {
                 // Told when used, as an unreadable table (`policy check` names the cause).
                 unusable.insert(
                     dataset.qualified_name(),
@@ -227,7 +245,13 @@ impl PrincipalSession {
                 dataset,
                 access,
                 principal,
-                &location,
+                match remote {
+                    Some(remote) => Source::Node {
+                        location: &location,
+                        remote: Box::new(remote),
+                    },
+                    None => Source::Files(&location),
+                },
                 &tokens,
                 inputs.subjects,
             ) {

@@ -63,6 +63,61 @@ pub struct TokenFns {
     pub replace: Arc<ScalarUDF>,
 }
 
+/// Where a table's rows come from.
+#[derive(Debug)]
+pub enum Source<'a> {
+    /// The agency's files at this location.
+    Files(&'a str),
+    /// The agency's node; the location (never read here) keeps the fragment's shape that
+    /// of the node's.
+    Node {
+        /// The dataset's location.
+        location: &'a str,
+        /// The node and the claims sent to it.
+        remote: Box<Remote>,
+    },
+}
+
+/// Where a hub reads a table its agency's node serves.
+#[derive(Debug)]
+pub struct Remote {
+    /// The node.
+    pub client: crate::federation::NodeClient,
+    /// On whose behalf.
+    pub claims: crate::federation::Claims,
+}
+
+impl Remote {
+    /// The fragment at a hub: a scan of the node, whose columns are those of the local
+    /// fragment (`local`) as the node computes them: treated, with the hidden entity as a
+    /// token of the node's (never the raw identifier) and the row number.
+    fn fragment(
+        self,
+        dataset: &Dataset,
+        local: &LogicalPlan,
+        tags: &[BaseTag],
+    ) -> Result<LogicalPlan> {
+        let fields: Vec<Field> = local
+            .schema()
+            .fields()
+            .iter()
+            .zip(tags)
+            .map(|(f, tag)| match tag {
+                BaseTag::Entity { .. } => Field::new(f.name(), DataType::Utf8, true),
+                _ => Field::new(f.name(), f.data_type().clone(), true),
+            })
+            .collect();
+        let table = crate::federation::RemoteTable::new(
+            dataset.qualified_name(),
+            Arc::new(Schema::new(fields)),
+            self.claims,
+            self.client,
+        );
+        let table_ref = TableReference::partial(dataset.agency.clone(), dataset.name.clone());
+        LogicalPlanBuilder::scan(table_ref, provider_as_source(Arc::new(table)), None)?.build()
+    }
+}
+
 /// A table as one principal sees it.
 #[derive(Debug)]
 pub struct GovernedSpec {
@@ -92,10 +147,14 @@ impl GovernedSpec {
         dataset: &Dataset,
         access: Access,
         principal: &Principal,
-        location: &str,
+        source: Source<'_>,
         tokens: &TokenFns,
         subjects: bool,
     ) -> Result<Self> {
+        let (location, remote) = match source {
+            Source::Files(location) => (location, None),
+            Source::Node { location, remote } => (location, Some(*remote)),
+        };
         let table_ref = TableReference::partial(dataset.agency.clone(), dataset.name.clone());
         let raw_schema = dataset.arrow_schema();
         let df_schema = DFSchema::try_from_qualified_schema(table_ref.clone(), &raw_schema)?;
@@ -192,7 +251,10 @@ impl GovernedSpec {
             base_tags.push(BaseTag::Row);
         }
         let plan = builder.project(exprs)?.build()?;
-        let fragment = TypeCoercion::new().analyze(plan, state.config_options())?;
+        let mut fragment = TypeCoercion::new().analyze(plan, state.config_options())?;
+        if let Some(remote) = remote {
+            fragment = remote.fragment(dataset, &fragment, &base_tags)?;
+        }
         let visible_schema = Arc::new(Schema::new(
             fragment
                 .schema()

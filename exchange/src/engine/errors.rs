@@ -43,6 +43,18 @@ fn unavailable(e: &DataFusionError) -> Option<&DataUnavailable> {
     None
 }
 
+/// A federated table's node failing the query, anywhere in the chain.
+fn node_failure(e: &DataFusionError) -> Option<&crate::federation::NodeError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = current {
+        if let Some(d) = x.downcast_ref::<crate::federation::NodeError>() {
+            return Some(d);
+        }
+        current = x.source();
+    }
+    None
+}
+
 fn failure(e: &DataFusionError) -> Failure {
     match e {
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
@@ -82,6 +94,7 @@ fn external_failure(x: &(dyn std::error::Error + Send + Sync + 'static)) -> Fail
     } else if let Some(a) = x.downcast_ref::<ArrowError>() {
         arrow_failure(a)
     } else if x.is::<DataUnavailable>()
+        || x.is::<crate::federation::NodeError>()
         || x.is::<parquet::errors::ParquetError>()
         || x.is::<std::io::Error>()
     {
@@ -108,6 +121,9 @@ fn unsupported(e: &DataFusionError) -> Option<&str> {
 fn withheld(e: &DataFusionError) -> String {
     if let Some(d) = unavailable(e) {
         return d.to_string();
+    }
+    if let Some(n) = node_failure(e) {
+        return n.to_string();
     }
     if let Some(m) = unsupported(e) {
         return format!("not supported: {m}");
@@ -142,6 +158,9 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
     if let Some(d) = unavailable(&e) {
         return QueryError::Failed(d.to_string());
     }
+    if let Some(n) = node_failure(&e) {
+        return QueryError::Failed(n.to_string());
+    }
     QueryError::Failed(e.strip_backtrace())
 }
 
@@ -155,6 +174,7 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
 pub(crate) fn physical_plan_error(governed: bool, e: DataFusionError) -> QueryError {
     if find_violation(&e).is_some()
         || unavailable(&e).is_some()
+        || node_failure(&e).is_some()
         || !matches!(failure(&e), Failure::Other)
     {
         return run_error(governed, e);
@@ -187,6 +207,8 @@ pub(crate) fn run_error(governed: bool, e: DataFusionError) -> QueryError {
         withheld(&e)
     } else if let Some(d) = unavailable(&e) {
         d.to_string()
+    } else if let Some(n) = node_failure(&e) {
+        n.to_string()
     } else {
         e.strip_backtrace()
     };

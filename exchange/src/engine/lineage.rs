@@ -49,6 +49,24 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
                 }
             }
         }
+        // A node's table: the treated columns the hub read (the node's own record names
+        // the raw ones).
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && provider.is::<crate::federation::RemoteTable>()
+        {
+            let table = scan.table_name.to_string();
+            let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
+                grant: grant_of(&table),
+                table,
+                columns: vec![],
+            });
+            for f in scan.projected_schema.fields() {
+                if !f.name().starts_with("__exchange_") && !entry.columns.contains(f.name()) {
+                    entry.columns.push(f.name().clone());
+                }
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
     });
     // Tables whose scans the optimizer removed still count as touched.

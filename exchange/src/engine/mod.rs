@@ -11,6 +11,7 @@ mod lineage;
 mod memory;
 mod outcome;
 mod run;
+mod served;
 mod stream;
 mod threads;
 
@@ -164,6 +165,8 @@ pub struct Exchange {
     audit: Arc<AuditLog>,
     /// Object stores of remote datasets, shared by every session.
     stores: crate::catalog::Stores,
+    /// At a hub: the nodes serving agencies' tables, by agency.
+    nodes: std::collections::BTreeMap<String, crate::federation::NodeClient>,
     /// Sessions by principal, purpose, token scope and day: building one reads every
     /// granted table's metadata, which small statements would otherwise pay each time.
     sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, Arc<PrincipalSession>>>,
@@ -181,7 +184,25 @@ impl Exchange {
             signer.clone(),
             config.audit,
         )?);
+        let timeout = std::time::Duration::from_secs(config.federation.timeout_secs);
+        let nodes = config
+            .federation
+            .nodes
+            .iter()
+            .map(|(agency, n)| {
+                (
+                    agency.clone(),
+                    crate::federation::NodeClient {
+                        agency: agency.clone(),
+                        url: n.url.clone(),
+                        timeout,
+                        signer: Arc::clone(&signer),
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
+            nodes,
             stores: crate::catalog::Stores::new(config.stores.clone()),
             config,
             catalog,
@@ -306,6 +327,7 @@ impl Exchange {
             memory_budget: self.config.memory_budget,
             target_partitions: self.config.target_partitions,
             batch_size: self.config.batch_size,
+            nodes: &self.nodes,
         };
         let session = Arc::new(
             PrincipalSession::build(&inputs, p, purpose)
@@ -489,6 +511,7 @@ impl Exchange {
                 governed,
                 tables,
                 thresholds,
+                statement_id,
             }) => {
                 let record = self
                     .audit
@@ -496,6 +519,7 @@ impl Exchange {
                         tables: tables.clone(),
                         thresholds: thresholds.clone(),
                         stream: Some(StreamStatus::Started),
+                        statement_id,
                         ..head.clone().timed(started)
                     })
                     .map_err(audit_error)?;

@@ -379,6 +379,13 @@ async fn stage(
     };
     let planned = plan_query(&session, *stmt, named).await?;
     *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
+    // The guard reads the raw tables' quasi-identifiers off the plan; a hub has none of
+    // its nodes' raw tables to read them from, so it does not export them (fail closed).
+    if planned.statement_id.is_some() {
+        return Err(QueryError::Refused(
+            "tables served by agency nodes cannot be exported through the hub yet; export at an exchange holding the data".into(),
+        ));
+    }
     // Aggregated rows are groups only under a policy threshold over the tables whose
     // quasi-identifiers the query reads; otherwise they count as records like any row.
     let guard = GuardSpec::of(&planned.optimized, ex.catalog());

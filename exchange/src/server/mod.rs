@@ -84,7 +84,7 @@ impl Default for ServeOptions {
 }
 
 /// Wait for Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

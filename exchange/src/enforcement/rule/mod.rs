@@ -361,8 +361,12 @@ impl Enforcer {
     /// Replace a governed scan with its grant's fragment; refuse foreign providers.
     fn scan(&mut self, scan: TableScan) -> Result<(LogicalPlan, Vec<Tag>)> {
         let provider = source_as_provider(&scan.source)?;
-        if provider.is::<RawTable>() || provider.is::<crate::audit::AuditEvents>() {
-            // Already enforced (created by this rule), or the auditors' log table.
+        if provider.is::<RawTable>()
+            || provider.is::<crate::federation::RemoteTable>()
+            || provider.is::<crate::audit::AuditEvents>()
+        {
+            // Already enforced (created by this rule; a node's treated columns), or the
+            // auditors' log table.
             let n = scan.projected_schema.fields().len();
             return Ok((LogicalPlan::TableScan(scan), vec![Tag::Free; n]));
         }

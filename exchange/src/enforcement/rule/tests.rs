@@ -42,6 +42,7 @@ fn planner() -> (PrincipalSession, tempfile::TempDir) {
         memory_budget: crate::engine::Budget::NONE,
         target_partitions: Some(2),
         batch_size: None,
+        nodes: &Default::default(),
     };
     let principal = policies.principal("planner").unwrap();
     let session = PrincipalSession::build(&inputs, principal, "service_planning").unwrap();

@@ -1,0 +1,191 @@
+//! A node serving a hub's request: the engine's half of `exchange node`.
+//!
+//! The request was verified (signature, expiry, nonce) by [`crate::federation`]; here the
+//! node trusts none of its content: it looks the principal up in its own registry, builds
+//! the principal's session with its own grants and keys, and serves only columns of the
+//! grant's fragment (row filter and treatments applied, tokens computed here). The hidden
+//! entity column leaves as a token of this node's, never as the raw identifier. Every
+//! request, served or refused, is a record of kind `node` naming the hub statement.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::DataType;
+use datafusion::common::Column;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast, lit};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::errors::{map_error, not_granted, physical_plan_error};
+use super::lineage::tables_touched;
+use super::{Digest, Exchange, Open, QueryError, QueryStream, audit_decision};
+use crate::audit::{AuditError, Entry, StatementKind, StreamStatus, TableUse};
+use crate::enforcement::BaseTag;
+use crate::federation::{NodeRequest, Signer, attributes_of, roles_of};
+use crate::masking::{TokenKeys, TokenKind, TokenUdf};
+
+/// Scope of the entity tokens a node sends for `min_group` counting: keyed by the node's
+/// master secret, the same for every hub and principal (counting needs only equality).
+const ENTITY_SCOPE: &str = "federation/entity";
+
+/// A planned request.
+struct Served {
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    tables: Vec<TableUse>,
+}
+
+impl Exchange {
+    /// Serve a verified request of a hub as the node of `agency`: its batches stream from
+    /// the returned [`QueryStream`]; a refusal is audited and returned.
+    pub async fn serve_request(
+        &self,
+        agency: &str,
+        req: &NodeRequest,
+        signer: &Signer,
+    ) -> Result<QueryStream, QueryError> {
+        let started = Instant::now();
+        let text = format!(
+            "node request of hub {}: {} [{}]{}",
+            signer.hub,
+            req.table,
+            req.columns.join(", "),
+            req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
+        );
+        let head = Entry {
+            hub_statement: Some(format!("{}/{}", signer.key_id, req.statement)),
+            ..Entry::new(StatementKind::Node, &req.principal, text)
+                .declared(Some(req.agency.clone()), Some(&req.purpose))
+        };
+        let mut named = Vec::new();
+        let outcome = self.plan_request(agency, req, &mut named).await;
+        let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
+        match outcome {
+            Err(e) => {
+                let (decision, reason) = audit_decision::<()>(&Err(e.clone()));
+                self.audit
+                    .append(Entry {
+                        tables: named,
+                        decision,
+                        reason,
+                        ..head.timed(started)
+                    })
+                    .map_err(audit_error)?;
+                Err(e)
+            }
+            Ok(Served { plan, task, tables }) => {
+                let record = self
+                    .audit
+                    .append(Entry {
+                        tables: tables.clone(),
+                        stream: Some(StreamStatus::Started),
+                        ..head.clone().timed(started)
+                    })
+                    .map_err(audit_error)?;
+                let digest = Digest::new(&self.keys.result_digest_key(), &plan.schema());
+                let head = Entry {
+                    statement: String::new(),
+                    ..head
+                };
+                let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
+                Ok(QueryStream::running(plan, task, true, tables, vec![], open))
+            }
+        }
+    }
+
+    async fn plan_request(
+        &self,
+        agency: &str,
+        req: &NodeRequest,
+        named: &mut Vec<TableUse>,
+    ) -> Result<Served, QueryError> {
+        let refuse = |why: String| Err(QueryError::Refused(why));
+        if req.table.split_once('.').map(|(a, _)| a) != Some(agency) {
+            return refuse(format!(
+                "this node serves the tables of agency {agency} only"
+            ));
+        }
+        // The principal as this node knows it: the hub's word is checked, not taken.
+        let Some(p) = self.policies.principal(&req.principal) else {
+            return refuse(format!(
+                "principal {} is not in this node's registry",
+                req.principal
+            ));
+        };
+        if p.agency != req.agency || roles_of(p) != req.roles || attributes_of(p) != req.attributes
+        {
+            return refuse(format!(
+                "the hub describes principal {} otherwise than this node's registry does (agency, roles or attributes); hub and node must share the principals",
+                p.name
+            ));
+        }
+        if req.scope != p.agency && !req.scope.starts_with(&format!("recipient:{}:", p.agency)) {
+            return refuse(format!(
+                "tokens for {} may be made for its own agency or its export recipients only",
+                p.name
+            ));
+        }
+        let session = self.scoped_session(&p.name, Some(&req.purpose), Some(&req.scope))?;
+        let Some(spec) = session.tables.get(&req.table) else {
+            return refuse(not_granted(&session, &req.table));
+        };
+        named.push(TableUse {
+            table: req.table.clone(),
+            grant: spec.access.grant_ref.clone(),
+            columns: vec![],
+        });
+        let schema = spec.fragment.schema();
+        let entity = TokenUdf::udf(Arc::new(TokenKeys::derive(
+            &self.keys,
+            TokenKind::Pseudonym,
+            ENTITY_SCOPE,
+            ["entity"],
+        )));
+        let mut exprs = Vec::new();
+        for (n, c) in req.columns.iter().enumerate() {
+            if req.columns[..n].contains(c) {
+                return refuse(format!("{}: column {c} asked twice", req.table));
+            }
+            let Some(i) = schema.fields().iter().position(|f| f.name() == c) else {
+                return refuse(format!(
+                    "{}: {c} is not a column the grant shows {} for purpose {}",
+                    req.table, p.name, req.purpose
+                ));
+            };
+            let (q, f) = schema.qualified_field(i);
+            let column = Expr::Column(Column::new(q.cloned(), f.name()));
+            let expr = match spec.base_tags.get(i) {
+                Some(BaseTag::Entity { .. }) => {
+                    entity.call(vec![cast(column, DataType::Utf8), lit("entity")])
+                }
+                _ => column,
+            };
+            exprs.push(expr.alias(c));
+        }
+        let mut builder = LogicalPlanBuilder::from(spec.fragment.clone())
+            .project(exprs)
+            .map_err(map_error)?;
+        if let Some(limit) = req.limit {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            builder = builder.limit(0, Some(limit)).map_err(map_error)?;
+        }
+        let plan = builder.build().map_err(map_error)?;
+        let state = session.ctx.state();
+        // The fragment is the grant's own plan: no analyst expression, so the policy rule
+        // has nothing to check; the optimizer prunes the columns not asked for.
+        let optimized = state
+            .optimizer()
+            .optimize(plan, &state, |_, _| {})
+            .map_err(map_error)?;
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await
+            .map_err(|e| physical_plan_error(true, e))?;
+        Ok(Served {
+            plan: physical,
+            task: session.task_ctx().map_err(map_error)?,
+            tables: tables_touched(&optimized, named),
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! `exchange node`: one agency's tables served to pinned hubs over Arrow Flight `DoGet`.
+//!
+//! A ticket is a signed [`NodeRequest`](super::NodeRequest); nothing else is served (every
+//! other Flight call is unimplemented). Requests that fail verification are refused and
+//! audited like those the grant refuses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::request::{ReplayCache, now, verify};
+use super::{FederationError, FederationSettings};
+use crate::audit::{Decision, Entry, StatementKind};
+use crate::engine::{Exchange, QueryError};
+use crate::keys::PublicKey;
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The agency whose tables it serves.
+    pub agency: String,
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+}
+
+struct NodeService {
+    ex: Arc<Exchange>,
+    agency: String,
+    hubs: BTreeMap<String, PublicKey>,
+    replay: ReplayCache,
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn status_of(e: &QueryError) -> Status {
+    let message = crate::text::escape(&e.to_string()).into_owned();
+    match e {
+        QueryError::Refused(_) => Status::permission_denied(message),
+        _ => Status::internal(message),
+    }
+}
+
+impl NodeService {
+    /// Audit a request refused before it was verified (no principal can be trusted).
+    fn refuse_unverified(&self, why: &FederationError, started: Instant) -> Status {
+        let entry = Entry {
+            decision: Decision::Refused,
+            reason: Some(why.to_string()),
+            ..Entry::new(StatementKind::Node, "(unverified)", "node request").timed(started)
+        };
+        if let Err(e) = self.ex.audit().append(entry) {
+            return Status::unavailable(format!("the node cannot audit: {e}"));
+        }
+        Status::unauthenticated(why.to_string())
+    }
+}
+
+fn unimplemented<T>() -> Result<T, Status> {
+    Err(Status::unimplemented(
+        "an agency node serves signed DoGet requests of its hubs only",
+    ))
+}
+
+#[tonic::async_trait]
+impl FlightService for NodeService {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+    type DoExchangeStream = Boxed<FlightData>;
+
+    async fn handshake(
+        &self,
+        _r: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unimplemented()
+    }
+    async fn list_flights(
+        &self,
+        _r: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unimplemented()
+    }
+    async fn get_flight_info(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        unimplemented()
+    }
+    async fn poll_flight_info(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        unimplemented()
+    }
+    async fn get_schema(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        unimplemented()
+    }
+    async fn do_put(
+        &self,
+        _r: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        unimplemented()
+    }
+    async fn do_action(
+        &self,
+        _r: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        unimplemented()
+    }
+    async fn list_actions(
+        &self,
+        _r: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        unimplemented()
+    }
+    async fn do_exchange(
+        &self,
+        _r: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unimplemented()
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let started = Instant::now();
+        let ticket = request.into_inner().ticket;
+        let (req, signer) = match verify(&ticket, &self.hubs, &self.replay, now()) {
+            Ok(v) => v,
+            Err(e) => return Err(self.refuse_unverified(&e, started)),
+        };
+        let stream = self
+            .ex
+            .serve_request(&self.agency, &req, &signer)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let schema = stream.schema();
+        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(data.boxed())))
+    }
+}
+
+/// Serve `agency`'s tables until `shutdown` completes; then the audit log is sealed.
+/// `ready` is told the bound address.
+pub async fn serve_node(
+    ex: Exchange,
+    options: NodeOptions,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), FederationError> {
+    let settings: &FederationSettings = &ex.config().federation;
+    let hubs = settings.hub_keys();
+    if hubs.is_empty() {
+        return Err(FederationError::Setup(
+            "a node serves the hubs it pins only, and none is configured: add the hub's public key under [federation.hubs] in exchange.toml".into(),
+        ));
+    }
+    if !ex
+        .catalog()
+        .datasets()
+        .iter()
+        .any(|d| d.agency == options.agency)
+    {
+        return Err(FederationError::Setup(format!(
+            "agency {} has no dataset in this node's schemas",
+            options.agency
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| FederationError::Setup(format!("cannot listen on {}: {e}", options.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| FederationError::Setup(e.to_string()))?;
+    let ex = Arc::new(ex);
+    let service = NodeService {
+        ex: Arc::clone(&ex),
+        agency: options.agency.clone(),
+        hubs,
+        replay: ReplayCache::default(),
+    };
+    if !options.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: node listening on {addr} without TLS: requests are signed, but the treated batches cross the network in clear text (put it behind a TLS-terminating proxy)"
+        );
+    }
+    ready(addr);
+    let result = Server::builder()
+        .add_service(FlightServiceServer::new(service))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| FederationError::Setup(format!("node server: {e}")));
+    ex.audit()
+        .close()
+        .map_err(|e| FederationError::Setup(format!("audit log not sealed: {e}")))?;
+    result
+}
