@@ -178,6 +178,7 @@ fn request(
     NodeRequest {
         version: 1,
         statement: "ab".repeat(16),
+        request: format!("{:032x}", rand_u128()),
         principal: principal.name.clone(),
         agency: agency.to_string(),
         roles: exchange::federation::roles_of(principal),
@@ -411,6 +412,141 @@ async fn the_federated_city() {
         "{r:?}"
     );
     assert_eq!(r.unverified, 3, "{r:?}");
+
+    // 7. Review 27 H2: a stolen-key request reusing the statement and request ids of a real
+    // hub statement (they are in the hub's log) is unexplained: by another principal, and
+    // as the same principal a second time.
+    let hub_records = exchange::audit::read_all(&hub_log).unwrap();
+    let (statement, request_id) = hub_records
+        .iter()
+        .filter(|r| r.entry.principal == "civil_analyst")
+        .find_map(|r| {
+            let q = r
+                .entry
+                .node_requests
+                .iter()
+                .find(|q| q.starts_with("police.residents/"))?;
+            Some((
+                r.entry.statement_id.clone()?,
+                q.rsplit('/').next()?.to_string(),
+            ))
+        })
+        .expect("a civil analyst's statement read police.residents through the node");
+    let clean_before = exchange::federation::reconcile(&hub_log, &node_logs, Some(&hub_key_id))
+        .unwrap()
+        .unexplained
+        .len();
+    let mut reuse = request(
+        "hrss_analyst",
+        "hrss",
+        "new_employment_services",
+        "police.residents",
+        &["name", "phone"],
+    );
+    reuse.statement = statement.clone();
+    reuse.request = request_id.clone();
+    get(&police.url, reuse.sign(&key).unwrap()).await.unwrap();
+    let mut again = request(
+        "civil_analyst",
+        "civil",
+        "elderly_care_planning",
+        "police.residents",
+        &["district"],
+    );
+    again.statement = statement;
+    again.request = request_id;
+    get(&police.url, again.sign(&key).unwrap()).await.unwrap();
+    let r = exchange::federation::reconcile(&hub_log, &node_logs, Some(&hub_key_id)).unwrap();
+    assert_eq!(r.unexplained.len(), clean_before + 2, "{r:#?}");
+    assert!(
+        r.unexplained
+            .iter()
+            .any(|u| u.contains("hrss_analyst") && u.contains("the hub asked as civil_analyst")),
+        "{r:#?}"
+    );
+    assert!(
+        r.unexplained
+            .iter()
+            .any(|u| u.contains("served more than once")),
+        "{r:#?}"
+    );
+
+    // 8. Review 27 M1 and L3: times that overflow, an empty export recipient, upper-case ids.
+    let mut overflow = request(
+        "civil_analyst",
+        "civil",
+        "elderly_care_planning",
+        "police.residents",
+        &["district"],
+    );
+    overflow.issued_at = i64::MIN;
+    overflow.expires_at = i64::MAX - 10;
+    let status = get(&police.url, overflow.sign(&key).unwrap())
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("validity"), "{status:?}");
+    let mut empty = request(
+        "civil_analyst",
+        "civil",
+        "elderly_care_planning",
+        "police.residents",
+        &["district"],
+    );
+    empty.scope = "recipient:civil:".into();
+    let status = get(&police.url, empty.sign(&key).unwrap())
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("export recipients"), "{status:?}");
+    let mut upper = request(
+        "civil_analyst",
+        "civil",
+        "elderly_care_planning",
+        "police.residents",
+        &["district"],
+    );
+    upper.statement = "AB".repeat(16);
+    let status = get(&police.url, upper.sign(&key).unwrap())
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("malformed"), "{status:?}");
+
+    // 9. Review 27 M2: a flood of junk tickets is recorded one by one only up to ten a
+    // second, the rest counted in the next record.
+    let before = node_records(&police.state).len();
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        let status = get(&police.url, b"junk".to_vec()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    // Windows of a second each, the first begun before this loop: at most one more window
+    // than whole seconds elapsed, plus the record counting the suppressed.
+    let windows = started.elapsed().as_secs() + 2;
+    let added = node_records(&police.state).len() - before;
+    assert!(added >= 1, "{added}");
+    assert!(
+        added as u64 <= 10 * windows,
+        "{added} records for 40 junk requests in {windows} windows"
+    );
+
+    // 10. Review 27 M3 and L1: statements reading no column of a node's table, and a LIMIT
+    // past i64 once its OFFSET is added, give the single-node results.
+    for sql in [
+        "SELECT count(*) FROM police.residents",
+        "SELECT count(*) FROM (SELECT 1 AS one FROM police.residents LIMIT 10) t",
+        "SELECT count(*) FROM (SELECT name FROM police.residents LIMIT 9223372036854775807 OFFSET 10) t",
+    ] {
+        let hub = c
+            .hub
+            .execute("police_officer", Some("law_enforcement"), sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let single = c
+            .single
+            .execute("police_officer", Some("law_enforcement"), sql)
+            .await
+            .unwrap();
+        assert_eq!(cells(&hub.batches), cells(&single.batches), "{sql}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,4 +580,86 @@ async fn a_node_down_fails_the_query_naming_its_agency() {
             .unwrap_or("")
             .contains("agency health")
     );
+
+    // A slow node: it accepts connections and never answers. The hub gives up after its
+    // timeout, naming the agency; nothing is returned.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in silent.incoming().take(4) {
+            open.push(s);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(20));
+    });
+    let mut config = hub_config(&c.root.path().join("slow"), &c.nodes, 2);
+    config.key_dir = c.root.path().join("hub/keys");
+    config
+        .federation
+        .nodes
+        .insert("health".into(), NodeSettings { url: silent_url });
+    let slow_hub = Exchange::open(config).unwrap();
+    let started = std::time::Instant::now();
+    let err = slow_hub
+        .execute("health_analyst", Some("public_health_statistics"), sql)
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("slow node failed after {:?}: {err}", started.elapsed());
+    assert!(err.contains("node of agency health"), "{err}");
+    assert!(err.contains("did not answer within"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
+
+#[test]
+fn the_federated_demo_compares_every_showcase_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config-dir")
+        .arg(repo_root())
+        .arg("--data-root")
+        .arg(data_root())
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--key-dir")
+        .arg(state.join("keys"))
+        .args(["demo", "--federated"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches(" listening on http://127.0.0.1:").count(),
+        6,
+        "{stdout}"
+    );
+    let equal = stdout
+        .lines()
+        .filter(|l| l.contains(" rows, equal (hub "))
+        .count();
+    assert_eq!(equal, 6, "{stdout}");
+    assert!(stdout.contains("0 unexplained, 0 missing"), "{stdout}");
+    // Each node sealed its own log.
+    for a in AGENCIES {
+        let log = state.join(format!("federated/node-{a}/audit"));
+        let key = exchange::keys::PublicKey::read(&state.join("keys/signing.pub")).unwrap();
+        let s = exchange::audit::verify(&log, &key).unwrap();
+        assert!(s.sealed && s.records > 0, "{a}: {s:?}");
+    }
+}
+
+/// The leak suite and the SQL case files, through the hub: the same refusals with the same
+/// reasons, the same results, no protected value in any output or error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_suite_through_the_hub() {
+    let c = city();
+    common::leak_suite::no_hostile_query_reveals_a_protected_value(&c.hub).await;
+    let hub = std::sync::Arc::new(c.hub);
+    let (failures, _) = common::slt::run_cases(hub.clone()).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

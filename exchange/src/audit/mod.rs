@@ -212,7 +212,12 @@ pub struct Entry {
     /// tables through their nodes (`exchange audit reconcile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_id: Option<String>,
-    /// At a node: the hub statement a request served (`<hub key id>/<statement id>`).
+    /// At a hub: the node requests the statement may make, `agency.table/<request id>`,
+    /// each to be served at most once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_requests: Vec<String>,
+    /// At a node: the hub statement and request served
+    /// (`<hub key id>/<statement id>/<request id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_statement: Option<String>,
 }

@@ -55,6 +55,10 @@ pub enum Command {
         /// Regenerate the data even if present.
         #[arg(long)]
         regenerate: bool,
+        /// Start one agency node per agency and a hub on loopback ports, run the showcase
+        /// through the hub and compare every result with single-node mode.
+        #[arg(long)]
+        federated: bool,
     },
     /// Generate the demo city's datasets under the data root.
     Generate {

@@ -13,6 +13,7 @@ pub(super) async fn run_demo(
     scale: f64,
     seed: u64,
     regenerate: bool,
+    federated: bool,
 ) -> ExitCode {
     let root = absolute(&settings.paths.data_root);
     if regenerate || !demo::data_present(&root) {
@@ -21,7 +22,11 @@ pub(super) async fn run_demo(
             root.display()
         );
         match demo::generate(&root, scale, seed) {
-            Ok(n) => say!("  {n} residents and their records across six agencies.\n"),
+            Ok(n) => {
+                // say! escapes control characters: a blank line is a line of its own.
+                say!("  {n} residents and their records across six agencies.");
+                say!("");
+            }
             Err(e) => {
                 complain!("error: {e}");
                 return ExitCode::from(2);
@@ -32,6 +37,9 @@ pub(super) async fn run_demo(
     if let Err(e) = crate::keys::ensure(&config(settings).key_dir) {
         complain!("error: {e}");
         return ExitCode::from(2);
+    }
+    if federated {
+        return super::federated::run(settings).await;
     }
     let ex = match open(settings) {
         Ok(e) => e,

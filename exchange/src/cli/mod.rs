@@ -31,6 +31,7 @@ macro_rules! complain {
 mod admin;
 mod args;
 mod demo_cmd;
+mod federated;
 mod output;
 mod repl;
 mod scan;
@@ -144,7 +145,8 @@ async fn run(cli: Cli) -> ExitCode {
             scale,
             seed,
             regenerate,
-        } => run_demo(cfg, *scale, *seed, *regenerate).await,
+            federated,
+        } => run_demo(cfg, *scale, *seed, *regenerate, *federated).await,
         Command::Generate { scale, seed } => {
             let root = absolute(&cfg.paths.data_root);
             match demo::generate(&root, *scale, *seed) {

@@ -511,8 +511,12 @@ impl Exchange {
                 governed,
                 tables,
                 thresholds,
-                statement_id,
+                federated,
             }) => {
+                let (statement_id, node_requests) = match federated {
+                    Some(f) => (Some(f.id), f.requests),
+                    None => (None, vec![]),
+                };
                 let record = self
                     .audit
                     .append(Entry {
@@ -520,6 +524,7 @@ impl Exchange {
                         thresholds: thresholds.clone(),
                         stream: Some(StreamStatus::Started),
                         statement_id,
+                        node_requests,
                         ..head.clone().timed(started)
                     })
                     .map_err(audit_error)?;

@@ -65,8 +65,8 @@ pub(crate) struct Planned {
     pub thresholds: Vec<String>,
     /// Whether it reads data the principal does not see whole and raw.
     pub governed: bool,
-    /// At a hub: the id its node requests name, when it reads tables through nodes.
-    pub statement_id: Option<String>,
+    /// At a hub: the id and requests of its node reads, when it reads tables through nodes.
+    pub federated: Option<crate::federation::Federated>,
 }
 
 /// Plan a query statement as the session's principal. `named` receives the tables the
@@ -76,11 +76,11 @@ pub(crate) async fn plan_query(
     stmt: DFStatement,
     named: &mut Vec<TableUse>,
 ) -> Result<Planned, QueryError> {
-    let (planned, statement_id) = crate::federation::within_statement(super::counting_constants(
+    let (planned, federated) = crate::federation::within_statement(super::counting_constants(
         plan_counted(session, stmt, named),
     ))
     .await;
-    planned.map(|p| Planned { statement_id, ..p })
+    planned.map(|p| Planned { federated, ..p })
 }
 
 /// [`plan_query`], its constants counted.
@@ -116,7 +116,7 @@ async fn plan_counted(
         optimized,
         physical,
         governed,
-        statement_id: None,
+        federated: None,
     })
 }
 
@@ -129,7 +129,7 @@ pub(super) enum Begun {
         governed: bool,
         tables: Vec<TableUse>,
         thresholds: Vec<String>,
-        statement_id: Option<String>,
+        federated: Option<crate::federation::Federated>,
     },
     /// EXPLAIN and DESCRIBE: made whole.
     Ready(QueryOutput),
@@ -163,7 +163,7 @@ async fn run_inner(
                 governed: planned.governed,
                 tables: planned.tables,
                 thresholds: planned.thresholds,
-                statement_id: planned.statement_id,
+                federated: planned.federated,
             })
         }
         Kind::Explain { verbose, inner } => {

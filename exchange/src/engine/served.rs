@@ -53,7 +53,10 @@ impl Exchange {
             req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
         );
         let head = Entry {
-            hub_statement: Some(format!("{}/{}", signer.key_id, req.statement)),
+            hub_statement: Some(format!(
+                "{}/{}/{}",
+                signer.key_id, req.statement, req.request
+            )),
             ..Entry::new(StatementKind::Node, &req.principal, text)
                 .declared(Some(req.agency.clone()), Some(&req.purpose))
         };
@@ -119,7 +122,11 @@ impl Exchange {
                 p.name
             ));
         }
-        if req.scope != p.agency && !req.scope.starts_with(&format!("recipient:{}:", p.agency)) {
+        let recipient = req
+            .scope
+            .strip_prefix(&format!("recipient:{}:", p.agency))
+            .filter(|r| !r.is_empty());
+        if req.scope != p.agency && recipient.is_none() {
             return refuse(format!(
                 "tokens for {} may be made for its own agency or its export recipients only",
                 p.name
@@ -165,8 +172,10 @@ impl Exchange {
         let mut builder = LogicalPlanBuilder::from(spec.fragment.clone())
             .project(exprs)
             .map_err(map_error)?;
-        if let Some(limit) = req.limit {
-            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        // DataFusion's LIMIT is an i64: a larger one limits nothing.
+        if let Some(limit) = req.limit.and_then(|l| i64::try_from(l).ok())
+            && let Ok(limit) = usize::try_from(limit)
+        {
             builder = builder.limit(0, Some(limit)).map_err(map_error)?;
         }
         let plan = builder.build().map_err(map_error)?;

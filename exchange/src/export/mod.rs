@@ -381,7 +381,7 @@ async fn stage(
     *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
     // The guard reads the raw tables' quasi-identifiers off the plan; a hub has none of
     // its nodes' raw tables to read them from, so it does not export them (fail closed).
-    if planned.statement_id.is_some() {
+    if planned.federated.is_some() {
         return Err(QueryError::Refused(
             "tables served by agency nodes cannot be exported through the hub yet; export at an exchange holding the data".into(),
         ));

@@ -17,7 +17,6 @@ mod request;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +127,17 @@ pub struct NodeError {
 /// The statement being planned, as node requests name it.
 struct Statement {
     id: String,
-    used: AtomicBool,
+    /// `agency.table/<request id>` of every federated scan planned.
+    requests: std::sync::Mutex<Vec<String>>,
+}
+
+/// A statement that read tables through nodes, as the hub's audit record names it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Federated {
+    /// The id every node request of the statement carries.
+    pub id: String,
+    /// `agency.table/<request id>` of each node request it may make.
+    pub requests: Vec<String>,
 }
 
 tokio::task_local! {
@@ -136,32 +145,41 @@ tokio::task_local! {
 }
 
 /// Run `planning` as one statement: federated scans planned inside it name its id. Returns
-/// the id if any federated scan did (for the hub's audit record).
+/// the id and the scans' requests if any federated scan was planned (for the hub's audit
+/// record).
 pub(crate) async fn within_statement<F: std::future::Future>(
     planning: F,
-) -> (F::Output, Option<String>) {
+) -> (F::Output, Option<Federated>) {
     let Ok(id) = request::random_id() else {
-        // No id: federated scans fail closed (see `current_statement`).
+        // No id: federated scans fail closed (see `new_request`).
         return (planning.await, None);
     };
     let statement = Arc::new(Statement {
         id,
-        used: AtomicBool::new(false),
+        requests: std::sync::Mutex::new(Vec::new()),
     });
     let out = STATEMENT.scope(Arc::clone(&statement), planning).await;
-    let used = statement
-        .used
-        .load(Ordering::SeqCst)
-        .then(|| statement.id.clone());
-    (out, used)
+    let requests = statement
+        .requests
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let federated = (!requests.is_empty()).then(|| Federated {
+        id: statement.id.clone(),
+        requests,
+    });
+    (out, federated)
 }
 
-/// The id of the statement being planned, marking it federated.
-fn current_statement() -> Option<String> {
+/// A new request of the statement being planned for `table`: (statement id, request id).
+fn new_request(table: &str) -> Option<(String, String)> {
+    let request = request::random_id().ok()?;
     STATEMENT
         .try_with(|s| {
-            s.used.store(true, Ordering::SeqCst);
-            s.id.clone()
+            let mut all = s.requests.lock().ok()?;
+            all.push(format!("{table}/{request}"));
+            Some((s.id.clone(), request.clone()))
         })
         .ok()
+        .flatten()
 }

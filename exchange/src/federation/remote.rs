@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use arrow_flight::Ticket;
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -34,7 +34,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::request::{NodeRequest, now, random_id};
-use super::{NodeError, current_statement};
+use super::{NodeError, new_request};
 use crate::keys::SigningKey;
 
 /// Largest Flight message the hub accepts from a node (nodes split batches at 2 MiB).
@@ -138,7 +138,7 @@ impl TableProvider for RemoteTable {
         if !filters.is_empty() {
             return internal_err!("a filter reached a federated scan");
         }
-        let Some(statement) = current_statement() else {
+        let Some((statement, request)) = new_request(&self.table) else {
             return internal_err!("a federated table was read outside a statement");
         };
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
@@ -155,8 +155,12 @@ impl TableProvider for RemoteTable {
             table: self.table.clone(),
             schema,
             columns,
-            limit: limit.map(|l| l as u64),
+            // DataFusion's LIMIT is an i64: a larger one (fetch + skip overflowing) is none.
+            limit: limit
+                .and_then(|l| i64::try_from(l).ok())
+                .and_then(|l| u64::try_from(l).ok()),
             statement,
+            request,
             claims: self.claims.clone(),
             client: self.client.clone(),
             properties: Arc::new(properties),
@@ -172,6 +176,7 @@ pub struct RemoteExec {
     columns: Vec<String>,
     limit: Option<u64>,
     statement: String,
+    request: String,
     claims: Claims,
     client: NodeClient,
     properties: Arc<PlanProperties>,
@@ -195,6 +200,7 @@ impl RemoteExec {
         Ok(NodeRequest {
             version: 1,
             statement: self.statement.clone(),
+            request: self.request.clone(),
             principal: self.claims.principal.clone(),
             agency: self.claims.agency.clone(),
             roles: self.claims.roles.clone(),
@@ -318,6 +324,7 @@ impl ExecutionPlan for RemoteExec {
             columns: self.columns.clone(),
             limit: self.limit,
             statement: self.statement.clone(),
+            request: self.request.clone(),
             claims: self.claims.clone(),
             client: self.client.clone(),
             properties: self.properties.clone(),
@@ -369,7 +376,9 @@ impl RemoteExec {
                 "it returned columns other than those the grant shows (are hub and node on the same schemas and policies?)".into(),
             ));
         }
-        RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
+        // A scan reading no column (count(*)) gets batches of rows without columns.
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(self.schema.clone(), batch.columns().to_vec(), &options)
             .map_err(|_| self.node_error("it returned a malformed batch".into()))
     }
 }

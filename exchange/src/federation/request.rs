@@ -35,6 +35,9 @@ pub struct NodeRequest {
     pub version: u32,
     /// The hub statement this request serves (its `statement_id` in the hub's log).
     pub statement: String,
+    /// This request among the statement's (one per scan of a node's table; listed in the
+    /// hub's record as `node_requests`, each served at most once).
+    pub request: String,
     /// The principal, as the hub resolved it.
     pub principal: String,
     /// The principal's agency.
@@ -145,7 +148,7 @@ impl ReplayCache {
     /// Remember `nonce` until `expires_at`; false if it was seen already (or the cache is full).
     fn fresh(&self, nonce: &str, expires_at: i64, now: i64) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, until| *until + CLOCK_SKEW_SECS >= now);
+        seen.retain(|_, until| until.saturating_add(CLOCK_SKEW_SECS) >= now);
         if seen.contains_key(nonce) || seen.len() >= MAX_NONCES {
             return false;
         }
@@ -183,19 +186,29 @@ pub fn verify(
     if request.version != 1 {
         return bad("the request is of an unknown version");
     }
-    if request.expires_at < request.issued_at
-        || request.expires_at - request.issued_at > MAX_VALIDITY_SECS
-    {
+    // In i128: no pair of i64 times overflows (review 27 M1: i64::MIN..i64::MAX panicked).
+    let validity = i128::from(request.expires_at) - i128::from(request.issued_at);
+    if !(0..=i128::from(MAX_VALIDITY_SECS)).contains(&validity) {
         return bad("the request's validity is longer than a node accepts");
     }
-    if request.issued_at > now + CLOCK_SKEW_SECS {
+    let (issued, expires, at) = (
+        i128::from(request.issued_at),
+        i128::from(request.expires_at),
+        i128::from(now),
+    );
+    let skew = i128::from(CLOCK_SKEW_SECS);
+    if issued > at + skew {
         return bad("the request was issued in the future (are the clocks of hub and node set?)");
     }
-    if request.expires_at + CLOCK_SKEW_SECS < now {
+    if expires + skew < at {
         return bad("the request has expired");
     }
-    let hex_id = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex_id(&request.nonce) || !hex_id(&request.statement) {
+    let hex_id = |s: &str| {
+        s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex_id(&request.nonce) || !hex_id(&request.statement) || !hex_id(&request.request) {
         return bad("the request's nonce or statement id is malformed");
     }
     if !replay.fresh(&request.nonce, request.expires_at, now) {
@@ -219,6 +232,7 @@ mod tests {
         NodeRequest {
             version: 1,
             statement: "0".repeat(32),
+            request: "1".repeat(32),
             principal: "p".into(),
             agency: "a".into(),
             roles: vec![],
@@ -278,5 +292,20 @@ mod tests {
         assert!(err(&long.sign(&k).unwrap()).contains("validity"));
         let future = request(now + 600);
         assert!(err(&future.sign(&k).unwrap()).contains("future"));
+        // Review 27 M1: times whose difference overflows an i64 are refused, not a panic.
+        let mut overflow = request(now);
+        overflow.issued_at = i64::MIN;
+        overflow.expires_at = i64::MAX - 10;
+        assert!(err(&overflow.sign(&k).unwrap()).contains("validity"));
+        let mut overflow = request(now);
+        overflow.issued_at = i64::MAX;
+        overflow.expires_at = i64::MAX;
+        assert!(err(&overflow.sign(&k).unwrap()).contains("future"));
+        let mut upper = request(now);
+        upper.nonce = upper
+            .nonce
+            .to_uppercase()
+            .replace(|c: char| c.is_ascii_digit(), "A");
+        assert!(err(&upper.sign(&k).unwrap()).contains("malformed"));
     }
 }

@@ -2,7 +2,9 @@
 //! shared by every test binary, with the repository's schemas/ and policies/.
 #![allow(dead_code)]
 
+pub mod leak_suite;
 pub mod s3;
+pub mod slt;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
