@@ -113,6 +113,9 @@ pub(super) fn audit_reconcile(hub: &Path, nodes: &[PathBuf], hub_key: Option<&Pa
     for m in &r.missing {
         say!("MISSING {m}");
     }
+    for w in &r.warnings {
+        say!("WARNING {w}");
+    }
     if r.is_clean() {
         say!("reconciled: every node request is explained by a hub statement");
         ExitCode::SUCCESS

@@ -54,8 +54,11 @@ impl Exchange {
         );
         let head = Entry {
             hub_statement: Some(format!(
-                "{}/{}/{}",
-                signer.key_id, req.statement, req.request
+                "{}/{}/{}/{}",
+                signer.key_id,
+                req.statement,
+                req.request,
+                crate::federation::asked_digest(&req.columns, req.limit)
             )),
             ..Entry::new(StatementKind::Node, &req.principal, text)
                 .declared(Some(req.agency.clone()), Some(&req.purpose))

@@ -21,9 +21,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use node::{NodeOptions, serve_node};
-pub use reconcile::{Reconciliation, reconcile};
-pub use remote::{Claims, NodeClient, RemoteTable};
-pub use request::{NodeRequest, ReplayCache, Signer, attributes_of, roles_of, verify};
+pub use reconcile::{ReconcileError, Reconciliation, reconcile};
+pub use remote::{Claims, NodeClient, RemoteTable, bytes_received};
+pub use request::{
+    NodeRequest, ReplayCache, Signer, asked_digest, attributes_of, roles_of, verify,
+};
 
 /// `[federation]` in `exchange.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +129,7 @@ pub struct NodeError {
 /// The statement being planned, as node requests name it.
 struct Statement {
     id: String,
-    /// `agency.table/<request id>` of every federated scan planned.
+    /// `agency.table/<request id>/<asked digest>` of every federated scan planned.
     requests: std::sync::Mutex<Vec<String>>,
 }
 
@@ -136,7 +138,7 @@ struct Statement {
 pub(crate) struct Federated {
     /// The id every node request of the statement carries.
     pub id: String,
-    /// `agency.table/<request id>` of each node request it may make.
+    /// `agency.table/<request id>/<asked digest>` of each node request it may make.
     pub requests: Vec<String>,
 }
 
@@ -171,13 +173,14 @@ pub(crate) async fn within_statement<F: std::future::Future>(
     (out, federated)
 }
 
-/// A new request of the statement being planned for `table`: (statement id, request id).
-fn new_request(table: &str) -> Option<(String, String)> {
+/// A new request of the statement being planned for `table`, asking `asked`
+/// ([`asked_digest`]): (statement id, request id).
+fn new_request(table: &str, asked: &str) -> Option<(String, String)> {
     let request = request::random_id().ok()?;
     STATEMENT
         .try_with(|s| {
             let mut all = s.requests.lock().ok()?;
-            all.push(format!("{table}/{request}"));
+            all.push(format!("{table}/{request}/{asked}"));
             Some((s.id.clone(), request.clone()))
         })
         .ok()

@@ -42,7 +42,7 @@ struct NodeService {
     agency: String,
     hubs: BTreeMap<String, PublicKey>,
     replay: ReplayCache,
-    unverified: std::sync::Mutex<Unverified>,
+    unverified: Arc<std::sync::Mutex<Unverified>>,
 }
 
 /// Unverified requests recorded one by one at most [`UNVERIFIED_PER_SECOND`] a second; past
@@ -236,12 +236,13 @@ pub async fn serve_node(
         .local_addr()
         .map_err(|e| FederationError::Setup(e.to_string()))?;
     let ex = Arc::new(ex);
+    let unverified = Arc::new(std::sync::Mutex::new(Unverified::default()));
     let service = NodeService {
         ex: Arc::clone(&ex),
         agency: options.agency.clone(),
         hubs,
         replay: ReplayCache::default(),
-        unverified: Default::default(),
+        unverified: Arc::clone(&unverified),
     };
     if !options.listen.ip().is_loopback() {
         eprintln!(
@@ -254,6 +255,27 @@ pub async fn serve_node(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| FederationError::Setup(format!("node server: {e}")));
+    // Unverified requests counted but not yet recorded are recorded before the log closes
+    // (review 27b F3: a flood that stopped took its count with it).
+    let suppressed = std::mem::take(
+        &mut unverified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .suppressed,
+    );
+    if suppressed > 0 {
+        let entry = Entry {
+            decision: Decision::Refused,
+            reason: Some(format!(
+                "node request refused: unverified (and {} more unverified requests refused before it, past {UNVERIFIED_PER_SECOND} a second, not recorded one by one)",
+                suppressed - 1
+            )),
+            ..Entry::new(StatementKind::Node, "(unverified)", "node request")
+        };
+        ex.audit()
+            .append(entry)
+            .map_err(|e| FederationError::Setup(format!("audit log: {e}")))?;
+    }
     ex.audit()
         .close()
         .map_err(|e| FederationError::Setup(format!("audit log not sealed: {e}")))?;

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
@@ -36,6 +37,15 @@ use futures::{StreamExt, TryStreamExt};
 use super::request::{NodeRequest, now, random_id};
 use super::{NodeError, new_request};
 use crate::keys::SigningKey;
+
+/// Bytes of Arrow IPC messages this process received from nodes.
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of Arrow IPC messages (headers and bodies) this process has received from agency
+/// nodes since it started: what federation moves (benchmarks read it before and after).
+pub fn bytes_received() -> u64 {
+    RECEIVED.load(Ordering::Relaxed)
+}
 
 /// Largest Flight message the hub accepts from a node (nodes split batches at 2 MiB).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -138,13 +148,18 @@ impl TableProvider for RemoteTable {
         if !filters.is_empty() {
             return internal_err!("a filter reached a federated scan");
         }
-        let Some((statement, request)) = new_request(&self.table) else {
-            return internal_err!("a federated table was read outside a statement");
-        };
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let projection = projection.unwrap_or(&all);
         let schema = Arc::new(self.schema.project(projection)?);
-        let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        // DataFusion's LIMIT is an i64: a larger one (fetch + skip overflowing) is none.
+        let limit = limit
+            .and_then(|l| i64::try_from(l).ok())
+            .and_then(|l| u64::try_from(l).ok());
+        let asked = super::asked_digest(&columns, limit);
+        let Some((statement, request)) = new_request(&self.table, &asked) else {
+            return internal_err!("a federated table was read outside a statement");
+        };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
@@ -155,10 +170,7 @@ impl TableProvider for RemoteTable {
             table: self.table.clone(),
             schema,
             columns,
-            // DataFusion's LIMIT is an i64: a larger one (fetch + skip overflowing) is none.
-            limit: limit
-                .and_then(|l| i64::try_from(l).ok())
-                .and_then(|l| u64::try_from(l).ok()),
+            limit,
             statement,
             request,
             claims: self.claims.clone(),
@@ -245,7 +257,14 @@ impl RemoteExec {
             .map_err(|_| self.node_error(format!("it did not answer within {timeout:?}")))?
             .map_err(|s| self.node_error(status_text(&s)))?;
         Ok(FlightRecordBatchStream::new_from_flight_data(
-            response.into_inner().map_err(FlightError::from),
+            response
+                .into_inner()
+                .map_ok(|data| {
+                    let bytes = data.data_header.len() + data.data_body.len();
+                    RECEIVED.fetch_add(bytes as u64, Ordering::Relaxed);
+                    data
+                })
+                .map_err(FlightError::from),
         ))
     }
 }

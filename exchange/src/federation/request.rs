@@ -95,6 +95,22 @@ struct Ticket {
     signature: String,
 }
 
+/// What a request asks for, in 16 hex digits (SHA-256 of its columns and limit): hub and
+/// node records both carry it, so that reconcile pairs a node record only with a request
+/// for the same columns.
+pub fn asked_digest(columns: &[String], limit: Option<u64>) -> String {
+    let mut text = String::new();
+    for c in columns {
+        text.push_str(&c.len().to_string());
+        text.push(':');
+        text.push_str(c);
+        text.push('\n');
+    }
+    text.push_str(&limit.map_or_else(|| "-".to_string(), |l| l.to_string()));
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    hex::encode(&d.as_ref()[..8])
+}
+
 /// 16 random bytes as hex.
 pub fn random_id() -> Result<String, FederationError> {
     let mut bytes = [0u8; 16];
