@@ -694,6 +694,31 @@ async fn a_node_down_fails_the_query_naming_its_agency() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
 
+/// A hub holds no agency files: `policy check` there leaves the data of node-served agencies
+/// to their nodes, and still checks schemas and policies.
+#[test]
+fn policy_check_at_a_hub_leaves_node_data_to_the_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = test_config(&repo_root(), Path::new("/nonexistent"), root.path());
+    let single = exchange::check(&config);
+    assert!(
+        single.has_errors(),
+        "the files are missing: {:?}",
+        single.findings
+    );
+    for a in AGENCIES {
+        config.federation.nodes.insert(
+            a.to_string(),
+            NodeSettings {
+                url: "http://127.0.0.1:9".into(),
+            },
+        );
+    }
+    let hub = exchange::check(&config);
+    assert!(!hub.has_errors(), "{:?}", hub.findings);
+    assert!(hub.counts.0 >= 6);
+}
+
 #[test]
 fn the_federated_demo_compares_every_showcase_result() {
     let dir = tempfile::tempdir().unwrap();
