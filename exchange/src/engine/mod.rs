@@ -152,6 +152,39 @@ struct SessionKey {
     today: NaiveDate,
 }
 
+impl Exchange {
+    /// Write the started record `entry` of a streamed statement (durable before any batch
+    /// leaves) and open its stream; the completion record repeats `head`'s principal,
+    /// agency, purpose and kind.
+    pub(crate) fn open_stream(
+        &self,
+        entry: Entry,
+        head: Entry,
+        started: Instant,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        task: Arc<datafusion::execution::TaskContext>,
+        governed: bool,
+    ) -> Result<QueryStream, QueryError> {
+        let (tables, thresholds) = (entry.tables.clone(), entry.thresholds.clone());
+        let record = self
+            .audit
+            .append(Entry {
+                stream: Some(StreamStatus::Started),
+                ..entry.timed(started)
+            })
+            .map_err(|e| QueryError::Audit(e.to_string()))?;
+        let digest = Digest::new(&self.keys.result_digest_key(), &plan.schema());
+        let head = Entry {
+            statement: String::new(),
+            ..head
+        };
+        let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
+        Ok(QueryStream::running(
+            plan, task, governed, tables, thresholds, open,
+        ))
+    }
+}
+
 /// Sessions kept at most (principals x purposes, plus export recipients' scopes).
 const MAX_SESSIONS: usize = 256;
 
@@ -517,26 +550,14 @@ impl Exchange {
                     Some(f) => (Some(f.id), f.requests),
                     None => (None, vec![]),
                 };
-                let record = self
-                    .audit
-                    .append(Entry {
-                        tables: tables.clone(),
-                        thresholds: thresholds.clone(),
-                        stream: Some(StreamStatus::Started),
-                        statement_id,
-                        node_requests,
-                        ..head.clone().timed(started)
-                    })
-                    .map_err(audit_error)?;
-                let digest = Digest::new(&self.keys.result_digest_key(), &plan.schema());
-                let head = Entry {
-                    statement: String::new(),
-                    ..head
+                let entry = Entry {
+                    tables,
+                    thresholds,
+                    statement_id,
+                    node_requests,
+                    ..head.clone()
                 };
-                let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
-                Ok(QueryStream::running(
-                    plan, task, governed, tables, thresholds, open,
-                ))
+                self.open_stream(entry, head, started, plan, task, governed)
             }
         }
     }

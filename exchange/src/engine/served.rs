@@ -18,8 +18,8 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::errors::{map_error, not_granted, physical_plan_error};
 use super::lineage::tables_touched;
-use super::{Digest, Exchange, Open, QueryError, QueryStream, audit_decision};
-use crate::audit::{AuditError, Entry, StatementKind, StreamStatus, TableUse};
+use super::{Exchange, QueryError, QueryStream, audit_decision};
+use crate::audit::{AuditError, Entry, StatementKind, TableUse};
 use crate::enforcement::BaseTag;
 use crate::federation::{NodeRequest, Signer, attributes_of, roles_of};
 use crate::masking::{TokenKeys, TokenKind, TokenUdf};
@@ -80,21 +80,11 @@ impl Exchange {
                 Err(e)
             }
             Ok(Served { plan, task, tables }) => {
-                let record = self
-                    .audit
-                    .append(Entry {
-                        tables: tables.clone(),
-                        stream: Some(StreamStatus::Started),
-                        ..head.clone().timed(started)
-                    })
-                    .map_err(audit_error)?;
-                let digest = Digest::new(&self.keys.result_digest_key(), &plan.schema());
-                let head = Entry {
-                    statement: String::new(),
-                    ..head
+                let entry = Entry {
+                    tables,
+                    ..head.clone()
                 };
-                let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
-                Ok(QueryStream::running(plan, task, true, tables, vec![], open))
+                self.open_stream(entry, head, started, plan, task, true)
             }
         }
     }
