@@ -176,7 +176,7 @@ fn request(
     .unwrap();
     let principal = p.principal(principal).unwrap();
     NodeRequest {
-        version: 1,
+        version: 2,
         statement: "ab".repeat(16),
         request: format!("{:032x}", rand_u128()),
         principal: principal.name.clone(),
@@ -188,6 +188,7 @@ fn request(
         table: table.into(),
         columns: columns.iter().map(|c| c.to_string()).collect(),
         limit: None,
+        filters: vec![],
         issued_at: now,
         expires_at: now + 30,
         nonce: format!("{:032x}", rand_u128()),
@@ -247,6 +248,24 @@ async fn the_federated_city() {
         }
     }
 
+    // Predicates too large for a request stay at the hub (the ticket has a size limit):
+    // the query still runs, with the result of single-node mode.
+    let names: Vec<String> = (0..4000).map(|i| format!("'张*{i:05}'")).collect();
+    let sql = format!(
+        "SELECT count(*) AS n FROM police.residents WHERE name IN ({}) OR household_size > 2",
+        names.join(", ")
+    );
+    let mut results = Vec::new();
+    for ex in [&c.hub, &c.single] {
+        let r = ex
+            .execute("civil_analyst", Some("elderly_care_planning"), &sql)
+            .await
+            .unwrap();
+        results.push(cells(&r.batches));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_ne!(results[0], vec![vec!["0".to_string()]]);
+
     // 2. The hub's audit records name the statement id; every node record pairs with one.
     let hub_log = c.root.path().join("hub/audit");
     let node_logs: Vec<PathBuf> = c.nodes.values().map(|n| n.state.join("audit")).collect();
@@ -291,9 +310,63 @@ async fn the_federated_city() {
         assert_eq!(row[2], "hexi", "{row:?}");
     }
 
+    // 3b. Predicates the hub pushes run at the node over the treated values, after the row
+    // filter: a masked name by its visible prefix, a district the row filter excludes.
+    let filtered = |filters: serde_json::Value| {
+        let mut r = request(
+            "civil_analyst",
+            "civil",
+            "elderly_care_planning",
+            "police.residents",
+            &["name", "district", "household_size"],
+        );
+        r.filters = serde_json::from_value(filters).unwrap();
+        r.sign(&key).unwrap()
+    };
+    let like = serde_json::json!([{"like": {"operand": {"column": "name"}, "pattern": "张*%",
+        "negated": false, "case_insensitive": false}}]);
+    let rows = cells(&get(&police.url, filtered(like)).await.unwrap());
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r[0].starts_with("张*")), "{rows:?}");
+    let small = serde_json::json!([{"compare": {"left": {"column": "household_size"},
+        "op": "lt_eq", "right": {"literal": {"int32": 1}}}}]);
+    let rows_small = cells(&get(&police.url, filtered(small)).await.unwrap());
+    assert!(rows_small.iter().all(|r| r[2] == "1"), "{rows_small:?}");
+    let outside = serde_json::json!([{"compare": {"left": {"column": "district"},
+        "op": "not_eq", "right": {"literal": {"utf8": "hexi"}}}}]);
+    assert!(cells(&get(&police.url, filtered(outside)).await.unwrap()).is_empty());
+    // The node's record says which predicates it applied.
+    let last = node_records(&police.state);
+    assert!(
+        last.iter()
+            .any(|r| r.entry.statement.contains("where district <> 'hexi'")),
+        "{:?}",
+        last.last()
+    );
+    // The hub pushed the analysts' predicates of the showcase to the nodes.
+    let civil = node_records(&c.nodes["civil"].state);
+    assert!(
+        civil
+            .iter()
+            .any(|r| r.entry.statement.contains("where lives_alone")),
+        "{civil:#?}"
+    );
+
     // 4. Refused and audited at the node: a hidden column, a principal without a grant, a
-    // principal described otherwise than the node knows it, tokens for another scope.
+    // principal described otherwise than the node knows it, tokens for another scope, a
+    // predicate over a column not asked for or comparing values of two types.
     let before = node_records(&police.state).len();
+    let with_filter = |columns: &[&str], filters: serde_json::Value| {
+        let mut r = request(
+            "civil_analyst",
+            "civil",
+            "elderly_care_planning",
+            "police.residents",
+            columns,
+        );
+        r.filters = serde_json::from_value(filters).unwrap();
+        r
+    };
     let refusals: Vec<(NodeRequest, &str)> = vec![
         (
             request(
@@ -353,6 +426,25 @@ async fn the_federated_city() {
                 &["cost"],
             ),
             "serves the tables of agency police only",
+        ),
+        (
+            with_filter(&["district"], serde_json::json!([{"column": "gender"}])),
+            "not a column asked for",
+        ),
+        (
+            with_filter(
+                &["district", "gender"],
+                serde_json::json!([{"is_null": {"operand": {"column": "phone"}, "negated": false}}]),
+            ),
+            "not a column asked for",
+        ),
+        (
+            with_filter(
+                &["household_size"],
+                serde_json::json!([{"compare": {"left": {"column": "household_size"},
+                    "op": "eq", "right": {"literal": {"utf8": "3"}}}}]),
+            ),
+            "compares Int32 with Utf8",
         ),
     ];
     let refused_count = refusals.len();

@@ -26,7 +26,7 @@ mod violation;
 pub(crate) use barrier::{PolicyBarrier, thresholds_applied};
 pub(crate) use rule::SUBJECT;
 pub(crate) use session::{AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, locked_config};
-pub(crate) use spec::{BaseTag, HIDDEN_ROW, plan_row_filter};
+pub(crate) use spec::{BaseTag, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};
 pub(crate) use tables::{DataUnavailable, GovernedTable, RawTable};
 pub(crate) use total::recheck_optimized;
 pub(crate) use violation::find_violation;

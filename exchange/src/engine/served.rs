@@ -45,11 +45,13 @@ impl Exchange {
         signer: &Signer,
     ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
+        let filters: Vec<String> = req.filters.iter().map(|p| format!(" where {p}")).collect();
         let text = format!(
-            "node request of hub {}: {} [{}]{}",
+            "node request of hub {}: {} [{}]{}{}",
             signer.hub,
             req.table,
             req.columns.join(", "),
+            filters.concat(),
             req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
         );
         let head = Entry {
@@ -58,7 +60,7 @@ impl Exchange {
                 signer.key_id,
                 req.statement,
                 req.request,
-                crate::federation::asked_digest(&req.columns, req.limit)
+                crate::federation::asked_digest(&req.columns, req.limit, &req.filters)
             )),
             ..Entry::new(StatementKind::Node, &req.principal, text)
                 .declared(Some(req.agency.clone()), Some(&req.purpose))
@@ -162,9 +164,35 @@ impl Exchange {
             };
             exprs.push(expr.alias(c));
         }
-        let mut builder = LogicalPlanBuilder::from(spec.fragment.clone())
-            .project(exprs)
-            .map_err(map_error)?;
+        let mut builder = LogicalPlanBuilder::from(spec.fragment.clone());
+        // The hub's predicates over the fragment's treated values, above its row filter:
+        // they pass the rows the hub would keep (it applies them again).
+        let visible: Vec<String> = req
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                schema
+                    .fields()
+                    .iter()
+                    .position(|f| f.name() == *c)
+                    .is_some_and(|i| {
+                        !matches!(
+                            spec.base_tags.get(i),
+                            Some(BaseTag::Entity { .. } | BaseTag::Row)
+                        )
+                    })
+            })
+            .map(|(_, c)| c.clone())
+            .collect();
+        for p in &req.filters {
+            let predicate = match p.to_expr(schema, &visible) {
+                Ok(e) => e,
+                Err(why) => return refuse(format!("{}: {why}", req.table)),
+            };
+            builder = builder.filter(predicate).map_err(map_error)?;
+        }
+        let mut builder = builder.project(exprs).map_err(map_error)?;
         // DataFusion's LIMIT is an i64: a larger one limits nothing.
         if let Some(limit) = req.limit.and_then(|l| i64::try_from(l).ok())
             && let Ok(limit) = usize::try_from(limit)

@@ -11,6 +11,7 @@
 //! ([`reconcile`]) pairs the node records with the hub statements that caused them.
 
 mod node;
+mod predicate;
 mod reconcile;
 mod remote;
 mod request;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use node::{NodeOptions, serve_node};
+pub use predicate::{Comparison, Literal, Operand, Predicate};
 pub use reconcile::{ReconcileError, Reconciliation, reconcile};
 pub use remote::{Claims, NodeClient, RemoteTable, bytes_received};
 pub use request::{

@@ -3,8 +3,11 @@
 //! [`RemoteTable`] stands where a [`RawTable`](crate::enforcement::RawTable) would: the
 //! policy rule puts it under the grant's fragment, whose columns are already treated (the
 //! node applied row filter and treatments and computed tokens at source). Its scan asks the
-//! node for the projected columns only; no analyst predicate is sent (the node evaluates
-//! nothing of the analyst's), so nothing of the policy barrier moves to the wrong side.
+//! node for the projected columns only, with the analyst's predicates that fit the node's
+//! language ([`Predicate`]): comparisons over the treated values the node returns, which
+//! cannot fail and call no function. The node applies them after its row filter and
+//! treatments, the hub applies them again, so the rows the hub keeps are the same and
+//! nothing of the policy barrier moves to the wrong side; fewer rows cross the wire.
 //! The request is signed when the plan runs, not when it is planned, so it expires only
 //! after the statement began.
 
@@ -35,7 +38,8 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::request::{NodeRequest, now, random_id};
-use super::{NodeError, new_request};
+use super::{NodeError, Predicate, new_request};
+use crate::enforcement::{HIDDEN_ENTITY, HIDDEN_ROW};
 use crate::keys::SigningKey;
 
 /// Bytes of Arrow IPC messages this process received from nodes.
@@ -112,6 +116,11 @@ impl RemoteTable {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// `filter` in the node's language, over visible columns (never the hidden ones).
+    fn predicate(&self, filter: &Expr) -> Option<Predicate> {
+        Predicate::from_expr(filter, &self.schema, &[HIDDEN_ENTITY, HIDDEN_ROW])
+    }
 }
 
 #[async_trait]
@@ -124,14 +133,19 @@ impl TableProvider for RemoteTable {
         TableType::Base
     }
 
+    /// Predicates of the node's language go to the node as well (`Inexact`: the hub
+    /// applies them again, so a node that did not changes nothing); the rest stay here.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![
-            TableProviderFilterPushDown::Unsupported;
-            filters.len()
-        ])
+        Ok(filters
+            .iter()
+            .map(|f| match self.predicate(f) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
     }
 
     fn statistics(&self) -> Option<datafusion::common::Statistics> {
@@ -145,9 +159,6 @@ impl TableProvider for RemoteTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !filters.is_empty() {
-            return internal_err!("a filter reached a federated scan");
-        }
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let projection = projection.unwrap_or(&all);
         let schema = Arc::new(self.schema.project(projection)?);
@@ -156,7 +167,23 @@ impl TableProvider for RemoteTable {
         let limit = limit
             .and_then(|l| i64::try_from(l).ok())
             .and_then(|l| u64::try_from(l).ok());
-        let asked = super::asked_digest(&columns, limit);
+        // A predicate goes only over columns the node returns (DataFusion projects the
+        // columns of an inexact filter; anything else stays at the hub alone).
+        let mut budget = super::request::MAX_PREDICATE_BYTES;
+        let filters: Vec<Predicate> = filters
+            .iter()
+            .filter_map(|f| self.predicate(f))
+            .filter(|p| p.columns().iter().all(|c| columns.iter().any(|x| x == c)))
+            .filter(|p| {
+                let size = serde_json::to_string(p).map_or(usize::MAX, |s| s.len());
+                let fits = size <= budget;
+                if fits {
+                    budget -= size;
+                }
+                fits
+            })
+            .collect();
+        let asked = super::asked_digest(&columns, limit, &filters);
         let Some((statement, request)) = new_request(&self.table, &asked) else {
             return internal_err!("a federated table was read outside a statement");
         };
@@ -171,6 +198,7 @@ impl TableProvider for RemoteTable {
             schema,
             columns,
             limit,
+            filters,
             statement,
             request,
             claims: self.claims.clone(),
@@ -181,12 +209,13 @@ impl TableProvider for RemoteTable {
 }
 
 /// Reads one table's treated columns from its node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RemoteExec {
     table: String,
     schema: SchemaRef,
     columns: Vec<String>,
     limit: Option<u64>,
+    filters: Vec<Predicate>,
     statement: String,
     request: String,
     claims: Claims,
@@ -202,7 +231,11 @@ impl DisplayAs for RemoteExec {
             self.table,
             self.client.agency,
             self.columns.join(", ")
-        )
+        )?;
+        for p in &self.filters {
+            write!(f, ", where {p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -210,7 +243,7 @@ impl RemoteExec {
     fn request(&self) -> Result<NodeRequest, NodeError> {
         let issued_at = now();
         Ok(NodeRequest {
-            version: 1,
+            version: 2,
             statement: self.statement.clone(),
             request: self.request.clone(),
             principal: self.claims.principal.clone(),
@@ -222,6 +255,7 @@ impl RemoteExec {
             table: self.table.clone(),
             columns: self.columns.clone(),
             limit: self.limit,
+            filters: self.filters.clone(),
             issued_at,
             expires_at: issued_at + super::request::MAX_VALIDITY_SECS,
             nonce: random_id().map_err(|e| self.node_error(e.to_string()))?,
@@ -337,17 +371,7 @@ impl ExecutionPlan for RemoteExec {
         if partition != 0 {
             return internal_err!("RemoteExec has one partition");
         }
-        let this = Arc::new(Self {
-            table: self.table.clone(),
-            schema: self.schema.clone(),
-            columns: self.columns.clone(),
-            limit: self.limit,
-            statement: self.statement.clone(),
-            request: self.request.clone(),
-            claims: self.claims.clone(),
-            client: self.client.clone(),
-            properties: self.properties.clone(),
-        });
+        let this = Arc::new(self.clone());
         let schema = self.schema.clone();
         let timeout = self.client.timeout;
         // Open on first poll; then every batch within the timeout; a batch whose columns

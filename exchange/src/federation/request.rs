@@ -27,11 +27,15 @@ pub const CLOCK_SKEW_SECS: i64 = 5;
 /// Largest ticket a node reads.
 pub const MAX_TICKET_BYTES: usize = 64 * 1024;
 
+/// Most bytes of predicates (as JSON) a hub puts in one request, so that a ticket stays
+/// well under [`MAX_TICKET_BYTES`]; predicates beyond it stay at the hub.
+pub const MAX_PREDICATE_BYTES: usize = 16 * 1024;
+
 /// What a hub asks of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRequest {
-    /// Format version (1).
+    /// Format version (2).
     pub version: u32,
     /// The hub statement this request serves (its `statement_id` in the hub's log).
     pub statement: String,
@@ -57,6 +61,8 @@ pub struct NodeRequest {
     pub columns: Vec<String>,
     /// At most this many rows.
     pub limit: Option<u64>,
+    /// Predicates over `columns` the node may apply (the hub applies them again).
+    pub filters: Vec<super::Predicate>,
     /// Unix seconds.
     pub issued_at: i64,
     /// Unix seconds; at most [`MAX_VALIDITY_SECS`] after `issued_at`.
@@ -95,10 +101,14 @@ struct Ticket {
     signature: String,
 }
 
-/// What a request asks for, in 16 hex digits (SHA-256 of its columns and limit): hub and
-/// node records both carry it, so that reconcile pairs a node record only with a request
-/// for the same columns.
-pub fn asked_digest(columns: &[String], limit: Option<u64>) -> String {
+/// What a request asks for, in 16 hex digits (SHA-256 of its columns, limit and filters):
+/// hub and node records both carry it, so that reconcile pairs a node record only with a
+/// request for the same columns.
+pub fn asked_digest(
+    columns: &[String],
+    limit: Option<u64>,
+    filters: &[super::Predicate],
+) -> String {
     let mut text = String::new();
     for c in columns {
         text.push_str(&c.len().to_string());
@@ -107,6 +117,10 @@ pub fn asked_digest(columns: &[String], limit: Option<u64>) -> String {
         text.push('\n');
     }
     text.push_str(&limit.map_or_else(|| "-".to_string(), |l| l.to_string()));
+    for f in filters {
+        text.push('\n');
+        text.push_str(&serde_json::to_string(f).unwrap_or_default());
+    }
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     hex::encode(&d.as_ref()[..8])
 }
@@ -199,7 +213,7 @@ pub fn verify(
     let Ok(request) = serde_json::from_str::<NodeRequest>(&t.request) else {
         return bad("the signed request does not parse");
     };
-    if request.version != 1 {
+    if request.version != 2 {
         return bad("the request is of an unknown version");
     }
     // In i128: no pair of i64 times overflows (review 27 M1: i64::MIN..i64::MAX panicked).
@@ -246,7 +260,7 @@ mod tests {
 
     fn request(now: i64) -> NodeRequest {
         NodeRequest {
-            version: 1,
+            version: 2,
             statement: "0".repeat(32),
             request: "1".repeat(32),
             principal: "p".into(),
@@ -258,6 +272,7 @@ mod tests {
             table: "a.t".into(),
             columns: vec!["c".into()],
             limit: None,
+            filters: vec![],
             issued_at: now,
             expires_at: now + 30,
             nonce: random_id().unwrap(),
