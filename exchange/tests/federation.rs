@@ -265,6 +265,49 @@ async fn the_federated_city() {
     }
     assert_eq!(results[0], results[1]);
     assert_ne!(results[0], vec![vec!["0".to_string()]]);
+    // Review 28: predicates at the limits of what a node evaluates give single-node
+    // results: a LIKE whose pattern would exceed the regex engine's size at the node (it
+    // stays at the hub, behind a predicate that keeps no row); OR chains one past the depth
+    // limit, with and without a BETWEEN; more conjuncts than a request carries.
+    let leaves = [
+        "household_size > {}",
+        "name LIKE '%{}'",
+        "district = 'd{}'",
+        "gender = 'g{}'",
+    ];
+    let chain = |n: usize| -> String {
+        (0..n)
+            .map(|i| leaves[i % 4].replace("{}", &i.to_string()))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let conjuncts: Vec<String> = (0..40).map(|i| format!("name <> 'x{i}'")).collect();
+    let edge = [
+        format!(
+            "SELECT count(*) FROM police.residents WHERE upper(name) = 'NOPE' AND name LIKE '{}'",
+            "_".repeat(12_000)
+        ),
+        format!("SELECT count(*) FROM police.residents WHERE {}", chain(33)),
+        format!(
+            "SELECT count(*) FROM police.residents WHERE household_size BETWEEN 1 AND 3 OR {}",
+            chain(31)
+        ),
+        format!(
+            "SELECT count(*) FROM police.residents WHERE {}",
+            conjuncts.join(" AND ")
+        ),
+    ];
+    for sql in &edge {
+        let mut results = Vec::new();
+        for ex in [&c.hub, &c.single] {
+            let r = ex
+                .execute("civil_analyst", Some("elderly_care_planning"), sql)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", &sql[..80]));
+            results.push(cells(&r.batches));
+        }
+        assert_eq!(results[0], results[1], "{}", &sql[..80]);
+    }
 
     // 2. The hub's audit records name the statement id; every node record pairs with one.
     let hub_log = c.root.path().join("hub/audit");
@@ -446,6 +489,38 @@ async fn the_federated_city() {
             ),
             "compares Int32 with Utf8",
         ),
+        // Review 28 F3, F4: many predicates (the node once nested a filter per predicate
+        // and overflowed its stack, unaudited), a flat OR past the operator budget, a LIKE
+        // pattern a regex engine could refuse.
+        (
+            with_filter(
+                &["district"],
+                serde_json::Value::Array(vec![
+                    serde_json::json!({"compare": {"left": {"column": "district"},
+                        "op": "not_eq", "right": {"literal": {"utf8": "x"}}}});
+                    250
+                ]),
+            ),
+            "predicates larger than a node evaluates",
+        ),
+        (
+            with_filter(
+                &["district"],
+                serde_json::json!([{"or": vec![
+                    serde_json::json!({"is_null": {"operand": {"column": "district"}, "negated": false}});
+                    300
+                ]}]),
+            ),
+            "predicates larger than a node evaluates",
+        ),
+        (
+            with_filter(
+                &["district"],
+                serde_json::json!([{"like": {"operand": {"column": "district"},
+                    "pattern": "_".repeat(12_000), "negated": false, "case_insensitive": false}}]),
+            ),
+            "too large",
+        ),
     ];
     let refused_count = refusals.len();
     for (req, expect) in refusals {
@@ -453,6 +528,27 @@ async fn the_federated_city() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
         assert!(status.message().contains(expect), "{}", status.message());
     }
+
+    // A predicate over a hidden column is refused as such, even when the column is asked
+    // for (health.visits has min_group for civil: its entity tokens and row numbers cross).
+    let mut r = request(
+        "civil_analyst",
+        "civil",
+        "elderly_care_planning",
+        "health.visits",
+        &["cost", "__exchange_entity", "__exchange_row"],
+    );
+    r.filters = serde_json::from_value(serde_json::json!([{"is_null":
+        {"operand": {"column": "__exchange_entity"}, "negated": false}}]))
+    .unwrap();
+    let status = get(&c.nodes["health"].url, r.sign(&key).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("a hidden column"),
+        "{}",
+        status.message()
+    );
 
     // 5. Forged, replayed and unsigned requests.
     let forger = SigningKey::create(&c.root.path().join("forger.key")).unwrap();

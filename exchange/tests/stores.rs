@@ -101,6 +101,55 @@ async fn an_emptied_prefix_is_an_error_not_an_empty_table() {
     assert!(e.contains("cannot be read"), "{e}");
 }
 
+/// The store's cache (ranges keyed by object and ETag) serves repeated statements, and a
+/// replaced object is read again at the next statement: never the old version's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_object_is_read_again_at_the_next_statement() {
+    let s3 = start_s3();
+    let config = s3_config();
+    let (ex, _state) = open_s3(config.path(), &s3, SECRET_KEY);
+    let sql =
+        "SELECT category, count(*) AS n FROM hotline.tickets GROUP BY category ORDER BY category";
+    let total = |cells: Vec<Vec<String>>| -> u64 {
+        cells.iter().map(|r| r[1].parse::<u64>().unwrap()).sum()
+    };
+    let run = || async {
+        total(common::cells(
+            &common::ok(&ex, "hotline_analyst", "complaint_handling", sql)
+                .await
+                .batches,
+        ))
+    };
+    let first = run().await;
+    assert_eq!(run().await, first, "a cached read gives the same result");
+    assert!(first > 10);
+
+    // Replace the object with its first ten rows (s3s-fs keeps objects as files).
+    let path = s3.root.path().join(BUCKET).join("hotline/tickets.parquet");
+    let file = std::fs::File::open(&path).unwrap();
+    let mut reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.next().unwrap().unwrap().slice(0, 10);
+    let tmp = path.with_extension("tmp");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&tmp).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+
+    assert_eq!(
+        run().await,
+        10,
+        "the new version, not cached bytes of the old"
+    );
+}
+
 /// The CLI takes each agency's credentials from its environment variables and the
 /// endpoint from `[stores.<agency>]` of exchange.toml.
 #[test]

@@ -8,6 +8,7 @@ mod data;
 pub mod discover;
 mod load;
 mod model;
+mod object_cache;
 mod store_client;
 mod stores;
 

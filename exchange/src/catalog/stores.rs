@@ -47,6 +47,9 @@ pub struct StoreSettings {
     pub timeout_secs: u64,
     /// Retries of a failed request (default 3).
     pub max_retries: usize,
+    /// MiB of ranges read from the store kept in memory, keyed by object and ETag and
+    /// revalidated by each statement's listing (default 256; 0: no cache).
+    pub cache_mb: u64,
 }
 
 impl Default for StoreSettings {
@@ -59,7 +62,18 @@ impl Default for StoreSettings {
             anonymous: false,
             timeout_secs: 30,
             max_retries: 3,
+            cache_mb: 256,
         }
+    }
+}
+
+/// `store` behind a cache of the settings' size, if any.
+fn cached(store: Arc<dyn ObjectStore>, settings: &StoreSettings) -> Arc<dyn ObjectStore> {
+    let bytes = usize::try_from(settings.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    if bytes == 0 {
+        store
+    } else {
+        Arc::new(super::object_cache::CachedStore::new(store, bytes))
     }
 }
 
@@ -299,7 +313,7 @@ impl Stores {
                 .with_retry(retry)
                 .build()
                 .map_err(client_error)?;
-            return Ok(Arc::new(store));
+            return Ok(cached(Arc::new(store), settings));
         }
         let endpoint_http = settings
             .endpoint
@@ -327,7 +341,10 @@ impl Stores {
                 builder = builder.with_token(t);
             }
         }
-        Ok(Arc::new(builder.build().map_err(client_error)?))
+        Ok(cached(
+            Arc::new(builder.build().map_err(client_error)?),
+            settings,
+        ))
     }
 
     /// The agency's credentials: from the environment, else from its credentials file.

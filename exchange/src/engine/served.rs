@@ -21,7 +21,7 @@ use super::lineage::tables_touched;
 use super::{Exchange, QueryError, QueryStream, audit_decision};
 use crate::audit::{AuditError, Entry, StatementKind, TableUse};
 use crate::enforcement::BaseTag;
-use crate::federation::{NodeRequest, Signer, attributes_of, roles_of};
+use crate::federation::{MAX_NODES, MAX_PREDICATES, NodeRequest, Signer, attributes_of, roles_of};
 use crate::masking::{TokenKeys, TokenKind, TokenUdf};
 
 /// Scope of the entity tokens a node sends for `min_group` counting: keyed by the node's
@@ -185,12 +185,33 @@ impl Exchange {
             })
             .map(|(_, c)| c.clone())
             .collect();
+        let nodes: usize = req.filters.iter().map(|p| p.nodes()).sum();
+        if req.filters.len() > MAX_PREDICATES || nodes > MAX_NODES {
+            return refuse(format!(
+                "{}: predicates larger than a node evaluates (at most {MAX_PREDICATES} predicates of {MAX_NODES} operators in all)",
+                req.table
+            ));
+        }
+        let mut predicates = Vec::new();
         for p in &req.filters {
-            let predicate = match p.to_expr(schema, &visible) {
-                Ok(e) => e,
+            if let Some(c) = p
+                .columns()
+                .into_iter()
+                .find(|c| req.columns.iter().any(|x| x == c) && !visible.iter().any(|x| x == c))
+            {
+                return refuse(format!(
+                    "{}: a pushed predicate reads {c}, a hidden column; predicates read visible columns only",
+                    req.table
+                ));
+            }
+            match p.to_expr(schema, &visible) {
+                Ok(e) => predicates.push(e),
                 Err(why) => return refuse(format!("{}: {why}", req.table)),
-            };
-            builder = builder.filter(predicate).map_err(map_error)?;
+            }
+        }
+        // One filter of their conjunction (a filter per predicate would nest the plan).
+        if let Some(all) = datafusion::logical_expr::utils::conjunction(predicates) {
+            builder = builder.filter(all).map_err(map_error)?;
         }
         let mut builder = builder.project(exprs).map_err(map_error)?;
         // DataFusion's LIMIT is an i64: a larger one limits nothing.

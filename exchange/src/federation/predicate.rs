@@ -124,12 +124,16 @@ pub enum Literal {
     /// Int64.
     Int64(i64),
     /// UInt8.
+    #[serde(rename = "uint8")]
     UInt8(u8),
     /// UInt16.
+    #[serde(rename = "uint16")]
     UInt16(u16),
     /// UInt32.
+    #[serde(rename = "uint32")]
     UInt32(u32),
     /// UInt64.
+    #[serde(rename = "uint64")]
     UInt64(u64),
     /// Float32 (finite).
     Float32(f32),
@@ -159,8 +163,20 @@ pub enum Literal {
 /// Largest number of literals a predicate carries (a longer IN list stays at the hub).
 const MAX_LITERALS: usize = 10_000;
 
-/// Deepest nesting a predicate has.
+/// Deepest nesting a predicate has, counted as the node builds it (an `AND` of n operands
+/// nests n - 1 deep).
 const MAX_DEPTH: usize = 32;
+
+/// Most operators and operands (IN-list values aside) in all of one request's predicates:
+/// a node's cost per row is bounded whatever a request holds.
+pub const MAX_NODES: usize = 256;
+
+/// Most predicates in one request.
+pub const MAX_PREDICATES: usize = 32;
+
+/// Longest LIKE pattern pushed, in characters: a pattern compiles to a regular expression,
+/// and a long one can exceed the engine's size limit, an error a node must never raise.
+const MAX_PATTERN_CHARS: usize = 200;
 
 impl Predicate {
     /// The predicate an expression of the hub's plan is, over the columns of `schema`
@@ -168,15 +184,50 @@ impl Predicate {
     /// language (it then stays at the hub only).
     pub fn from_expr(expr: &Expr, schema: &Schema, hidden: &[&str]) -> Option<Self> {
         let p = from_expr(expr, schema, hidden, 0)?;
-        (p.literals() <= MAX_LITERALS).then_some(p)
+        p.within_limits().ok()?;
+        Some(p)
+    }
+
+    /// Whether a node accepts its size: the same measure on both sides, so a hub never
+    /// sends what a node refuses.
+    fn within_limits(&self) -> Result<(), String> {
+        if self.depth() > MAX_DEPTH
+            || self.literals() > MAX_LITERALS
+            || self.nodes() > MAX_NODES
+            || self.longest_pattern() > MAX_PATTERN_CHARS
+        {
+            return Err("a pushed predicate is too large".into());
+        }
+        Ok(())
+    }
+
+    /// Operators and operands, IN-list values aside.
+    pub fn nodes(&self) -> usize {
+        match self {
+            Predicate::And(ps) | Predicate::Or(ps) => {
+                ps.len().saturating_sub(1).max(1) + ps.iter().map(Self::nodes).sum::<usize>()
+            }
+            Predicate::Not(p) => 1 + p.nodes(),
+            Predicate::Column(_) => 1,
+            _ => 3,
+        }
+    }
+
+    fn longest_pattern(&self) -> usize {
+        match self {
+            Predicate::And(ps) | Predicate::Or(ps) => {
+                ps.iter().map(Self::longest_pattern).max().unwrap_or(0)
+            }
+            Predicate::Not(p) => p.longest_pattern(),
+            Predicate::Like { pattern, .. } => pattern.chars().count(),
+            _ => 0,
+        }
     }
 
     /// The predicate as an expression over `schema`'s columns (of the fragment a node
     /// serves), each named one of `allowed`, type-checked: an error says why it does not fit.
     pub fn to_expr(&self, schema: &DFSchema, allowed: &[String]) -> Result<Expr, String> {
-        if self.depth() > MAX_DEPTH || self.literals() > MAX_LITERALS {
-            return Err("a pushed predicate is too large".into());
-        }
+        self.within_limits()?;
         let expr = to_expr(self, schema, allowed)?;
         check_types(&expr, schema)?;
         Ok(expr)
@@ -194,7 +245,7 @@ impl Predicate {
     fn depth(&self) -> usize {
         match self {
             Predicate::And(ps) | Predicate::Or(ps) => {
-                1 + ps.iter().map(Self::depth).max().unwrap_or(0)
+                ps.len().saturating_sub(1).max(1) + ps.iter().map(Self::depth).max().unwrap_or(0)
             }
             Predicate::Not(p) => 1 + p.depth(),
             _ => 1,
@@ -665,7 +716,7 @@ impl fmt::Display for Predicate {
             Predicate::And(ps) => join(f, ps, "AND"),
             Predicate::Or(ps) => join(f, ps, "OR"),
             Predicate::Not(p) => write!(f, "NOT {p}"),
-            Predicate::Column(c) => write!(f, "{c}"),
+            Predicate::Column(c) => write!(f, "{}", Ident(c)),
             Predicate::Compare { left, op, right } => {
                 let op = match op {
                     Comparison::Eq => "=",
@@ -715,23 +766,62 @@ impl fmt::Display for Predicate {
 impl fmt::Display for Operand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Operand::Column(c) => write!(f, "{c}"),
+            Operand::Column(c) => write!(f, "{}", Ident(c)),
             Operand::Widened { column, to } => match to.scalar() {
-                Ok(s) => write!(f, "CAST({column} AS {})", s.data_type()),
-                Err(_) => write!(f, "CAST({column})"),
+                Ok(s) => write!(f, "CAST({} AS {})", Ident(column), s.data_type()),
+                Err(_) => write!(f, "CAST({})", Ident(column)),
             },
             Operand::Literal(l) => match l.scalar() {
-                Ok(s)
-                    if matches!(
-                        s.data_type(),
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                    ) =>
-                {
-                    write!(f, "'{}'", s.to_string().replace('\'', "''"))
-                }
-                Ok(s) => write!(f, "{s}"),
+                Ok(s) => write!(f, "{}", literal_text(&s)),
                 Err(e) => write!(f, "<{e}>"),
             },
+        }
+    }
+}
+
+/// A column name as SQL would need it: quoted unless a plain lower-case identifier, so that a
+/// name a request supplies reads as one name in a record.
+struct Ident<'a>(&'a str);
+
+impl fmt::Display for Ident<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chars = self.0.chars();
+        let plain = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if plain {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "\"{}\"", self.0.replace('"', "\"\""))
+        }
+    }
+}
+
+/// A literal as SQL text with its exact type: strings quoted, booleans bare, anything else
+/// `value::Type` (dates and timestamps in ISO 8601).
+fn literal_text(s: &ScalarValue) -> String {
+    let t = s.data_type();
+    if s.is_null() {
+        return format!("NULL::{t}");
+    }
+    match s {
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => format!("'{}'", v.replace('\'', "''")),
+        ScalarValue::Boolean(Some(b)) => b.to_string(),
+        _ => {
+            let options = arrow::util::display::FormatOptions::default();
+            let value = s
+                .to_array()
+                .ok()
+                .and_then(|a| {
+                    arrow::util::display::ArrayFormatter::try_new(a.as_ref(), &options)
+                        .ok()
+                        .map(|fmt| fmt.value(0).to_string())
+                })
+                .unwrap_or_else(|| s.to_string());
+            format!("{value}::{t}")
         }
     }
 }
@@ -836,6 +926,33 @@ mod tests {
     }
 
     #[test]
+    fn what_a_hub_sends_a_node_accepts_at_every_size() {
+        // Review 28 F2: hub and node once measured depth differently (a chain of 33 ORs,
+        // or 32 with a BETWEEN, was sent and refused).
+        let s = schema();
+        let df = DFSchema::try_from(s.clone()).expect("schema");
+        let allowed: Vec<String> = vec!["alone".into(), "job".into(), "age".into()];
+        for n in 1..45 {
+            for between in [false, true] {
+                let first = if between {
+                    col("age").between(lit(1i32), lit(3i32))
+                } else {
+                    col("age").gt(lit(0i32))
+                };
+                let chain =
+                    (1..n).fold(first, |acc, i| acc.or(col("job").eq(lit(format!("j{i}")))));
+                if let Some(p) = Predicate::from_expr(&chain, &s, &[]) {
+                    assert!(p.to_expr(&df, &allowed).is_ok(), "{n} {between}");
+                } else {
+                    assert!(n > 30, "a chain of {n} stays at the hub");
+                }
+            }
+        }
+        let long_like = col("job").like(lit("_".repeat(MAX_PATTERN_CHARS + 1)));
+        assert!(Predicate::from_expr(&long_like, &s, &[]).is_none());
+    }
+
+    #[test]
     fn predicates_read_as_sql_in_audit_records() {
         let p = Predicate::from_expr(
             &col("job")
@@ -846,5 +963,18 @@ mod tests {
         )
         .expect("pushable");
         assert_eq!(p.to_string(), "(job IN ('it''s') AND alone)");
+        let typed: Predicate = serde_json::from_value(serde_json::json!({"and": [
+            {"compare": {"left": {"column": "Odd \"name"}, "op": "not_eq",
+                "right": {"literal": {"int64": 1}}}},
+            {"compare": {"left": {"column": "t"}, "op": "gt",
+                "right": {"literal": {"timestamp": {"value": 1_767_225_600_000_000i64,
+                    "unit": "us", "tz": null}}}}},
+            {"is_null": {"operand": {"literal": {"null": {"uint8": 0}}}, "negated": false}}
+        ]}))
+        .expect("json");
+        assert_eq!(
+            typed.to_string(),
+            "(\"Odd \"\"name\" <> 1::Int64 AND t > 2026-01-01T00:00:00::Timestamp(µs) AND NULL::UInt8 IS NULL)"
+        );
     }
 }

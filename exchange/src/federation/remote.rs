@@ -169,19 +169,22 @@ impl TableProvider for RemoteTable {
             .and_then(|l| u64::try_from(l).ok());
         // A predicate goes only over columns the node returns (DataFusion projects the
         // columns of an inexact filter; anything else stays at the hub alone).
-        let mut budget = super::request::MAX_PREDICATE_BYTES;
+        // Within a node's limits (bytes, operators, count); the rest stays at the hub.
+        let (mut bytes, mut nodes) = (super::request::MAX_PREDICATE_BYTES, super::MAX_NODES);
         let filters: Vec<Predicate> = filters
             .iter()
             .filter_map(|f| self.predicate(f))
             .filter(|p| p.columns().iter().all(|c| columns.iter().any(|x| x == c)))
             .filter(|p| {
                 let size = serde_json::to_string(p).map_or(usize::MAX, |s| s.len());
-                let fits = size <= budget;
+                let fits = size <= bytes && p.nodes() <= nodes;
                 if fits {
-                    budget -= size;
+                    bytes -= size;
+                    nodes -= p.nodes();
                 }
                 fits
             })
+            .take(super::MAX_PREDICATES)
             .collect();
         let asked = super::asked_digest(&columns, limit, &filters);
         let Some((statement, request)) = new_request(&self.table, &asked) else {
