@@ -296,6 +296,15 @@ async fn the_federated_city() {
             "SELECT count(*) FROM police.residents WHERE {}",
             conjuncts.join(" AND ")
         ),
+        // More LIKE pattern characters than a request carries (review 28b: each pattern
+        // compiles again per batch at the node).
+        format!(
+            "SELECT count(*) FROM police.residents WHERE {}",
+            (0..6)
+                .map(|i| format!("name NOT LIKE '%{i}{}'", "_".repeat(190)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        ),
     ];
     for sql in &edge {
         let mut results = Vec::new();
@@ -519,7 +528,22 @@ async fn the_federated_city() {
                 serde_json::json!([{"like": {"operand": {"column": "district"},
                     "pattern": "_".repeat(12_000), "negated": false, "case_insensitive": false}}]),
             ),
-            "too large",
+            "LIKE pattern characters",
+        ),
+        (
+            with_filter(
+                &["district"],
+                serde_json::Value::Array(
+                    (0..6)
+                        .map(|i| {
+                            serde_json::json!({"like": {"operand": {"column": "district"},
+                            "pattern": format!("%{i}{}", "_".repeat(190)), "negated": false,
+                            "case_insensitive": false}})
+                        })
+                        .collect(),
+                ),
+            ),
+            "LIKE pattern characters",
         ),
     ];
     let refused_count = refusals.len();
@@ -578,6 +602,17 @@ async fn the_federated_city() {
     assert_eq!(unsigned.code(), tonic::Code::Unauthenticated);
 
     let after = node_records(&police.state);
+    // A request's text is bounded in its record (250 predicates: about 20 KB of text).
+    assert!(
+        after[before..]
+            .iter()
+            .all(|r| r.entry.statement.len() < 4200),
+        "{:?}",
+        after[before..]
+            .iter()
+            .map(|r| r.entry.statement.len())
+            .max()
+    );
     let new: Vec<_> = after[before..]
         .iter()
         .filter(|r| r.entry.completes.is_none())

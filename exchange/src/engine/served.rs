@@ -21,12 +21,17 @@ use super::lineage::tables_touched;
 use super::{Exchange, QueryError, QueryStream, audit_decision};
 use crate::audit::{AuditError, Entry, StatementKind, TableUse};
 use crate::enforcement::BaseTag;
-use crate::federation::{MAX_NODES, MAX_PREDICATES, NodeRequest, Signer, attributes_of, roles_of};
+use crate::federation::{
+    MAX_NODES, MAX_PATTERNS_CHARS, MAX_PREDICATES, NodeRequest, Signer, attributes_of, roles_of,
+};
 use crate::masking::{TokenKeys, TokenKind, TokenUdf};
 
 /// Scope of the entity tokens a node sends for `min_group` counting: keyed by the node's
 /// master secret, the same for every hub and principal (counting needs only equality).
 const ENTITY_SCOPE: &str = "federation/entity";
+
+/// Longest text of a request a node's record keeps.
+const MAX_TEXT_BYTES: usize = 4096;
 
 /// A planned request.
 struct Served {
@@ -46,7 +51,7 @@ impl Exchange {
     ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
         let filters: Vec<String> = req.filters.iter().map(|p| format!(" where {p}")).collect();
-        let text = format!(
+        let mut text = format!(
             "node request of hub {}: {} [{}]{}{}",
             signer.hub,
             req.table,
@@ -54,6 +59,16 @@ impl Exchange {
             filters.concat(),
             req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
         );
+        // A request's own text bounds its record (the digest covers all of it).
+        if text.len() > MAX_TEXT_BYTES {
+            let mut end = MAX_TEXT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let more = text.len() - end;
+            text.truncate(end);
+            text.push_str(&format!(" ... ({more} more bytes)"));
+        }
         let head = Entry {
             hub_statement: Some(format!(
                 "{}/{}/{}/{}",
@@ -186,9 +201,10 @@ impl Exchange {
             .map(|(_, c)| c.clone())
             .collect();
         let nodes: usize = req.filters.iter().map(|p| p.nodes()).sum();
-        if req.filters.len() > MAX_PREDICATES || nodes > MAX_NODES {
+        let chars: usize = req.filters.iter().map(|p| p.pattern_chars()).sum();
+        if req.filters.len() > MAX_PREDICATES || nodes > MAX_NODES || chars > MAX_PATTERNS_CHARS {
             return refuse(format!(
-                "{}: predicates larger than a node evaluates (at most {MAX_PREDICATES} predicates of {MAX_NODES} operators in all)",
+                "{}: predicates larger than a node evaluates (at most {MAX_PREDICATES} predicates of {MAX_NODES} operators and {MAX_PATTERNS_CHARS} LIKE pattern characters in all)",
                 req.table
             ));
         }

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use node::{NodeOptions, serve_node};
-pub use predicate::{Comparison, Literal, MAX_NODES, MAX_PREDICATES, Operand, Predicate};
+pub use predicate::{
+    Comparison, Literal, MAX_NODES, MAX_PATTERNS_CHARS, MAX_PREDICATES, Operand, Predicate,
+};
 pub use reconcile::{ReconcileError, Reconciliation, reconcile};
 pub use remote::{Claims, NodeClient, RemoteTable, bytes_received};
 pub use request::{

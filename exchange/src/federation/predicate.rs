@@ -178,6 +178,10 @@ pub const MAX_PREDICATES: usize = 32;
 /// and a long one can exceed the engine's size limit, an error a node must never raise.
 const MAX_PATTERN_CHARS: usize = 200;
 
+/// Most LIKE pattern characters in all of one request's predicates: a pattern is compiled
+/// again for every batch, so their total bounds a node's cost per batch (review 28b).
+pub const MAX_PATTERNS_CHARS: usize = 1_000;
+
 impl Predicate {
     /// The predicate an expression of the hub's plan is, over the columns of `schema`
     /// (the node's output) other than those in `hidden`; `None` when it is not of the
@@ -195,6 +199,7 @@ impl Predicate {
             || self.literals() > MAX_LITERALS
             || self.nodes() > MAX_NODES
             || self.longest_pattern() > MAX_PATTERN_CHARS
+            || self.pattern_chars() > MAX_PATTERNS_CHARS
         {
             return Err("a pushed predicate is too large".into());
         }
@@ -210,6 +215,16 @@ impl Predicate {
             Predicate::Not(p) => 1 + p.nodes(),
             Predicate::Column(_) => 1,
             _ => 3,
+        }
+    }
+
+    /// Characters of all its LIKE patterns.
+    pub fn pattern_chars(&self) -> usize {
+        match self {
+            Predicate::And(ps) | Predicate::Or(ps) => ps.iter().map(Self::pattern_chars).sum(),
+            Predicate::Not(p) => p.pattern_chars(),
+            Predicate::Like { pattern, .. } => pattern.chars().count(),
+            _ => 0,
         }
     }
 

@@ -170,17 +170,22 @@ impl TableProvider for RemoteTable {
         // A predicate goes only over columns the node returns (DataFusion projects the
         // columns of an inexact filter; anything else stays at the hub alone).
         // Within a node's limits (bytes, operators, count); the rest stays at the hub.
-        let (mut bytes, mut nodes) = (super::request::MAX_PREDICATE_BYTES, super::MAX_NODES);
+        let (mut bytes, mut nodes, mut chars) = (
+            super::request::MAX_PREDICATE_BYTES,
+            super::MAX_NODES,
+            super::MAX_PATTERNS_CHARS,
+        );
         let filters: Vec<Predicate> = filters
             .iter()
             .filter_map(|f| self.predicate(f))
             .filter(|p| p.columns().iter().all(|c| columns.iter().any(|x| x == c)))
             .filter(|p| {
                 let size = serde_json::to_string(p).map_or(usize::MAX, |s| s.len());
-                let fits = size <= bytes && p.nodes() <= nodes;
+                let fits = size <= bytes && p.nodes() <= nodes && p.pattern_chars() <= chars;
                 if fits {
                     bytes -= size;
                     nodes -= p.nodes();
+                    chars -= p.pattern_chars();
                 }
                 fits
             })
