@@ -184,11 +184,19 @@ impl ObjectStore for CachedStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let bounded = match &options.range {
-            Some(GetRange::Bounded(r)) if Self::plain(&options) => Some(r.clone()),
+        let current = self.current(location);
+        // Every range of the listed version as bytes start..end (a suffix or an offset
+        // from the listed size).
+        let bounded = match (&options.range, &current) {
+            _ if !Self::plain(&options) => None,
+            (Some(GetRange::Bounded(r)), _) => Some(r.clone()),
+            (Some(GetRange::Offset(o)), Some((m, _))) if *o < m.size => Some(*o..m.size),
+            (Some(GetRange::Suffix(n)), Some((m, _))) if *n > 0 => {
+                Some(m.size.saturating_sub(*n)..m.size)
+            }
             _ => None,
         };
-        let (Some(range), Some((meta, tag))) = (bounded, self.current(location)) else {
+        let (Some(range), Some((meta, tag))) = (bounded, current) else {
             let head = options.head;
             let result = self.inner.get_opts(location, options).await?;
             if head {
@@ -363,7 +371,18 @@ mod tests {
             store.get_ranges(&path, &[0..2, 2..5]).await.unwrap(),
             vec!["01", "234"]
         );
+        let suffix = || async {
+            let options = GetOptions {
+                range: Some(GetRange::Suffix(3)),
+                ..GetOptions::default()
+            };
+            let r = store.get_opts(&path, options).await.unwrap();
+            assert_eq!(r.range, 7..10);
+            r.bytes().await.unwrap()
+        };
+        assert_eq!(suffix().await, "789");
         let before = gets(&counting);
+        assert_eq!(suffix().await, "789");
         assert_eq!(store.get_range(&path, 2..5).await.unwrap(), "234");
         assert_eq!(
             store.get_ranges(&path, &[0..2, 2..5]).await.unwrap(),
