@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use exchange::federation::{NodeOptions, NodeSettings, bytes_received, serve_node};
+use exchange::federation::{LocalNode, NodeSettings, bytes_received};
 use exchange::{Exchange, ExchangeConfig};
 
 type Error = Box<dyn std::error::Error>;
@@ -80,37 +80,19 @@ async fn main() -> Result<(), Error> {
         .map(|d| d.agency.clone())
         .collect();
     agencies.dedup();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut running = Vec::new();
     let mut nodes = BTreeMap::new();
     for a in &agencies {
         let mut c = config(&format!("node-{a}"), &node_keys);
         c.federation.hubs = BTreeMap::from([("hub".to_string(), hub_pub.trim().to_string())]);
-        let ex = Exchange::open(c)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let options = NodeOptions {
-            agency: a.clone(),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        tasks.push(tokio::spawn(serve_node(
-            ex,
-            options,
-            move |addr| {
-                let _ = tx.send(addr);
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        )));
-        stops.push(stop);
-        let addr = rx.await?;
+        let node = LocalNode::start(Exchange::open(c)?, a).await?;
         nodes.insert(
             a.clone(),
             NodeSettings {
-                url: format!("http://{addr}"),
+                url: node.url.clone(),
             },
         );
+        running.push(node);
     }
     let mut hub_config = config("hub", &hub_keys);
     hub_config.federation.nodes = nodes;
@@ -158,11 +140,8 @@ async fn main() -> Result<(), Error> {
     }
     drop(hub);
     drop(single);
-    for s in stops {
-        let _ = s.send(());
-    }
-    for t in tasks {
-        t.await??;
+    for node in running {
+        node.stop().await?;
     }
     s3_vs_local(&data_dir, runs, &mut json).await?;
     let out = repo().join("target/bench-federation.json");

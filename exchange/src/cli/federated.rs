@@ -16,7 +16,7 @@ use super::config;
 use crate::config::Settings;
 use crate::demo;
 use crate::engine::{Exchange, QueryError};
-use crate::federation::{NodeOptions, NodeSettings, serve_node};
+use crate::federation::{LocalNode, NodeSettings};
 
 /// Every cell, formatted, rows sorted: results compared regardless of row order.
 fn sorted_cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
@@ -36,52 +36,16 @@ fn sorted_cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     rows
 }
 
-struct RunningNode {
-    agency: String,
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), crate::federation::FederationError>>,
-}
-
-/// Start the node of `agency` in this process.
-async fn start_node(
-    settings: &Settings,
-    agency: &str,
-    hub_pub: &str,
-) -> Result<RunningNode, String> {
+/// Start the node of `agency` in this process, pinning the demo hub's key.
+async fn start_node(settings: &Settings, agency: &str, hub_pub: &str) -> Result<LocalNode, String> {
     let mut c = config(settings);
     c.state_dir = c.state_dir.join("federated").join(format!("node-{agency}"));
     c.federation.hubs = BTreeMap::from([("demo-hub".to_string(), hub_pub.to_string())]);
     c.federation.nodes.clear();
     let ex = Exchange::open(c).map_err(|e| format!("node {agency}: {e}"))?;
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = NodeOptions {
-        agency: agency.to_string(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let task = tokio::spawn(async move {
-        serve_node(
-            ex,
-            options,
-            |addr| {
-                let _ = addr_tx.send(addr);
-            },
-            async {
-                let _ = stopped.await;
-            },
-        )
+    LocalNode::start(ex, agency)
         .await
-    });
-    let addr = addr_rx
-        .await
-        .map_err(|_| format!("node {agency} did not start"))?;
-    Ok(RunningNode {
-        agency: agency.to_string(),
-        url: format!("http://{addr}"),
-        stop,
-        task,
-    })
+        .map_err(|e| format!("node {agency}: {e}"))
 }
 
 /// The federated demo; the data and the nodes' keys exist.
@@ -119,16 +83,16 @@ async fn run_inner(settings: &Settings) -> Result<bool, String> {
             node.url,
             root.display()
         );
-        nodes.push(node);
+        nodes.push((a.clone(), node));
     }
     let mut hub_config = base.clone();
     hub_config.state_dir = root.join("hub");
     hub_config.key_dir = hub_keys;
-    for n in &nodes {
+    for (a, n) in &nodes {
         hub_config
             .federation
             .nodes
-            .insert(n.agency.clone(), NodeSettings { url: n.url.clone() });
+            .insert(a.clone(), NodeSettings { url: n.url.clone() });
     }
     let hub = Exchange::open(hub_config).map_err(|e| format!("hub: {e}"))?;
     say!(
@@ -189,13 +153,8 @@ async fn run_inner(settings: &Settings) -> Result<bool, String> {
     let hub_id = hub.signer().public_key().id();
     drop(hub);
     drop(single);
-    for n in nodes.drain(..) {
-        let _ = n.stop.send(());
-        match n.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("node {}: {e}", n.agency)),
-            Err(_) => return Err(format!("node {} failed", n.agency)),
-        }
+    for (a, n) in nodes.drain(..) {
+        n.stop().await.map_err(|e| format!("node {a}: {e}"))?;
     }
     let node_logs: Vec<_> = agencies
         .iter()

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use node::{NodeOptions, serve_node};
+pub use node::{LocalNode, NodeOptions, serve_node};
 pub use predicate::{
     Comparison, Literal, MAX_NODES, MAX_PATTERNS_CHARS, MAX_PREDICATES, Operand, Predicate,
 };

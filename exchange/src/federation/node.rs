@@ -281,3 +281,58 @@ pub async fn serve_node(
         .map_err(|e| FederationError::Setup(format!("audit log not sealed: {e}")))?;
     result
 }
+
+/// A node serving in this process on a free loopback port: the federated demo and the
+/// benchmarks start one per agency.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), FederationError>>,
+}
+
+impl LocalNode {
+    /// Serve `agency`'s tables of `ex` (its configuration pins the hubs) until stopped.
+    pub async fn start(ex: Exchange, agency: &str) -> Result<Self, FederationError> {
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = NodeOptions {
+            agency: agency.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let task = tokio::spawn(serve_node(
+            ex,
+            options,
+            move |addr| {
+                let _ = addr_tx.send(addr);
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        match addr_rx.await {
+            Ok(addr) => Ok(Self {
+                url: format!("http://{addr}"),
+                stop,
+                task,
+            }),
+            // It stopped before listening: its error says why.
+            Err(_) => Err(Self::joined(task.await).err().unwrap_or_else(|| {
+                FederationError::Internal(format!("the node of {agency} did not start"))
+            })),
+        }
+    }
+
+    /// Stop serving and wait until the node has sealed its log.
+    pub async fn stop(self) -> Result<(), FederationError> {
+        let _ = self.stop.send(());
+        Self::joined(self.task.await)
+    }
+
+    fn joined(
+        r: Result<Result<(), FederationError>, tokio::task::JoinError>,
+    ) -> Result<(), FederationError> {
+        r.map_err(|e| FederationError::Internal(format!("a node's task failed: {e}")))?
+    }
+}
