@@ -5,9 +5,17 @@
 //! latest listing (or HEAD) showed, so a replaced object is read again from the store at the
 //! next statement, and the listing itself revalidates access (revoked credentials fail it
 //! before any cached byte is used). A range it fetches is asked with `If-Match` on that ETag,
-//! so bytes of two versions of an object never mix: an object replaced mid-statement fails
-//! the read instead. One cache per agency store, bounded in bytes, least recently used out;
-//! objects without an ETag are not cached.
+//! so an object replaced after the last listing fails the read instead of filling the cache
+//! with another version's bytes. One cache per agency store, bounded in bytes, least recently used out;
+//! objects without an ETag, or with a weak one, are not cached.
+//!
+//! Only S3 stores are cached: an S3 ETag changes with every upload, while HTTP servers
+//! commonly derive theirs from size and modification time (review 29: a file replaced by one
+//! of the same size and time was served stale). Open (review 29 F1): the If-Match ETag is
+//! the one last listed by any statement, so a scan that runs while another statement lists
+//! a replaced object reads the new version's bytes under the old footer, as it would
+//! without the cache (object_store reads carry no version); the ETag should travel with
+//! the scan.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -119,10 +127,11 @@ impl CachedStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The object's metadata as last seen, if it has an ETag to key the cache with.
+    /// The object's metadata as last seen, if it has a strong ETag to key the cache with
+    /// (a weak one, `W/"..."`, says nothing of the bytes and fails a strict If-Match).
     fn current(&self, location: &Path) -> Option<(ObjectMeta, String)> {
         let meta = self.state().seen.get(location).cloned()?;
-        let tag = meta.e_tag.clone()?;
+        let tag = meta.e_tag.clone().filter(|t| !t.starts_with("W/"))?;
         Some((meta, tag))
     }
 
@@ -403,6 +412,29 @@ mod tests {
             .unwrap();
         assert_eq!(store.get_range(&path, 2..5).await.unwrap(), "cde");
         assert!(gets(&counting) > before);
+    }
+
+    #[tokio::test]
+    async fn objects_with_weak_etags_are_read_through() {
+        // Review 29: a weak ETag says nothing of the bytes, and a server comparing If-Match
+        // strongly fails every read asked with one.
+        let counting = Arc::new(Counting {
+            inner: InMemory::new(),
+            gets: Default::default(),
+        });
+        let store = CachedStore::new(counting.clone(), 1 << 20);
+        let path = Path::from("w.parquet");
+        store
+            .put(&path, Bytes::from_static(b"0123456789").into())
+            .await
+            .unwrap();
+        let mut meta = store.head(&path).await.unwrap();
+        meta.e_tag = Some("W/\"5-abc\"".into());
+        store.state().note(&meta);
+        for _ in 0..2 {
+            assert_eq!(store.get_range(&path, 2..5).await.unwrap(), "234");
+        }
+        assert_eq!(gets(&counting), 2, "not cached");
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ pub struct StoreSettings {
     pub timeout_secs: u64,
     /// Retries of a failed request (default 3).
     pub max_retries: usize,
-    /// MiB of ranges read from the store kept in memory, keyed by object and ETag and
+    /// MiB of ranges read from an S3 store kept in memory, keyed by object and ETag and
     /// revalidated by each statement's listing (default 256; 0: no cache).
     pub cache_mb: u64,
 }
@@ -313,7 +313,8 @@ impl Stores {
                 .with_retry(retry)
                 .build()
                 .map_err(client_error)?;
-            return Ok(cached(Arc::new(store), settings));
+            // Not cached: HTTP servers' ETags often come from size and time, not content.
+            return Ok(Arc::new(store));
         }
         let endpoint_http = settings
             .endpoint
