@@ -14,6 +14,21 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema};
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
+/// Cut `s` to at most `max` bytes at a character boundary, then append `tail(bytes cut)`;
+/// unchanged when it fits.
+pub fn cut(s: &mut String, max: usize, tail: impl FnOnce(usize) -> String) {
+    if s.len() <= max {
+        return;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0);
+    let more = s.len() - end;
+    s.truncate(end);
+    s.push_str(&tail(more));
+}
+
 /// Characters that change how text displays rather than being displayed: controls,
 /// bidirectional marks and overrides, zero-width characters, line and paragraph separators.
 fn acts_on_terminal(c: char) -> bool {

@@ -198,14 +198,7 @@ fn expr_bound(e: &Expr, schema: &DFSchema, of: &[Bound]) -> Result<Bound, String
     };
     if b.growth > MAX_GROWTH {
         let mut shown = e.to_string();
-        if shown.len() > 200 {
-            let cut = (0..=200)
-                .rev()
-                .find(|i| shown.is_char_boundary(*i))
-                .unwrap_or(0);
-            shown.truncate(cut);
-            shown.push('…');
-        }
+        crate::text::cut(&mut shown, 200, |_| "…".into());
         return Err(format!(
             "values of {shown} could grow to more than {MAX_GROWTH} times an input value (concatenations of concatenations); such a statement could fail on, or reveal by its memory use, rows it should not tell about"
         ));

@@ -21,9 +21,7 @@ use super::lineage::tables_touched;
 use super::{Exchange, QueryError, QueryStream, audit_decision};
 use crate::audit::{AuditError, Entry, StatementKind, TableUse};
 use crate::enforcement::BaseTag;
-use crate::federation::{
-    MAX_NODES, MAX_PATTERNS_CHARS, MAX_PREDICATES, NodeRequest, Signer, attributes_of, roles_of,
-};
+use crate::federation::{NodeRequest, Predicate, Signer, attributes_of, roles_of};
 use crate::masking::{TokenKeys, TokenKind, TokenUdf};
 
 /// Scope of the entity tokens a node sends for `min_group` counting: keyed by the node's
@@ -60,15 +58,9 @@ impl Exchange {
             req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
         );
         // A request's own text bounds its record (the digest covers all of it).
-        if text.len() > MAX_TEXT_BYTES {
-            let mut end = MAX_TEXT_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            let more = text.len() - end;
-            text.truncate(end);
-            text.push_str(&format!(" ... ({more} more bytes)"));
-        }
+        crate::text::cut(&mut text, MAX_TEXT_BYTES, |more| {
+            format!(" ... ({more} more bytes)")
+        });
         let head = Entry {
             hub_statement: Some(format!(
                 "{}/{}/{}/{}",
@@ -200,13 +192,8 @@ impl Exchange {
             })
             .map(|(_, c)| c.clone())
             .collect();
-        let nodes: usize = req.filters.iter().map(|p| p.nodes()).sum();
-        let chars: usize = req.filters.iter().map(|p| p.pattern_chars()).sum();
-        if req.filters.len() > MAX_PREDICATES || nodes > MAX_NODES || chars > MAX_PATTERNS_CHARS {
-            return refuse(format!(
-                "{}: predicates larger than a node evaluates (at most {MAX_PREDICATES} predicates of {MAX_NODES} operators and {MAX_PATTERNS_CHARS} LIKE pattern characters in all)",
-                req.table
-            ));
+        if let Err(why) = Predicate::request_fits(&req.filters) {
+            return refuse(format!("{}: {why}", req.table));
         }
         let mut predicates = Vec::new();
         for p in &req.filters {

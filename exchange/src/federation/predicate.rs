@@ -218,6 +218,19 @@ impl Predicate {
         }
     }
 
+    /// Whether a request's predicates together stay within what a node evaluates (count,
+    /// operators, LIKE pattern characters); each one's own size is checked by `to_expr`.
+    pub fn request_fits(all: &[Predicate]) -> Result<(), String> {
+        let nodes: usize = all.iter().map(Self::nodes).sum();
+        let chars: usize = all.iter().map(Self::pattern_chars).sum();
+        if all.len() > MAX_PREDICATES || nodes > MAX_NODES || chars > MAX_PATTERNS_CHARS {
+            return Err(format!(
+                "predicates larger than a node evaluates (at most {MAX_PREDICATES} predicates of {MAX_NODES} operators and {MAX_PATTERNS_CHARS} LIKE pattern characters in all)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Characters of all its LIKE patterns.
     pub fn pattern_chars(&self) -> usize {
         match self {
