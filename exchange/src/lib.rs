@@ -46,6 +46,7 @@ pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod demo;
+pub mod distributed;
 pub mod export;
 pub mod federation;
 pub mod keys;

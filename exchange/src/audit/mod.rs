@@ -220,6 +220,10 @@ pub struct Entry {
     /// (`<hub key id>/<statement id>/<request id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_statement: Option<String>,
+    /// At a hub with workers: the workers its stages ran on (`http://host:port`), on the
+    /// completion record of a distributed statement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
 }
 
 /// One record per statement, in log order: each completion record folded into the started
@@ -249,6 +253,9 @@ pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
         s.result_digest = end.result_digest.or(s.result_digest.take());
         s.export = end.export.or(s.export.take());
         s.guard = end.guard.or(s.guard.take());
+        if !end.workers.is_empty() {
+            s.workers = end.workers;
+        }
     }
     out
 }

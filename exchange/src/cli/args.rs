@@ -187,6 +187,17 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:50061")]
         listen: std::net::SocketAddr,
     },
+    /// Run plan fragments of the hub named in [distributed] hub (a scale-out worker),
+    /// until Ctrl-C or SIGTERM.
+    Worker {
+        /// Address to listen on; port 0: any free port, printed on start.
+        #[arg(long, default_value = "127.0.0.1:50071")]
+        listen: std::net::SocketAddr,
+        /// The address the hub and other workers reach this worker at, as the hub lists
+        /// it in [distributed] workers [default: http://<listen>].
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print the effective configuration (exchange.toml, then environment and flags).
     Config,
     /// Credentials of principals for the Flight SQL server.

@@ -264,6 +264,32 @@ async fn run(cli: Cli) -> ExitCode {
                     hub_key,
                 },
         } => admin::audit_reconcile(hub_log, node_logs, hub_key.as_deref()),
+        Command::Worker { listen, url } => {
+            let options = crate::distributed::WorkerOptions {
+                listen: *listen,
+                url: url.clone(),
+            };
+            let result = crate::distributed::serve_worker(
+                config(cfg),
+                options,
+                |_, url| {
+                    say!("exchange worker listening on {url}");
+                    let _ = std::io::stdout().flush();
+                },
+                crate::server::shutdown_signal(),
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    let _ = writeln!(std::io::stdout(), "exchange worker stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    complain!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Node { agency, listen } => {
             let ex = match Exchange::open(config(cfg)) {
                 Ok(e) => e,

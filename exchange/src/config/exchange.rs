@@ -30,6 +30,8 @@ pub struct ExchangeConfig {
     pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
     /// Nodes (at a hub) and pinned hub keys (at a node).
     pub federation: crate::federation::FederationSettings,
+    /// Workers (at a hub) and the hub's key (at a worker).
+    pub distributed: crate::distributed::DistributedSettings,
 }
 
 impl ExchangeConfig {
@@ -47,6 +49,7 @@ impl ExchangeConfig {
             batch_size: None,
             stores: Default::default(),
             federation: Default::default(),
+            distributed: Default::default(),
         }
     }
 

@@ -74,6 +74,8 @@ pub struct Settings {
     pub stores: std::collections::BTreeMap<String, crate::catalog::StoreSettings>,
     /// Federation: the agencies' nodes at a hub, the hubs' keys at a node.
     pub federation: crate::federation::FederationSettings,
+    /// Scale-out: the hub's workers, or at a worker, the hub it serves.
+    pub distributed: crate::distributed::DistributedSettings,
 }
 
 /// `[paths]`.
@@ -309,6 +311,13 @@ impl Settings {
                 message,
             });
         }
+        if let Err(message) = self.distributed.validate() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "distributed",
+                message,
+            });
+        }
         if self.audit.checkpoint_every == 0 {
             return invalid("audit.checkpoint_every", "must be at least 1");
         }
@@ -374,6 +383,7 @@ impl Settings {
         config.batch_size = self.execution.batch_size;
         config.stores = self.stores.clone();
         config.federation = self.federation.clone();
+        config.distributed = self.distributed.clone();
         config
     }
 

@@ -181,6 +181,15 @@ impl BarrierExec {
     }
 }
 
+impl BarrierExec {
+    /// The position and name of its row number, if it numbers rows (for the codec that
+    /// sends it to workers).
+    pub fn numbered(&self) -> Option<(usize, String)> {
+        self.row_at
+            .map(|at| (at, self.schema().field(at).name().clone()))
+    }
+}
+
 impl DisplayAs for BarrierExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match self.row_at {
@@ -218,13 +227,21 @@ impl ExecutionPlan for BarrierExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let task = datafusion_distributed::DistributedTaskContext::from_ctx(&context);
         let stream = self.input.execute(partition, context)?;
         let Some(at) = self.row_at else {
             return Ok(stream);
         };
         let schema = self.schema();
         let out = schema.clone();
-        let mut next = u64::try_from(partition).unwrap_or(u64::MAX) << ROW_BITS;
+        // Distributed, every task runs the scan's partitions 0..n over its own share of the
+        // files: the task's index keeps numbers unique across tasks (single-node: task 0 of 1).
+        let partitions = self.properties().partitioning.partition_count();
+        let slot = task
+            .task_index
+            .saturating_mul(partitions)
+            .saturating_add(partition);
+        let mut next = u64::try_from(slot).unwrap_or(u64::MAX) << ROW_BITS;
         let numbered = stream.map(move |batch| {
             let batch = batch?;
             let n = batch.num_rows() as u64;

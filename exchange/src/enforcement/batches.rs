@@ -56,6 +56,13 @@ impl BatchSplitExec {
     }
 }
 
+impl BatchSplitExec {
+    /// Rows per batch at most.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
 impl DisplayAs for BatchSplitExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "BatchSplitExec: rows={}", self.rows)

@@ -23,7 +23,9 @@ mod tags;
 mod total;
 mod violation;
 
-pub(crate) use barrier::{PolicyBarrier, thresholds_applied};
+pub(crate) use barrier::{BarrierExec, PolicyBarrier, thresholds_applied};
+pub(crate) use batches::BatchSplitExec;
+pub(crate) use outputs::{guard_functions, string_concat};
 pub(crate) use rule::SUBJECT;
 pub(crate) use session::{AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs, locked_config};
 pub(crate) use spec::{BaseTag, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};

@@ -51,6 +51,8 @@ pub struct PrincipalSession {
     pub expired: BTreeMap<String, Denial>,
     /// Tables whose grant cannot be applied, by `agency.table`.
     pub unusable: BTreeMap<String, Unusable>,
+    /// Whether its statements' plans are spread over workers.
+    pub distributed: bool,
     /// Memory limit of each statement, in bytes.
     memory_limit: Option<usize>,
     /// What the process may hold, every statement together.
@@ -90,6 +92,8 @@ pub struct SessionInputs<'a> {
     /// At a hub: the nodes serving agencies' tables, by agency. Those tables are read
     /// through their node, treated there; the hub never opens their files.
     pub nodes: &'a BTreeMap<String, crate::federation::NodeClient>,
+    /// At a hub with workers: where its statements' plans are spread.
+    pub cluster: Option<&'a crate::distributed::Cluster>,
 }
 
 /// The role that may read `audit.events`.
@@ -121,12 +125,44 @@ impl PrincipalSession {
         if let Some(n) = inputs.batch_size {
             config = config.with_batch_size(n);
         }
+        let domains: Vec<String> = {
+            let mut d: Vec<String> = inputs
+                .catalog
+                .datasets()
+                .iter()
+                .flat_map(|ds| ds.columns.iter().filter_map(|c| c.domain.clone()))
+                .chain(
+                    inputs
+                        .policies
+                        .grants()
+                        .iter()
+                        .flat_map(|g| g.columns.iter().filter_map(|c| c.domain.clone())),
+                )
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let consumer = inputs.token_scope.unwrap_or(principal.agency.as_str());
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
-            .with_default_features()
-            .with_query_planner(Arc::new(super::barrier::ExchangeQueryPlanner))
-            .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys))
-            .with_physical_optimizer_rule(Arc::new(super::batches::BoundedBatches));
+            .with_default_features();
+        let local: Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> =
+            Arc::new(super::barrier::ExchangeQueryPlanner);
+        builder = match inputs.cluster {
+            // Distributed: join keys stay tokens (crate::distributed's hub module says why).
+            Some(cluster) => cluster
+                .configure(
+                    builder,
+                    local,
+                    &crate::distributed::TokenScope::new(inputs.keys, consumer, &domains),
+                )?
+                .with_physical_optimizer_rule(Arc::new(super::batches::BoundedBatches)),
+            None => builder
+                .with_query_planner(local)
+                .with_physical_optimizer_rule(Arc::new(super::join_keys::RawJoinKeys))
+                .with_physical_optimizer_rule(Arc::new(super::batches::BoundedBatches)),
+        };
         // The session may serve many statements (the exchange caches it): files must be
         // listed afresh by each, so the listing cache is off. File statistics and footers stay
         // cached, checked against each file's size and modification time. Each statement
@@ -150,37 +186,18 @@ impl PrincipalSession {
         ctx.add_analyzer_rule(Arc::new(PolicyRule::new(inputs.subjects)));
         ctx.add_analyzer_rule(Arc::new(guard));
 
-        let domains: Vec<&str> = {
-            let mut d: Vec<&str> = inputs
-                .catalog
-                .datasets()
-                .iter()
-                .flat_map(|ds| ds.columns.iter().filter_map(|c| c.domain.as_deref()))
-                .chain(
-                    inputs
-                        .policies
-                        .grants()
-                        .iter()
-                        .flat_map(|g| g.columns.iter().filter_map(|c| c.domain.as_deref())),
-                )
-                .collect();
-            d.sort_unstable();
-            d.dedup();
-            d
-        };
-        let consumer = inputs.token_scope.unwrap_or(principal.agency.as_str());
         let tokens = TokenFns {
             pseudonym: TokenUdf::udf(Arc::new(TokenKeys::derive(
                 inputs.keys,
                 TokenKind::Pseudonym,
                 consumer,
-                domains.iter().copied(),
+                domains.iter().map(String::as_str),
             ))),
             join_key: TokenUdf::udf(Arc::new(TokenKeys::derive(
                 inputs.keys,
                 TokenKind::JoinKey,
                 consumer,
-                domains.iter().copied(),
+                domains.iter().map(String::as_str),
             ))),
             replace: TokenUdf::udf(Arc::new(TokenKeys::derive(
                 inputs.keys,
@@ -294,6 +311,7 @@ impl PrincipalSession {
             tables,
             expired,
             unusable,
+            distributed: inputs.cluster.is_some(),
             memory_limit: inputs.memory_limit,
             memory_budget: inputs.memory_budget,
         })
@@ -316,8 +334,15 @@ impl PrincipalSession {
             cache_manager: Arc::clone(&shared.cache_manager),
             object_store_registry: Arc::clone(&shared.object_store_registry),
         };
+        // Filled with the workers the statement's stages are routed to, for its record.
+        let config = state
+            .config()
+            .clone()
+            .with_extension(Arc::new(crate::distributed::WorkersUsed::default()));
         Ok(Arc::new(
-            TaskContext::from(&state).with_runtime(Arc::new(runtime)),
+            TaskContext::from(&state)
+                .with_session_config(config)
+                .with_runtime(Arc::new(runtime)),
         ))
     }
 

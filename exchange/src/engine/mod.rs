@@ -60,6 +60,9 @@ pub enum OpenError {
     /// The audit log is unusable.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Why a statement returned no result.
@@ -178,7 +181,17 @@ impl Exchange {
             statement: String::new(),
             ..head
         };
-        let open = Open::new(Arc::clone(&self.audit), record.seq, head, started, digest);
+        let workers = task
+            .session_config()
+            .get_extension::<crate::distributed::WorkersUsed>();
+        let open = Open::new(
+            Arc::clone(&self.audit),
+            record.seq,
+            head,
+            started,
+            digest,
+            workers,
+        );
         Ok(QueryStream::running(
             plan, task, governed, tables, thresholds, open,
         ))
@@ -200,6 +213,8 @@ pub struct Exchange {
     stores: crate::catalog::Stores,
     /// At a hub: the nodes serving agencies' tables, by agency.
     nodes: std::collections::BTreeMap<String, crate::federation::NodeClient>,
+    /// At a hub with workers: where statements' plans are spread.
+    cluster: Option<crate::distributed::Cluster>,
     /// Sessions by principal, purpose, token scope and day: building one reads every
     /// granted table's metadata, which small statements would otherwise pay each time.
     sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, Arc<PrincipalSession>>>,
@@ -234,8 +249,12 @@ impl Exchange {
                 )
             })
             .collect();
+        let cluster =
+            crate::distributed::Cluster::from_settings(&config.distributed, signer.clone())
+                .map_err(|message| OpenError::Settings(format!("[distributed]: {message}")))?;
         Ok(Self {
             nodes,
+            cluster,
             stores: crate::catalog::Stores::new(config.stores.clone()),
             config,
             catalog,
@@ -361,6 +380,7 @@ impl Exchange {
             target_partitions: self.config.target_partitions,
             batch_size: self.config.batch_size,
             nodes: &self.nodes,
+            cluster: self.cluster.as_ref(),
         };
         let session = Arc::new(
             PrincipalSession::build(&inputs, p, purpose)

@@ -175,7 +175,24 @@ async fn run_inner(
                 .map_err(refused_statement)?;
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
             let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
-            let text = render_explain(session, &plan, named, &thresholds, verbose);
+            let mut text = render_explain(session, &plan, named, &thresholds, verbose);
+            if session.distributed {
+                // The stages the plan is cut into: operators by name, tasks by count.
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&optimized, &state)
+                    .await
+                    .map_err(|e| physical_plan_error(reads_governed_data(session, named), e))?;
+                let stages = crate::distributed::stages(&physical);
+                text.push_str(if stages.is_empty() {
+                    "\nDistribution: runs on the hub alone\n"
+                } else {
+                    "\nDistribution over workers (stages; operators by name only):\n"
+                });
+                for line in stages {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
             ready(text_output(
                 "plan",
                 text.lines().map(str::to_string).collect(),

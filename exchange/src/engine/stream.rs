@@ -52,6 +52,8 @@ pub(super) struct Open {
     /// Arrow bytes delivered, against `cap`.
     bytes: u64,
     cap: Option<u64>,
+    /// The workers a distributed statement's stages are routed to, as they are.
+    workers: Option<Arc<crate::distributed::WorkersUsed>>,
 }
 
 /// A statement's result: its schema, what it touched, and its batches as a stream of
@@ -88,6 +90,7 @@ impl Open {
         head: Entry,
         started: Instant,
         digest: Digest,
+        workers: Option<Arc<crate::distributed::WorkersUsed>>,
     ) -> Self {
         Self {
             audit,
@@ -97,6 +100,7 @@ impl Open {
             digest,
             bytes: 0,
             cap: None,
+            workers,
         }
     }
 }
@@ -236,6 +240,7 @@ impl QueryStream {
             result_digest: Some(digest),
             stream: Some(status),
             completes: Some(open.seq),
+            workers: open.workers.as_ref().map(|w| w.list()).unwrap_or_default(),
             ..open.head.timed(open.started)
         };
         // Written before the consumer sees the end, durable with the next record: lost in a

@@ -74,6 +74,11 @@ pub(crate) fn guard_functions(ctx: &SessionContext, budget: Budget) -> GuardOutp
     GuardOutputs::new(names, budget)
 }
 
+/// `||` of strings as a guarded function (workers register it: fragments name it).
+pub(crate) fn string_concat(budget: Budget) -> std::sync::Arc<ScalarUDF> {
+    concat::udf(budget)
+}
+
 /// Refuse a call of constants (every argument a scalar) whose one value, `value_bytes`
 /// (from [`estimate::output_bytes`] over one row), would be over [`MAX_CONSTANT_BYTES`].
 fn admit_constant(

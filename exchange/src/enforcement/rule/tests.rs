@@ -42,6 +42,7 @@ fn planner() -> (PrincipalSession, tempfile::TempDir) {
         memory_budget: crate::engine::Budget::NONE,
         target_partitions: Some(2),
         batch_size: None,
+        cluster: None,
         nodes: &Default::default(),
     };
     let principal = policies.principal("planner").unwrap();

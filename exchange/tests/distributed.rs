@@ -1,0 +1,549 @@
+//! Scale-out (issue 15): a hub whose plans run on three workers on loopback, each with its
+//! own signing key and a copy of the hub's secret. The showcase, the refusals, the hostile
+//! corpus and the join-key queries give what one process gives; workers refuse requests
+//! their hub did not sign; a worker without the exchange's codec or with other keys fails
+//! the statement instead of answering it; a worker killed mid-query fails the statement.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use exchange::distributed::LocalWorker;
+use exchange::{Exchange, ExchangeConfig, QueryError};
+use futures::StreamExt;
+
+use common::{cells, data_root, repo_root, test_config};
+
+/// Bytes of Parquet per partition at the hub: small, so that the test city's scans are
+/// spread over several workers.
+const SPLIT: usize = 16 << 10;
+
+struct Keys {
+    hub_dir: PathBuf,
+    hub_pub: String,
+    workers: Vec<(PathBuf, String)>,
+}
+
+/// The hub's keys, and `n` workers' key directories: the hub's secret, their own signing
+/// keys.
+fn keys(root: &Path, n: usize) -> Keys {
+    let hub_dir = root.join("hub/keys");
+    exchange::keys::ensure(&hub_dir).unwrap();
+    let read = |d: &Path| {
+        std::fs::read_to_string(d.join("signing.pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let workers = (0..n)
+        .map(|i| {
+            let dir = root.join(format!("worker{i}/keys"));
+            exchange::keys::ensure(&dir).unwrap();
+            std::fs::copy(hub_dir.join("secret.key"), dir.join("secret.key")).unwrap();
+            let p = read(&dir);
+            (dir, p)
+        })
+        .collect();
+    Keys {
+        hub_pub: read(&hub_dir),
+        hub_dir,
+        workers,
+    }
+}
+
+fn worker_config(root: &Path, i: usize, keys: &Keys) -> ExchangeConfig {
+    let mut c = test_config(&repo_root(), data_root(), &root.join(format!("worker{i}")));
+    c.key_dir = keys.workers[i].0.clone();
+    c.distributed.hub = Some(keys.hub_pub.clone());
+    c.distributed.peers = keys.workers.iter().map(|(_, p)| p.clone()).collect();
+    c
+}
+
+fn hub(root: &Path, keys: &Keys, workers: Vec<String>) -> Exchange {
+    let mut c = test_config(&repo_root(), data_root(), &root.join("hub"));
+    c.key_dir = keys.hub_dir.clone();
+    c.distributed.workers = workers;
+    c.distributed.bytes_per_partition = Some(SPLIT);
+    Exchange::open(c).unwrap()
+}
+
+/// One process, with the hub's keys: what the cluster must give.
+fn single(root: &Path, keys: &Keys) -> Exchange {
+    let mut c = test_config(&repo_root(), data_root(), &root.join("single"));
+    c.key_dir = keys.hub_dir.clone();
+    Exchange::open(c).unwrap()
+}
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    workers: Vec<LocalWorker>,
+    hub: Exchange,
+    single: Exchange,
+}
+
+async fn cluster() -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), 3);
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(
+            LocalWorker::start(worker_config(root.path(), i, &keys))
+                .await
+                .unwrap(),
+        );
+    }
+    let urls = workers.iter().map(|w| w.url.clone()).collect();
+    let hub = hub(root.path(), &keys, urls);
+    let single = single(root.path(), &keys);
+    Cluster {
+        _root: root,
+        workers,
+        hub,
+        single,
+    }
+}
+
+fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows = cells(batches);
+    rows.sort();
+    rows
+}
+
+/// The outcome of a statement, comparable across exchanges: sorted rows (of an EXPLAIN, its
+/// lines before the distribution the hub adds), or the refusal, or that it failed.
+fn outcome(r: &Result<exchange::QueryOutput, QueryError>) -> String {
+    match r {
+        Ok(out) if out.schema.field(0).name() == "plan" => {
+            let lines: Vec<String> = cells(&out.batches)
+                .concat()
+                .into_iter()
+                .take_while(|l| !l.starts_with("Distribution"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            format!("{lines:?}")
+        }
+        Ok(out) => format!("{:?}", sorted(&out.batches)),
+        Err(QueryError::Refused(why)) => format!("refused: {why}"),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+async fn distributed_plan(ex: &Exchange, who: (&str, &str), sql: &str) -> String {
+    let plan = ex.plan(who.0, Some(who.1), sql).await.unwrap();
+    datafusion_distributed::display_plan_ascii(plan.physical.as_ref(), false)
+}
+
+const JOINS: &[(&str, &str, &str)] = &[
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT t.category, r.district, count(*) AS tickets
+         FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone
+         GROUP BY t.category, r.district",
+    ),
+    (
+        "civil_analyst",
+        "elderly_care_planning",
+        "SELECT r.gender, count(*) AS n
+         FROM civil.elderly_care e JOIN police.residents r ON e.person_key = r.person_id
+         GROUP BY r.gender",
+    ),
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT r.district, count(t.ticket_id) AS tickets, count(*) AS n
+         FROM police.residents r LEFT JOIN hotline.tickets t ON t.caller_key = r.phone
+         GROUP BY r.district",
+    ),
+    (
+        "hrss_analyst",
+        "new_employment_services",
+        "SELECT e.person_pseudonym, r.district FROM hrss.employment e
+         JOIN police.residents r ON e.person_pseudonym = r.person_id ORDER BY 1, 2 LIMIT 50",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_city_on_three_workers_gives_what_one_process_gives() {
+    let c = cluster().await;
+
+    // Refusals first: the same, decided on the hub before anything is distributed.
+    for r in exchange::demo::refusals() {
+        for ex in [&c.hub, &c.single] {
+            match ex.execute(r.principal, r.purpose, r.sql).await {
+                Err(QueryError::Refused(why)) => assert!(why.contains(r.expect), "{why}"),
+                other => panic!("{}: expected a refusal, got {other:?}", r.sql),
+            }
+        }
+    }
+    // The showcase, query by query.
+    for show in exchange::demo::SHOWCASE {
+        for q in show.queries {
+            let hub = c
+                .hub
+                .execute(show.principal, Some(show.purpose), q.sql)
+                .await
+                .unwrap_or_else(|e| panic!("hub: {}: {}\n -> {e}", show.principal, q.title));
+            let single = c
+                .single
+                .execute(show.principal, Some(show.purpose), q.sql)
+                .await
+                .unwrap();
+            assert!(single.rows > 0, "{}", q.title);
+            if q.sql.contains("audit.events") {
+                // Each exchange reads its own log.
+                continue;
+            }
+            assert_eq!(
+                sorted(&hub.batches),
+                sorted(&single.batches),
+                "{}: {}",
+                show.principal,
+                q.title
+            );
+        }
+    }
+    // Join keys and pseudonyms: the same rows; distributed, they are compared as tokens
+    // (a partitioned join on raw values would order rows by them).
+    for (principal, purpose, sql) in JOINS {
+        let hub = c.hub.execute(principal, Some(purpose), sql).await.unwrap();
+        let single = c
+            .single
+            .execute(principal, Some(purpose), sql)
+            .await
+            .unwrap();
+        assert!(single.rows > 0, "{sql}");
+        assert_eq!(sorted(&hub.batches), sorted(&single.batches), "{sql}");
+        let plan = distributed_plan(&c.hub, (principal, purpose), sql).await;
+        assert!(plan.contains("DistributedExec"), "{plan}");
+        assert!(
+            plan.contains("join_key(") || plan.contains("pseudonym("),
+            "{plan}"
+        );
+    }
+
+    // The statements really ran on the workers: their completion records name them.
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(c.hub.audit().path()).unwrap());
+    let used: std::collections::BTreeSet<&String> = records
+        .iter()
+        .flat_map(|r| r.entry.workers.iter())
+        .collect();
+    assert!(used.len() >= 2, "{used:?}");
+    let urls: Vec<String> = c.workers.iter().map(|w| w.url.clone()).collect();
+    assert!(used.iter().all(|u| urls.contains(u)), "{used:?} {urls:?}");
+
+    // EXPLAIN names the stages by operator, and nothing of the enforced plan: no row filter
+    // of another agency, no key, no file.
+    let explain = c
+        .hub
+        .execute(
+            "civil_analyst",
+            Some("elderly_care_planning"),
+            &format!("EXPLAIN {}", JOINS[1].2),
+        )
+        .await
+        .unwrap();
+    let text = cells(&explain.batches).concat().join("\n");
+    assert!(text.contains("Distribution over workers"), "{text}");
+    assert!(text.contains("stage"), "{text}");
+    for hidden in ["hexi", "secret", ".parquet", "FilterExec:", "district ="] {
+        assert!(!text.contains(hidden), "{hidden} in {text}");
+    }
+
+    for w in c.workers {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_corpus_on_workers_has_the_outcomes_of_one_process() {
+    let c = cluster().await;
+    common::leak_suite::no_hostile_query_reveals_a_protected_value(&c.hub).await;
+    // Outcome by outcome, as one process: same rows, same refusals, same failures.
+    let id = common::raw_strings("police/residents.parquet", "person_id")[7].clone();
+    let phone = common::raw_strings("police/residents.parquet", "phone")[7].clone();
+    let path = data_root()
+        .join("police/residents.parquet")
+        .display()
+        .to_string();
+    let mut differ = Vec::new();
+    for (principal, purpose) in common::leak_suite::PRINCIPALS {
+        if *principal == "auditor" {
+            continue; // each exchange reads its own log
+        }
+        for (kind, template) in common::leak_suite::hostile() {
+            let sql = template
+                .replace("{ID}", &id)
+                .replace("{PHONE}", &phone)
+                .replace("{PATH}", &path);
+            let a = outcome(&c.hub.execute(principal, Some(purpose), &sql).await);
+            let b = outcome(&c.single.execute(principal, Some(purpose), &sql).await);
+            // LIMIT without ORDER BY may pick other rows: then only the count must agree.
+            let unordered =
+                sql.to_uppercase().contains("LIMIT") && !sql.to_uppercase().contains("ORDER BY");
+            if a != b && !(unordered && a.starts_with('[') && b.starts_with('[')) {
+                differ.push(format!(
+                    "{principal} [{kind}] {sql}\n  workers: {a}\n  one process: {b}"
+                ));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    drop(c.workers);
+}
+
+/// A gRPC call of `GetWorkerInfo`, with `auth` as the signature header if given.
+async fn worker_info(url: &str, auth: Option<String>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // GetWorkerInfoRequest is empty; the response's fields are skipped.
+    let mut req = tonic::Request::new(());
+    if let Some(a) = auth {
+        req.metadata_mut()
+            .insert(exchange::distributed::AUTH_HEADER, a.parse().unwrap());
+    }
+    grpc.unary::<(), (), _>(
+        req,
+        tonic::codegen::http::uri::PathAndQuery::from_static("/worker.WorkerService/GetWorkerInfo"),
+        tonic_prost::ProstCodec::<(), ()>::default(),
+    )
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_answer_only_fresh_requests_signed_for_them() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), 1);
+    let w = LocalWorker::start(worker_config(root.path(), 0, &keys))
+        .await
+        .unwrap();
+    let authority = w.url.trim_start_matches("http://").to_string();
+    const PATH: &str = "/worker.WorkerService/GetWorkerInfo";
+    let hub_key =
+        Arc::new(exchange::keys::SigningKey::load(&keys.hub_dir.join("signing.key")).unwrap());
+    let sign = |authority: &str| {
+        exchange::distributed::request_signature(hub_key.clone(), authority, PATH).unwrap()
+    };
+
+    // Signed by the hub for this worker: answered, once.
+    let good = sign(&authority);
+    worker_info(&w.url, Some(good.clone())).await.unwrap();
+    let refused = |r: Result<(), tonic::Status>, why: &str| {
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        assert!(s.message().contains(why), "{}", s.message());
+    };
+    refused(worker_info(&w.url, Some(good)).await, "replayed");
+    refused(worker_info(&w.url, None).await, "no signature");
+    // Made for another worker: its address is part of what is signed.
+    refused(
+        worker_info(&w.url, Some(sign("10.0.0.9:50071"))).await,
+        "does not verify",
+    );
+    refused(
+        worker_info(&w.url, Some("x 1 2 3".into())).await,
+        "malformed",
+    );
+    // A stranger's key (a stolen worker URL is not enough).
+    let other = tempfile::tempdir().unwrap();
+    let stranger =
+        Arc::new(exchange::keys::SigningKey::create(&other.path().join("k.key")).unwrap());
+    let forged = exchange::distributed::request_signature(stranger, &authority, PATH).unwrap();
+    refused(worker_info(&w.url, Some(forged)).await, "does not know");
+    // A signature moved to another method does not verify.
+    let moved = exchange::distributed::request_signature(
+        hub_key.clone(),
+        &authority,
+        "/worker.WorkerService/ExecuteTask",
+    )
+    .unwrap();
+    refused(worker_info(&w.url, Some(moved)).await, "does not verify");
+    w.stop().await;
+}
+
+/// A plain datafusion-distributed worker: no exchange codec, no exchange functions, no
+/// check of who calls.
+async fn plain_worker() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(datafusion_distributed::Worker::default().into_worker_server())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_rebuild_the_fragment_fails_the_statement() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), 1);
+    // A worker without the exchange's operators and functions: every fragment holds a
+    // policy barrier, which it cannot decode; the statement fails, nothing is returned.
+    // (Two: with one worker, no stage has more than one task and nothing is distributed.)
+    let (url, task) = plain_worker().await;
+    let (url2, task2) = plain_worker().await;
+    let hub = hub(root.path(), &keys, vec![url, url2]);
+    for (principal, purpose, sql) in JOINS {
+        match hub.execute(principal, Some(purpose), sql).await {
+            Err(e) => assert!(!matches!(e, QueryError::Refused(_)), "{e}"),
+            Ok(out) => panic!(
+                "{sql}: answered by a worker without the barrier: {} rows",
+                out.rows
+            ),
+        }
+    }
+    task.abort();
+    task2.abort();
+
+    // A worker whose secret is not the hub's would compute other tokens: it refuses the
+    // fragment, and the statement fails.
+    let root = tempfile::tempdir().unwrap();
+    let keys = self::keys(root.path(), 2);
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        std::fs::remove_file(keys.workers[i].0.join("secret.key")).unwrap();
+        exchange::keys::KeyRing::create(&keys.workers[i].0.join("secret.key")).unwrap();
+        workers.push(
+            LocalWorker::start(worker_config(root.path(), i, &keys))
+                .await
+                .unwrap(),
+        );
+    }
+    let hub = self::hub(
+        root.path(),
+        &keys,
+        workers.iter().map(|w| w.url.clone()).collect(),
+    );
+    let (principal, purpose, sql) = JOINS[0];
+    let err = hub
+        .execute(principal, Some(purpose), sql)
+        .await
+        .expect_err("tokens of another key");
+    assert!(!matches!(err, QueryError::Refused(_)), "{err}");
+    // Every statement is recorded, failed.
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(hub.audit().path()).unwrap());
+    assert_eq!(
+        records.last().unwrap().entry.decision,
+        exchange::audit::Decision::Failed
+    );
+    for w in workers {
+        w.stop().await;
+    }
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `exchange worker` as its own process.
+fn worker_process(root: &Path, i: usize, keys: &Keys) -> (Process, String) {
+    let state = root.join(format!("worker{i}"));
+    let config = state.join("exchange.toml");
+    let peers: Vec<String> = keys.workers.iter().map(|(_, p)| format!("{p:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nconfig_dir = {:?}\ndata_root = {:?}\nstate_dir = {:?}\nkey_dir = {:?}\n\n[distributed]\nhub = {:?}\npeers = [{}]\n",
+            repo_root(),
+            data_root(),
+            state,
+            keys.workers[i].0,
+            keys.hub_pub,
+            peers.join(", "),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config")
+        .arg(&config)
+        .args(["worker", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    (Process(child), url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_query_fails_the_statement() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), 3);
+    let mut processes: BTreeMap<String, Process> = BTreeMap::new();
+    for i in 0..3 {
+        let (p, url) = worker_process(root.path(), i, &keys);
+        processes.insert(url, p);
+    }
+    let hub = hub(root.path(), &keys, processes.keys().cloned().collect());
+    // Millions of rows, streamed: the workers are still sending when one dies.
+    let sql = "SELECT a.person_id, b.name FROM police.residents a CROSS JOIN police.residents b";
+    let mut stream = hub
+        .start("police_officer", Some("law_enforcement"), sql)
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap();
+    assert!(first.is_ok());
+    for (_, mut p) in std::mem::take(&mut processes) {
+        let _ = p.0.kill();
+        let _ = p.0.wait();
+    }
+    let mut failed = None;
+    while let Some(b) = stream.next().await {
+        if let Err(e) = b {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("the statement ended as if complete after its workers died");
+    assert!(!err.to_string().is_empty());
+    drop(stream);
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(hub.audit().path()).unwrap());
+    let last = records.last().unwrap();
+    assert_eq!(
+        last.entry.decision,
+        exchange::audit::Decision::Failed,
+        "{last:?}"
+    );
+
+    // A cluster whose workers are all down fails the next statement at once, recorded.
+    let err = hub
+        .execute(
+            "police_officer",
+            Some("law_enforcement"),
+            "SELECT count(*) FROM police.residents",
+        )
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    let records =
+        exchange::audit::statements(exchange::audit::read_all(hub.audit().path()).unwrap());
+    assert_eq!(
+        records.last().unwrap().entry.decision,
+        exchange::audit::Decision::Failed
+    );
+}
