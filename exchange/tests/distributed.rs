@@ -335,7 +335,7 @@ async fn workers_answer_only_fresh_requests_signed_for_them() {
     let hub_key =
         Arc::new(exchange::keys::SigningKey::load(&keys.hub_dir.join("signing.key")).unwrap());
     let sign = |authority: &str| {
-        exchange::distributed::request_signature(hub_key.clone(), authority, PATH).unwrap()
+        exchange::distributed::request_signature(hub_key.clone(), authority, PATH, &[]).unwrap()
     };
 
     // Signed by the hub for this worker: answered, once.
@@ -361,17 +361,81 @@ async fn workers_answer_only_fresh_requests_signed_for_them() {
     let other = tempfile::tempdir().unwrap();
     let stranger =
         Arc::new(exchange::keys::SigningKey::create(&other.path().join("k.key")).unwrap());
-    let forged = exchange::distributed::request_signature(stranger, &authority, PATH).unwrap();
+    let forged = exchange::distributed::request_signature(stranger, &authority, PATH, &[]).unwrap();
     refused(worker_info(&w.url, Some(forged)).await, "does not know");
     // A signature moved to another method does not verify.
     let moved = exchange::distributed::request_signature(
         hub_key.clone(),
         &authority,
         "/worker.WorkerService/ExecuteTask",
+        &[],
     )
     .unwrap();
     refused(worker_info(&w.url, Some(moved)).await, "does not verify");
+    // Signed over another first message than the one sent (review 30 F1: a header taken
+    // off the wire, another body under it).
+    let other_body =
+        exchange::distributed::request_signature(hub_key.clone(), &authority, PATH, b"\x0a\x03abc")
+            .unwrap();
+    refused(
+        worker_info(&w.url, Some(other_body)).await,
+        "does not verify",
+    );
+    // A key id of 12,000 characters: refused as malformed, and not echoed (review 30 F2).
+    let long = format!(
+        "{} 1 {} {}",
+        "a".repeat(12_000),
+        "0".repeat(32),
+        "0".repeat(128)
+    );
+    let s = worker_info(&w.url, Some(long)).await.unwrap_err();
+    assert!(s.message().len() < 200, "{}", s.message());
     w.stop().await;
+
+    // A hub the workers do not know (its own signing key, the right secret) sends them real
+    // plan fragments: refused before decoding, and its statements fail, audited.
+    let root = tempfile::tempdir().unwrap();
+    let keys = self::keys(root.path(), 2);
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(
+            LocalWorker::start(worker_config(root.path(), i, &keys))
+                .await
+                .unwrap(),
+        );
+    }
+    let rogue_keys = root.path().join("rogue/keys");
+    exchange::keys::ensure(&rogue_keys).unwrap();
+    std::fs::copy(
+        keys.hub_dir.join("secret.key"),
+        rogue_keys.join("secret.key"),
+    )
+    .unwrap();
+    let rogue = Keys {
+        hub_dir: rogue_keys,
+        hub_pub: String::new(),
+        workers: vec![],
+    };
+    let urls: Vec<String> = workers.iter().map(|w| w.url.clone()).collect();
+    let rogue = self::hub(&root.path().join("rogue"), &rogue, urls.clone());
+    let (principal, purpose, sql) = JOINS[0];
+    let err = rogue
+        .execute(principal, Some(purpose), sql)
+        .await
+        .expect_err("fragments of an unknown hub");
+    assert!(err.to_string().contains("worker"), "{err}");
+    // The real hub, same workers: answered.
+    let hub = self::hub(root.path(), &keys, urls);
+    assert!(
+        hub.execute(principal, Some(purpose), sql)
+            .await
+            .unwrap()
+            .rows
+            > 0
+    );
+    for w in workers {
+        w.stop().await;
+    }
 }
 
 /// A plain datafusion-distributed worker: no exchange codec, no exchange functions, no

@@ -54,8 +54,11 @@ impl SignedChannels {
         if let Some(c) = self.channels.lock().ok().and_then(|m| m.get(url).cloned()) {
             return Ok(c);
         }
+        // A worker's failure, told as one (engine/errors.rs), not as a value's.
         let unreachable = |e: &dyn std::fmt::Display| {
-            DataFusionError::Execution(format!("worker {url} is unreachable: {e}"))
+            DataFusionError::External(Box::new(tonic::Status::unavailable(format!(
+                "worker {url} is unreachable: {e}"
+            ))))
         };
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| unreachable(&e))?

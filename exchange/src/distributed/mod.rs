@@ -26,12 +26,17 @@ pub use worker::{LocalWorker, WorkerError, WorkerOptions, serve_worker};
 pub const AUTH_HEADER: &str = auth::AUTH_HEADER;
 
 /// The [`AUTH_HEADER`] value `key` signs for one request to the worker at `authority`
-/// (`host:port`) calling `path`, with no token scope: what the hub and workers send, for
-/// operators' probes and tests.
+/// (`host:port`) calling `path` whose first message is `message` (its protobuf bytes), with
+/// no token scope: what the hub and workers send, for operators' probes and tests.
 pub fn request_signature(
     key: std::sync::Arc<crate::keys::SigningKey>,
     authority: &str,
     path: &str,
+    message: &[u8],
 ) -> Option<String> {
-    auth::Signer::new(key).header(authority, path, "")
+    let len = u32::try_from(message.len()).ok()?;
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    auth::Signer::new(key).header(authority, path, "", &auth::body_digest(&framed))
 }

@@ -29,6 +29,10 @@ use crate::engine::{Budget, BudgetedPool};
 use crate::keys::{KeyRing, Keys, PublicKey};
 use crate::masking::{MaskFn, Validator};
 
+/// Memory one fragment may use when `[execution] memory_limit_mib` is unset: 2 GiB, a
+/// server statement's default.
+const DEFAULT_FRAGMENT_MEMORY: usize = 2048 << 20;
+
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -167,7 +171,8 @@ pub async fn serve_worker(
     let sessions = Sessions {
         ring: Arc::new(ring),
         budget: config.memory_budget,
-        memory_limit: config.memory_limit,
+        // Unset, a fragment may use what a server's statement may (serve.memory_limit_mib).
+        memory_limit: config.memory_limit.or(Some(DEFAULT_FRAGMENT_MEMORY)),
         base,
         channels: SignedChannels::new(Arc::new(Signer::new(Arc::new(signing)))),
     };

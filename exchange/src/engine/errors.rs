@@ -26,6 +26,9 @@ impl Failure {
             Failure::Unreadable => {
                 "a data file (Parquet or CSV) could not be read; the operator should run `exchange policy check`"
             }
+            Failure::Worker => {
+                "a worker of the cluster failed or could not be reached; the operator should check the workers"
+            }
             Failure::Other => "an expression failed on a value",
         }
     }
@@ -93,6 +96,10 @@ fn external_failure(x: &(dyn std::error::Error + Send + Sync + 'static)) -> Fail
         failure(d)
     } else if let Some(a) = x.downcast_ref::<ArrowError>() {
         arrow_failure(a)
+    } else if x.is::<tonic::Status>() || x.is::<arrow_flight::error::FlightError>() {
+        // What crossed from a worker as an error of the transport, not of a value: the
+        // worker's own errors arrive as the DataFusion errors they were.
+        Failure::Worker
     } else if x.is::<DataUnavailable>()
         || x.is::<crate::federation::NodeError>()
         || x.is::<parquet::errors::ParquetError>()

@@ -103,6 +103,8 @@ pub enum FailureKind {
     Resources,
     /// A data file could not be read: the operator's side, not the query's.
     Unreadable,
+    /// A worker of the cluster failed or could not be reached: the operator's side.
+    Worker,
     /// Any other failure of an expression on a value.
     Other,
 }

@@ -169,6 +169,20 @@ impl QueryStream {
         Arc::clone(&self.schema)
     }
 
+    /// The enforced physical plan, before the first batch is asked for (None after, and for
+    /// results made whole): for operators' tools such as the benchmarks, which read its
+    /// metrics once the statement ended. Holding it holds what its operators keep (a join's
+    /// build side) until it is dropped.
+    pub fn plan(&self) -> Option<Arc<dyn ExecutionPlan>> {
+        match &self.source {
+            Source::Plan {
+                run: Run::NotYet(plan, _),
+                ..
+            } => Some(Arc::clone(plan)),
+            _ => None,
+        }
+    }
+
     /// Tables and raw columns read, with grants.
     pub fn tables(&self) -> &[TableUse] {
         &self.tables

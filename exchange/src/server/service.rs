@@ -102,7 +102,7 @@ fn status_of(e: QueryError) -> Status {
         QueryError::Failed(_) => Status::invalid_argument(message),
         QueryError::Run { kind, .. } => match kind {
             FailureKind::Resources => Status::resource_exhausted(message),
-            FailureKind::Unreadable => Status::unavailable(message),
+            FailureKind::Unreadable | FailureKind::Worker => Status::unavailable(message),
             _ => Status::invalid_argument(message),
         },
         QueryError::Audit(_) => Status::unavailable(message),
