@@ -11,6 +11,7 @@
 //! not a speedup. Per query and configuration it prints the median, the ratio to one
 //! process, the stages, and the rows and Arrow bytes that crossed network boundaries
 //! (datafusion-distributed's metrics), and writes `target/bench-distributed.json`.
+//! `--compression none|lz4|zstd` (default lz4) sets how data crosses between stages.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,7 @@ async fn main() -> Result<(), Error> {
     let mut sf = 1.0;
     let mut runs = 3usize;
     let mut counts = vec![2usize, 4];
+    let mut compression = "lz4".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -137,6 +139,7 @@ async fn main() -> Result<(), Error> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
+            "--compression" => compression = args.next().ok_or("--compression lz4|zstd|none")?,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -172,12 +175,13 @@ async fn main() -> Result<(), Error> {
         }
         let mut c = config(&setup, &state.path().join(format!("hub{n}")));
         c.distributed.workers = urls;
+        c.distributed.compression = Some(compression.clone());
         exchanges.push(Exchange::open(c)?);
         names.push(format!("hub + {n} workers"));
     }
 
     println!(
-        "# Scale-out: TPC-H SF {sf} ({:.0} MB of Parquet), governed, {runs} runs\n",
+        "# Scale-out: TPC-H SF {sf} ({:.0} MB of Parquet), governed, {runs} runs, {compression} between stages\n",
         setup.parquet_bytes as f64 / 1e6
     );
     println!(

@@ -354,7 +354,7 @@ async fn workers_answer_only_fresh_requests_signed_for_them() {
         "does not verify",
     );
     refused(
-        worker_info(&w.url, Some("x 1 2 3".into())).await,
+        worker_info(&w.url, Some("x 1 2 3 4 5".into())).await,
         "malformed",
     );
     // A stranger's key (a stolen worker URL is not enough).
@@ -379,13 +379,14 @@ async fn workers_answer_only_fresh_requests_signed_for_them() {
             .unwrap();
     refused(
         worker_info(&w.url, Some(other_body)).await,
-        "does not verify",
+        "other than the one signed",
     );
     // A key id of 12,000 characters: refused as malformed, and not echoed (review 30 F2).
     let long = format!(
-        "{} 1 {} {}",
+        "{} 1 {} 5 {} {}",
         "a".repeat(12_000),
         "0".repeat(32),
+        "0".repeat(64),
         "0".repeat(128)
     );
     let s = worker_info(&w.url, Some(long)).await.unwrap_err();

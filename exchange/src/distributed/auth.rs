@@ -2,17 +2,20 @@
 //! to the request's first message.
 //!
 //! Every gRPC request to a worker carries `x-exchange-auth: <key id> <expiry> <nonce>
-//! <signature>`, an Ed25519 signature (the sender's `signing.key`) over the worker's address,
+//! <length> <digest> <signature>`, an Ed25519 signature (the sender's `signing.key`) over the worker's address,
 //! the method, the expiry, a random nonce, the statement's token scope header and the
-//! SHA-256 of the request's first gRPC message (the plan fragment, or which task's results
-//! are asked for). The worker checks the header before the request reaches
-//! datafusion-distributed, and the signature over the first message before anything of it
-//! is decoded: the signer must be the hub it names for plan fragments
+//! length and SHA-256 of the request's first gRPC message (the plan fragment, or which
+//! task's results are asked for), both stated in the header. The worker checks the header,
+//! signature included, before it reads any byte of the body; then it reads the first
+//! message, no further than the signed length and within a minute, and passes the request
+//! on only if it is the message signed: the signer must be the hub it names for plan fragments
 //! (`CoordinatorChannel`), the hub or a peer worker for results (`ExecuteTask`); the expiry
 //! at most [`MAX_AGE_MS`] ahead; the nonce unseen. A header made for one worker does not
 //! open another (its address is signed), nor a second request (its nonce is remembered
 //! until it expires), nor another body (review 30 F1: a header taken off the wire carried an
-//! attacker's own plan, which read the hub's secret off the worker's disk).
+//! attacker's own plan, which read the hub's secret off the worker's disk), nor makes the
+//! worker hold more than the signed message (review 30b: a forged signature under a known
+//! key id had it buffer 256 MiB per request before checking).
 //!
 //! What the header does not give: confidentiality. Fragments and rows cross in clear text
 //! unless the network between hub and workers is private or the links are wrapped in TLS.
@@ -64,6 +67,7 @@ struct Signed<'a> {
     expires: i64,
     nonce: &'a str,
     tokens: &'a str,
+    len: usize,
     body: &'a str,
 }
 
@@ -75,9 +79,11 @@ impl Signed<'_> {
             expires,
             nonce,
             tokens,
+            len,
             body,
         } = self;
-        format!("{CONTEXT}\n{authority}\n{path}\n{expires}\n{nonce}\n{tokens}\n{body}").into_bytes()
+        format!("{CONTEXT}\n{authority}\n{path}\n{expires}\n{nonce}\n{tokens}\n{len}\n{body}")
+            .into_bytes()
     }
 }
 
@@ -98,8 +104,7 @@ async fn first_message(mut body: Body, cap: usize) -> Result<(Bytes, Body), Stri
             let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
             if len.saturating_add(5) > cap {
                 return Err(format!(
-                    "a first message of {len} bytes, over the {} MiB a worker reads before checking its signature",
-                    cap >> 20
+                    "a first message announcing {len} bytes, more than the {cap} expected"
                 ));
             }
             want = Some(len + 5);
@@ -147,28 +152,34 @@ impl Signer {
     }
 
     /// The header value for one request to `authority` (host:port) and `path` whose first
-    /// message has the digest `body` ([`body_digest`]).
+    /// message, framing included, is `first`.
     pub(crate) fn header(
         &self,
         authority: &str,
         path: &str,
         tokens: &str,
-        body: &str,
+        first: &[u8],
     ) -> Option<String> {
         let mut nonce = [0u8; 16];
         ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
         let nonce = hex::encode(nonce);
         let expires = now_ms() + MAX_AGE_MS;
+        let body = body_digest(first);
         let signed = Signed {
             authority,
             path,
             expires,
             nonce: &nonce,
             tokens,
-            body,
+            len: first.len(),
+            body: &body,
         };
         let sig = self.key.sign_hex(&signed.bytes());
-        Some(format!("{} {expires} {nonce} {sig}", self.id))
+        Some(format!(
+            "{} {expires} {nonce} {} {body} {sig}",
+            self.id,
+            first.len()
+        ))
     }
 }
 
@@ -203,14 +214,14 @@ where
             let (mut parts, body) = req.into_parts();
             // The first message is at hand when a call is made (the plan fragment, the task
             // asked for): it is read, signed over, and sent first.
-            let (digest, body) = match first_message(body, usize::MAX).await {
-                Ok((first, body)) => (body_digest(&first), body),
-                Err(_) => (String::new(), Body::empty()),
+            let (first, body) = match first_message(body, usize::MAX).await {
+                Ok(x) => x,
+                Err(_) => (Bytes::new(), Body::empty()),
             };
             let tokens = header_text(&parts.headers, TOKENS_HEADER).to_string();
             // Unsigned if the system's random source fails: the worker then refuses it.
             if let Some(value) = signer
-                .header(&authority, parts.uri.path(), &tokens, &digest)
+                .header(&authority, parts.uri.path(), &tokens, &first)
                 .and_then(|v| HeaderValue::from_str(&v).ok())
             {
                 parts.headers.insert(AUTH_HEADER, value);
@@ -242,7 +253,26 @@ struct Parsed<'a> {
     caller: Caller,
     expires: i64,
     nonce: &'a str,
+    len: usize,
+    body: &'a str,
     sig: &'a str,
+}
+
+/// An accepted header: who signed it, and the first message it was signed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) caller: Caller,
+    /// Bytes of the first message, framing included.
+    pub(crate) len: usize,
+    /// Its SHA-256, hex.
+    pub(crate) body: String,
+}
+
+impl Accepted {
+    /// Whether `first` is the message the header was signed over.
+    pub(crate) fn matches(&self, first: &[u8]) -> bool {
+        first.len() == self.len && body_digest(first) == self.body
+    }
 }
 
 /// A worker's check of incoming requests.
@@ -280,12 +310,19 @@ impl Verifier {
             .ok_or("no signature: workers run fragments only for their hub")?
             .to_str()
             .map_err(|_| malformed())?;
-        let [id, expires, nonce, sig] = value.split(' ').collect::<Vec<_>>()[..] else {
+        let [id, expires, nonce, len, body, sig] = value.split(' ').collect::<Vec<_>>()[..] else {
             return Err(malformed());
         };
         let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_of(id, 16) || !hex_of(nonce, 32) || !hex_of(sig, 128) {
+        if !hex_of(id, 16) || !hex_of(nonce, 32) || !hex_of(body, 64) || !hex_of(sig, 128) {
             return Err(malformed());
+        }
+        let len: usize = len.parse().map_err(|_| malformed())?;
+        if len > MAX_FIRST_MESSAGE {
+            return Err(format!(
+                "a first message of {len} bytes, over the {} MiB a worker takes",
+                MAX_FIRST_MESSAGE >> 20
+            ));
         }
         let expires: i64 = expires.parse().map_err(|_| malformed())?;
         let now = now_ms();
@@ -323,28 +360,21 @@ impl Verifier {
             caller,
             expires,
             nonce,
+            len,
+            body,
             sig,
         })
     }
 
-    /// Whether the header could be accepted, before its body is read.
-    pub(crate) fn precheck(
-        &self,
-        authority: Option<&str>,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Result<Caller, String> {
-        self.parse(authority, path, headers).map(|p| p.caller)
-    }
-
-    /// Accept or refuse a request whose first message has the digest `body`.
+    /// Accept or refuse a request by its header alone: the signature (over the first
+    /// message's length and digest, which the header states) is checked before any byte of
+    /// the body is read, and the nonce is spent. The body must then be [`Accepted::matches`].
     pub(crate) fn check(
         &self,
         authority: Option<&str>,
         path: &str,
         headers: &HeaderMap,
-        body: &str,
-    ) -> Result<Caller, String> {
+    ) -> Result<Accepted, String> {
         let p = self.parse(authority, path, headers)?;
         let signed = Signed {
             authority: authority.unwrap_or(""),
@@ -352,7 +382,8 @@ impl Verifier {
             expires: p.expires,
             nonce: p.nonce,
             tokens: header_text(headers, TOKENS_HEADER),
-            body,
+            len: p.len,
+            body: p.body,
         };
         if !p.key.verify(&signed.bytes(), p.sig) {
             return Err("a signature that does not verify".into());
@@ -368,7 +399,11 @@ impl Verifier {
         if seen.insert(p.nonce.to_string(), p.expires).is_some() {
             return Err("a replayed request (its nonce was used before)".into());
         }
-        Ok(p.caller)
+        Ok(Accepted {
+            caller: p.caller,
+            len: p.len,
+            body: p.body.to_string(),
+        })
     }
 }
 
@@ -420,18 +455,26 @@ where
                     tonic::Status::unauthenticated(format!("refused by the worker: {why}"));
                 Ok(status.into_http())
             };
-            // The header first: the body of a request that cannot be accepted is never read.
-            if let Err(why) = verifier.precheck(host.as_deref(), &path, req.headers()) {
-                return refuse(why);
-            }
-            let (parts, body) = req.into_parts();
-            let (first, body) = match first_message(body, MAX_FIRST_MESSAGE).await {
-                Ok(x) => x,
+            // The header first, signature included: the body of a request that cannot be
+            // accepted is never read, and an accepted one is read only as far as signed
+            // (review 30b: a header with a known key id and a forged signature made the
+            // worker buffer 256 MiB per request before checking it).
+            let accepted = match verifier.check(host.as_deref(), &path, req.headers()) {
+                Ok(a) => a,
                 Err(why) => return refuse(why),
             };
-            let digest = body_digest(&first);
-            if let Err(why) = verifier.check(host.as_deref(), &path, &parts.headers, &digest) {
-                return refuse(why);
+            let (parts, body) = req.into_parts();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(MAX_AGE_MS.unsigned_abs()),
+                first_message(body, accepted.len),
+            );
+            let (first, body) = match read.await {
+                Ok(Ok(x)) => x,
+                Ok(Err(why)) => return refuse(why),
+                Err(_) => return refuse("a first message that did not arrive in time".into()),
+            };
+            if !accepted.matches(&first) {
+                return refuse("a first message other than the one signed".into());
             }
             inner.call(http::Request::from_parts(parts, body)).await
         })
@@ -469,89 +512,95 @@ mod tests {
         let hub_signer = Signer::new(hub.clone());
         let peer_signer = Signer::new(peer.clone());
         let at = Some("127.0.0.1:7000");
-        let plan = body_digest(b"plan");
+        let plan = b"\0\0\0\0\x04plan";
 
         let h = hub_signer
-            .header("127.0.0.1:7000", SET_PLAN, "t", &plan)
+            .header("127.0.0.1:7000", SET_PLAN, "t", plan)
             .unwrap();
-        assert_eq!(
-            v.check(at, SET_PLAN, &headers(&h, "t"), &plan),
-            Ok(Caller::Hub)
-        );
+        let ok = v.check(at, SET_PLAN, &headers(&h, "t")).unwrap();
+        assert_eq!(ok.caller, Caller::Hub);
+        assert!(ok.matches(plan));
+        // The header of one body over another (a plan of the attacker's): refused.
+        assert!(!ok.matches(b"\0\0\0\0\x04PLAN"));
+        assert!(!ok.matches(b"\0\0\0\0\x05plans"));
         // Replayed.
-        let err = v.check(at, SET_PLAN, &headers(&h, "t"), &plan).unwrap_err();
+        let err = v.check(at, SET_PLAN, &headers(&h, "t")).unwrap_err();
         assert!(err.contains("replayed"), "{err}");
-        // The header of one body over another (a plan of the attacker's): refused, and the
-        // nonce is not spent by it.
+        // Another method, scope or worker than signed for; a length or digest changed.
         let h = hub_signer
-            .header("127.0.0.1:7000", SET_PLAN, "t", &plan)
+            .header("127.0.0.1:7000", EXECUTE, "t", plan)
             .unwrap();
-        let other = body_digest(b"another plan");
-        let err = v
-            .check(at, SET_PLAN, &headers(&h, "t"), &other)
-            .unwrap_err();
-        assert!(err.contains("does not verify"), "{err}");
-        assert_eq!(
-            v.check(at, SET_PLAN, &headers(&h, "t"), &plan),
-            Ok(Caller::Hub)
+        assert!(v.check(at, SET_PLAN, &headers(&h, "t")).is_err());
+        let h = hub_signer
+            .header("127.0.0.1:7000", SET_PLAN, "t", plan)
+            .unwrap();
+        assert!(v.check(at, SET_PLAN, &headers(&h, "u")).is_err());
+        let parts: Vec<&str> = h.split(' ').collect();
+        let longer = format!(
+            "{} {} {} 999 {} {}",
+            parts[0], parts[1], parts[2], parts[4], parts[5]
         );
-        // Another method, scope or worker than signed for.
+        let err = v.check(at, SET_PLAN, &headers(&longer, "t")).unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+        let huge = format!(
+            "{} {} {} {} {} {}",
+            parts[0],
+            parts[1],
+            parts[2],
+            usize::MAX,
+            parts[4],
+            parts[5]
+        );
+        let err = v.check(at, SET_PLAN, &headers(&huge, "t")).unwrap_err();
+        assert!(err.contains("over the 256 MiB"), "{err}");
         let h = hub_signer
-            .header("127.0.0.1:7000", EXECUTE, "t", &plan)
-            .unwrap();
-        assert!(v.check(at, SET_PLAN, &headers(&h, "t"), &plan).is_err());
-        let h = hub_signer
-            .header("127.0.0.1:7000", SET_PLAN, "t", &plan)
-            .unwrap();
-        assert!(v.check(at, SET_PLAN, &headers(&h, "u"), &plan).is_err());
-        let h = hub_signer
-            .header("127.0.0.1:7001", SET_PLAN, "t", &plan)
+            .header("127.0.0.1:7001", SET_PLAN, "t", plan)
             .unwrap();
         let err = v
-            .check(Some("127.0.0.1:7001"), SET_PLAN, &headers(&h, "t"), &plan)
+            .check(Some("127.0.0.1:7001"), SET_PLAN, &headers(&h, "t"))
             .unwrap_err();
         assert!(err.contains("not to this worker"), "{err}");
         // A peer fetches results but sends no plans.
         let h = peer_signer
-            .header("127.0.0.1:7000", EXECUTE, "", &plan)
+            .header("127.0.0.1:7000", EXECUTE, "", plan)
             .unwrap();
         assert_eq!(
-            v.check(at, EXECUTE, &headers(&h, ""), &plan),
-            Ok(Caller::Peer)
+            v.check(at, EXECUTE, &headers(&h, "")).unwrap().caller,
+            Caller::Peer
         );
         let h = peer_signer
-            .header("127.0.0.1:7000", SET_PLAN, "", &plan)
+            .header("127.0.0.1:7000", SET_PLAN, "", plan)
             .unwrap();
-        let err = v.precheck(at, SET_PLAN, &headers(&h, "")).unwrap_err();
+        let err = v.check(at, SET_PLAN, &headers(&h, "")).unwrap_err();
         assert!(err.contains("only the hub"), "{err}");
         // Unknown keys, no header, garbage (echoed nowhere), expired.
         let (_d2, stranger, _) = keys();
         let h = Signer::new(stranger)
-            .header("127.0.0.1:7000", EXECUTE, "", &plan)
+            .header("127.0.0.1:7000", EXECUTE, "", plan)
             .unwrap();
-        let err = v.check(at, EXECUTE, &headers(&h, ""), &plan).unwrap_err();
+        let err = v.check(at, EXECUTE, &headers(&h, "")).unwrap_err();
         assert!(err.contains("does not know"), "{err}");
-        let err = v.check(at, EXECUTE, &HeaderMap::new(), &plan).unwrap_err();
+        let err = v.check(at, EXECUTE, &HeaderMap::new()).unwrap_err();
         assert!(err.contains("no signature"), "{err}");
-        let long = format!("{} 1 2 3", "a".repeat(12_000));
-        let err = v.precheck(at, EXECUTE, &headers(&long, "")).unwrap_err();
+        let long = format!("{} 1 2 3 4 5", "a".repeat(12_000));
+        let err = v.check(at, EXECUTE, &headers(&long, "")).unwrap_err();
         assert_eq!(err, "a malformed signature header");
         let id = hub.public_key().id();
         let nonce = "0".repeat(32);
         let old = now_ms() - 1;
+        let body = body_digest(plan);
         let signed = Signed {
             authority: "127.0.0.1:7000",
             path: EXECUTE,
             expires: old,
             nonce: &nonce,
             tokens: "",
-            body: &plan,
+            len: plan.len(),
+            body: &body,
         };
         let sig = hub.sign_hex(&signed.bytes());
-        let expired = format!("{id} {old} {nonce} {sig}");
-        let err = v
-            .check(at, EXECUTE, &headers(&expired, ""), &plan)
-            .unwrap_err();
+        let expired = format!("{id} {old} {nonce} {} {body} {sig}", plan.len());
+        let err = v.check(at, EXECUTE, &headers(&expired, "")).unwrap_err();
         assert!(err.contains("expired"), "{err}");
     }
 

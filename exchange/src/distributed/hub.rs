@@ -42,6 +42,7 @@ pub struct Cluster {
     workers: Vec<Url>,
     channels: SignedChannels,
     bytes_per_partition: Option<usize>,
+    compression: Option<datafusion_distributed::CompressionType>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -67,6 +68,11 @@ impl Cluster {
             workers,
             channels: SignedChannels::new(Arc::new(Signer::new(key))),
             bytes_per_partition: settings.bytes_per_partition,
+            compression: match settings.compression.as_deref() {
+                Some("none") => None,
+                Some("zstd") => Some(datafusion_distributed::CompressionType::ZSTD),
+                _ => Some(datafusion_distributed::CompressionType::LZ4_FRAME),
+            },
         }))
     }
 
@@ -101,6 +107,7 @@ impl Cluster {
             .with_distributed_route_tasks_handler(move |ev: RouteTasksEvent| {
                 route(ev, &workers, &next)
             });
+        builder = builder.with_distributed_compression(self.compression)?;
         if let Some(bytes) = self.bytes_per_partition {
             builder = builder.with_distributed_file_scan_config_bytes_per_partition(bytes)?;
         }

@@ -38,5 +38,5 @@ pub fn request_signature(
     let mut framed = vec![0u8];
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(message);
-    auth::Signer::new(key).header(authority, path, "", &auth::body_digest(&framed))
+    auth::Signer::new(key).header(authority, path, "", &framed)
 }

@@ -17,6 +17,10 @@ pub struct DistributedSettings {
     /// datafusion-distributed's, 16 MiB); smaller spreads a scan over more workers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_partition: Option<usize>,
+    /// At a hub: how Arrow data is compressed between stages: `lz4` (the default), `zstd`,
+    /// or `none` (workers on one machine or a fast network: compression is then pure cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// At a worker: the hub whose plan fragments it runs: its Ed25519 public key (hex, as
     /// in the hub's `signing.pub`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +41,11 @@ impl DistributedSettings {
             return Err("hub must be an Ed25519 public key in hex (the hub's signing.pub)".into());
         }
         self.peer_keys()?;
+        if let Some(c) = &self.compression
+            && !matches!(c.as_str(), "lz4" | "zstd" | "none")
+        {
+            return Err("compression must be lz4, zstd or none".into());
+        }
         if self.bytes_per_partition == Some(0) {
             return Err("bytes_per_partition must be at least 1".into());
         }
