@@ -112,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server,
         options,
         move |addr| {
-            let _ = addr_tx.send(addr);
+            let _ = addr_tx.send(addr.flight);
         },
         async {
             let _ = rx.await;

@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ex,
         options,
         move |addr| {
-            let _ = ready.send(addr);
+            let _ = ready.send(addr.flight);
         },
         async {
             let _ = stopped.await;

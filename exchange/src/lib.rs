@@ -58,6 +58,7 @@ pub mod tuning;
 pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
-    Budget, CheckReport, CountingAllocator, Exchange, FailureKind, Finding, OpenError, QueryError,
-    QueryOutput, QueryPlan, QueryStream, Severity, VisibleColumn, check, live_bytes, result_digest,
+    Budget, CheckReport, CountingAllocator, Described, Exchange, FailureKind, Finding, OpenError,
+    QueryError, QueryOutput, QueryPlan, QueryStream, Severity, VisibleColumn, check, live_bytes,
+    result_digest,
 };

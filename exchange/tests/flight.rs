@@ -5,108 +5,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use exchange::demo::SHOWCASE;
-use exchange::{Exchange, ExchangeConfig};
 use futures::TryStreamExt;
 use tonic::transport::Endpoint;
 
 use common::config_copy;
+use common::serve::{credentials, expected, fresh_dirs, password, python, start};
 
 const PURPOSE: &str = "x-exchange-purpose";
-
-fn password(principal: &str) -> String {
-    format!("pw-{principal}-2026")
-}
-
-/// A configuration where every principal has a password and market_trader an API token.
-fn credentials(config: &Path) -> String {
-    let file = config.join("policies/principals.toml");
-    for p in [
-        "police_officer",
-        "civil_analyst",
-        "hrss_analyst",
-        "health_analyst",
-        "hotline_analyst",
-        "market_trader",
-        "auditor",
-    ] {
-        let hash = exchange::server::hash_password(&password(p), 1000).unwrap();
-        exchange::server::set_principal_field(&file, p, "password_hash", &format!("\"{hash}\""))
-            .unwrap();
-    }
-    let (token, hash) = exchange::server::new_api_token().unwrap();
-    exchange::server::set_principal_field(
-        &file,
-        "market_trader",
-        "api_tokens",
-        &format!("[\"{hash}\"]"),
-    )
-    .unwrap();
-    token
-}
-
-struct Server {
-    child: Child,
-    uri: String,
-}
-
-fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
-        .arg("--config-dir")
-        .arg(config)
-        .arg("--data-root")
-        .arg(common::data_root())
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--key-dir")
-        .arg(keys)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .rsplit("grpc://")
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(line.contains("listening on"), "{line}");
-    Server {
-        child,
-        uri: format!("http://{addr}"),
-    }
-}
-
-impl Server {
-    /// SIGTERM, then wait: the server finishes and seals the audit log.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: signalling our own child process.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // A failed test must not leave its server running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn client(uri: &str) -> FlightSqlServiceClient<tonic::transport::Channel> {
     let channel = Endpoint::from_shared(uri.to_string())
@@ -137,127 +47,6 @@ async fn query(
         );
     }
     Ok(out)
-}
-
-/// The Python interpreter with the ADBC driver: $EXCHANGE_PYTHON (set by .ci/run), or a
-/// virtual environment under target/ created on first use from PyPI.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("EXCHANGE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = common::repo_root().join("target/adbc-venv");
-    let py = venv.join("bin/python");
-    if !py.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin/pip"))
-                .args([
-                    "install",
-                    "-q",
-                    "adbc-driver-flightsql",
-                    "adbc-driver-manager",
-                    "pyarrow",
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "could not set up {} with the ADBC Flight SQL driver",
-            venv.display()
-        );
-    }
-    py
-}
-
-/// Write the in-process results of the showcase (auditor's excepted: its log differs).
-fn expected(
-    config: &Path,
-    keys: &Path,
-    dir: &Path,
-    token: &str,
-) -> Vec<(String, String, String, Vec<RecordBatch>)> {
-    let state = tempfile::tempdir().unwrap();
-    let ex = Exchange::open(
-        ExchangeConfig::new(
-            config.to_path_buf(),
-            common::data_root().to_path_buf(),
-            state.path().to_path_buf(),
-        )
-        .with_key_dir(keys.to_path_buf()),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Handle::current();
-    let mut cases = Vec::new();
-    let mut index = Vec::new();
-    for show in SHOWCASE.iter().filter(|s| s.principal != "auditor") {
-        for (i, q) in show.queries.iter().enumerate() {
-            let out = tokio::task::block_in_place(|| {
-                rt.block_on(ex.execute(show.principal, Some(show.purpose), q.sql))
-            })
-            .unwrap();
-            let file = format!("{}-{i}.arrow", show.principal);
-            let mut w = arrow::ipc::writer::FileWriter::try_new(
-                std::fs::File::create(dir.join(&file)).unwrap(),
-                &out.schema,
-            )
-            .unwrap();
-            for b in &out.batches {
-                w.write(b).unwrap();
-            }
-            w.finish().unwrap();
-            index.push(serde_json::json!({
-                "principal": show.principal, "purpose": show.purpose, "sql": q.sql, "file": file,
-            }));
-            cases.push((
-                show.principal.to_string(),
-                show.purpose.to_string(),
-                q.sql.to_string(),
-                out.batches,
-            ));
-        }
-    }
-    // The columns hrss sees, from DESCRIBE: the Python client must see the same.
-    let described = tokio::task::block_in_place(|| {
-        rt.block_on(ex.execute(
-            "hrss_analyst",
-            Some("new_employment_services"),
-            "DESCRIBE police.residents",
-        ))
-    })
-    .unwrap();
-    let visible: Vec<String> = described
-        .batches
-        .iter()
-        .flat_map(|b| {
-            let names = b.column(0).as_string::<i32>();
-            (0..b.num_rows()).map(move |i| names.value(i).to_string())
-        })
-        .collect();
-    let passwords: serde_json::Map<String, serde_json::Value> = [
-        "police_officer",
-        "civil_analyst",
-        "hrss_analyst",
-        "health_analyst",
-        "hotline_analyst",
-        "market_trader",
-        "auditor",
-    ]
-    .iter()
-    .map(|p| (p.to_string(), serde_json::Value::from(password(p))))
-    .collect();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::json!({
-            "cases": index, "passwords": passwords, "token": token,
-            "visible": { "police.residents": visible },
-        })
-        .to_string(),
-    )
-    .unwrap();
-    cases
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,10 +142,7 @@ async fn flight_sql_server_with_rust_and_python_clients() {
 async fn excess_queries_wait_then_get_resource_exhausted() {
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -429,6 +215,27 @@ async fn record_of(
     panic!("no record of {sql} as expected: {:#?}", statements(state));
 }
 
+/// How many completion records say `sql` was cut, waiting up to 10 s for `expected`: a
+/// record may land just after its client saw the error.
+async fn cut_records(state: &Path, sql: &str, expected: usize) -> usize {
+    let count = || {
+        statements(state)
+            .into_iter()
+            .filter(|r| {
+                r.entry.statement == sql
+                    && r.entry.stream == Some(exchange::audit::StreamStatus::Cut)
+            })
+            .count()
+    };
+    for _ in 0..100 {
+        if count() >= expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    count()
+}
+
 /// Ten million rows of the raw register (every resident paired with every other of their
 /// district): far more than any buffer between the server and a client.
 const LARGE: &str = "SELECT r.person_id, r.name, r.address, s.person_id AS neighbour FROM police.residents r JOIN police.residents s ON r.district = s.district";
@@ -440,10 +247,7 @@ async fn results_stream_and_a_client_that_leaves_is_recorded_cancelled() {
     use futures::StreamExt;
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -502,10 +306,7 @@ async fn the_result_cap_cuts_a_stream_with_a_clear_error() {
     use exchange::audit::StreamStatus;
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(config.path(), &keys, &state, &["--max-result-mib", "2"]);
     let mut c = client(&server.uri).await;
     c.handshake("police_officer", &password("police_officer"))
@@ -538,10 +339,7 @@ async fn a_stalled_reader_is_cut_at_the_deadline_and_one_principal_holds_half_th
     use futures::StreamExt;
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -665,10 +463,7 @@ async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its
     use exchange::audit::StreamStatus;
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -721,10 +516,8 @@ async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its
         let err = cut.expect_err("the join finished");
         assert!(err.contains("timed out after 3s"), "{err}");
     }
-    let cut = statements(&state)
-        .into_iter()
-        .filter(|r| r.entry.statement == STUCK && r.entry.stream == Some(StreamStatus::Cut))
-        .count();
+    // The second completion record may land just after its client saw the error.
+    let cut = cut_records(&state, STUCK, 2).await;
     assert_eq!(cut, 2, "{:#?}", statements(&state));
     // The cut statements' threads are still inside their poll: the server's slots are free
     // for others, the analyst's share is not.
@@ -749,10 +542,7 @@ async fn a_statement_that_never_yields_is_cut_at_its_deadline_and_lingers_on_its
 async fn statements_nested_up_to_the_size_cap_do_not_crash_the_server() {
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(config.path(), &keys, &state, &["--query-timeout", "60"]);
     let mut c = client(&server.uri).await;
     c.handshake("hotline_analyst", &password("hotline_analyst"))
@@ -780,10 +570,7 @@ async fn statements_nested_up_to_the_size_cap_do_not_crash_the_server() {
 async fn a_statement_whose_planning_never_ends_is_cut_and_others_are_answered() {
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -845,10 +632,7 @@ async fn a_cpu_bound_statement_is_cut_at_its_deadline_and_does_not_shut_others_o
     use exchange::audit::StreamStatus;
     let config = config_copy();
     credentials(config.path());
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    exchange::keys::init(&keys).unwrap();
-    let state = tmp.path().join("state");
+    let (_tmp, keys, state) = fresh_dirs();
     let server = start(
         config.path(),
         &keys,
@@ -893,10 +677,7 @@ async fn a_cpu_bound_statement_is_cut_at_its_deadline_and_does_not_shut_others_o
         let err = cut.expect_err("the cross join finished");
         assert!(err.contains("timed out after 3s"), "{err}");
     }
-    let cut = statements(&state)
-        .into_iter()
-        .filter(|r| r.entry.statement == BOMB && r.entry.stream == Some(StreamStatus::Cut))
-        .count();
+    let cut = cut_records(&state, BOMB, 2).await;
     assert_eq!(cut, 2, "{:#?}", statements(&state));
     let after = query(&mut other, "SELECT count(*) AS n FROM hotline.tickets").await;
     assert!(after.is_ok(), "{after:?}");

@@ -128,6 +128,11 @@ pub enum StatementKind {
     Auth,
     /// A hub's request to an agency node.
     Node,
+    /// A Postgres client's catalog statement (pg_catalog, information_schema), answered
+    /// from the tables and columns the principal sees, without data.
+    Catalog,
+    /// A Postgres client's session statement: SET, SHOW, RESET, BEGIN, COMMIT, ROLLBACK.
+    Session,
     /// Anything else, including statements refused before they were classified.
     #[default]
     Other,
@@ -146,6 +151,8 @@ impl StatementKind {
             Self::Trace => "trace",
             Self::Auth => "auth",
             Self::Node => "node",
+            Self::Catalog => "catalog",
+            Self::Session => "session",
             Self::Other => "other",
         }
     }
@@ -224,6 +231,9 @@ pub struct Entry {
     /// completion record of a distributed statement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<String>,
+    /// The values bound to a statement's parameters (`$1`, `$2`, ...), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 /// One record per statement, in log order: each completion record folded into the started

@@ -176,6 +176,9 @@ pub enum Command {
         /// Seconds a started statement waits for its DoGet before it is dropped, recorded cancelled [default: serve.result_ttl_secs, else 600].
         #[arg(long)]
         result_ttl: Option<u64>,
+        /// Also serve the Postgres wire protocol (psql, DBeaver, psycopg...) on this address; port 0: any free port, printed on start [default: serve.pg_listen, else off].
+        #[arg(long)]
+        pg_listen: Option<std::net::SocketAddr>,
     },
     /// Serve one agency's tables to the hubs pinned in [federation.hubs] (an agency node),
     /// until Ctrl-C or SIGTERM.

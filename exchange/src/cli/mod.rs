@@ -96,10 +96,12 @@ fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
         max_result_mib,
         token_ttl,
         result_ttl,
+        pg_listen,
     } = &cli.command
     {
         let v = &mut s.serve;
         v.listen = listen.unwrap_or(v.listen);
+        v.pg_listen = pg_listen.or(v.pg_listen);
         if tls_cert.is_some() {
             v.tls_cert = tls_cert.as_deref().map(absolute);
             v.tls_key = tls_key.as_deref().map(absolute);
@@ -356,13 +358,41 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // A panic in a connection's task (a protocol library's decoder on a hostile
+            // message, review 31) ends that connection only; it is told in one line, so
+            // that clients that never logged in cannot fill the log with backtraces.
+            std::panic::set_hook(Box::new(|info| {
+                let what = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let what: String = what.chars().take(200).collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: a task failed at {at}: {}",
+                    crate::text::escape(&what)
+                );
+            }));
             let options = crate::server::ServeOptions::from_settings(&cfg.serve);
             let tls = options.tls.is_some();
-            let result = crate::server::serve(ex, options, |addr| {
+            let result = crate::server::serve(ex, options, |at| {
                 say!(
-                    "exchange Flight SQL server listening on {}://{addr}",
-                    if tls { "grpc+tls" } else { "grpc" }
+                    "exchange Flight SQL server listening on {}://{}",
+                    if tls { "grpc+tls" } else { "grpc" },
+                    at.flight
                 );
+                if let Some(pg) = at.pg {
+                    say!(
+                        "exchange Postgres server listening on postgres://{pg}{}",
+                        if tls { " (sslmode=require)" } else { "" }
+                    );
+                }
                 let _ = std::io::stdout().flush();
             })
             .await;

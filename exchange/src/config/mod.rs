@@ -21,6 +21,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditOptions;
 
+/// `text` as the address of a service: an http(s) URL with a host and no user, password,
+/// query or fragment (which would carry credentials or be silently dropped). Stores,
+/// agency nodes and workers are all checked with it.
+pub fn service_url(text: &str) -> Option<url::Url> {
+    url::Url::parse(text).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    })
+}
+
 /// The file looked for in the working directory when `--config` is not given.
 pub const DEFAULT_FILE: &str = "exchange.toml";
 
@@ -177,6 +191,9 @@ pub struct ServeSettings {
     pub token_ttl_secs: u64,
     /// Seconds running queries get to finish on shutdown (default 30).
     pub drain_secs: u64,
+    /// Address of the Postgres wire protocol, served beside Flight SQL (default: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServeSettings {
@@ -195,6 +212,7 @@ impl Default for ServeSettings {
             max_prepared_per_principal: 64,
             token_ttl_secs: 3600,
             drain_secs: 30,
+            pg_listen: None,
         }
     }
 }
@@ -286,14 +304,7 @@ impl Settings {
         // (review 24 F5); one with credentials in it would print them.
         for (agency, store) in &self.stores {
             if let Some(e) = &store.endpoint {
-                let ok = url::Url::parse(e).ok().filter(|u| {
-                    matches!(u.scheme(), "http" | "https")
-                        && u.host_str().is_some_and(|h| !h.is_empty())
-                        && u.username().is_empty()
-                        && u.password().is_none()
-                        && u.query().is_none()
-                        && u.fragment().is_none()
-                });
+                let ok = service_url(e);
                 if ok.is_none() {
                     return invalid(
                         "stores.<agency>.endpoint",

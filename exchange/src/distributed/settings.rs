@@ -58,17 +58,8 @@ impl DistributedSettings {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                Url::parse(w)
-                    .ok()
-                    .filter(|u| {
-                        matches!(u.scheme(), "http" | "https")
-                            && u.host_str().is_some_and(|h| !h.is_empty())
-                            && u.username().is_empty()
-                            && u.password().is_none()
-                            && u.query().is_none()
-                            && u.fragment().is_none()
-                            && matches!(u.path(), "" | "/")
-                    })
+                crate::config::service_url(w)
+                    .filter(|u| matches!(u.path(), "" | "/"))
                     .ok_or_else(|| {
                         format!(
                             "workers[{i}] must be an http:// or https:// URL with a host and nothing else"

@@ -334,16 +334,16 @@ impl PrincipalSession {
             cache_manager: Arc::clone(&shared.cache_manager),
             object_store_registry: Arc::clone(&shared.object_store_registry),
         };
-        // Filled with the workers the statement's stages are routed to, for its record.
-        let config = state
-            .config()
-            .clone()
-            .with_extension(Arc::new(crate::distributed::WorkersUsed::default()));
-        Ok(Arc::new(
-            TaskContext::from(&state)
-                .with_session_config(config)
-                .with_runtime(Arc::new(runtime)),
-        ))
+        let mut task = TaskContext::from(&state).with_runtime(Arc::new(runtime));
+        if self.distributed {
+            // Filled with the workers the statement's stages are routed to, for its record.
+            let config = state
+                .config()
+                .clone()
+                .with_extension(Arc::new(crate::distributed::WorkersUsed::default()));
+            task = task.with_session_config(config);
+        }
+        Ok(Arc::new(task))
     }
 
     /// Parse SQL (DataFusion's generic dialect, its default recursion limit).

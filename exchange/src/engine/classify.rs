@@ -19,6 +19,16 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The result schema of a statement whose result the exchange makes itself (EXPLAIN,
+    /// DESCRIBE); None for a query, whose plan tells its own.
+    pub(crate) fn fixed_schema(&self) -> Option<arrow::datatypes::SchemaRef> {
+        match self {
+            Kind::Explain { .. } => Some(super::run::text_schema(&["plan"])),
+            Kind::Describe(_) => Some(super::run::text_schema(&super::run::DESCRIBE_COLUMNS)),
+            Kind::Query(_) => None,
+        }
+    }
+
     pub(crate) fn label(&self) -> crate::audit::StatementKind {
         use crate::audit::StatementKind;
         match self {

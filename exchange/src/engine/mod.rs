@@ -36,6 +36,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
+use datafusion::common::ScalarValue;
 
 use crate::audit::{AuditError, AuditLog, Entry, StatementKind, StreamStatus, TableUse};
 use crate::catalog::{Catalog, CatalogError};
@@ -44,6 +45,15 @@ use crate::enforcement::{PrincipalSession, SessionInputs};
 use crate::keys::{KeyError, Keys, SigningKey};
 use crate::masking::KeyRing;
 use crate::policy::{PolicyError, PolicySet, Treatment};
+
+/// A statement described before it runs ([`Exchange::describe_statement`]).
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The types of its parameters `$1`, `$2`, ... in order.
+    pub params: Vec<DataType>,
+    /// The schema of its result.
+    pub schema: SchemaRef,
+}
 
 /// Errors of opening the exchange.
 #[derive(Debug, thiserror::Error)]
@@ -434,6 +444,100 @@ impl Exchange {
             .map(|p| p.physical.schema())
     }
 
+    /// What a client must know of a statement before it binds and runs it (the Postgres
+    /// extended protocol): its parameters' types and its result's schema, planned under
+    /// policy with every parameter NULL, not run. A refusal is audited (kind `prepare`).
+    pub async fn describe_statement(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+    ) -> Result<Described, QueryError> {
+        let started = Instant::now();
+        let mut named = Vec::new();
+        let outcome = async {
+            let session = self.session(principal, purpose)?;
+            let stmt = match classify(&session, sql)? {
+                Kind::Query(stmt) => stmt,
+                // EXPLAIN, DESCRIBE: a result the exchange makes itself, of known columns.
+                other => {
+                    return other
+                        .fixed_schema()
+                        .map(|schema| Described {
+                            params: vec![],
+                            schema,
+                        })
+                        .ok_or_else(|| QueryError::Failed("a statement of no result".into()));
+                }
+            };
+            let params = run::parameter_types(&session, &stmt).await?;
+            let nulls = params
+                .iter()
+                .map(ScalarValue::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| QueryError::Failed(format!("parameters: {}", e.strip_backtrace())))?;
+            let planned = plan_query(&session, *stmt, &mut named, &nulls).await?;
+            Ok(Described {
+                params,
+                schema: planned.physical.schema(),
+            })
+        }
+        .await;
+        let head = Entry::new(StatementKind::Prepare, principal, sql)
+            .declared(self.agency_of(principal), purpose);
+        self.record_unplanned(head, named, started, &outcome)?;
+        outcome
+    }
+
+    /// Record a statement planned but not run when planning refused or failed it (a
+    /// successful one is recorded when it runs).
+    fn record_unplanned<T>(
+        &self,
+        head: Entry,
+        tables: Vec<TableUse>,
+        started: Instant,
+        outcome: &Result<T, QueryError>,
+    ) -> Result<(), QueryError> {
+        if outcome.is_ok() {
+            return Ok(());
+        }
+        let (decision, reason) = audit_decision(outcome);
+        self.audit
+            .append(Entry {
+                tables,
+                decision,
+                reason,
+                ..head.timed(started)
+            })
+            .map(|_| ())
+            .map_err(|e| QueryError::Audit(e.to_string()))
+    }
+
+    /// The tables `principal` sees for `purpose`, in order: (agency, table, its schema as
+    /// the principal sees it). The catalogs of Flight SQL and of Postgres clients.
+    pub(crate) async fn visible_tables(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+    ) -> Result<Vec<(String, String, SchemaRef)>, QueryError> {
+        let session = self.session(principal, purpose)?;
+        let mut out = Vec::new();
+        if let Some(catalog) = session.ctx.catalog(crate::enforcement::CATALOG) {
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table in schema.table_names() {
+                    if let Ok(Some(t)) = schema.table(&table).await {
+                        out.push((schema_name.clone(), table, t.schema()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
     /// The enforced plans of a query as `principal` for `purpose`, not run: the optimized
     /// logical plan with policy applied, and the physical plan. For operators and tests
     /// (what a reviewer reads as a diff); a refusal is audited (kind `plan`).
@@ -463,26 +567,15 @@ impl Exchange {
         let outcome = async {
             let session = self.session(principal, purpose)?;
             match classify(&session, sql)? {
-                Kind::Query(stmt) => plan_query(&session, *stmt, &mut named).await,
+                Kind::Query(stmt) => plan_query(&session, *stmt, &mut named, &[]).await,
                 _ => Err(QueryError::Refused(
                     "only queries (SELECT, WITH, VALUES) can be planned or prepared".into(),
                 )),
             }
         }
         .await;
-        if outcome.is_err() {
-            let (decision, reason) = audit_decision(&outcome);
-            self.audit
-                .append(Entry {
-                    tables: named,
-                    decision,
-                    reason,
-                    ..Entry::new(kind, principal, sql)
-                        .declared(self.agency_of(principal), purpose)
-                        .timed(started)
-                })
-                .map_err(|e| QueryError::Audit(e.to_string()))?;
-        }
+        let head = Entry::new(kind, principal, sql).declared(self.agency_of(principal), purpose);
+        self.record_unplanned(head, named, started, &outcome)?;
         outcome
     }
 
@@ -508,6 +601,19 @@ impl Exchange {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<QueryStream, QueryError> {
+        self.start_with(principal, purpose, sql, &[]).await
+    }
+
+    /// [`Exchange::start`] of a query with parameters (`$1`, `$2`, ...) bound to `params`
+    /// before the policy rule sees its plan: to enforcement, a parameter is the literal
+    /// written in its place. The values are audited with the statement.
+    pub async fn start_with(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+        params: &[ScalarValue],
+    ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
         let agency = self.agency_of(principal);
         let mut kind_label = StatementKind::Other;
@@ -518,7 +624,7 @@ impl Exchange {
             let session = self.session(principal, purpose)?;
             let kind = classify(&session, sql)?;
             kind_label = kind.label();
-            let (outcome, named) = run(&session, kind).await;
+            let (outcome, named) = run(&session, kind, params).await;
             named_tables = named;
             outcome
         });
@@ -528,7 +634,10 @@ impl Exchange {
                 "internal error: the exchange failed while handling this statement (a bug, recorded in the audit log); nothing was returned".into(),
             )),
         };
-        let head = Entry::new(kind_label, principal, sql).declared(agency, purpose);
+        let head = Entry {
+            params: params.iter().map(ScalarValue::to_string).collect(),
+            ..Entry::new(kind_label, principal, sql).declared(agency, purpose)
+        };
         let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
         match outcome {
             Err(e) => {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ScalarValue;
 use datafusion::execution::SessionState;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
@@ -51,6 +52,36 @@ fn enforce(
     Ok((optimized, thresholds))
 }
 
+/// The types of a query's parameters (`$1`, `$2`, ...), in order, as DataFusion infers them
+/// from the statement as written (a parameter whose type nothing implies is text). Its plan
+/// is only read for them, never run.
+pub(crate) async fn parameter_types(
+    session: &PrincipalSession,
+    stmt: &DFStatement,
+) -> Result<Vec<DataType>, QueryError> {
+    check_tables(session, stmt)?;
+    let plan = session
+        .ctx
+        .state()
+        .statement_to_plan(stmt.clone())
+        .await
+        .map_err(map_error)?;
+    let types = plan.get_parameter_types().map_err(map_error)?;
+    let mut out = Vec::with_capacity(types.len());
+    for i in 1..=types.len() {
+        match types.get(&format!("${i}")) {
+            Some(t) => out.push(t.clone().unwrap_or(DataType::Utf8)),
+            None => {
+                return Err(QueryError::Failed(format!(
+                    "parameters must be numbered $1 to ${} without gaps",
+                    types.len()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A query planned under policy, ready to run.
 pub(crate) struct Planned {
     /// The logical plan as written, over the governed tables (before policy).
@@ -75,9 +106,10 @@ pub(crate) async fn plan_query(
     session: &PrincipalSession,
     stmt: DFStatement,
     named: &mut Vec<TableUse>,
+    params: &[ScalarValue],
 ) -> Result<Planned, QueryError> {
     let (planned, federated) = crate::federation::within_statement(super::counting_constants(
-        plan_counted(session, stmt, named),
+        plan_counted(session, stmt, named, params),
     ))
     .await;
     planned.map(|p| Planned { federated, ..p })
@@ -88,10 +120,19 @@ async fn plan_counted(
     session: &PrincipalSession,
     stmt: DFStatement,
     named: &mut Vec<TableUse>,
+    params: &[ScalarValue],
 ) -> Result<Planned, QueryError> {
     let state = session.ctx.state();
     check_tables(session, &stmt)?;
     let plan = state.statement_to_plan(stmt).await.map_err(map_error)?;
+    // Parameters become literals before the policy rule sees the plan: to enforcement, a
+    // bound `$1` is the value written in its place.
+    let plan = if params.is_empty() {
+        plan
+    } else {
+        plan.with_param_values(params.to_vec())
+            .map_err(|e| QueryError::Failed(format!("parameters: {}", e.strip_backtrace())))?
+    };
     *named = governed_scans(&plan);
     sql_options()
         .verify_plan(&plan)
@@ -140,9 +181,10 @@ pub(super) enum Begun {
 pub(super) async fn run(
     session: &PrincipalSession,
     kind: Kind,
+    params: &[ScalarValue],
 ) -> (Result<Begun, QueryError>, Vec<TableUse>) {
     let mut named = Vec::new();
-    let outcome = run_inner(session, kind, &mut named).await;
+    let outcome = run_inner(session, kind, &mut named, params).await;
     (outcome, named)
 }
 
@@ -150,11 +192,17 @@ async fn run_inner(
     session: &PrincipalSession,
     kind: Kind,
     named: &mut Vec<TableUse>,
+    params: &[ScalarValue],
 ) -> Result<Begun, QueryError> {
     let state = session.ctx.state();
+    if !params.is_empty() && !matches!(kind, Kind::Query(_)) {
+        return Err(QueryError::Refused(
+            "parameters are taken by queries only (SELECT, WITH, VALUES)".into(),
+        ));
+    }
     match kind {
         Kind::Query(stmt) => {
-            let planned = plan_query(session, *stmt, named).await?;
+            let planned = plan_query(session, *stmt, named, params).await?;
             Ok(Begun::Stream {
                 plan: planned.physical,
                 task: session
@@ -210,16 +258,30 @@ async fn run_inner(
             let text = |f: &dyn Fn(&super::VisibleColumn) -> String| -> ArrayRef {
                 Arc::new(StringArray::from_iter_values(cols.iter().map(f)))
             };
+            let [name, data_type, treatment] = DESCRIBE_COLUMNS;
             ready(text_columns(
                 vec![
-                    ("column_name", text(&|c| c.name.clone())),
-                    ("data_type", text(&|c| c.data_type.to_string())),
-                    ("treatment", text(&|c| c.treatment.to_string())),
+                    (name, text(&|c| c.name.clone())),
+                    (data_type, text(&|c| c.data_type.to_string())),
+                    (treatment, text(&|c| c.treatment.to_string())),
                 ],
                 vec![],
             ))
         }
     }
+}
+
+/// The columns of DESCRIBE's result.
+pub(super) const DESCRIBE_COLUMNS: [&str; 3] = ["column_name", "data_type", "treatment"];
+
+/// A schema of non-null text columns (EXPLAIN, DESCRIBE).
+pub(super) fn text_schema(names: &[&str]) -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn ready(out: Result<QueryOutput, QueryError>) -> Result<Begun, QueryError> {
@@ -239,12 +301,8 @@ fn text_columns(
     columns: Vec<(&str, ArrayRef)>,
     tables: Vec<TableUse>,
 ) -> Result<QueryOutput, QueryError> {
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
-            .collect::<Vec<_>>(),
-    ));
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let schema = text_schema(&names);
     let batch = RecordBatch::try_new(
         schema.clone(),
         columns.into_iter().map(|(_, a)| a).collect(),

@@ -377,7 +377,7 @@ async fn stage(
             )));
         }
     };
-    let planned = plan_query(&session, *stmt, named).await?;
+    let planned = plan_query(&session, *stmt, named, &[]).await?;
     *tables = Some((planned.tables.clone(), planned.thresholds.clone()));
     // The guard reads the raw tables' quasi-identifiers off the plan; a hub has none of
     // its nodes' raw tables to read them from, so it does not export them (fail closed).

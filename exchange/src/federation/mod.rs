@@ -68,14 +68,7 @@ impl FederationSettings {
     /// Check node addresses and hub keys; the error names the entry.
     pub fn validate(&self) -> Result<(), String> {
         for (agency, n) in &self.nodes {
-            let ok = url::Url::parse(&n.url).ok().filter(|u| {
-                matches!(u.scheme(), "http" | "https")
-                    && u.host_str().is_some_and(|h| !h.is_empty())
-                    && u.username().is_empty()
-                    && u.password().is_none()
-                    && u.query().is_none()
-                    && u.fragment().is_none()
-            });
+            let ok = crate::config::service_url(&n.url);
             if ok.is_none() {
                 return Err(format!(
                     "nodes.{agency}.url must be an http:// or https:// URL with a host and nothing else (no user, password, query or fragment)"

@@ -160,6 +160,16 @@ impl KeyRing {
         key
     }
 
+    /// The key of the decoy credentials a Postgres login answers for a name that is no
+    /// principal's (a salt and a key as stable as a real principal's, so that SCRAM's first
+    /// answer does not tell which names exist), derived from the secret for that use alone.
+    pub fn login_decoy_key(&self) -> hmac::Key {
+        hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&self.master, b"exchange/v1/pg-login-decoy").as_ref(),
+        )
+    }
+
     /// The scope of export pseudonyms of one agency for one recipient: exports to two
     /// recipients are keyed apart so that their files cannot be linked, and a leaked file
     /// can be traced.

@@ -72,6 +72,19 @@ pub fn hash_password(password: &str, iterations: u32) -> Result<String, AuthErro
     ))
 }
 
+/// The parts of a stored password hash (iterations, salt, derived key): the derived key is
+/// SCRAM-SHA-256's salted password, so Postgres clients prove the password without sending
+/// it (RFC 7677).
+pub(crate) fn password_parts(stored: &str) -> Option<(u32, Vec<u8>, Vec<u8>)> {
+    let parts: Vec<&str> = stored.split('$').collect();
+    let ["pbkdf2-sha256", iterations, salt, hash] = parts.as_slice() else {
+        return None;
+    };
+    let iterations = iterations.parse::<u32>().ok().filter(|i| *i > 0)?;
+    let hash = hex::decode(hash).ok().filter(|h| h.len() == 32)?;
+    Some((iterations, hex::decode(salt).ok()?, hash))
+}
+
 /// Whether `password` matches a stored hash (constant time).
 pub fn verify_password(password: &str, stored: &str) -> bool {
     let parts: Vec<&str> = stored.split('$').collect();

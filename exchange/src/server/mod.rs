@@ -7,6 +7,7 @@
 //! when the statement is described (`GetFlightInfo`), then streamed by `DoGet`.
 
 mod auth;
+mod pg;
 mod service;
 
 use std::net::SocketAddr;
@@ -62,6 +63,17 @@ pub struct ServeOptions {
     /// On shutdown, how long in-flight calls get to finish before the server stops anyway
     /// (so a stalled client cannot keep the audit log from being sealed).
     pub drain: Duration,
+    /// Address to serve the Postgres wire protocol on, beside Flight SQL (port 0: any).
+    pub pg_listen: Option<SocketAddr>,
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// Arrow Flight SQL.
+    pub flight: SocketAddr,
+    /// The Postgres wire protocol, when asked for.
+    pub pg: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -73,6 +85,7 @@ impl ServeOptions {
             limits: Limits::from_settings(s),
             token_ttl: Duration::from_secs(s.token_ttl_secs),
             drain: Duration::from_secs(s.drain_secs),
+            pg_listen: s.pg_listen,
         }
     }
 }
@@ -111,7 +124,7 @@ pub async fn shutdown_signal() {
 pub async fn serve(
     ex: Exchange,
     options: ServeOptions,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Listening),
 ) -> Result<(), ServerError> {
     serve_until(ex, options, ready, shutdown_signal()).await
 }
@@ -120,7 +133,7 @@ pub async fn serve(
 pub async fn serve_until(
     ex: Exchange,
     options: ServeOptions,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Listening),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -135,8 +148,36 @@ pub async fn serve_until(
     let ex = Arc::new(ex);
     let ttl = i64::try_from(options.token_ttl.as_secs()).unwrap_or(i64::MAX);
     let tokens = SessionTokens::new(ttl).map_err(|e| ServerError::Setup(e.to_string()))?;
-    let service = ExchangeFlightService::new(Arc::clone(&ex), tokens, options.limits)
-        .map_err(|e| ServerError::Setup(e.message().to_string()))?;
+    let service = Arc::new(
+        ExchangeFlightService::new(Arc::clone(&ex), tokens, options.limits)
+            .map_err(|e| ServerError::Setup(e.message().to_string()))?,
+    );
+    let pg_stop = Arc::new(tokio::sync::Notify::new());
+    let pg = match options.pg_listen {
+        None => None,
+        Some(pg_addr) => {
+            let pg_listener = tokio::net::TcpListener::bind(pg_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: pg_addr,
+                    source,
+                })?;
+            let bound = pg_listener
+                .local_addr()
+                .map_err(|e| ServerError::Transport(e.to_string()))?;
+            let tls = match &options.tls {
+                Some((cert, key)) => Some(pg::tls_acceptor(cert, key).map_err(ServerError::Tls)?),
+                None => None,
+            };
+            tokio::spawn(pg::accept(
+                pg_listener,
+                tls,
+                Arc::clone(&service),
+                Arc::clone(&pg_stop),
+            ));
+            Some(bound)
+        }
+    };
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
         let read = |p: &PathBuf| {
@@ -152,18 +193,21 @@ pub async fn serve_until(
             "warning: listening on {addr} without TLS: passwords and tokens cross the network in clear text (use --tls-cert and --tls-key)"
         );
     }
-    ready(addr);
+    ready(Listening { flight: addr, pg });
     // On shutdown, in-flight calls get `drain` to finish; then the server stops anyway, so
     // a stalled client cannot keep the audit log from being sealed.
     let drain = options.drain;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = Arc::clone(&stop);
+    let pg_stopping = Arc::clone(&pg_stop);
     let signal = async move {
         shutdown.await;
+        // No new Postgres connections; open ones end with the process.
+        pg_stopping.notify_one();
         stopping.notify_one();
     };
     let server = builder
-        .add_service(FlightServiceServer::new(service))
+        .add_service(FlightServiceServer::from_arc(Arc::clone(&service)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
     let result = tokio::select! {
         r = server => r.map_err(|e| ServerError::Transport(e.to_string())),

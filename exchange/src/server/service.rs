@@ -95,7 +95,7 @@ pub struct ExchangeFlightService {
 
 /// The status of a failed statement; its message shows terminal controls escaped, as
 /// clients print it.
-fn status_of(e: QueryError) -> Status {
+pub(crate) fn status_of(e: QueryError) -> Status {
     let message = crate::text::escape(&e.to_string()).into_owned();
     match e {
         QueryError::Refused(_) => Status::permission_denied(message),
@@ -291,49 +291,70 @@ impl ExchangeFlightService {
         purpose: Option<&str>,
         sql: &str,
     ) -> Result<QueryStream, Status> {
+        self.begin_with(principal, purpose, sql, &[]).await
+    }
+
+    /// [`Self::begin`] with parameters bound ([`Exchange::start_with`]).
+    pub(crate) async fn begin_with(
+        &self,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+        params: &[datafusion::common::ScalarValue],
+    ) -> Result<QueryStream, Status> {
+        let ex = Arc::clone(&self.ex);
+        let (p, pu, s, v) = (
+            principal.to_string(),
+            purpose.map(str::to_string),
+            sql.to_string(),
+            params.to_vec(),
+        );
+        self.guarded(StatementKind::Query, principal, purpose, sql, async move {
+            ex.start_with(&p, pu.as_deref(), &s, &v).await
+        })
+        .await?
+        .map(|q| q.with_cap(self.limits.max_result_bytes as u64))
+        .map_err(status_of)
+    }
+
+    /// Run `work` (planning a statement, answering a catalog statement) under the server's
+    /// limits: it takes one of the principal's slots (or is turned away, recorded), runs on
+    /// threads of its own, in its own task (a client that goes away does not cancel it
+    /// half-way, so it still writes its audit record), within the query timeout (recorded
+    /// when it runs past it).
+    pub(crate) async fn guarded<T, F>(
+        &self,
+        kind: StatementKind,
+        principal: &str,
+        purpose: Option<&str>,
+        sql: &str,
+        work: F,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
         let started = Instant::now();
         let permit = match self.slots.take(principal).await {
             Ok(p) => p,
             Err(reason) => {
-                return Err(self.turned_away(
-                    StatementKind::Query,
-                    principal,
-                    purpose,
-                    sql,
-                    reason,
-                    started,
-                ));
+                return Err(self.turned_away(kind, principal, purpose, sql, reason, started));
             }
         };
-        // Planning runs in its own task: a client that goes away does not cancel it
-        // half-way, so it still writes its audit record.
-        let ex = Arc::clone(&self.ex);
-        let (p, pu, s) = (
-            principal.to_string(),
-            purpose.map(str::to_string),
-            sql.to_string(),
-        );
-        let outcome = self
-            .plan_holding(permit, async move { ex.start(&p, pu.as_deref(), &s).await })
-            .await;
-        match outcome? {
-            Some(r) => r
-                .map(|q| q.with_cap(self.limits.max_result_bytes as u64))
-                .map_err(status_of),
+        match self.plan_holding(permit, work).await? {
+            Some(v) => Ok(v),
             None => {
                 // Dropped while planning, before it could audit itself.
                 let reason = format!("timed out after {:?}", self.limits.query_timeout);
-                self.not_run(
-                    StatementKind::Query,
-                    principal,
-                    purpose,
-                    sql,
-                    &reason,
-                    started,
-                )?;
+                self.not_run(kind, principal, purpose, sql, &reason, started)?;
                 Err(Status::deadline_exceeded(reason))
             }
         }
+    }
+
+    /// The exchange behind the service.
+    pub(crate) fn exchange(&self) -> &Arc<Exchange> {
+        &self.ex
     }
 
     /// A statement that did not run (turned away for want of a slot, planning timed out):
@@ -437,17 +458,41 @@ impl ExchangeFlightService {
     /// the principal's slots until it ends. Turned away for want of a slot, the statement
     /// is dropped (recorded `cancelled`).
     async fn deliver(&self, principal: &str, stream: QueryStream) -> Result<DataStream, Status> {
-        let slot = match self.slots.take(principal).await {
-            Ok(slot) => slot,
+        let (stream, slot) = self.delivery_slot(principal, stream).await?;
+        Ok(delivery::deliver(stream, slot, self.limits.query_timeout))
+    }
+
+    /// [`Self::deliver`] as record batches, for the Postgres wire protocol.
+    pub(crate) async fn deliver_batches(
+        &self,
+        principal: &str,
+        stream: QueryStream,
+    ) -> Result<delivery::BatchStream, Status> {
+        let (stream, slot) = self.delivery_slot(principal, stream).await?;
+        Ok(delivery::deliver_batches(
+            stream,
+            slot,
+            self.limits.query_timeout,
+        ))
+    }
+
+    /// One of the principal's slots for delivering `stream`; turned away, the statement is
+    /// dropped (recorded `cancelled`).
+    async fn delivery_slot(
+        &self,
+        principal: &str,
+        stream: QueryStream,
+    ) -> Result<(QueryStream, slots::Slot), Status> {
+        match self.slots.take(principal).await {
+            Ok(slot) => Ok((stream, slot)),
             Err(reason) => {
                 let recorded = stream.cancel(&format!("not run: {reason}"));
-                return Err(match recorded {
+                Err(match recorded {
                     Ok(()) => Status::resource_exhausted(reason),
                     Err(e) => status_of(e),
-                });
+                })
             }
-        };
-        Ok(delivery::deliver(stream, slot, self.limits.query_timeout))
+        }
     }
 
     /// Tables the principal sees for the purpose: (schema, table, visible schema).
@@ -457,25 +502,10 @@ impl ExchangeFlightService {
     ) -> Result<Vec<(String, String, SchemaRef)>, Status> {
         let principal = self.authenticate(req)?;
         let purpose = Self::purpose(req);
-        let session = self
-            .ex
-            .session(&principal, purpose.as_deref())
-            .map_err(status_of)?;
-        let mut out = Vec::new();
-        if let Some(catalog) = session.ctx.catalog(crate::enforcement::CATALOG) {
-            for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else {
-                    continue;
-                };
-                for table in schema.table_names() {
-                    if let Ok(Some(t)) = schema.table(&table).await {
-                        out.push((schema_name.clone(), table, t.schema()));
-                    }
-                }
-            }
-        }
-        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        Ok(out)
+        self.ex
+            .visible_tables(&principal, purpose.as_deref())
+            .await
+            .map_err(status_of)
     }
 
     fn info_for(

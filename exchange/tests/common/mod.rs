@@ -4,6 +4,7 @@
 
 pub mod leak_suite;
 pub mod s3;
+pub mod serve;
 pub mod slt;
 
 use std::path::{Path, PathBuf};

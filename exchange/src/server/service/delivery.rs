@@ -83,6 +83,7 @@ fn cut(state: &Mutex<State>, reason: &str) {
 /// The response's end of the statement.
 struct Delivery {
     state: Arc<Mutex<State>>,
+    schema: arrow::datatypes::SchemaRef,
     deadline: Instant,
     reason: String,
     timer: AbortHandle,
@@ -142,36 +143,8 @@ impl Stream for Delivery {
 /// statement ends, and the principal's until the response is dropped and the statement's
 /// threads have stopped.
 pub(crate) fn deliver(stream: QueryStream, slot: Slot, timeout: Duration) -> DataStream {
-    let (slot, share) = slot.split();
-    let share = Arc::new(share);
-    let stream = stream.linger_with(Box::new(Arc::clone(&share)));
-    let schema = stream.schema();
-    let deadline = Instant::now() + timeout;
-    let reason = format!("timed out after {timeout:?}");
-    let state = Arc::new(Mutex::new(State {
-        live: Some(Live {
-            q: stream,
-            _slot: slot,
-        }),
-        failure: None,
-        waiting: None,
-    }));
-    let timer = {
-        let state = Arc::clone(&state);
-        let reason = reason.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(deadline).await;
-            cut(&state, &reason);
-        })
-        .abort_handle()
-    };
-    let batches = Delivery {
-        state: Arc::clone(&state),
-        deadline,
-        reason: reason.clone(),
-        timer,
-        _share: share,
-    };
+    let (batches, state, deadline, reason) = begin(stream, slot, timeout);
+    let schema = batches.schema.clone();
     let mut encoded = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(batches.map_err(FlightError::from))
@@ -201,4 +174,53 @@ pub(crate) fn deliver(stream: QueryStream, slot: Slot, timeout: Duration) -> Dat
             other => Poll::Ready(other),
         }
     }))
+}
+
+/// [`deliver`] as record batches, for a transport that encodes them itself (the Postgres
+/// wire protocol): the same deadline, slot and records.
+pub(crate) fn deliver_batches(stream: QueryStream, slot: Slot, timeout: Duration) -> BatchStream {
+    Box::pin(begin(stream, slot, timeout).0)
+}
+
+/// Record batches of a statement being delivered, or how it ended early.
+pub(crate) type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>;
+
+/// The batches of a statement under its deadline's timer, and what the timer shares.
+fn begin(
+    stream: QueryStream,
+    slot: Slot,
+    timeout: Duration,
+) -> (Delivery, Arc<Mutex<State>>, Instant, String) {
+    let (slot, share) = slot.split();
+    let share = Arc::new(share);
+    let stream = stream.linger_with(Box::new(Arc::clone(&share)));
+    let schema = stream.schema();
+    let deadline = Instant::now() + timeout;
+    let reason = format!("timed out after {timeout:?}");
+    let state = Arc::new(Mutex::new(State {
+        live: Some(Live {
+            q: stream,
+            _slot: slot,
+        }),
+        failure: None,
+        waiting: None,
+    }));
+    let timer = {
+        let state = Arc::clone(&state);
+        let reason = reason.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            cut(&state, &reason);
+        })
+        .abort_handle()
+    };
+    let batches = Delivery {
+        state: Arc::clone(&state),
+        deadline,
+        reason: reason.clone(),
+        timer,
+        schema,
+        _share: share,
+    };
+    (batches, state, deadline, reason)
 }
