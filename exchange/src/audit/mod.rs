@@ -133,6 +133,9 @@ pub enum StatementKind {
     Catalog,
     /// A Postgres client's session statement: SET, SHOW, RESET, BEGIN, COMMIT, ROLLBACK.
     Session,
+    /// A page of the web console a viewer opened (read-only), or a console action
+    /// (login, logout, verify now).
+    Console,
     /// Anything else, including statements refused before they were classified.
     #[default]
     Other,
@@ -153,6 +156,7 @@ impl StatementKind {
             Self::Node => "node",
             Self::Catalog => "catalog",
             Self::Session => "session",
+            Self::Console => "console",
             Self::Other => "other",
         }
     }

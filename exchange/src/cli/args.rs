@@ -179,6 +179,9 @@ pub enum Command {
         /// Also serve the Postgres wire protocol (psql, DBeaver, psycopg...) on this address; port 0: any free port, printed on start [default: serve.pg_listen, else off].
         #[arg(long)]
         pg_listen: Option<std::net::SocketAddr>,
+        /// Also serve the web console (auditors, stewards, analysts; log in with a password) on this address; port 0: any free port, printed on start [default: serve.http_listen, else off].
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Serve one agency's tables to the hubs pinned in [federation.hubs] (an agency node),
     /// until Ctrl-C or SIGTERM.

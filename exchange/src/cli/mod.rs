@@ -97,11 +97,13 @@ fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
         token_ttl,
         result_ttl,
         pg_listen,
+        http_listen,
     } = &cli.command
     {
         let v = &mut s.serve;
         v.listen = listen.unwrap_or(v.listen);
         v.pg_listen = pg_listen.or(v.pg_listen);
+        v.http_listen = http_listen.or(v.http_listen);
         if tls_cert.is_some() {
             v.tls_cert = tls_cert.as_deref().map(absolute);
             v.tls_key = tls_key.as_deref().map(absolute);
@@ -391,6 +393,12 @@ async fn run(cli: Cli) -> ExitCode {
                     say!(
                         "exchange Postgres server listening on postgres://{pg}{}",
                         if tls { " (sslmode=require)" } else { "" }
+                    );
+                }
+                if let Some(http) = at.http {
+                    say!(
+                        "exchange console listening on {}://{http}/",
+                        if tls { "https" } else { "http" }
                     );
                 }
                 let _ = std::io::stdout().flush();

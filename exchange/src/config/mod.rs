@@ -194,6 +194,9 @@ pub struct ServeSettings {
     /// Address of the Postgres wire protocol, served beside Flight SQL (default: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pg_listen: Option<std::net::SocketAddr>,
+    /// Address of the web console, served beside Flight SQL (default: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServeSettings {
@@ -213,6 +216,7 @@ impl Default for ServeSettings {
             token_ttl_secs: 3600,
             drain_secs: 30,
             pg_listen: None,
+            http_listen: None,
         }
     }
 }

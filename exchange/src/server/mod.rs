@@ -1,4 +1,5 @@
-//! `exchange serve`: the exchange over Arrow Flight SQL.
+//! `exchange serve`: the exchange over Arrow Flight SQL, and beside it the Postgres wire
+//! protocol ([`pg`]) and the web console ([`console`]).
 //!
 //! Every request authenticates (Flight handshake with user name and password, giving an
 //! expiring bearer token; or a long-lived API token), states its purpose in the
@@ -7,6 +8,7 @@
 //! when the statement is described (`GetFlightInfo`), then streamed by `DoGet`.
 
 mod auth;
+mod console;
 mod pg;
 mod service;
 
@@ -65,6 +67,8 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Address to serve the Postgres wire protocol on, beside Flight SQL (port 0: any).
     pub pg_listen: Option<SocketAddr>,
+    /// Address to serve the web console on (port 0: any).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Where a started server listens.
@@ -74,6 +78,8 @@ pub struct Listening {
     pub flight: SocketAddr,
     /// The Postgres wire protocol, when asked for.
     pub pg: Option<SocketAddr>,
+    /// The web console, when asked for.
+    pub http: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -86,6 +92,7 @@ impl ServeOptions {
             token_ttl: Duration::from_secs(s.token_ttl_secs),
             drain: Duration::from_secs(s.drain_secs),
             pg_listen: s.pg_listen,
+            http_listen: s.http_listen,
         }
     }
 }
@@ -178,6 +185,33 @@ pub async fn serve_until(
             Some(bound)
         }
     };
+    let http_stop = Arc::new(tokio::sync::Notify::new());
+    let http = match options.http_listen {
+        None => None,
+        Some(http_addr) => {
+            let listener = tokio::net::TcpListener::bind(http_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: http_addr,
+                    source,
+                })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| ServerError::Transport(e.to_string()))?;
+            let tls = match &options.tls {
+                Some((cert, key)) => Some(pg::tls_acceptor(cert, key).map_err(ServerError::Tls)?),
+                None => None,
+            };
+            tokio::spawn(console::accept(
+                listener,
+                tls,
+                Arc::clone(&service),
+                options.token_ttl,
+                Arc::clone(&http_stop),
+            ));
+            Some(bound)
+        }
+    };
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
         let read = |p: &PathBuf| {
@@ -193,17 +227,23 @@ pub async fn serve_until(
             "warning: listening on {addr} without TLS: passwords and tokens cross the network in clear text (use --tls-cert and --tls-key)"
         );
     }
-    ready(Listening { flight: addr, pg });
+    ready(Listening {
+        flight: addr,
+        pg,
+        http,
+    });
     // On shutdown, in-flight calls get `drain` to finish; then the server stops anyway, so
     // a stalled client cannot keep the audit log from being sealed.
     let drain = options.drain;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = Arc::clone(&stop);
     let pg_stopping = Arc::clone(&pg_stop);
+    let http_stopping = Arc::clone(&http_stop);
     let signal = async move {
         shutdown.await;
-        // No new Postgres connections; open ones end with the process.
+        // No new Postgres or console connections; open ones end with the process.
         pg_stopping.notify_one();
+        http_stopping.notify_one();
         stopping.notify_one();
     };
     let server = builder

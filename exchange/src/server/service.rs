@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
-use super::auth::{SessionTokens, principal_of_api_token};
+use super::auth::{SessionTokens, principal_of_api_token, verify_password};
 use crate::audit::{Decision, Entry, StatementKind};
 use crate::engine::{Exchange, FailureKind, QueryError, QueryStream};
 
@@ -223,6 +223,52 @@ impl ExchangeFlightService {
             reason: Some(reason.to_string()),
             ..Entry::new(StatementKind::Auth, who, "(Flight SQL authentication)")
         });
+    }
+
+    /// Check a user name and password (Flight handshake, console login). Unknown users and
+    /// users without a password are checked against a dummy hash of the same cost, so
+    /// timing does not tell which names exist; a failure is audited as `channel` under the
+    /// principal's name when it is one (never attacker-chosen text).
+    pub(crate) async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        channel: &str,
+    ) -> Result<(), Status> {
+        let principal = self.ex.policies().principal(user);
+        let known = principal.is_some();
+        let has_password = principal.is_some_and(|p| p.password_hash.is_some());
+        let stored = principal
+            .and_then(|p| p.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        // The slow hash runs on a blocking thread, a few at a time, never on the workers.
+        let slot = Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = verify_password(&password, &stored);
+            drop(slot);
+            ok
+        })
+        .await
+        .map_err(internal)?
+            && has_password;
+        if !ok {
+            // Same answer for unknown users, users without a password and wrong passwords.
+            let _ = self.ex.audit().append(Entry {
+                decision: Decision::Refused,
+                reason: Some("wrong user name or password".into()),
+                ..Entry::new(
+                    StatementKind::Auth,
+                    if known { user } else { "(unknown)" },
+                    channel,
+                )
+            });
+            return Err(Status::unauthenticated("wrong user name or password"));
+        }
+        Ok(())
     }
 
     /// The principal of a call's bearer token (session or API token).

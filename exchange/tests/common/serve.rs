@@ -11,7 +11,7 @@ use exchange::demo::SHOWCASE;
 use exchange::{Exchange, ExchangeConfig};
 
 /// The demo principals, each given a password by [`credentials`].
-pub const PRINCIPALS: [&str; 7] = [
+pub const PRINCIPALS: [&str; 8] = [
     "police_officer",
     "civil_analyst",
     "hrss_analyst",
@@ -19,6 +19,7 @@ pub const PRINCIPALS: [&str; 7] = [
     "hotline_analyst",
     "market_trader",
     "auditor",
+    "police_steward",
 ];
 
 /// A fresh directory with keys made (`keys`) and room for a state (`state`).
@@ -60,6 +61,8 @@ pub struct Server {
     pub uri: String,
     /// Its Postgres address (`host:port`), when served.
     pub pg: Option<String>,
+    /// Its console address (`host:port`), when served.
+    pub http: Option<String>,
 }
 
 pub fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server {
@@ -80,19 +83,32 @@ pub fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let pg = extra.contains(&"--pg-listen").then(|| {
-        let mut pg_line = String::new();
-        out.read_line(&mut pg_line).unwrap();
-        assert!(pg_line.contains("postgres://"), "{pg_line}");
-        pg_line
-            .split("postgres://")
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    });
+    // After the Flight SQL line: the Postgres line, then the console's, as asked for.
+    let mut pg = None;
+    let mut http = None;
+    let wanted =
+        usize::from(extra.contains(&"--pg-listen")) + usize::from(extra.contains(&"--http-listen"));
+    for _ in 0..wanted {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        let after = |scheme: &str| {
+            l.split(scheme)
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string()
+        };
+        if l.contains("postgres://") {
+            pg = Some(after("postgres://"));
+        } else if l.contains("console listening on") {
+            http = Some(after("://"));
+        } else {
+            panic!("unexpected line from the server: {l}");
+        }
+    }
     let addr = line
         .trim()
         .rsplit("grpc://")
@@ -104,6 +120,7 @@ pub fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server
         child,
         uri: format!("http://{addr}"),
         pg,
+        http,
     }
 }
 
@@ -149,6 +166,7 @@ pub fn python() -> PathBuf {
                     "adbc-driver-manager",
                     "pyarrow",
                     "psycopg[binary]",
+                    "selenium",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());

@@ -23,7 +23,6 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
-use crate::server::auth::verify_password;
 
 #[tonic::async_trait]
 impl FlightSqlService for ExchangeFlightService {
@@ -53,43 +52,8 @@ impl FlightSqlService for ExchangeFlightService {
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         let (user, password) = decoded.split_once(':').unwrap_or(("", ""));
-        let known = self.ex.policies().principal(user).is_some();
-        // Unknown users and users without a password are checked against a dummy hash of
-        // the same cost, so timing does not tell which names exist.
-        let stored = self
-            .ex
-            .policies()
-            .principal(user)
-            .and_then(|p| p.password_hash.clone())
-            .unwrap_or_else(|| self.dummy_hash.clone());
-        let has_password = self
-            .ex
-            .policies()
-            .principal(user)
-            .is_some_and(|p| p.password_hash.is_some());
-        // The slow hash runs on a blocking thread, a few at a time, never on the workers.
-        let slot = Arc::clone(&self.hashing)
-            .acquire_owned()
-            .await
-            .map_err(internal)?;
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            let ok = verify_password(&password, &stored);
-            drop(slot);
-            ok
-        })
-        .await
-        .map_err(internal)?
-            && has_password;
-        if !ok {
-            // Same answer for unknown users, users without a password and wrong passwords;
-            // the log names only declared principals (never attacker-chosen text).
-            self.audit_auth_failure(
-                if known { user } else { "(unknown)" },
-                "wrong user name or password",
-            );
-            return Err(Status::unauthenticated("wrong user name or password"));
-        }
+        self.check_password(user, password, "(Flight SQL authentication)")
+            .await?;
         let token = self.tokens.issue(user);
         let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(internal)?;
         let output = stream::iter(vec![Ok(HandshakeResponse {
