@@ -21,6 +21,8 @@ import psycopg
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.support.ui import WebDriverWait
 
 CONFIG = json.loads(Path(sys.argv[1]).read_text())
 BASE = CONFIG["console"]
@@ -156,12 +158,28 @@ def browser():
     return webdriver.Chrome(service=Service(executable_path=CONFIG.get("chromedriver", "/usr/bin/chromedriver")), options=opts)
 
 
+def click(d, element):
+    """Click, then wait until the page it leads to has replaced this one."""
+    old = d.find_element(By.TAG_NAME, "html")
+    element.click()
+    def gone(_):
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException:
+            # Stale, or (chromedriver, mid-navigation) "node does not belong to the document".
+            return True
+
+    WebDriverWait(d, 20).until(gone)
+    WebDriverWait(d, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def login(d, user):
     d.delete_all_cookies()
     d.get(BASE + "/login")
     d.find_element(By.ID, "user").send_keys(user)
     d.find_element(By.ID, "password").send_keys(PASSWORDS[user])
-    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "form.login button"))
     found = d.find_elements(By.ID, "principal")
     check(found and found[0].text == user, f"{user} logged in: {d.current_url} {d.find_element(By.TAG_NAME, 'body').text[:300]}")
 
@@ -201,7 +219,7 @@ try:
     shot(d, "audit-refusals")
     # Drill down to the refusal's record.
     link = next(r for r in rows if "hotline_analyst" in r.text).find_element(By.CSS_SELECTOR, "a")
-    link.click()
+    click(d, link)
     fields = d.find_element(By.CSS_SELECTOR, "#fields").text
     check(REFUSED_SQL in fields and "refused" in fields, f"record page: {fields[:300]}")
     shot(d, "audit-record")
@@ -214,12 +232,12 @@ try:
     d.get(BASE + "/audit/statements")
     shot(d, "audit-statements")
     d.get(BASE + "/audit/log")
-    d.find_element(By.ID, "verify").click()
+    click(d, d.find_element(By.ID, "verify"))
     status = d.find_element(By.ID, "verify-status")
     check("ok" in status.get_attribute("class"), f"verify now: {status.text}")
     SEEN["verified_records"] = int(d.find_element(By.ID, "records").text)
     shot(d, "audit-log")
-    d.find_element(By.CSS_SELECTOR, "header form button").click()
+    click(d, d.find_element(By.CSS_SELECTOR, "header form button"))
     check(d.current_url.endswith("/login"), "logged out")
     d.get(BASE + "/audit/activity")
     check(d.current_url.endswith("/login"), "after logout the session is gone")
