@@ -529,3 +529,51 @@ fn concurrent_appenders_share_fsyncs_and_keep_one_chain() {
     want.sort_unstable();
     assert_eq!(rows, want);
 }
+
+#[test]
+fn verify_now_checks_a_live_log_while_records_keep_coming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::create(&tmp.path().join("signing.key")).unwrap());
+    let dir = tmp.path().join("audit");
+    let log = Arc::new(AuditLog::open(&dir, key.clone(), OPTIONS).unwrap());
+    for i in 1..=25 {
+        log.append(entry(i)).unwrap();
+    }
+    // Appends go on (rotating segments every 10 records) while the log is verified.
+    let writer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for i in 26..=400 {
+                log.append(entry(i)).unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let s = log.verify_now().unwrap();
+        assert!(!s.sealed, "a live log is not sealed: {s:?}");
+        seen.push(s.records);
+    }
+    writer.join().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(log.verify_now().unwrap().records, 400);
+    // No snapshot is left behind beside the log.
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".audit-verify-")
+        })
+        .collect();
+    assert!(left.is_empty());
+    // An edited record is found, named by the log's own file.
+    let path = seg(&dir, 2);
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, text.replacen("SELECT 1", "SELECT 9", 1)).unwrap();
+    match log.verify_now() {
+        Err(AuditError::Broken { path: p, .. }) => assert_eq!(p, path),
+        other => panic!("{other:?}"),
+    }
+}

@@ -152,6 +152,24 @@ async fn console_in_a_browser() {
         "{:?}",
         refused_page.entry.reason
     );
+    // HEAD is recorded as what it was.
+    assert!(has("auditor", "HEAD /audit/activity", Decision::Allowed));
+    // 25 failed logins of unknown names: ten records, the tenth saying the rest are counted.
+    let unknown: Vec<_> = records
+        .iter()
+        .filter(|r| r.entry.kind == StatementKind::Auth && r.entry.principal == "(unknown)")
+        .collect();
+    assert_eq!(unknown.len(), 10, "{unknown:?}");
+    assert!(
+        unknown[9]
+            .entry
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("counted, not recorded one by one"),
+        "{:?}",
+        unknown[9].entry.reason
+    );
     // The wrong password was an authentication failure of the console.
     assert!(records.iter().any(|r| {
         r.entry.kind == StatementKind::Auth

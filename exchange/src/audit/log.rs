@@ -407,12 +407,58 @@ impl AuditLog {
         Ok((record, tail.writes))
     }
 
-    /// Verify the whole log as it stands, under this log's own public key, while no record
-    /// is being written (appends wait until it is done, so a half-written line is never
-    /// read as a torn one). For the console's "verify now".
+    /// Verify the whole log as it stood when called, under this log's own public key,
+    /// while statements go on being recorded (the console's "verify now"). Appends wait
+    /// only while the segments are listed: every segment but the last is closed, and the
+    /// last holds whole lines up to its length then. A snapshot of them (hard links, and a
+    /// copy of the last up to that length) beside the log is verified; an error names the
+    /// log's own files.
     pub fn verify_now(&self) -> Result<super::Summary, AuditError> {
-        let _tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
-        super::verify(&self.dir, &self.signer.public_key())
+        let (files, last_len) = {
+            let _tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
+            let files = super::verify::segments(&self.dir)?;
+            let last_len = match files.last() {
+                Some((_, p)) => fs::metadata(p).map_err(io_err(p))?.len(),
+                None => 0,
+            };
+            (files, last_len)
+        };
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let snap = tempfile::Builder::new()
+            .prefix(".audit-verify-")
+            .tempdir_in(parent)
+            .map_err(io_err(parent))?;
+        for (i, (_, path)) in files.iter().enumerate() {
+            let to = snap.path().join(path.file_name().unwrap_or_default());
+            if i + 1 == files.len() {
+                let from = File::open(path).map_err(io_err(path))?;
+                let mut out = File::create(&to).map_err(io_err(&to))?;
+                std::io::copy(&mut std::io::Read::take(from, last_len), &mut out)
+                    .map_err(io_err(&to))?;
+            } else if fs::hard_link(path, &to).is_err() {
+                fs::copy(path, &to).map_err(io_err(path))?;
+            }
+        }
+        super::verify(snap.path(), &self.signer.public_key()).map_err(|e| match e {
+            AuditError::Broken {
+                path,
+                segment,
+                line,
+                seq,
+                message,
+            } => AuditError::Broken {
+                path: self.dir.join(path.file_name().unwrap_or_default()),
+                segment,
+                line,
+                seq,
+                message,
+            },
+            AuditError::Io { path, source } => AuditError::Io {
+                path: self.dir.join(path.file_name().unwrap_or_default()),
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Seal the log with a shutdown checkpoint (also done when the log is dropped).

@@ -67,6 +67,9 @@ pub enum AuditError {
     Poisoned,
 }
 
+/// Longest purpose text a record keeps.
+pub const MAX_PURPOSE_CHARS: usize = 200;
+
 /// The decision recorded for a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -326,10 +329,20 @@ impl Entry {
         }
     }
 
-    /// The same entry, stating the principal's agency and declared purpose.
+    /// The same entry, stating the principal's agency and declared purpose. A purpose is a
+    /// name of the registry; past [`MAX_PURPOSE_CHARS`] characters the text a client sent is
+    /// cut (marked `…`), so a refused declaration cannot make a record of any size.
     pub fn declared(mut self, agency: Option<String>, purpose: Option<&str>) -> Self {
         self.agency = agency;
-        self.purpose = purpose.map(str::to_string);
+        self.purpose = purpose.map(|p| {
+            if p.chars().count() <= MAX_PURPOSE_CHARS {
+                p.to_string()
+            } else {
+                let mut cut: String = p.chars().take(MAX_PURPOSE_CHARS).collect();
+                cut.push('…');
+                cut
+            }
+        });
         self
     }
 

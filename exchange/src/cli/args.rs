@@ -358,6 +358,47 @@ pub enum ScanFormat {
 pub enum PolicyCommand {
     /// Validate schemas, policies and data files; non-zero exit on errors.
     Check,
+    /// What a policy change does, per principal, purpose, table and column: gained, lost
+    /// or changed, newly exposed plain PII and new identity linkages first. Exit 1 when
+    /// the change does what --fail-on names, 2 on errors.
+    Diff {
+        /// The old version: a directory holding schemas/ and policies/, or a git revision
+        /// of the config dir (HEAD, main, a1b2c3d...).
+        old: String,
+        /// The new version [default: the config dir as it is].
+        new: Option<String>,
+        /// Output.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+        /// When to exit 1 (for CI).
+        #[arg(long, value_enum, default_value_t = FailOn::Exposure)]
+        fail_on: FailOn,
+        /// The day both versions are resolved on (grants expire) [default: today].
+        #[arg(long)]
+        on: Option<chrono::NaiveDate>,
+    },
+}
+
+/// Output of `exchange policy diff`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DiffFormat {
+    /// One line per change.
+    Text,
+    /// A markdown table, for a pull-request comment.
+    Markdown,
+}
+
+/// When `exchange policy diff` exits 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Newly exposed plain personal information or a new identity linkage.
+    Exposure,
+    /// Anything that widens what a principal sees.
+    Widening,
+    /// Any change.
+    Any,
+    /// Never (report only).
+    Never,
 }
 
 /// `exchange audit ...`

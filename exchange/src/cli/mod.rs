@@ -33,6 +33,7 @@ mod args;
 mod demo_cmd;
 mod federated;
 mod output;
+mod policy_diff;
 mod repl;
 mod scan;
 
@@ -231,6 +232,16 @@ async fn run(cli: Cli) -> ExitCode {
             sample,
             format,
         } => run_scan(cfg, target, *sample, *format).await,
+        Command::Policy {
+            command:
+                PolicyCommand::Diff {
+                    old,
+                    new,
+                    format,
+                    fail_on,
+                    on,
+                },
+        } => policy_diff::run(&config(cfg), old, new.as_deref(), *format, *fail_on, *on),
         Command::Policy {
             command: PolicyCommand::Check,
         } => {

@@ -5,10 +5,12 @@
 //! grants match, the first in file order wins (and the checker warns about the shadowed
 //! ones).
 
+mod diff;
 mod load;
 mod model;
 mod treatment;
 
+pub use diff::{Change, Exposure, PolicyDiff, Version, diff};
 pub use model::{
     Access, AttrValue, ColumnRule, Denial, Grant, PolicySet, Principal, Purpose, RowFilter,
     Selector,

@@ -9,6 +9,7 @@
 
 mod auth;
 mod console;
+mod failures;
 mod pg;
 mod service;
 

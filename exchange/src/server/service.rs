@@ -85,6 +85,8 @@ pub struct ExchangeFlightService {
     ex: Arc<Exchange>,
     dummy_hash: String,
     hashing: Arc<Semaphore>,
+    /// Failed logins recorded, within a bound per name and minute.
+    failures: super::failures::FailedLogins,
     tokens: SessionTokens,
     limits: Limits,
     slots: slots::Slots,
@@ -207,6 +209,7 @@ impl ExchangeFlightService {
         Ok(Self {
             dummy_hash,
             hashing: Arc::new(Semaphore::new(2)),
+            failures: Default::default(),
             slots: slots::Slots::new(limits.max_concurrent, limits.queue_wait),
             ex,
             tokens,
@@ -218,10 +221,19 @@ impl ExchangeFlightService {
     }
 
     fn audit_auth_failure(&self, who: &str, reason: &str) {
+        self.record_login_failure(who, "(Flight SQL authentication)", reason);
+    }
+
+    /// Record a failed login or unauthenticated call of `who` (a principal's name or
+    /// `(unknown)`) on `channel`, within the bound of [`super::failures`].
+    pub(crate) fn record_login_failure(&self, who: &str, channel: &str, reason: &str) {
+        let Some(note) = self.failures.note(who) else {
+            return;
+        };
         let _ = self.ex.audit().append(Entry {
             decision: Decision::Refused,
-            reason: Some(reason.to_string()),
-            ..Entry::new(StatementKind::Auth, who, "(Flight SQL authentication)")
+            reason: Some(format!("{reason}{note}")),
+            ..Entry::new(StatementKind::Auth, who, channel)
         });
     }
 
@@ -257,15 +269,11 @@ impl ExchangeFlightService {
             && has_password;
         if !ok {
             // Same answer for unknown users, users without a password and wrong passwords.
-            let _ = self.ex.audit().append(Entry {
-                decision: Decision::Refused,
-                reason: Some("wrong user name or password".into()),
-                ..Entry::new(
-                    StatementKind::Auth,
-                    if known { user } else { "(unknown)" },
-                    channel,
-                )
-            });
+            self.record_login_failure(
+                if known { user } else { "(unknown)" },
+                channel,
+                "wrong user name or password",
+            );
             return Err(Status::unauthenticated("wrong user name or password"));
         }
         Ok(())

@@ -131,7 +131,7 @@ status, _, _, _ = http(
 check(status == 403, f"verify posted from another origin refused ({status})")
 status, headers, _, csv = http("/audit/refusals?format=csv&table=refusals", cookies=auditor_cookie)
 check(status == 200 and headers.get("Content-Type", "").startswith("text/csv"), "refusals as CSV")
-check("hotline_analyst" in csv and csv.startswith("record,time,principal"), f"CSV names the refusal: {csv[:300]}")
+check("hotline_analyst" in csv and csv.startswith('"record","time","principal"'), f"CSV names the refusal: {csv[:300]}")
 status, _, _, page = http("/audit/refusals", cookies=auditor_cookie)
 check("<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page, "statement text escaped")
 SEEN["csv_rows"] = csv.count("\r\n") - 1
@@ -278,5 +278,43 @@ try:
     SEEN["steward_tables"] = titles
 finally:
     d.quit()
+
+# --- Bounds an unauthenticated client meets (review 45).
+# HEAD is recorded as HEAD.
+status, _, _, _ = http("/audit/activity", "HEAD", cookies=auditor_cookie)
+check(status == 200, f"HEAD of a page ({status})")
+# Failed logins of one name: recorded one by one up to a bound, then counted.
+status, _, set_cookies, body = http("/login")
+nonce_cookie = set_cookies[0].split(";")[0].split("=", 1)
+nonce = body.split('name="nonce" value="')[1].split('"')[0]
+for i in range(25):
+    status, _, _, _ = http(
+        "/login", "POST", {"user": f"nobody{i}", "password": "x", "nonce": nonce}, cookies={nonce_cookie[0]: nonce_cookie[1]}
+    )
+    check(status == 401, f"unknown user {i}: 401 ({status})")
+# One address holds at most 16 connections: the 17th is closed at once, and the console
+# answers again once they are gone.
+import socket
+import time
+
+host, port = BASE.split("://")[1].split(":")
+held = []
+for _ in range(16):
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\na")
+    held.append(sock)
+time.sleep(0.3)
+extra = socket.create_connection((host, int(port)), timeout=10)
+extra.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+try:
+    refused = extra.recv(100) == b""
+except ConnectionResetError:
+    refused = True
+check(refused, "a 17th connection of one address is closed")
+for sock in held:
+    sock.close()
+time.sleep(0.3)
+status, _, _, _ = http("/login")
+check(status == 200, f"the console answers once the slow connections are gone ({status})")
 
 print(json.dumps(SEEN))

@@ -476,6 +476,7 @@ pub(super) fn log_status(
             when,
             by: who,
             result: Ok(s),
+            ..
         }) => format!(
             "<p id=\"verify-status\" class=\"ok\">Verified {} by {}: the chain is whole and every checkpoint signature holds.</p><table><tbody><tr><th>records</th><td id=\"records\">{}</td></tr><tr><th>checkpoints</th><td>{}</td></tr><tr><th>segments</th><td>{}</td></tr><tr><th>chain head</th><td><code>{}</code></td></tr><tr><th>last checkpoint covers</th><td>{}</td></tr><tr><th>records after it</th><td>{}</td></tr><tr><th>recoveries after unclean shutdowns</th><td>{}</td></tr><tr><th>streams started, not completed</th><td>{}</td></tr></tbody></table>",
             esc(when),
@@ -495,6 +496,7 @@ pub(super) fn log_status(
             when,
             by: who,
             result: Err(e),
+            ..
         }) => format!(
             "<p id=\"verify-status\" class=\"bad\">Verification {} by {} FAILED: {}</p>",
             esc(when),

@@ -119,8 +119,10 @@ impl Table {
         out
     }
 
-    /// The table as CSV (RFC 4180). A cell a spreadsheet would read as a formula gets a
-    /// leading apostrophe, so a statement text cannot run in the reviewer's spreadsheet.
+    /// The table as CSV (RFC 4180), every cell quoted, so that a spreadsheet splitting on
+    /// `;` or `|` (other locales) still sees one cell; a cell a spreadsheet would read as a
+    /// formula gets a leading apostrophe, so a statement text cannot run in the reviewer's
+    /// spreadsheet (review 45 F5).
     pub fn csv(&self) -> String {
         let mut out = String::new();
         let line = |cells: &mut dyn Iterator<Item = &str>, out: &mut String| {
@@ -135,11 +137,7 @@ impl Table {
                 } else {
                     c.to_string()
                 };
-                if c.contains([',', '"', '\n', '\r']) {
-                    let _ = write!(out, "\"{}\"", c.replace('"', "\"\""));
-                } else {
-                    out.push_str(&c);
-                }
+                let _ = write!(out, "\"{}\"", c.replace('"', "\"\""));
             }
             out.push_str("\r\n");
         };
@@ -247,8 +245,12 @@ mod tests {
         t.row(vec!["plain".into(), Cell::Link("42".into(), "/x".into())]);
         assert_eq!(
             t.csv(),
-            "a,b\r\n\"'=HYPERLINK(\"\"x\"\")\",\"1,2\"\r\nplain,42\r\n"
+            "\"a\",\"b\"\r\n\"'=HYPERLINK(\"\"x\"\")\",\"1,2\"\r\n\"plain\",\"42\"\r\n"
         );
+        // A cell with a formula after a separator of another locale stays one quoted cell.
+        let mut t = Table::new("t", "T", &["a"]);
+        t.row(vec!["GET /x?a;=1+1;@SUM(1)".into()]);
+        assert_eq!(t.csv(), "\"a\"\r\n\"GET /x?a;=1+1;@SUM(1)\"\r\n");
     }
 
     #[test]

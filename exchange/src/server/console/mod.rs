@@ -46,11 +46,54 @@ const MAX_CONNECTIONS: usize = 256;
 /// Time a client gets to send a request's headers (and, under TLS, to finish the handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections of one client address at once (browsers open six): slow clients of one
+/// address cannot take every connection (review 45 F1).
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+
+/// How long one connection may last, keep-alive included: a body trickled a byte at a time
+/// holds its connection no longer than this.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Largest request body: the console's forms are a few fields.
+const MAX_BODY: usize = 16 * 1024;
+
+/// Open connections by client address.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its address, until it closes.
+struct AddressSlot(Arc<PerAddress>, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Arc::clone(self), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// A "verify now": when, by whom, what it found.
 #[derive(Clone)]
 pub(super) struct Verification {
     pub when: String,
     pub by: String,
+    pub at: Instant,
     pub result: Result<Summary, String>,
 }
 
@@ -61,6 +104,8 @@ pub(crate) struct Console {
     secure: bool,
     /// The last "verify now": when, by whom, what it found.
     verified: Mutex<Option<Verification>>,
+    /// Held while a verification runs.
+    verifying: tokio::sync::Mutex<()>,
     /// When the server opened (and so verified) the log.
     opened: String,
 }
@@ -369,6 +414,14 @@ fn statement_of(method: &Method, uri: &Uri) -> String {
     )
 }
 
+/// The answer when the record of a request cannot be written: nothing is shown or done.
+fn unrecorded() -> Response {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit log cannot be written: nothing is shown or done",
+    )
+}
+
 fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
@@ -407,7 +460,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// GET of any page: who is looking, whether their role covers it, the page or its CSV,
 /// and its record in the log.
-async fn page(State(c): Shared, headers: HeaderMap, uri: Uri, Query(q): Query<Params>) -> Response {
+async fn page(
+    State(c): Shared,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<Params>,
+) -> Response {
     let started = Instant::now();
     let Some((_, v)) = c.viewer(&headers) else {
         return redirect("/login");
@@ -417,7 +476,7 @@ async fn page(State(c): Shared, headers: HeaderMap, uri: Uri, Query(q): Query<Pa
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| path.clone());
-    let statement = statement_of(&Method::GET, &uri);
+    let statement = statement_of(&method, &uri);
     let built = {
         let c = Arc::clone(&c);
         let v = v.clone();
@@ -456,14 +515,16 @@ async fn page(State(c): Shared, headers: HeaderMap, uri: Uri, Query(q): Query<Pa
             _ => None,
         });
         let Some(table) = table else {
-            let _ = c.record(
+            if !c.record(
                 &v,
                 statement,
                 Decision::Failed,
                 Some("no such table on the page".into()),
                 None,
                 started,
-            );
+            ) {
+                return unrecorded();
+            }
             return plain(StatusCode::NOT_FOUND, "no such table on the page");
         };
         if !c.record(
@@ -672,13 +733,16 @@ async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
     } else if p.purposes.iter().any(|x| x == purpose) {
         purpose.to_string()
     } else {
-        let _ = c.exchange().audit().append(Entry {
+        let recorded = c.exchange().audit().append(Entry {
             decision: Decision::Refused,
             reason: Some("purpose not declared for the principal".into()),
             ..Entry::new(StatementKind::Console, &p.name, "POST /login")
                 .declared(Some(p.agency.clone()), Some(purpose))
                 .timed(started)
         });
+        if recorded.is_err() {
+            return unrecorded();
+        }
         return login_page(
             &c,
             &headers,
@@ -692,6 +756,13 @@ async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
         );
     };
     let Some(id) = c.sessions.create(&p.name, &purpose) else {
+        let _ = c.exchange().audit().append(Entry {
+            decision: Decision::Refused,
+            reason: Some("too many console sessions open".into()),
+            ..Entry::new(StatementKind::Console, &p.name, "POST /login")
+                .declared(Some(p.agency.clone()), Some(&purpose))
+                .timed(started)
+        });
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many console sessions open",
@@ -755,8 +826,8 @@ async fn logout(State(c): Shared, headers: HeaderMap, Form(f): Form<ActionForm>)
         Ok(x) => x,
         Err(r) => return *r,
     };
-    c.sessions.remove(&id);
-    let _ = c.record(
+    // Logging out always ends the session; a failed record is told.
+    let recorded = c.record(
         &v,
         "POST /logout".into(),
         Decision::Allowed,
@@ -764,12 +835,20 @@ async fn logout(State(c): Shared, headers: HeaderMap, Form(f): Form<ActionForm>)
         None,
         started,
     );
-    let mut r = redirect("/login");
+    c.sessions.remove(&id);
+    let mut r = if recorded {
+        redirect("/login")
+    } else {
+        unrecorded()
+    };
     if let Ok(v) = HeaderValue::from_str(&c.sessions.set_cookie(c.sessions.cookie_name(), "", 0)) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
 }
+
+/// A verification is not run again within this long of the last: its result is shown.
+const VERIFY_COOLDOWN: Duration = Duration::from_secs(10);
 
 async fn verify_now(State(c): Shared, headers: HeaderMap, Form(f): Form<ActionForm>) -> Response {
     let started = Instant::now();
@@ -777,17 +856,57 @@ async fn verify_now(State(c): Shared, headers: HeaderMap, Form(f): Form<ActionFo
         Ok(x) => x,
         Err(r) => return *r,
     };
+    let statement = "POST /audit/verify".to_string();
     if !v.is("auditor") {
         let reason = "the audit pages are for principals with the auditor role";
-        let _ = c.record(
+        if !c.record(
             &v,
-            "POST /audit/verify".into(),
+            statement,
             Decision::Refused,
             Some(reason.into()),
             None,
             started,
-        );
+        ) {
+            return unrecorded();
+        }
         return plain(StatusCode::FORBIDDEN, reason);
+    }
+    // One verification at a time (review 45 F4): a request during one, or soon after,
+    // gets its result.
+    let recent = |c: &Console| {
+        c.verified
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|v| v.at.elapsed() < VERIFY_COOLDOWN))
+            .unwrap_or(false)
+    };
+    let Ok(_running) = c.verifying.try_lock() else {
+        let note = "a verification was running: its result is shown";
+        if !c.record(
+            &v,
+            statement,
+            Decision::Allowed,
+            Some(note.into()),
+            None,
+            started,
+        ) {
+            return unrecorded();
+        }
+        return redirect("/audit/log");
+    };
+    if recent(&c) {
+        let note = "verified less than 10 s before: that result is shown";
+        if !c.record(
+            &v,
+            statement,
+            Decision::Allowed,
+            Some(note.into()),
+            None,
+            started,
+        ) {
+            return unrecorded();
+        }
+        return redirect("/audit/log");
     }
     let result = {
         let c = Arc::clone(&c);
@@ -796,27 +915,23 @@ async fn verify_now(State(c): Shared, headers: HeaderMap, Form(f): Form<ActionFo
             .map_err(|_| "verification failed".to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
     };
-    let now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string();
     let reason = result.as_ref().err().cloned();
     if let Ok(mut last) = c.verified.lock() {
         *last = Some(Verification {
-            when: now,
+            when: Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             by: v.principal.clone(),
+            at: Instant::now(),
             result,
         });
     }
-    let _ = c.record(
-        &v,
-        "POST /audit/verify".into(),
-        if reason.is_none() {
-            Decision::Allowed
-        } else {
-            Decision::Failed
-        },
-        reason,
-        None,
-        started,
-    );
+    let decision = if reason.is_none() {
+        Decision::Allowed
+    } else {
+        Decision::Failed
+    };
+    if !c.record(&v, statement, decision, reason, None, started) {
+        return unrecorded();
+    }
     redirect("/audit/log")
 }
 
@@ -868,6 +983,7 @@ fn router(c: Arc<Console>) -> Router {
         .route("/static/console.css", get(css))
         .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(get(page))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response_with_state(
             Arc::clone(&c),
             harden,
@@ -888,10 +1004,12 @@ pub(crate) async fn accept(
         sessions: Sessions::new(session_ttl, tls.is_some()),
         secure: tls.is_some(),
         verified: Mutex::new(None),
+        verifying: tokio::sync::Mutex::new(()),
         opened: Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
     });
     let app = router(console);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let permit = tokio::select! {
             _ = stop.notified() => return,
@@ -900,7 +1018,7 @@ pub(crate) async fn accept(
                 Err(_) => return,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.notified() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -911,10 +1029,15 @@ pub(crate) async fn accept(
                 }
             },
         };
+        // Past its address's share, a connection is closed at once.
+        let Some(slot) = per_address.take(peer.ip()) else {
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -927,11 +1050,13 @@ pub(crate) async fn accept(
                         return;
                     };
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = http.serve_connection(io, service).await;
+                    let serving = http.serve_connection(io, service);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, serving).await;
                 }
                 None => {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = http.serve_connection(io, service).await;
+                    let serving = http.serve_connection(io, service);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, serving).await;
                 }
             }
         });

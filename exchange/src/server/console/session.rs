@@ -13,6 +13,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// login is turned away (a flood of logins cannot grow memory without bound).
 const MAX_SESSIONS: usize = 10_000;
 
+/// Sessions of one principal at once: a new login past it ends that principal's oldest
+/// session, so one principal's logins cannot fill the table for everyone (review 45 F3).
+pub(super) const MAX_SESSIONS_PER_PRINCIPAL: usize = 8;
+
 /// How long the login form's nonce cookie lives.
 pub(super) const LOGIN_FORM_SECS: u64 = 900;
 
@@ -106,6 +110,17 @@ impl Sessions {
         let id = random_hex()?;
         let csrf = random_hex()?;
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut own: Vec<(Instant, String)> = map
+            .iter()
+            .filter(|(_, s)| s.principal == principal)
+            .map(|(k, s)| (s.expires, k.clone()))
+            .collect();
+        if own.len() >= MAX_SESSIONS_PER_PRINCIPAL {
+            own.sort();
+            for (_, k) in own.iter().take(own.len() + 1 - MAX_SESSIONS_PER_PRINCIPAL) {
+                map.remove(k);
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             let now = Instant::now();
             map.retain(|_, s| s.expires > now);
@@ -171,6 +186,27 @@ mod tests {
         let short = Sessions::new(Duration::ZERO, false);
         let id = short.create("auditor", "audit_review").unwrap();
         assert!(short.of(&with_cookie(&format!("exchange={id}"))).is_none());
+    }
+
+    #[test]
+    fn a_principal_holds_a_bounded_number_of_sessions_the_oldest_ending_first() {
+        let s = Sessions::new(Duration::from_secs(60), false);
+        let first = s.create("hotline_analyst", "complaint_handling").unwrap();
+        let other = s.create("auditor", "audit_review").unwrap();
+        let mut last = String::new();
+        for _ in 0..MAX_SESSIONS_PER_PRINCIPAL * 3 {
+            last = s.create("hotline_analyst", "complaint_handling").unwrap();
+        }
+        let alive = |id: &str| s.of(&with_cookie(&format!("exchange={id}"))).is_some();
+        assert!(!alive(&first) && alive(&last) && alive(&other));
+        let count = s
+            .map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|x| x.principal == "hotline_analyst")
+            .count();
+        assert_eq!(count, MAX_SESSIONS_PER_PRINCIPAL);
     }
 
     #[test]

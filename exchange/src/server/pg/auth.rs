@@ -87,11 +87,9 @@ impl Conn {
             Some(p) => p.name.clone(),
             None => "(unknown)".to_string(),
         };
-        let _ = self.shared.ex().audit().append(Entry {
-            decision: Decision::Refused,
-            reason: Some(reason.to_string()),
-            ..Entry::new(StatementKind::Auth, &who, "(Postgres authentication)")
-        });
+        self.shared
+            .gate
+            .record_login_failure(&who, "(Postgres authentication)", reason);
         fatal(
             "28P01",
             format!(
