@@ -157,9 +157,20 @@ async fn console_in_a_browser() {
     // 25 failed logins of unknown names: ten records, the tenth saying the rest are counted.
     let unknown: Vec<_> = records
         .iter()
-        .filter(|r| r.entry.kind == StatementKind::Auth && r.entry.principal == "(unknown)")
+        .filter(|r| {
+            r.entry.kind == StatementKind::Auth
+                && r.entry.principal == "(unknown)"
+                && r.entry.statement == "(console login)"
+        })
         .collect();
     assert_eq!(unknown.len(), 10, "{unknown:?}");
+    // The other 15 were counted, and told before the log was sealed.
+    assert!(records.iter().any(|r| {
+        r.entry.principal == "(unknown)"
+            && r.entry.statement == "(authentication)"
+            && r.entry.reason.as_deref()
+                == Some("15 more failed logins were counted, not recorded one by one")
+    }));
     assert!(
         unknown[9]
             .entry

@@ -131,6 +131,7 @@ impl AuditLog {
             return Err(AuditError::Locked { path: lock_path });
         }
         migrate_legacy(dir)?;
+        remove_stale_snapshots(dir);
         let public = signer.public_key();
         let found = scan(dir, Some(&public), false)?;
         let mut notes = Vec::new();
@@ -475,6 +476,26 @@ impl Drop for AuditLog {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
             eprintln!("exchange: could not seal the audit log: {e}");
+        }
+    }
+}
+
+/// Snapshots of [`AuditLog::verify_now`] left by a process that died while verifying
+/// (copies of the log, nothing else): removed when the log is opened.
+fn remove_stale_snapshots(dir: &Path) {
+    let Some(parent) = dir.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".audit-verify-")
+            && e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }

@@ -60,7 +60,7 @@ impl CheckReport {
         self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 
-    fn error(&mut self, pos: Option<SourcePos>, message: String) {
+    pub(super) fn error(&mut self, pos: Option<SourcePos>, message: String) {
         self.findings.push(Finding {
             severity: Severity::Error,
             pos,
@@ -68,7 +68,7 @@ impl CheckReport {
         });
     }
 
-    fn warn(&mut self, pos: Option<SourcePos>, message: String) {
+    pub(super) fn warn(&mut self, pos: Option<SourcePos>, message: String) {
         self.findings.push(Finding {
             severity: Severity::Warning,
             pos,
@@ -118,6 +118,7 @@ pub fn check(config: &ExchangeConfig) -> CheckReport {
     check_shadowing(&policies, &mut report);
     check_pii(&catalog, &policies, &mut report);
     check_linkage(&catalog, &policies, &mut report);
+    super::levels::check_levels(&catalog, &policies, &mut report);
     report
         .findings
         .sort_by_key(|f| f.severity != Severity::Error);

@@ -92,7 +92,7 @@ pub(super) fn governed_scans(plan: &LogicalPlan) -> Vec<TableUse> {
             if !out.iter().any(|t| t.table == table) {
                 out.push(TableUse {
                     table,
-                    grant: g.spec().access.grant_ref.clone(),
+                    grant: g.spec().access.audited_ref(),
                     columns: vec![],
                 });
             }

@@ -6,6 +6,7 @@ mod classify;
 mod digest;
 mod errors;
 mod explain;
+mod levels;
 mod limits;
 mod lineage;
 mod memory;

@@ -140,7 +140,7 @@ impl Exchange {
         };
         named.push(TableUse {
             table: req.table.clone(),
-            grant: spec.access.grant_ref.clone(),
+            grant: spec.access.audited_ref(),
             columns: vec![],
         });
         let schema = spec.fragment.schema();

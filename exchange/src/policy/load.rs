@@ -81,6 +81,7 @@ struct GrantEntry {
     #[serde(default)]
     value_statistics: bool,
     description: Option<String>,
+    approval: Option<String>,
     columns: BTreeMap<String, Spanned<ColumnEntry>>,
 }
 
@@ -335,6 +336,7 @@ impl PolicySet {
                 row_filter,
                 min_group,
                 value_statistics: g.value_statistics,
+                approval: g.approval.filter(|a| !a.trim().is_empty()),
                 columns,
             });
         }

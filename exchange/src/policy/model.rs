@@ -149,6 +149,9 @@ pub struct Grant {
     /// percentiles, bool_and/bool_or (each returns one member's actual value) and DISTINCT
     /// aggregates (which tell whether members' values are equal).
     pub value_statistics: bool,
+    /// The reference of an approval for what the classification levels would refuse
+    /// (`policy check` errors without it), recorded with every statement it applies to.
+    pub approval: Option<String>,
     /// Visible columns in table order.
     pub columns: Vec<ColumnRule>,
     /// Columns the grant names as `suppress`: deliberately left out of the visible schema.
@@ -172,6 +175,19 @@ pub struct Access {
     pub value_statistics: bool,
     /// Whether the principal belongs to the owning agency (may see the filter text).
     pub owner: bool,
+    /// The grant's approval reference, if any.
+    pub approval: Option<String>,
+}
+
+impl Access {
+    /// The grant as audit records name it: `agency/grant@version`, and the approval
+    /// reference it was given under, if any.
+    pub fn audited_ref(&self) -> String {
+        match &self.approval {
+            Some(a) => format!("{} (approval {a})", self.grant_ref),
+            None => self.grant_ref.clone(),
+        }
+    }
 }
 
 /// Why a table is not accessible. The display never reveals columns.
@@ -263,6 +279,7 @@ impl PolicySet {
                 min_group: g.min_group,
                 value_statistics: g.value_statistics,
                 owner: principal.agency == dataset.agency,
+                approval: g.approval.clone(),
             });
         }
         if principal.agency == dataset.agency && !targeted {
@@ -283,6 +300,7 @@ impl PolicySet {
                 min_group: None,
                 value_statistics: true,
                 owner: true,
+                approval: None,
             });
         }
         Err(expired.unwrap_or(Denial::NotGranted))

@@ -68,6 +68,25 @@ impl FailedLogins {
     }
 }
 
+impl FailedLogins {
+    /// Failures counted and not yet told, by name; the counts start over (told before the
+    /// log is sealed, so none are lost at shutdown).
+    pub(crate) fn take_pending(&self) -> Vec<(String, u64)> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, u64)> = windows
+            .iter_mut()
+            .filter(|(_, w)| w.unrecorded > 0)
+            .map(|(name, w)| {
+                let n = w.unrecorded;
+                w.unrecorded = 0;
+                (name.clone(), n)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +113,11 @@ mod tests {
         }
         let next = f.note("(unknown)").unwrap();
         assert!(next.contains("15 more failures"), "{next}");
+        // Counted failures are handed over once, at shutdown.
+        for _ in 0..12 {
+            f.note("auditor");
+        }
+        assert_eq!(f.take_pending(), vec![("auditor".to_string(), 3)]);
+        assert!(f.take_pending().is_empty());
     }
 }

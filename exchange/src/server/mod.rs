@@ -257,6 +257,7 @@ pub async fn serve_until(
             Ok(())
         }
     };
+    service.record_pending_login_failures();
     ex.audit()
         .close()
         .map_err(|e| ServerError::Setup(format!("audit log not sealed: {e}")))?;

@@ -224,6 +224,20 @@ impl ExchangeFlightService {
         self.record_login_failure(who, "(Flight SQL authentication)", reason);
     }
 
+    /// Record the failed logins counted and not yet recorded (at shutdown, before the log
+    /// is sealed).
+    pub(crate) fn record_pending_login_failures(&self) {
+        for (who, n) in self.failures.take_pending() {
+            let _ = self.ex.audit().append(Entry {
+                decision: Decision::Refused,
+                reason: Some(format!(
+                    "{n} more failed logins were counted, not recorded one by one"
+                )),
+                ..Entry::new(StatementKind::Auth, &who, "(authentication)")
+            });
+        }
+    }
+
     /// Record a failed login or unauthenticated call of `who` (a principal's name or
     /// `(unknown)`) on `channel`, within the bound of [`super::failures`].
     pub(crate) fn record_login_failure(&self, who: &str, channel: &str, reason: &str) {

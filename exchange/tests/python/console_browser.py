@@ -311,7 +311,13 @@ try:
 except ConnectionResetError:
     refused = True
 check(refused, "a 17th connection of one address is closed")
+# A body trickled in is cut 10 s after its headers: the slots come back without the
+# client's help.
+time.sleep(11)
 for sock in held:
+    sock.settimeout(5)
+    answer = sock.recv(100)
+    check(answer.startswith(b"HTTP/1.1 408"), f"a slow body is cut: {answer!r}")
     sock.close()
 time.sleep(0.3)
 status, _, _, _ = http("/login")

@@ -57,6 +57,45 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest request body: the console's forms are a few fields.
 const MAX_BODY: usize = 16 * 1024;
 
+/// Time a client gets to send a request's body, once its headers are in: a body trickled a
+/// byte at a time is cut here, not at the connection's lifetime (review 46 F1).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address a client is counted under: itself (IPv4) or its /64 (IPv6, where one host
+/// holds a whole /64).
+fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Read a request's body within [`BODY_TIMEOUT`] and [`MAX_BODY`] before any handler sees it.
+async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(_)) => plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+        ),
+        Err(_) => plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body came too slowly",
+        ),
+    }
+}
+
 /// Open connections by client address.
 #[derive(Default)]
 struct PerAddress(Mutex<HashMap<std::net::IpAddr, usize>>);
@@ -984,6 +1023,7 @@ fn router(c: Arc<Console>) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(get(page))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(read_body))
         .layer(axum::middleware::map_response_with_state(
             Arc::clone(&c),
             harden,
@@ -1030,7 +1070,7 @@ pub(crate) async fn accept(
             },
         };
         // Past its address's share, a connection is closed at once.
-        let Some(slot) = per_address.take(peer.ip()) else {
+        let Some(slot) = per_address.take(client_key(peer.ip())) else {
             continue;
         };
         let app = app.clone();
@@ -1060,5 +1100,19 @@ pub(crate) async fn accept(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_key;
+
+    #[test]
+    fn clients_are_counted_by_address_and_ipv6_by_their_64() {
+        let k = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
     }
 }
