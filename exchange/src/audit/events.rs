@@ -14,7 +14,7 @@ use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{Decision, StreamStatus, read_all, statements};
+use super::{StreamStatus, read_all, statements};
 
 /// Schema of `audit.events`: one row per statement. A streamed result's completion record
 /// is folded into its statement's row (rows, digest, duration, and `outcome`: complete,
@@ -114,11 +114,7 @@ impl AuditEvents {
             tables.append(true);
             columns.append(true);
             grants.append(true);
-            decision.append_value(match last.decision {
-                Decision::Allowed => "allowed",
-                Decision::Refused => "refused",
-                Decision::Failed => "failed",
-            });
+            decision.append_value(last.decision.as_str());
             reason.append_option(last.reason.as_deref());
             rows.append_option(last.rows.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
             digest.append_option(last.result_digest.as_deref());

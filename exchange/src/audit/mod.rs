@@ -83,6 +83,17 @@ pub enum Decision {
     Failed,
 }
 
+impl Decision {
+    /// The decision as written in the log and shown in `audit.events` and the console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Refused => "refused",
+            Decision::Failed => "failed",
+        }
+    }
+}
+
 /// A table a statement touched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableUse {

@@ -314,17 +314,6 @@ fn pii_name(p: PiiType) -> &'static str {
     }
 }
 
-fn level_name(l: Level) -> &'static str {
-    match l {
-        Level::Core => "core",
-        Level::Important => "important",
-        Level::General4 => "general-4",
-        Level::General3 => "general-3",
-        Level::General2 => "general-2",
-        Level::General1 => "general-1",
-    }
-}
-
 /// The findings as an aligned table.
 pub fn render_table(findings: &[ColumnFinding]) -> String {
     let mut out = format!(
@@ -339,7 +328,7 @@ pub fn render_table(findings: &[ColumnFinding]) -> String {
             f.schema_type,
             f.pii.map(pii_name).unwrap_or("-"),
             f.share * 100.0,
-            level_name(f.level),
+            f.level.as_str(),
             f.treatment
         );
     }
@@ -397,7 +386,7 @@ pub fn render_schema(
                 f.share * 100.0
             );
         }
-        let _ = writeln!(out, "level = \"{}\"", level_name(f.level));
+        let _ = writeln!(out, "level = \"{}\"", f.level.as_str());
         if let Some(d) = f.domain {
             let _ = writeln!(out, "domain = \"{d}\"");
         }

@@ -169,6 +169,20 @@ pub struct ColumnDef {
     pub pos: SourcePos,
 }
 
+impl Level {
+    /// The level as written in schema files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Core => "core",
+            Level::Important => "important",
+            Level::General4 => "general-4",
+            Level::General3 => "general-3",
+            Level::General2 => "general-2",
+            Level::General1 => "general-1",
+        }
+    }
+}
+
 /// A dataset (table) of an agency.
 #[derive(Debug, Clone)]
 pub struct Dataset {

@@ -21,17 +21,6 @@ use super::check::CheckReport;
 /// Smallest group size that counts as aggregated for the level rules.
 pub(crate) const LEVEL_MIN_GROUP: u32 = 5;
 
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Core => "core",
-        Level::Important => "important",
-        Level::General4 => "general-4",
-        Level::General3 => "general-3",
-        Level::General2 => "general-2",
-        Level::General1 => "general-1",
-    }
-}
-
 /// The rule a column rule of a grant to another agency breaks, if any.
 fn broken(level: Level, treatment: &Treatment, min_group: Option<u32>) -> Option<&'static str> {
     let aggregated = min_group.is_some_and(|k| k >= LEVEL_MIN_GROUP);
@@ -72,7 +61,7 @@ pub(super) fn check_levels(catalog: &Catalog, policies: &PolicySet, report: &mut
                 g.id,
                 d.qualified_name(),
                 r.source,
-                level_name(level),
+                level.as_str(),
                 r.treatment,
                 g.to
             );

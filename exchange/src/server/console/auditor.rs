@@ -12,14 +12,6 @@ use super::{
 use crate::audit::{AuditRecord, Decision, StatementKind};
 use crate::engine::Exchange;
 
-fn decision(d: Decision) -> &'static str {
-    match d {
-        Decision::Allowed => "allowed",
-        Decision::Refused => "refused",
-        Decision::Failed => "failed",
-    }
-}
-
 fn period_links(path: &str, q: &Params) -> String {
     filter_links(path, q, "since", &PERIODS)
 }
@@ -40,7 +32,7 @@ pub(super) fn activity(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
         match by {
             "purpose" => r.entry.purpose.clone().unwrap_or_else(|| "(none)".into()),
             "agency" => r.entry.agency.clone().unwrap_or_else(|| "(none)".into()),
-            "decision" => decision(r.entry.decision).into(),
+            "decision" => r.entry.decision.as_str().into(),
             "kind" => r.entry.kind.as_str().into(),
             _ => r.entry.principal.clone(),
         }
@@ -55,7 +47,7 @@ pub(super) fn activity(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
     for r in &records {
         if let Some(t) = time_of(r) {
             series.add(t, &key(r));
-            decisions.add(t, decision(r.entry.decision));
+            decisions.add(t, r.entry.decision.as_str());
         }
     }
     let mut page = Page::new("Activity");
@@ -314,7 +306,7 @@ pub(super) fn exports(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
             e.principal.clone().into(),
             e.purpose.clone().unwrap_or_default().into(),
             e.recipient.clone().unwrap_or_default().into(),
-            decision(e.decision).into(),
+            e.decision.as_str().into(),
             e.rows.map(|n| n.to_string()).unwrap_or_default().into(),
             e.export.clone().unwrap_or_default().into(),
             e.guard.clone().unwrap_or_default().into(),
@@ -376,7 +368,7 @@ pub(super) fn list(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
         .rev()
         .filter(|r| principal.is_none_or(|p| *p == r.entry.principal))
         .filter(|r| kind.is_none_or(|k| r.entry.kind == k.as_str()))
-        .filter(|r| wanted.is_none_or(|d| decision(r.entry.decision) == d))
+        .filter(|r| wanted.is_none_or(|d| r.entry.decision.as_str() == d))
         .take(limit)
     {
         let e = &r.entry;
@@ -386,7 +378,7 @@ pub(super) fn list(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
             e.principal.clone().into(),
             e.purpose.clone().unwrap_or_default().into(),
             e.kind.as_str().into(),
-            decision(e.decision).into(),
+            e.decision.as_str().into(),
             e.rows.map(|n| n.to_string()).unwrap_or_default().into(),
             e.duration_ms.to_string().into(),
             clip(&e.statement, 200).into(),
@@ -421,7 +413,7 @@ pub(super) fn record(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
     field("agency", e.agency.clone().unwrap_or_default());
     field("purpose", e.purpose.clone().unwrap_or_default());
     field("kind", e.kind.as_str().into());
-    field("decision", decision(e.decision).into());
+    field("decision", e.decision.as_str().into());
     field("reason", e.reason.clone().unwrap_or_default());
     field("statement", e.statement.clone());
     field("parameters", e.params.join(", "));

@@ -4,7 +4,6 @@ use super::html::{Table, esc};
 use super::{
     PERIODS, Page, Params, Refusal, Viewer, clip, filter_links, shown_time, since, statements,
 };
-use crate::audit::Decision;
 use crate::engine::Exchange;
 
 /// Who the viewer is and where to go.
@@ -68,12 +67,7 @@ pub(super) fn history(ex: &Exchange, v: &Viewer, q: &Params) -> Result<Page, Ref
             shown_time(r).into(),
             e.purpose.clone().unwrap_or_default().into(),
             e.kind.as_str().into(),
-            match e.decision {
-                Decision::Allowed => "allowed",
-                Decision::Refused => "refused",
-                Decision::Failed => "failed",
-            }
-            .into(),
+            e.decision.as_str().into(),
             e.reason.clone().unwrap_or_default().into(),
             e.rows.map(|n| n.to_string()).unwrap_or_default().into(),
             clip(&e.statement, 300).into(),

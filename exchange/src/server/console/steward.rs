@@ -131,12 +131,7 @@ pub(super) fn reads(ex: &Exchange, v: &Viewer, q: &Params) -> Result<Page, Refus
                 e.agency.clone().unwrap_or_default().into(),
                 e.purpose.clone().unwrap_or_default().into(),
                 e.kind.as_str().into(),
-                match e.decision {
-                    Decision::Allowed => "allowed",
-                    Decision::Refused => "refused",
-                    Decision::Failed => "failed",
-                }
-                .into(),
+                e.decision.as_str().into(),
                 u.table.clone().into(),
                 u.grant.clone().into(),
                 u.columns.join(", ").into(),
