@@ -74,7 +74,8 @@ async fn main() -> Result<(), Error> {
     };
     let single = Exchange::open(config("single", &node_keys))?;
     let mut agencies: Vec<String> = single
-        .catalog()
+        .governance()
+        .catalog
         .datasets()
         .iter()
         .map(|d| d.agency.clone())

@@ -58,7 +58,7 @@ pub mod tuning;
 pub use cli::main as cli_main;
 pub use config::{ExchangeConfig, Settings};
 pub use engine::{
-    Budget, CheckReport, CountingAllocator, Described, Exchange, FailureKind, Finding, OpenError,
-    QueryError, QueryOutput, QueryPlan, QueryStream, Severity, VisibleColumn, check, live_bytes,
-    result_digest,
+    Budget, CheckReport, CountingAllocator, Described, Exchange, FailureKind, Finding, Governance,
+    OpenError, QueryError, QueryOutput, QueryPlan, QueryStream, ReloadError, ReloadTrigger,
+    Reloaded, Severity, VisibleColumn, check, live_bytes, result_digest, version_of,
 };

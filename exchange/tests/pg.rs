@@ -61,7 +61,8 @@ fn listed(out: &str) -> BTreeSet<String> {
 fn granted(config: &Path, principal: &str, purpose: &str) -> BTreeSet<String> {
     let (ex, _state) = common::open_config(config);
     let rt = tokio::runtime::Handle::current();
-    ex.catalog()
+    ex.governance()
+        .catalog
         .datasets()
         .iter()
         .map(|d| format!("{}.{}", d.agency, d.name))

@@ -52,6 +52,7 @@ pub fn events_schema() -> SchemaRef {
         Field::new("export", DataType::Utf8, true),
         Field::new("guard", DataType::Utf8, true),
         Field::new("outcome", DataType::Utf8, true),
+        Field::new("policy_version", DataType::Utf8, true),
     ]))
 }
 
@@ -91,6 +92,7 @@ impl AuditEvents {
             StringBuilder::new(),
         );
         let mut outcome = StringBuilder::new();
+        let mut version = StringBuilder::new();
         for r in &records {
             let last = &r.entry;
             seq.append_value(i64::try_from(r.seq).unwrap_or(i64::MAX));
@@ -123,6 +125,7 @@ impl AuditEvents {
             export.append_option(r.entry.export.as_deref());
             guard.append_option(r.entry.guard.as_deref());
             outcome.append_option(r.entry.stream.map(StreamStatus::outcome));
+            version.append_option(r.entry.policy_version.as_deref());
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -144,6 +147,7 @@ impl AuditEvents {
             Arc::new(export.finish()),
             Arc::new(guard.finish()),
             Arc::new(outcome.finish()),
+            Arc::new(version.finish()),
         ];
         let schema = events_schema();
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;

@@ -66,6 +66,8 @@ pub struct AuditLog {
     synced: Mutex<u64>,
     /// Held for the life of the log: one writer per log.
     _lock: File,
+    /// The policy version named by records that do not name their own.
+    policy_version: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -108,6 +110,18 @@ pub fn in_use(dir: &Path) -> bool {
     }
 }
 
+/// The process id of the running exchange that holds the log of `dir`, if one does.
+pub fn holder_pid(dir: &Path) -> Option<u32> {
+    if !in_use(dir) {
+        return None;
+    }
+    fs::read_to_string(dir.join("LOCK"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl AuditLog {
     /// Open (or create) the log in `dir`. The whole log is verified first under the
     /// signer's public key; a log that does not verify is not appended to. A torn last
@@ -129,6 +143,15 @@ impl AuditLog {
             .map_err(io_err(&lock_path))?;
         if lock.try_lock().is_err() {
             return Err(AuditError::Locked { path: lock_path });
+        }
+        // The holder's process id, for `exchange policy reload` (which signals it).
+        {
+            use std::io::{Seek, Write};
+            let mut f = &lock;
+            let _ = f
+                .set_len(0)
+                .and_then(|()| f.seek(std::io::SeekFrom::Start(0)).map(|_| ()))
+                .and_then(|()| writeln!(f, "{}", std::process::id()));
         }
         migrate_legacy(dir)?;
         remove_stale_snapshots(dir);
@@ -230,6 +253,7 @@ impl AuditLog {
             }),
             synced: Mutex::new(0),
             _lock: lock,
+            policy_version: Mutex::new(None),
         };
         if !notes.is_empty() {
             let mut tail = log.tail.lock().map_err(|_| AuditError::Poisoned)?;
@@ -371,8 +395,19 @@ impl AuditLog {
         Ok(record)
     }
 
+    /// The policy version recorded on records that do not name their own (the version in
+    /// force: set when the exchange opens and at each reload).
+    pub fn set_policy_version(&self, version: &str) {
+        if let Ok(mut v) = self.policy_version.lock() {
+            *v = Some(version.to_string());
+        }
+    }
+
     /// Number, chain, sign and write a record (not synced); returns it and its write.
-    fn write_record(&self, entry: Entry) -> Result<(AuditRecord, u64), AuditError> {
+    fn write_record(&self, mut entry: Entry) -> Result<(AuditRecord, u64), AuditError> {
+        if entry.policy_version.is_none() {
+            entry.policy_version = self.policy_version.lock().ok().and_then(|v| v.clone());
+        }
         let mut tail = self.tail.lock().map_err(|_| AuditError::Poisoned)?;
         // Rotate before writing, so that a failed rotation fails before the record exists.
         if tail.segment_records >= self.options.segment_records.max(1) {

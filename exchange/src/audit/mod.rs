@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use events::{AuditEvents, events_schema};
-pub use log::{AuditLog, AuditOptions, Durability, in_use};
+pub use log::{AuditLog, AuditOptions, Durability, holder_pid, in_use};
 pub use report::{Report, report};
 pub use verify::{Summary, read_all, verify};
 
@@ -150,6 +150,8 @@ pub enum StatementKind {
     /// A page of the web console a viewer opened (read-only), or a console action
     /// (login, logout, verify now).
     Console,
+    /// A reload of schemas and policies in a running exchange, applied or rejected.
+    Policy,
     /// Anything else, including statements refused before they were classified.
     #[default]
     Other,
@@ -171,6 +173,7 @@ impl StatementKind {
             Self::Catalog => "catalog",
             Self::Session => "session",
             Self::Console => "console",
+            Self::Policy => "policy",
             Self::Other => "other",
         }
     }
@@ -252,6 +255,10 @@ pub struct Entry {
     /// The values bound to a statement's parameters (`$1`, `$2`, ...), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<String>,
+    /// The policy version (content hash of schemas/ and policies/) the statement was
+    /// decided under; records written before versions were recorded have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
 }
 
 /// One record per statement, in log order: each completion record folded into the started
@@ -354,6 +361,12 @@ impl Entry {
                 cut
             }
         });
+        self
+    }
+
+    /// The entry decided under policy version `version`.
+    pub fn under(mut self, version: &str) -> Self {
+        self.policy_version = Some(version.to_string());
         self
     }
 

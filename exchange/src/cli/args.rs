@@ -182,6 +182,9 @@ pub enum Command {
         /// Also serve the web console (auditors, stewards, analysts; log in with a password) on this address; port 0: any free port, printed on start [default: serve.http_listen, else off].
         #[arg(long)]
         http_listen: Option<std::net::SocketAddr>,
+        /// Seconds between looks at schemas/ and policies/ for changes to reload; 0: reload on SIGHUP or `exchange policy reload` only [default: serve.watch_policies_secs, else 2].
+        #[arg(long)]
+        watch_policies: Option<u64>,
     },
     /// Serve one agency's tables to the hubs pinned in [federation.hubs] (an agency node),
     /// until Ctrl-C or SIGTERM.
@@ -358,6 +361,14 @@ pub enum ScanFormat {
 pub enum PolicyCommand {
     /// Validate schemas, policies and data files; non-zero exit on errors.
     Check,
+    /// Ask the running exchange of this configuration (serve or node) to reload schemas
+    /// and policies, and tell what it did: exit 0 applied or unchanged, 1 rejected (the
+    /// version in force stays), 2 no exchange running or no answer.
+    Reload {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// What a policy change does, per principal, purpose, table and column: gained, lost
     /// or changed, newly exposed plain PII and new identity linkages first. Exit 1 when
     /// the change does what --fail-on names, 2 on errors.

@@ -58,11 +58,7 @@ pub(super) async fn run_demo(
         }
     }
     for (i, show) in demo::SHOWCASE.iter().enumerate() {
-        let agency = ex
-            .policies()
-            .principal(show.principal)
-            .map(|p| p.agency.clone())
-            .unwrap_or_default();
+        let agency = ex.agency_of(show.principal).unwrap_or_default();
         say!(
             "━━━ {}. {} ({agency}) · purpose {}",
             i + 1,

@@ -69,7 +69,8 @@ async fn run_inner(settings: &Settings) -> Result<bool, String> {
         .map_err(|e| format!("{}: {e}", hub_keys.display()))?;
     let single = Exchange::open(base.clone()).map_err(|e| e.to_string())?;
     let mut agencies: Vec<String> = single
-        .catalog()
+        .governance()
+        .catalog
         .datasets()
         .iter()
         .map(|d| d.agency.clone())

@@ -34,6 +34,7 @@ mod demo_cmd;
 mod federated;
 mod output;
 mod policy_diff;
+mod policy_reload;
 mod repl;
 mod scan;
 
@@ -99,9 +100,11 @@ fn settings(cli: &Cli) -> Result<(Settings, Option<PathBuf>), ConfigError> {
         result_ttl,
         pg_listen,
         http_listen,
+        watch_policies,
     } = &cli.command
     {
         let v = &mut s.serve;
+        v.watch_policies_secs = watch_policies.unwrap_or(v.watch_policies_secs);
         v.listen = listen.unwrap_or(v.listen);
         v.pg_listen = pg_listen.or(v.pg_listen);
         v.http_listen = http_listen.or(v.http_listen);
@@ -243,6 +246,9 @@ async fn run(cli: Cli) -> ExitCode {
                 },
         } => policy_diff::run(&config(cfg), old, new.as_deref(), *format, *fail_on, *on),
         Command::Policy {
+            command: PolicyCommand::Reload { wait },
+        } => policy_reload::run(&config(cfg), std::time::Duration::from_secs(*wait)),
+        Command::Policy {
             command: PolicyCommand::Check,
         } => {
             let report = crate::engine::check(&config(cfg));
@@ -259,6 +265,9 @@ async fn run(cli: Cli) -> ExitCode {
             say!(
                 "{t} tables, {p} principals, {u} purposes, {g} grants: {errors} errors, {warnings} warnings"
             );
+            if let Ok(v) = crate::engine::version_of(&config(cfg)) {
+                say!("policy version {v}");
+            }
             if report.has_errors() {
                 ExitCode::from(1)
             } else {
@@ -316,6 +325,9 @@ async fn run(cli: Cli) -> ExitCode {
             let options = crate::federation::NodeOptions {
                 agency: agency.clone(),
                 listen: *listen,
+                watch_policies: Some(std::time::Duration::from_secs(
+                    cfg.serve.watch_policies_secs,
+                )),
             };
             let result = crate::federation::serve_node(
                 ex,

@@ -197,6 +197,10 @@ pub struct ServeSettings {
     /// Address of the web console, served beside Flight SQL (default: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Seconds between looks at schemas/ and policies/ for changes, which a running
+    /// `serve` or `node` then reloads; 0: only on SIGHUP or `exchange policy reload`
+    /// (default 2).
+    pub watch_policies_secs: u64,
 }
 
 impl Default for ServeSettings {
@@ -217,6 +221,7 @@ impl Default for ServeSettings {
             drain_secs: 30,
             pg_listen: None,
             http_listen: None,
+            watch_policies_secs: 2,
         }
     }
 }

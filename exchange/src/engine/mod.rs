@@ -6,11 +6,13 @@ mod classify;
 mod digest;
 mod errors;
 mod explain;
+mod governance;
 mod levels;
 mod limits;
 mod lineage;
 mod memory;
 mod outcome;
+mod reload;
 mod run;
 mod served;
 mod stream;
@@ -21,9 +23,11 @@ pub(crate) use classify::{Kind, classify};
 use digest::Digest;
 pub use digest::result_digest;
 pub(crate) use errors::run_error;
+pub use governance::{Governance, version_of};
 pub use memory::{Budget, CountingAllocator, live_bytes};
 pub(crate) use memory::{BudgetedPool, charge_constant, counting_constants};
 pub(crate) use outcome::{audit_decision, redact_values};
+pub use reload::{ReloadError, ReloadTrigger, Reloaded, spawn_reloader};
 use run::{Begun, run};
 pub(crate) use run::{Planned, plan_query};
 use stream::Open;
@@ -40,12 +44,12 @@ use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
 
 use crate::audit::{AuditError, AuditLog, Entry, StatementKind, StreamStatus, TableUse};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::CatalogError;
 use crate::config::ExchangeConfig;
 use crate::enforcement::{PrincipalSession, SessionInputs};
 use crate::keys::{KeyError, Keys, SigningKey};
 use crate::masking::KeyRing;
-use crate::policy::{PolicyError, PolicySet, Treatment};
+use crate::policy::{PolicyError, Treatment};
 
 /// A statement described before it runs ([`Exchange::describe_statement`]).
 #[derive(Debug, Clone)]
@@ -162,6 +166,7 @@ pub struct VisibleColumn {
 /// statistics checked by each statement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SessionKey {
+    version: String,
     principal: String,
     purpose: String,
     token_scope: Option<String>,
@@ -217,8 +222,11 @@ const MAX_SESSIONS: usize = 256;
 /// The exchange.
 pub struct Exchange {
     config: ExchangeConfig,
-    catalog: Catalog,
-    policies: PolicySet,
+    /// Schemas and policies in force; a statement takes them when it starts and keeps
+    /// them to its end, a reload replaces them for the statements after it.
+    governance: std::sync::RwLock<Arc<Governance>>,
+    /// Held while a reload runs: one at a time.
+    reloading: std::sync::Mutex<()>,
     keys: KeyRing,
     signer: Arc<SigningKey>,
     audit: Arc<AuditLog>,
@@ -236,8 +244,7 @@ pub struct Exchange {
 impl Exchange {
     /// Load catalog and policies, open keys and the audit log.
     pub fn open(config: ExchangeConfig) -> Result<Self, OpenError> {
-        let catalog = Catalog::load(&config.schemas_dir())?;
-        let policies = PolicySet::load(&config.policies_dir(), &catalog)?;
+        let governance = Governance::load(&config)?;
         let Keys { ring, signing } = Keys::load(&config.key_dir)?;
         let signer = Arc::new(signing);
         let audit = Arc::new(AuditLog::open(
@@ -245,6 +252,7 @@ impl Exchange {
             signer.clone(),
             config.audit,
         )?);
+        audit.set_policy_version(&governance.version);
         let timeout = std::time::Duration::from_secs(config.federation.timeout_secs);
         let nodes = config
             .federation
@@ -270,8 +278,8 @@ impl Exchange {
             cluster,
             stores: crate::catalog::Stores::new(config.stores.clone()),
             config,
-            catalog,
-            policies,
+            governance: std::sync::RwLock::new(Arc::new(governance)),
+            reloading: std::sync::Mutex::new(()),
             keys: ring,
             signer,
             audit,
@@ -284,14 +292,15 @@ impl Exchange {
         &self.config
     }
 
-    /// The catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
-    /// The policies.
-    pub fn policies(&self) -> &PolicySet {
-        &self.policies
+    /// The schemas and policies in force now. Hold the returned version for as long as
+    /// one decision needs it: a reload replaces it for later callers only.
+    pub fn governance(&self) -> Arc<Governance> {
+        match self.governance.read() {
+            Ok(g) => Arc::clone(&g),
+            // A panic while swapping cannot leave a half-made value behind (the swap is
+            // one assignment): the value stands.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// The audit log.
@@ -320,27 +329,29 @@ impl Exchange {
 
     /// The agency of a declared principal.
     pub fn agency_of(&self, principal: &str) -> Option<String> {
-        self.policies.principal(principal).map(|p| p.agency.clone())
+        self.governance().agency_of(principal)
     }
 
-    /// The session of a principal for a purpose, after checking both.
+    /// The session of a principal for a purpose, after checking both, under the policy
+    /// version in force.
     pub(crate) fn session(
         &self,
         principal: &str,
         purpose: Option<&str>,
     ) -> Result<Arc<PrincipalSession>, QueryError> {
-        self.scoped_session(principal, purpose, None)
+        self.scoped_session(&self.governance(), principal, purpose, None)
     }
 
     /// A session whose pseudonyms are keyed for `token_scope` instead of the principal's
     /// agency (exports, keyed per recipient).
     pub(crate) fn scoped_session(
         &self,
+        gov: &Governance,
         principal: &str,
         purpose: Option<&str>,
         token_scope: Option<&str>,
     ) -> Result<Arc<PrincipalSession>, QueryError> {
-        let Some(p) = self.policies.principal(principal) else {
+        let Some(p) = gov.policies.principal(principal) else {
             return Err(QueryError::Refused(format!(
                 "unknown principal '{principal}'"
             )));
@@ -352,7 +363,7 @@ impl Exchange {
                 p.purposes.join(", ")
             )));
         };
-        if self.policies.purpose(purpose).is_none() {
+        if gov.policies.purpose(purpose).is_none() {
             return Err(QueryError::Refused(format!("unknown purpose '{purpose}'")));
         }
         if !p.purposes.iter().any(|x| x == purpose) {
@@ -369,6 +380,7 @@ impl Exchange {
             .iter()
             .any(|r| r == crate::enforcement::AUDITOR_ROLE);
         let key = SessionKey {
+            version: gov.version.clone(),
             principal: p.name.clone(),
             purpose: purpose.to_string(),
             token_scope: token_scope.map(str::to_string),
@@ -378,8 +390,8 @@ impl Exchange {
             return Ok(s);
         }
         let inputs = SessionInputs {
-            catalog: &self.catalog,
-            policies: &self.policies,
+            catalog: &gov.catalog,
+            policies: &gov.policies,
             keys: &self.keys,
             data_root: &self.config.data_root,
             stores: &self.stores,
@@ -455,9 +467,10 @@ impl Exchange {
         sql: &str,
     ) -> Result<Described, QueryError> {
         let started = Instant::now();
+        let gov = self.governance();
         let mut named = Vec::new();
         let outcome = async {
-            let session = self.session(principal, purpose)?;
+            let session = self.scoped_session(&gov, principal, purpose, None)?;
             let stmt = match classify(&session, sql)? {
                 Kind::Query(stmt) => stmt,
                 // EXPLAIN, DESCRIBE: a result the exchange makes itself, of known columns.
@@ -485,7 +498,8 @@ impl Exchange {
         }
         .await;
         let head = Entry::new(StatementKind::Prepare, principal, sql)
-            .declared(self.agency_of(principal), purpose);
+            .declared(gov.agency_of(principal), purpose)
+            .under(&gov.version);
         self.record_unplanned(head, named, started, &outcome)?;
         outcome
     }
@@ -564,9 +578,10 @@ impl Exchange {
         sql: &str,
     ) -> Result<Planned, QueryError> {
         let started = Instant::now();
+        let gov = self.governance();
         let mut named = Vec::new();
         let outcome = async {
-            let session = self.session(principal, purpose)?;
+            let session = self.scoped_session(&gov, principal, purpose, None)?;
             match classify(&session, sql)? {
                 Kind::Query(stmt) => plan_query(&session, *stmt, &mut named, &[]).await,
                 _ => Err(QueryError::Refused(
@@ -575,7 +590,9 @@ impl Exchange {
             }
         }
         .await;
-        let head = Entry::new(kind, principal, sql).declared(self.agency_of(principal), purpose);
+        let head = Entry::new(kind, principal, sql)
+            .declared(gov.agency_of(principal), purpose)
+            .under(&gov.version);
         self.record_unplanned(head, named, started, &outcome)?;
         outcome
     }
@@ -616,13 +633,14 @@ impl Exchange {
         params: &[ScalarValue],
     ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
-        let agency = self.agency_of(principal);
+        let gov = self.governance();
+        let agency = gov.agency_of(principal);
         let mut kind_label = StatementKind::Other;
         let mut named_tables = Vec::new();
         // A panic anywhere below is a bug, but never one that skips the audit record or
         // takes the process down: it fails the statement, audited like any failure.
         let attempt = std::panic::AssertUnwindSafe(async {
-            let session = self.session(principal, purpose)?;
+            let session = self.scoped_session(&gov, principal, purpose, None)?;
             let kind = classify(&session, sql)?;
             kind_label = kind.label();
             let (outcome, named) = run(&session, kind, params).await;
@@ -637,7 +655,9 @@ impl Exchange {
         };
         let head = Entry {
             params: params.iter().map(ScalarValue::to_string).collect(),
-            ..Entry::new(kind_label, principal, sql).declared(agency, purpose)
+            ..Entry::new(kind_label, principal, sql)
+                .declared(agency, purpose)
+                .under(&gov.version)
         };
         let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
         match outcome {

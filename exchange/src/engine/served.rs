@@ -48,6 +48,7 @@ impl Exchange {
         signer: &Signer,
     ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
+        let gov = self.governance();
         let filters: Vec<String> = req.filters.iter().map(|p| format!(" where {p}")).collect();
         let mut text = format!(
             "node request of hub {}: {} [{}]{}{}",
@@ -71,9 +72,10 @@ impl Exchange {
             )),
             ..Entry::new(StatementKind::Node, &req.principal, text)
                 .declared(Some(req.agency.clone()), Some(&req.purpose))
+                .under(&gov.version)
         };
         let mut named = Vec::new();
-        let outcome = self.plan_request(agency, req, &mut named).await;
+        let outcome = self.plan_request(&gov, agency, req, &mut named).await;
         let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
         match outcome {
             Err(e) => {
@@ -100,6 +102,7 @@ impl Exchange {
 
     async fn plan_request(
         &self,
+        gov: &super::Governance,
         agency: &str,
         req: &NodeRequest,
         named: &mut Vec<TableUse>,
@@ -111,7 +114,7 @@ impl Exchange {
             ));
         }
         // The principal as this node knows it: the hub's word is checked, not taken.
-        let Some(p) = self.policies.principal(&req.principal) else {
+        let Some(p) = gov.policies.principal(&req.principal) else {
             return refuse(format!(
                 "principal {} is not in this node's registry",
                 req.principal
@@ -134,7 +137,7 @@ impl Exchange {
                 p.name
             ));
         }
-        let session = self.scoped_session(&p.name, Some(&req.purpose), Some(&req.scope))?;
+        let session = self.scoped_session(gov, &p.name, Some(&req.purpose), Some(&req.scope))?;
         let Some(spec) = session.tables.get(&req.table) else {
             return refuse(not_granted(&session, &req.table));
         };

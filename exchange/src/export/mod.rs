@@ -146,11 +146,14 @@ pub async fn export(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportSummary, QueryError> {
     let started = Instant::now();
-    let agency = ex.agency_of(&req.principal);
+    // One policy version for the whole export, named in each of its records.
+    let gov = ex.governance();
+    let agency = gov.agency_of(&req.principal);
     let head = Entry {
         recipient: Some(req.recipient.clone()),
         ..Entry::new(StatementKind::Export, &req.principal, req.sql.clone())
             .declared(agency.clone(), req.purpose.as_deref())
+            .under(&gov.version)
     };
     let mut named = Vec::new();
     let mut tables: Option<(Vec<TableUse>, Vec<String>)> = None;
@@ -174,7 +177,7 @@ pub async fn export(
         };
         // A panic while staging fails the export, audited, and never takes the process down.
         let staging = std::panic::AssertUnwindSafe(stage(
-            ex,
+            (ex, &gov),
             req,
             progress,
             &mut on_start,
@@ -263,7 +266,8 @@ pub async fn export(
             stream: Some(crate::audit::StreamStatus::Failed),
             completes: Some(started_seq.unwrap_or(seq)),
             ..Entry::new(StatementKind::Export, &req.principal, "")
-                .declared(ex.agency_of(&req.principal), req.purpose.as_deref())
+                .declared(gov.agency_of(&req.principal), req.purpose.as_deref())
+                .under(&gov.version)
                 .timed(started)
         };
         match ex.audit().append(entry) {
@@ -337,8 +341,10 @@ enum Pending {
 type OnStart<'a> = dyn FnMut(&[TableUse], &[String]) -> Result<(), QueryError> + Send + 'a;
 
 /// Plan, run and stage the result in a file without a name, guard applied.
+/// The first argument: the exchange, and the policy version the whole export is decided
+/// under.
 async fn stage(
-    ex: &Exchange,
+    (ex, gov): (&Exchange, &crate::engine::Governance),
     req: &ExportRequest,
     progress: &mut dyn FnMut(u64, u64),
     on_start: &mut OnStart<'_>,
@@ -365,9 +371,9 @@ async fn stage(
             req.out.display()
         )));
     }
-    let agency = ex.agency_of(&req.principal).unwrap_or_default();
+    let agency = gov.agency_of(&req.principal).unwrap_or_default();
     let scope = KeyRing::recipient_scope(&agency, &req.recipient);
-    let session = ex.scoped_session(&req.principal, req.purpose.as_deref(), Some(&scope))?;
+    let session = ex.scoped_session(gov, &req.principal, req.purpose.as_deref(), Some(&scope))?;
     let stmt = match classify(&session, &req.sql)? {
         Kind::Query(stmt) => stmt,
         other => {
@@ -388,12 +394,12 @@ async fn stage(
     }
     // Aggregated rows are groups only under a policy threshold over the tables whose
     // quasi-identifiers the query reads; otherwise they count as records like any row.
-    let guard = GuardSpec::of(&planned.optimized, ex.catalog());
+    let guard = GuardSpec::of(&planned.optimized, &gov.catalog);
     // Checked whether or not the guard found a quasi-identifier: a raw resident ID selects
     // by them without reading one.
     if !guard.as_ref().is_some_and(|g| g.aggregated)
         && let Some((unshown, k)) =
-            selection::unshown_quasi_identifiers(&planned.written, ex.catalog())
+            selection::unshown_quasi_identifiers(&planned.written, &gov.catalog)
     {
         return Err(QueryError::Refused(format!(
             "the export selects, joins or orders rows by quasi-identifiers it does not show ({}); its {k}-anonymity is counted over what the file shows, so show them as plain columns (as the grant presents them) or drop the condition",
@@ -410,7 +416,7 @@ async fn stage(
             planned
                 .tables
                 .iter()
-                .filter_map(|t| grant_expiry(ex, &t.grant)),
+                .filter_map(|t| grant_expiry(gov, &t.grant)),
         )
         .min()
         .map(|d| d.to_string());
@@ -571,9 +577,13 @@ fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue::new(k.to_string(), v.to_string())
 }
 
-/// The expiry of a grant by its `agency/id@version` reference.
-fn grant_expiry(ex: &Exchange, grant_ref: &str) -> Option<NaiveDate> {
-    ex.policies()
+/// The expiry of a grant by its audited reference: `agency/id@version`, followed by
+/// ` (approval ...)` when the grant carries one.
+fn grant_expiry(gov: &crate::engine::Governance, grant_ref: &str) -> Option<NaiveDate> {
+    let grant_ref = grant_ref
+        .split_once(" (approval ")
+        .map_or(grant_ref, |(r, _)| r);
+    gov.policies
         .grants()
         .iter()
         .find(|g| format!("{}/{}@{}", g.agency, g.id, g.version) == grant_ref)

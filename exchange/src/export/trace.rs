@@ -115,7 +115,8 @@ fn sample_tokens(file: &Path) -> Result<BTreeMap<String, HashSet<String>>, Expor
 async fn identifiers(ex: &Exchange) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
     let ctx = SessionContext::new();
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (n, d) in ex.catalog().datasets().iter().enumerate() {
+    let gov = ex.governance();
+    for (n, d) in gov.catalog.datasets().iter().enumerate() {
         let columns: Vec<_> = d.columns.iter().filter(|c| c.domain.is_some()).collect();
         if columns.is_empty() {
             continue;
@@ -200,7 +201,8 @@ pub async fn trace(ex: &Exchange, file: &Path) -> Result<TraceReport, ExportErro
         })
         .collect();
     let agencies: BTreeSet<String> = ex
-        .policies()
+        .governance()
+        .policies
         .principals()
         .iter()
         .map(|p| p.agency.clone())

@@ -35,6 +35,9 @@ pub struct NodeOptions {
     pub agency: String,
     /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
+    /// Reload schemas and policies on SIGHUP and, every this often (unless zero), when
+    /// their files change; None: never ([`crate::engine::spawn_reloader`]).
+    pub watch_policies: Option<std::time::Duration>,
 }
 
 struct NodeService {
@@ -219,7 +222,8 @@ pub async fn serve_node(
         ));
     }
     if !ex
-        .catalog()
+        .governance()
+        .catalog
         .datasets()
         .iter()
         .any(|d| d.agency == options.agency)
@@ -249,12 +253,18 @@ pub async fn serve_node(
             "warning: node listening on {addr} without TLS: requests are signed, but the treated batches cross the network in clear text (put it behind a TLS-terminating proxy)"
         );
     }
+    let reloader = options
+        .watch_policies
+        .map(|every| crate::engine::spawn_reloader(Arc::clone(&ex), every));
     ready(addr);
     let result = Server::builder()
         .add_service(FlightServiceServer::new(service))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| FederationError::Setup(format!("node server: {e}")));
+    if let Some(r) = reloader {
+        r.abort();
+    }
     // Unverified requests counted but not yet recorded are recorded before the log closes
     // (review 27b F3: a flood that stopped took its count with it).
     let suppressed = std::mem::take(
@@ -300,6 +310,7 @@ impl LocalNode {
         let options = NodeOptions {
             agency: agency.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            watch_policies: None,
         };
         let task = tokio::spawn(serve_node(
             ex,

@@ -171,17 +171,19 @@ impl SessionTokens {
         })
     }
 
-    /// A token for `principal`, valid until now + ttl.
-    pub fn issue(&self, principal: &str) -> String {
+    /// A token for `principal` logged in under credentials `stamp`
+    /// ([`credential_stamp`]), valid until now + ttl.
+    pub fn issue(&self, principal: &str, stamp: &str) -> String {
         let expiry = chrono::Utc::now().timestamp().saturating_add(self.ttl_secs);
         let name = base64::prelude::BASE64_URL_SAFE_NO_PAD.encode(principal);
-        let body = format!("exs.{name}.{expiry}");
+        let body = format!("exs.{name}.{stamp}.{expiry}");
         let tag = hmac::sign(&self.key, body.as_bytes());
         format!("{body}.{}", hex::encode(tag.as_ref()))
     }
 
-    /// The principal of a valid, unexpired token; otherwise why not.
-    pub fn check(&self, token: &str) -> Result<String, &'static str> {
+    /// The principal of a valid, unexpired token and the credential stamp it was issued
+    /// under; otherwise why not.
+    pub fn check(&self, token: &str) -> Result<(String, String), &'static str> {
         let mut parts = token.rsplitn(2, '.');
         let (Some(tag), Some(body)) = (parts.next(), parts.next()) else {
             return Err("malformed token");
@@ -189,7 +191,7 @@ impl SessionTokens {
         let tag = hex::decode(tag).map_err(|_| "malformed token")?;
         hmac::verify(&self.key, body.as_bytes(), &tag).map_err(|_| "invalid token")?;
         let fields: Vec<&str> = body.split('.').collect();
-        let [_, name, expiry] = fields.as_slice() else {
+        let [_, name, stamp, expiry] = fields.as_slice() else {
             return Err("malformed token");
         };
         let expiry: i64 = expiry.parse().map_err(|_| "malformed token")?;
@@ -199,8 +201,31 @@ impl SessionTokens {
         let name = base64::prelude::BASE64_URL_SAFE_NO_PAD
             .decode(name)
             .map_err(|_| "malformed token")?;
-        String::from_utf8(name).map_err(|_| "malformed token")
+        let name = String::from_utf8(name).map_err(|_| "malformed token")?;
+        Ok((name, stamp.to_string()))
     }
+}
+
+/// Whether two credential stamps are equal, in time independent of where they differ.
+pub(crate) fn same_stamp(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A short fingerprint of how a principal logs in (its name and password hash): a session
+/// token or a console session keeps the one it began under, and stops working once the
+/// password is changed or the principal removed from the policies (a reload applies it
+/// to the next call).
+pub fn credential_stamp(p: &crate::policy::Principal) -> String {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(b"exchange credential stamp\0");
+    h.update(p.name.as_bytes());
+    h.update(b"\0");
+    h.update(p.password_hash.as_deref().unwrap_or("").as_bytes());
+    hex::encode(&h.finish().as_ref()[..8])
 }
 
 /// Set (replace) a `key = value` line in the `[[principal]]` block named `principal` of a
@@ -297,15 +322,18 @@ mod tests {
     #[test]
     fn session_tokens_expire_and_cannot_be_forged() {
         let t = SessionTokens::new(60).unwrap();
-        let tok = t.issue("hrss_analyst");
-        assert_eq!(t.check(&tok).as_deref(), Ok("hrss_analyst"));
+        let tok = t.issue("hrss_analyst", "00ff");
+        assert_eq!(
+            t.check(&tok),
+            Ok(("hrss_analyst".to_string(), "00ff".to_string()))
+        );
         let other = SessionTokens::new(60).unwrap();
         assert_eq!(other.check(&tok), Err("invalid token"));
         let forged = tok.replace("exs.", "exs.x");
         assert!(t.check(&forged).is_err());
         let expired = SessionTokens::new(-1).unwrap();
         assert_eq!(
-            expired.check(&expired.issue("p")),
+            expired.check(&expired.issue("p", "00")),
             Err("token expired: log in again")
         );
     }

@@ -70,6 +70,9 @@ pub struct ServeOptions {
     pub pg_listen: Option<SocketAddr>,
     /// Address to serve the web console on (port 0: any).
     pub http_listen: Option<SocketAddr>,
+    /// Reload schemas and policies on SIGHUP and, every this often (unless zero), when
+    /// their files change; None: never ([`crate::engine::spawn_reloader`]).
+    pub watch_policies: Option<Duration>,
 }
 
 /// Where a started server listens.
@@ -94,6 +97,7 @@ impl ServeOptions {
             drain: Duration::from_secs(s.drain_secs),
             pg_listen: s.pg_listen,
             http_listen: s.http_listen,
+            watch_policies: Some(Duration::from_secs(s.watch_policies_secs)),
         }
     }
 }
@@ -228,6 +232,9 @@ pub async fn serve_until(
             "warning: listening on {addr} without TLS: passwords and tokens cross the network in clear text (use --tls-cert and --tls-key)"
         );
     }
+    let reloader = options
+        .watch_policies
+        .map(|every| crate::engine::spawn_reloader(Arc::clone(&ex), every));
     ready(Listening {
         flight: addr,
         pg,
@@ -257,6 +264,9 @@ pub async fn serve_until(
             Ok(())
         }
     };
+    if let Some(r) = reloader {
+        r.abort();
+    }
     service.record_pending_login_failures();
     ex.audit()
         .close()

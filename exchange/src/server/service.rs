@@ -195,7 +195,8 @@ impl ExchangeFlightService {
         info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
         // As costly as the costliest stored hash, so unknown names take as long.
         let iterations = ex
-            .policies()
+            .governance()
+            .policies
             .principals()
             .iter()
             .filter_map(|p| p.password_hash.as_deref())
@@ -254,14 +255,18 @@ impl ExchangeFlightService {
     /// Check a user name and password (Flight handshake, console login). Unknown users and
     /// users without a password are checked against a dummy hash of the same cost, so
     /// timing does not tell which names exist; a failure is audited as `channel` under the
-    /// principal's name when it is one (never attacker-chosen text).
+    /// principal's name when it is one (never attacker-chosen text). Returns the
+    /// principal's credential stamp ([`super::auth::credential_stamp`]), which what the
+    /// login opens (a token, a console session) keeps.
     pub(crate) async fn check_password(
         &self,
         user: &str,
         password: &str,
         channel: &str,
-    ) -> Result<(), Status> {
-        let principal = self.ex.policies().principal(user);
+    ) -> Result<String, Status> {
+        let gov = self.ex.governance();
+        let principal = gov.policies.principal(user);
+        let stamp = principal.map(super::auth::credential_stamp);
         let known = principal.is_some();
         let has_password = principal.is_some_and(|p| p.password_hash.is_some());
         let stored = principal
@@ -290,7 +295,18 @@ impl ExchangeFlightService {
             );
             return Err(Status::unauthenticated("wrong user name or password"));
         }
-        Ok(())
+        stamp.ok_or_else(|| Status::unauthenticated("wrong user name or password"))
+    }
+
+    /// Whether `principal` still logs in as under credentials `stamp`: a token or a
+    /// console session of a principal removed, or whose password changed, since it began
+    /// stops working (a reload of the policies applies this to the next call).
+    pub(crate) fn credentials_current(&self, principal: &str, stamp: &str) -> bool {
+        self.ex
+            .governance()
+            .policies
+            .principal(principal)
+            .is_some_and(|p| super::auth::same_stamp(&super::auth::credential_stamp(p), stamp))
     }
 
     /// The principal of a call's bearer token (session or API token).
@@ -307,7 +323,7 @@ impl ExchangeFlightService {
             ));
         };
         if token.starts_with("exk_") {
-            return match principal_of_api_token(self.ex.policies(), token) {
+            return match principal_of_api_token(&self.ex.governance().policies, token) {
                 Some(p) => Ok(p.name.clone()),
                 None => {
                     self.audit_auth_failure("(unknown)", "unknown API token");
@@ -315,10 +331,16 @@ impl ExchangeFlightService {
                 }
             };
         }
-        self.tokens.check(token).map_err(|why| {
+        let (principal, stamp) = self.tokens.check(token).map_err(|why| {
             self.audit_auth_failure("(unknown)", why);
             Status::unauthenticated(why)
-        })
+        })?;
+        if !self.credentials_current(&principal, &stamp) {
+            let why = "token revoked: the principal was removed or its password changed since login; log in again";
+            self.audit_auth_failure(&principal, why);
+            return Err(Status::unauthenticated(why));
+        }
+        Ok(principal)
     }
 
     fn purpose<T>(req: &Request<T>) -> Option<String> {

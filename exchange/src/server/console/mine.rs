@@ -10,7 +10,8 @@ use crate::engine::Exchange;
 pub(super) fn home(ex: &Exchange, v: &Viewer) -> Page {
     let mut page = Page::new("Welcome");
     let purpose = ex
-        .policies()
+        .governance()
+        .policies
         .purpose(&v.purpose)
         .map(|p| format!(" ({})", p.legal_basis))
         .unwrap_or_default();
@@ -83,7 +84,8 @@ pub(super) fn history(ex: &Exchange, v: &Viewer, q: &Params) -> Result<Page, Ref
 pub(super) fn access(ex: &Exchange, v: &Viewer) -> Page {
     let mut page = Page::new("What I may see");
     let today = chrono::Utc::now().date_naive();
-    let policies = ex.policies();
+    let gov = ex.governance();
+    let policies = &gov.policies;
     let Some(p) = policies.principal(&v.principal) else {
         return page;
     };
@@ -103,7 +105,7 @@ pub(super) fn access(ex: &Exchange, v: &Viewer) -> Page {
     );
     t.empty = "no table is granted to you";
     for purpose in &p.purposes {
-        for d in ex.catalog().datasets() {
+        for d in gov.catalog.datasets() {
             let Ok(a) = policies.resolve(d, p, purpose, today) else {
                 continue;
             };

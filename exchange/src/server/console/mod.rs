@@ -324,8 +324,14 @@ impl Console {
     /// The viewer of a request's session cookie.
     fn viewer(&self, headers: &HeaderMap) -> Option<(String, Viewer)> {
         let (id, s) = self.sessions.of(headers)?;
-        // A principal removed from the policy since login has no session any more.
-        let p = self.exchange().policies().principal(&s.principal)?;
+        // A principal removed from the policy, or whose password changed, since login
+        // has no session any more.
+        if !self.gate.credentials_current(&s.principal, &s.stamp) {
+            self.sessions.remove(&id);
+            return None;
+        }
+        let gov = self.exchange().governance();
+        let p = gov.policies.principal(&s.principal)?;
         Some((
             id,
             Viewer {
@@ -730,20 +736,24 @@ async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
             "",
         );
     }
-    if let Err(status) = c
+    let stamp = match c
         .gate
         .check_password(&f.user, &f.password, "(console login)")
         .await
     {
-        return login_page(
-            &c,
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            Some(status.message()),
-            "",
-        );
-    }
-    let Some(p) = c.exchange().policies().principal(&f.user) else {
+        Ok(stamp) => stamp,
+        Err(status) => {
+            return login_page(
+                &c,
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                Some(status.message()),
+                "",
+            );
+        }
+    };
+    let gov = c.exchange().governance();
+    let Some(p) = gov.policies.principal(&f.user) else {
         return login_page(
             &c,
             &headers,
@@ -794,7 +804,7 @@ async fn login(State(c): Shared, headers: HeaderMap, Form(f): Form<LoginForm>) -
             &f.user,
         );
     };
-    let Some(id) = c.sessions.create(&p.name, &purpose) else {
+    let Some(id) = c.sessions.create(&p.name, &purpose, &stamp) else {
         let _ = c.exchange().audit().append(Entry {
             decision: Decision::Refused,
             reason: Some("too many console sessions open".into()),

@@ -26,6 +26,8 @@ pub(super) struct Session {
     pub principal: String,
     pub purpose: String,
     pub csrf: String,
+    /// The principal's credential stamp at login: the session ends when it changes.
+    pub stamp: String,
     expires: Instant,
 }
 
@@ -106,7 +108,7 @@ impl Sessions {
     }
 
     /// Start a session; its identifier, or None when too many are open or randomness failed.
-    pub fn create(&self, principal: &str, purpose: &str) -> Option<String> {
+    pub fn create(&self, principal: &str, purpose: &str, stamp: &str) -> Option<String> {
         let id = random_hex()?;
         let csrf = random_hex()?;
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,6 +136,7 @@ impl Sessions {
                 principal: principal.to_string(),
                 purpose: purpose.to_string(),
                 csrf,
+                stamp: stamp.to_string(),
                 expires: Instant::now() + self.ttl,
             },
         );
@@ -174,7 +177,7 @@ mod tests {
     #[test]
     fn sessions_live_until_removed_or_expired() {
         let s = Sessions::new(Duration::from_secs(60), false);
-        let id = s.create("auditor", "audit_review").unwrap();
+        let id = s.create("auditor", "audit_review", "00").unwrap();
         let (got, session) = s.of(&with_cookie(&format!("a=b; exchange={id}"))).unwrap();
         assert_eq!(
             (got.as_str(), session.principal.as_str()),
@@ -184,18 +187,22 @@ mod tests {
         s.remove(&id);
         assert!(s.of(&with_cookie(&format!("exchange={id}"))).is_none());
         let short = Sessions::new(Duration::ZERO, false);
-        let id = short.create("auditor", "audit_review").unwrap();
+        let id = short.create("auditor", "audit_review", "00").unwrap();
         assert!(short.of(&with_cookie(&format!("exchange={id}"))).is_none());
     }
 
     #[test]
     fn a_principal_holds_a_bounded_number_of_sessions_the_oldest_ending_first() {
         let s = Sessions::new(Duration::from_secs(60), false);
-        let first = s.create("hotline_analyst", "complaint_handling").unwrap();
-        let other = s.create("auditor", "audit_review").unwrap();
+        let first = s
+            .create("hotline_analyst", "complaint_handling", "00")
+            .unwrap();
+        let other = s.create("auditor", "audit_review", "00").unwrap();
         let mut last = String::new();
         for _ in 0..MAX_SESSIONS_PER_PRINCIPAL * 3 {
-            last = s.create("hotline_analyst", "complaint_handling").unwrap();
+            last = s
+                .create("hotline_analyst", "complaint_handling", "00")
+                .unwrap();
         }
         let alive = |id: &str| s.of(&with_cookie(&format!("exchange={id}"))).is_some();
         assert!(!alive(&first) && alive(&last) && alive(&other));

@@ -12,10 +12,11 @@ use crate::engine::Exchange;
 pub(super) fn grants(ex: &Exchange, v: &Viewer) -> Page {
     let mut page = Page::new(format!("Grants of {}", v.agency));
     page.html("<p class=\"meta\">First matching grant wins, in file order. A principal of the agency whom no grant of the table names sees it raw; everyone else sees nothing of a table no grant gives them.</p>");
-    let policies = ex.policies();
+    let gov = ex.governance();
+    let policies = &gov.policies;
     let mut any = false;
-    for d in ex
-        .catalog()
+    for d in gov
+        .catalog
         .datasets()
         .iter()
         .filter(|d| d.agency == v.agency)

@@ -36,16 +36,17 @@ pub(super) enum Login {
     /// No startup message yet.
     #[default]
     Start,
-    /// SCRAM offered; `known` false for a name that is no principal's.
+    /// SCRAM offered; `stamp` the principal's credential stamp, None for a name that is
+    /// no principal's.
     Scram {
-        known: bool,
+        stamp: Option<String>,
         iterations: u32,
         salt: Vec<u8>,
         key: Vec<u8>,
     },
     /// SCRAM's server-first message sent.
     ScramSent {
-        known: bool,
+        stamp: Option<String>,
         nonce: String,
         waiting: Box<ScramServerAuthWaitingForClientFinal>,
     },
@@ -53,6 +54,32 @@ pub(super) enum Login {
     Token,
     /// Logged in.
     Done,
+}
+
+/// What a connection logged in with, checked again before each statement: a principal
+/// removed from the policies, a changed password or a revoked API token ends what it
+/// opened (a reload applies this to the next statement).
+#[derive(Debug, Clone)]
+pub(super) enum Credential {
+    /// A password, by the principal's credential stamp at login.
+    Password(String),
+    /// An API token, by its stored form.
+    Token(String),
+}
+
+impl Credential {
+    /// Whether `principal` still logs in so under `policies`.
+    pub(super) fn current(&self, policies: &crate::policy::PolicySet, principal: &str) -> bool {
+        let Some(p) = policies.principal(principal) else {
+            return false;
+        };
+        match self {
+            Self::Password(stamp) => {
+                crate::server::auth::same_stamp(&crate::server::auth::credential_stamp(p), stamp)
+            }
+            Self::Token(stored) => p.api_tokens.iter().any(|t| t == stored),
+        }
+    }
 }
 
 /// The value of a SCRAM message's attribute `name` (`r=...`).
@@ -83,7 +110,7 @@ impl Conn {
     /// A failed login, audited under the principal's name or `(unknown)`, never text an
     /// attacker chose; the error the client gets.
     fn refuse(&self, user: &str, reason: &str) -> PgWireError {
-        let who = match self.shared.ex().policies().principal(user) {
+        let who = match self.shared.ex().governance().policies.principal(user) {
             Some(p) => p.name.clone(),
             None => "(unknown)".to_string(),
         };
@@ -101,15 +128,15 @@ impl Conn {
 
     /// How `user` logs in: SCRAM against the stored hash (or a random one), or a token.
     fn offer(&self, user: &str, secure: bool) -> Result<Login, PgWireError> {
-        let policies = self.shared.ex().policies();
-        if let Some(p) = policies.principal(user) {
+        let gov = self.shared.ex().governance();
+        if let Some(p) = gov.policies.principal(user) {
             if let Some((iterations, salt, key)) = p
                 .password_hash
                 .as_deref()
                 .and_then(crate::server::auth::password_parts)
             {
                 return Ok(Login::Scram {
-                    known: true,
+                    stamp: Some(crate::server::auth::credential_stamp(p)),
                     iterations,
                     salt,
                     key,
@@ -127,7 +154,7 @@ impl Conn {
         let salt = ring::hmac::sign(&decoy, format!("salt\0{user}").as_bytes());
         let key = ring::hmac::sign(&decoy, format!("key\0{user}").as_bytes());
         Ok(Login::Scram {
-            known: false,
+            stamp: None,
             iterations: self.shared.decoy_iterations,
             salt: salt.as_ref()[..16].to_vec(),
             key: key.as_ref().to_vec(),
@@ -135,7 +162,7 @@ impl Conn {
     }
 
     /// Logged in as `user`: the purpose stated at startup is checked, the session begins.
-    async fn admit<C>(&self, client: &mut C, user: &str) -> PgWireResult<()>
+    async fn admit<C>(&self, client: &mut C, user: &str, credential: Credential) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -170,6 +197,7 @@ impl Conn {
             let mut state = self.lock();
             state.counted = Some(counted);
             state.principal = Some(user.to_string());
+            state.credential = Some(credential);
             state.purpose = purpose;
             state.login = Login::Done;
         }
@@ -212,7 +240,7 @@ impl StartupHandler for Conn {
                 let login = std::mem::take(&mut self.lock().login);
                 match login {
                     Login::Scram {
-                        known,
+                        stamp,
                         iterations,
                         salt,
                         key,
@@ -228,7 +256,7 @@ impl StartupHandler for Conn {
                             .on_client_first_message(&data, Password::new(Some(salt), key))
                             .map_err(|_| self.refuse(&user, "a malformed SCRAM message"))?;
                         self.lock().login = Login::ScramSent {
-                            known,
+                            stamp,
                             nonce: attribute(&server_first, 'r').unwrap_or_default(),
                             waiting: Box::new(waiting),
                         };
@@ -239,7 +267,7 @@ impl StartupHandler for Conn {
                             .await?;
                     }
                     Login::ScramSent {
-                        known,
+                        stamp,
                         nonce,
                         waiting,
                     } => {
@@ -253,13 +281,14 @@ impl StartupHandler for Conn {
                             return Err(self.refuse(&user, "a SCRAM nonce not this server's"));
                         }
                         match waiting.on_client_final_message(&response.data) {
-                            Ok(server_final) if known => {
+                            Ok(server_final) if let Some(stamp) = stamp => {
                                 client
                                     .send(PgWireBackendMessage::Authentication(
                                         Authentication::SASLFinal(server_final.into()),
                                     ))
                                     .await?;
-                                self.admit(client, &user).await?;
+                                self.admit(client, &user, Credential::Password(stamp))
+                                    .await?;
                             }
                             Ok(_) => return Err(self.refuse(&user, "unknown principal")),
                             Err(_) => return Err(self.refuse(&user, "wrong password")),
@@ -267,9 +296,12 @@ impl StartupHandler for Conn {
                     }
                     Login::Token => {
                         let token = msg.into_password()?.password;
-                        let policies = self.shared.ex().policies();
-                        match crate::server::auth::principal_of_api_token(policies, &token) {
-                            Some(p) if p.name == user => self.admit(client, &user).await?,
+                        let gov = self.shared.ex().governance();
+                        match crate::server::auth::principal_of_api_token(&gov.policies, &token) {
+                            Some(p) if p.name == user => {
+                                let stored = crate::server::auth::hash_api_token(&token);
+                                self.admit(client, &user, Credential::Token(stored)).await?
+                            }
                             _ => return Err(self.refuse(&user, "unknown API token")),
                         }
                     }

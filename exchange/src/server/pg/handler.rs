@@ -121,12 +121,24 @@ fn bound_values<S: Clone>(
 }
 
 impl Conn {
+    /// The principal and purpose of the connection, its credential checked against the
+    /// policies in force.
     fn principal(&self) -> PgWireResult<(String, Option<String>)> {
-        let state = self.lock();
-        match &state.principal {
-            Some(p) => Ok((p.clone(), state.purpose.clone())),
-            None => Err(error("28000", "not logged in")),
+        let (principal, purpose, credential) = {
+            let state = self.lock();
+            match (&state.principal, &state.credential) {
+                (Some(p), Some(c)) => (p.clone(), state.purpose.clone(), c.clone()),
+                _ => return Err(error("28000", "not logged in")),
+            }
+        };
+        if !credential.current(&self.shared.ex().governance().policies, &principal) {
+            let why = "credentials revoked: the principal was removed, its password changed or its API token revoked since login; connect again";
+            self.shared
+                .gate
+                .record_login_failure(&principal, "(Postgres session)", why);
+            return Err(error("28000", why));
         }
+        Ok((principal, purpose))
     }
 
     /// Record a statement answered here (session and catalog statements).

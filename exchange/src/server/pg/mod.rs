@@ -99,6 +99,8 @@ impl Shared {
 struct ConnState {
     login: auth::Login,
     principal: Option<String>,
+    /// What the principal logged in with.
+    credential: Option<auth::Credential>,
     purpose: Option<String>,
     counted: Option<Counted>,
 }
@@ -173,7 +175,8 @@ pub(crate) async fn accept(
 ) {
     let decoy_iterations = gate
         .exchange()
-        .policies()
+        .governance()
+        .policies
         .principals()
         .iter()
         .filter_map(|p| p.password_hash.as_deref())

@@ -52,9 +52,10 @@ impl FlightSqlService for ExchangeFlightService {
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         let (user, password) = decoded.split_once(':').unwrap_or(("", ""));
-        self.check_password(user, password, "(Flight SQL authentication)")
+        let stamp = self
+            .check_password(user, password, "(Flight SQL authentication)")
             .await?;
-        let token = self.tokens.issue(user);
+        let token = self.tokens.issue(user, &stamp);
         let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(internal)?;
         let output = stream::iter(vec![Ok(HandshakeResponse {
             protocol_version: 0,
