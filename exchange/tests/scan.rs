@@ -102,3 +102,55 @@ fn scan_cli_prints_a_schema_snippet_that_loads() {
         .unwrap();
     assert_eq!(catalog.datasets()[0].entity.as_deref(), Some("person_id"));
 }
+
+#[test]
+fn scan_of_a_declared_table_suggests_within_its_declared_levels() {
+    let config = common::config_copy();
+    let schema = config.path().join("schemas/police.toml");
+    // gender (general-2, no PII) declared important; name (general-3) declared core.
+    common::edit(
+        &schema,
+        "name = \"gender\"\ntype = \"utf8\"\nlevel = \"general-2\"",
+        "name = \"gender\"\ntype = \"utf8\"\nlevel = \"important\"",
+    );
+    common::edit(
+        &schema,
+        "name = \"name\"\ntype = \"utf8\"\npii = \"name\"\nlevel = \"general-3\"",
+        "name = \"name\"\ntype = \"utf8\"\npii = \"name\"\nlevel = \"core\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config-dir")
+        .arg(config.path())
+        .arg("--data-root")
+        .arg(common::data_root())
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["scan", "police.residents"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |column: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(column))
+            .unwrap_or_else(|| panic!("no line for {column}:\n{text}"))
+            .to_string()
+    };
+    let gender = line("gender");
+    assert!(
+        gender.contains("important") && gender.contains("aggregate_only(5)"),
+        "{gender}"
+    );
+    let name = line("name");
+    assert!(
+        name.contains("core") && name.contains("never leaves its agency"),
+        "{name}"
+    );
+    // Undeclared stricter levels are not invented: phone keeps its suggestion.
+    let phone = line("phone");
+    assert!(
+        phone.contains("general-3") && phone.contains("mask(phone_cn)"),
+        "{phone}"
+    );
+}

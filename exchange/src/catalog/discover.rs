@@ -127,6 +127,44 @@ pub fn suggestion(pii: Option<PiiType>) -> (Level, &'static str, Option<&'static
     }
 }
 
+/// How strict a level is: core the strictest.
+fn strictness(level: Level) -> u8 {
+    match level {
+        Level::Core => 5,
+        Level::Important => 4,
+        Level::General4 => 3,
+        Level::General3 => 2,
+        Level::General2 => 1,
+        Level::General1 => 0,
+    }
+}
+
+/// The treatment to suggest for a column of `level` where `suggested` was found, within
+/// the level rules `policy check` applies (engine/levels.rs): core never leaves its agency,
+/// important data only aggregated, general-4 and general-3 never plain.
+fn within_level(level: Level, suggested: &'static str) -> &'static str {
+    match level {
+        Level::Core => "none: core data never leaves its agency",
+        Level::Important => "aggregate_only(5)",
+        Level::General4 | Level::General3 if suggested == "plain" => "aggregate_only(5)",
+        _ => suggested,
+    }
+}
+
+/// Findings over a declared table, under the levels its schema declares: a declared level
+/// stricter than the suggested one stands, and the suggested treatment keeps to the level's
+/// rule (a core column is suggested to no one; an important one aggregated only).
+pub fn under_declared_levels(findings: &mut [ColumnFinding], dataset: &crate::catalog::Dataset) {
+    for f in findings.iter_mut() {
+        if let Some(declared) = dataset.column(&f.name).and_then(|c| c.level)
+            && strictness(declared) > strictness(f.level)
+        {
+            f.level = declared;
+        }
+        f.treatment = within_level(f.level, f.treatment);
+    }
+}
+
 fn schema_type(t: &DataType) -> &'static str {
     match t {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "utf8",
@@ -403,6 +441,22 @@ pub fn render_schema(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn declared_levels_bound_the_suggested_treatment() {
+        use super::{Level, within_level};
+        assert_eq!(
+            within_level(Level::Core, "mask(phone_cn)"),
+            "none: core data never leaves its agency"
+        );
+        assert_eq!(within_level(Level::Important, "plain"), "aggregate_only(5)");
+        assert_eq!(within_level(Level::General4, "plain"), "aggregate_only(5)");
+        assert_eq!(within_level(Level::General3, "plain"), "aggregate_only(5)");
+        assert_eq!(
+            within_level(Level::General3, "mask(phone_cn)"),
+            "mask(phone_cn)"
+        );
+        assert_eq!(within_level(Level::General2, "plain"), "plain");
+    }
 
     #[test]
     fn names_from_files_stay_inside_their_toml_string() {

@@ -24,7 +24,8 @@ pub(super) async fn run_scan(
     {
         let stores = crate::catalog::Stores::new(config.stores.clone());
         return match discover::scan_remote(&d, &config.data_root, &stores, sample).await {
-            Ok(findings) => {
+            Ok(mut findings) => {
+                discover::under_declared_levels(&mut findings, &d);
                 show(&findings, format, &d.agency, &d.name, &d.location);
                 ExitCode::SUCCESS
             }
@@ -35,11 +36,12 @@ pub(super) async fn run_scan(
         };
     }
     // A catalog table, or else a path.
-    let (agency, table, path) = match target.split_once('.').and_then(|(a, t)| {
+    let declared = target.split_once('.').and_then(|(a, t)| {
         Catalog::load(&config.schemas_dir())
             .ok()
             .and_then(|c| c.dataset(a, t).cloned())
-    }) {
+    });
+    let (agency, table, path) = match declared.clone() {
         Some(d) => {
             let location = std::path::PathBuf::from(d.resolve_location(&config.data_root));
             let file = if location.is_dir() {
@@ -67,7 +69,10 @@ pub(super) async fn run_scan(
         }
     };
     match discover::scan_file(&path, sample.max(1)) {
-        Ok(findings) => {
+        Ok(mut findings) => {
+            if let Some(d) = &declared {
+                discover::under_declared_levels(&mut findings, d);
+            }
             show(
                 &findings,
                 format,
