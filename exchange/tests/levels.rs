@@ -126,3 +126,84 @@ fn core_never_leaves_and_important_only_in_groups() {
     // Within the agency, a level does not restrict: the police's own grants are not named.
     assert!(!out.contains("to agency police"), "{out}");
 }
+
+/// Exports leave the exchange: a core column read anywhere refuses one, an important one
+/// refuses it unless the result is aggregated under a policy threshold of at least 5.
+#[test]
+fn exports_keep_to_the_levels_of_what_they_read() {
+    use exchange::QueryError;
+    use exchange::export::{ExportRequest, export};
+    let config = config_copy();
+    let schema = config.path().join("schemas/health.toml");
+    edit(
+        &schema,
+        "name = \"cost\"\ntype = \"float64\"\npii = \"health\"\nlevel = \"general-4\"",
+        "name = \"cost\"\ntype = \"float64\"\npii = \"health\"\nlevel = \"important\"",
+    );
+    edit(
+        &schema,
+        "name = \"hospital\"\ntype = \"utf8\"\nlevel = \"general-1\"",
+        "name = \"hospital\"\ntype = \"utf8\"\nlevel = \"core\"",
+    );
+    let (ex, _state) = common::open_config(config.path());
+    let out = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut n = 0;
+    let mut try_export = |principal: &str, purpose: &str, sql: &str| {
+        n += 1;
+        let req = ExportRequest {
+            principal: principal.into(),
+            purpose: Some(purpose.into()),
+            recipient: "research-l".into(),
+            out: out.path().join(format!("export-{n}.parquet")),
+            sql: sql.into(),
+            expires: None,
+        };
+        rt.block_on(export(&ex, &req, &mut |_, _| {}))
+    };
+    let health = ("health_analyst", "public_health_statistics");
+    let civil = ("civil_analyst", "elderly_care_planning");
+
+    // Core: refused even to the owner, even aggregated, even read only in WHERE.
+    for sql in [
+        "SELECT hospital, count(*) AS n FROM health.visits GROUP BY hospital",
+        "SELECT visit_id FROM health.visits WHERE hospital <> 'x'",
+    ] {
+        match try_export(health.0, health.1, sql) {
+            Err(QueryError::Refused(why)) => assert!(
+                why.contains("core data (health.visits.hospital)")
+                    && why.contains("never leaves its agency"),
+                "{why}"
+            ),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // Important: the owner's raw rows and its unthresholded sums are refused...
+    for sql in [
+        "SELECT visit_id, cost FROM health.visits",
+        "SELECT sum(cost) AS total FROM health.visits",
+    ] {
+        match try_export(health.0, health.1, sql) {
+            Err(QueryError::Refused(why)) => assert!(
+                why.contains("important data (health.visits.cost)")
+                    && why.contains("only aggregated"),
+                "{why}"
+            ),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // ...while civil's sums, in groups of at least 5 residents under its grant, leave.
+    let done = try_export(
+        civil.0,
+        civil.1,
+        "SELECT visit_date, sum(cost) AS total FROM health.visits GROUP BY visit_date",
+    );
+    assert!(done.is_ok(), "{done:?}");
+    // Columns of lower levels are exported as before.
+    let done = try_export(
+        health.0,
+        health.1,
+        "SELECT visit_id, visit_date FROM health.visits LIMIT 10",
+    );
+    assert!(done.is_ok(), "{done:?}");
+}

@@ -12,6 +12,7 @@
 
 mod classes;
 mod guard;
+mod levels;
 mod manifest;
 mod publish;
 mod remote;
@@ -405,6 +406,10 @@ async fn stage(
             "the export selects, joins or orders rows by quasi-identifiers it does not show ({}); its {k}-anonymity is counted over what the file shows, so show them as plain columns (as the grant presents them) or drop the condition",
             unshown.join(", ")
         )));
+    }
+
+    if let Some(why) = levels::refusal(&planned.tables, &planned.thresholds, &gov.catalog) {
+        return Err(QueryError::Refused(why));
     }
 
     on_start(&planned.tables, &planned.thresholds)?;
