@@ -229,6 +229,10 @@ pub struct Entry {
     /// What a guard did (k-anonymity on exports): classes suppressed or why refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
+    /// For an export to a recipient outside the mainland: what it carried across the
+    /// border and on what basis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
     /// For a streamed result: `started` on the record written before its first batch
     /// leaves, and how it ended on the completion record that follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +292,7 @@ pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
         s.result_digest = end.result_digest.or(s.result_digest.take());
         s.export = end.export.or(s.export.take());
         s.guard = end.guard.or(s.guard.take());
+        s.transfer = end.transfer.or(s.transfer.take());
         if !end.workers.is_empty() {
             s.workers = end.workers;
         }

@@ -20,8 +20,11 @@ pub struct Report {
     pub refusals: BTreeMap<String, u64>,
     /// owning agency -> table -> (statements, principals).
     pub tables: BTreeMap<String, BTreeMap<String, (u64, BTreeSet<String>)>>,
-    /// Exports: (time, principal, recipient, file).
+    /// Exports within the mainland: (time, principal, recipient, file).
     pub exports: Vec<(String, String, String, String)>,
+    /// Exports to recipients outside the mainland: (time, principal, recipient, file, what
+    /// crossed the border and on what basis).
+    pub cross_border: Vec<(String, String, String, String, String)>,
     /// Streamed results by how they ended (`incomplete`: no completion record, the process
     /// died mid-stream or it still runs).
     pub streams: BTreeMap<String, u64>,
@@ -86,12 +89,15 @@ pub fn report(
         }
         if rec.entry.kind == super::StatementKind::Export && rec.entry.decision == Decision::Allowed
         {
-            r.exports.push((
-                rec.time.clone(),
-                rec.entry.principal.clone(),
-                rec.entry.recipient.clone().unwrap_or_default(),
-                rec.entry.export.clone().unwrap_or_default(),
-            ));
+            let (time, principal) = (rec.time.clone(), rec.entry.principal.clone());
+            let recipient = rec.entry.recipient.clone().unwrap_or_default();
+            let file = rec.entry.export.clone().unwrap_or_default();
+            match &rec.entry.transfer {
+                Some(t) => r
+                    .cross_border
+                    .push((time, principal, recipient, file, t.clone())),
+                None => r.exports.push((time, principal, recipient, file)),
+            }
         }
     }
     r
@@ -162,6 +168,21 @@ impl fmt::Display for Report {
             writeln!(f, "|---|---|---|---|")?;
             for (t, p, r, file) in &self.exports {
                 writeln!(f, "| {t} | {} | {} | {} |", clean(p), clean(r), clean(file))?;
+            }
+        }
+        if !self.cross_border.is_empty() {
+            writeln!(f, "\n## Cross-border exports\n")?;
+            writeln!(f, "| time | principal | recipient | file | transfer |")?;
+            writeln!(f, "|---|---|---|---|---|")?;
+            for (t, p, r, file, what) in &self.cross_border {
+                writeln!(
+                    f,
+                    "| {t} | {} | {} | {} | {} |",
+                    clean(p),
+                    clean(r),
+                    clean(file),
+                    clean(what)
+                )?;
             }
         }
         Ok(())

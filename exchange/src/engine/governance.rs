@@ -73,7 +73,8 @@ impl Governance {
 }
 
 /// The files that make a version, in a fixed order: `schemas/*.toml`,
-/// `policies/purposes.toml`, `policies/principals.toml`, `policies/grants/*.toml`.
+/// `policies/purposes.toml`, `policies/principals.toml`, `policies/grants/*.toml`,
+/// `policies/recipients.toml` when present.
 fn version_files(config: &ExchangeConfig) -> Result<Vec<PathBuf>, OpenError> {
     let tomls = |dir: &Path| -> Result<Vec<PathBuf>, OpenError> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -89,6 +90,10 @@ fn version_files(config: &ExchangeConfig) -> Result<Vec<PathBuf>, OpenError> {
     files.push(policies.join("purposes.toml"));
     files.push(policies.join("principals.toml"));
     files.extend(tomls(&policies.join("grants"))?);
+    let recipients = policies.join("recipients.toml");
+    if recipients.exists() {
+        files.push(recipients);
+    }
     Ok(files)
 }
 

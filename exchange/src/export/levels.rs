@@ -12,6 +12,7 @@
 
 use crate::audit::TableUse;
 use crate::catalog::{Catalog, Level};
+use crate::policy::Recipient;
 
 /// Smallest group an export of important data may hold.
 const IMPORTANT_MIN_GROUP: u64 = 5;
@@ -71,6 +72,68 @@ pub(super) fn refusal(
         ));
     }
     None
+}
+
+/// What an export to a recipient outside the mainland may carry: no important data (core
+/// never leaves at all, [`refusal`]); personal information (a column tagged `pii`, or of
+/// level general-4 or general-3, read anywhere) only when the recipient declares a legal
+/// basis and a security-assessment or standard-contract reference. Ok: the transfer as
+/// the manifest and the audit record state it.
+pub(super) fn abroad(
+    tables: &[TableUse],
+    catalog: &Catalog,
+    recipient: &Recipient,
+) -> Result<String, String> {
+    let mut important = Vec::new();
+    let mut personal = Vec::new();
+    for t in tables {
+        let Some(d) = t
+            .table
+            .split_once('.')
+            .and_then(|(agency, name)| catalog.dataset(agency, name))
+        else {
+            continue;
+        };
+        for c in &t.columns {
+            let Some(def) = d.column(c) else {
+                continue;
+            };
+            let name = format!("{}.{c}", t.table);
+            if def.level == Some(Level::Important) {
+                important.push(name.clone());
+            }
+            if def.pii.is_some() || matches!(def.level, Some(Level::General4 | Level::General3)) {
+                personal.push(name);
+            }
+        }
+    }
+    let to = format!(
+        "recipient {} in {}, outside the mainland",
+        recipient.name, recipient.jurisdiction
+    );
+    if !important.is_empty() {
+        return Err(format!(
+            "the export reads important data ({}) for {to}: important data does not leave the mainland",
+            important.join(", ")
+        ));
+    }
+    if personal.is_empty() {
+        return Ok(format!(
+            "cross-border to {}: no personal information",
+            recipient.jurisdiction
+        ));
+    }
+    match (&recipient.legal_basis, recipient.transfer_basis()) {
+        (Some(basis), Some(transfer)) => Ok(format!(
+            "cross-border to {}: personal information ({}) under legal basis '{basis}', {transfer}",
+            recipient.jurisdiction,
+            personal.join(", ")
+        )),
+        _ => Err(format!(
+            "the export reads personal information ({}) for {to}: it leaves only when the recipient declares a legal basis and a security assessment or standard contract (policies/recipients.toml)",
+            personal.join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]

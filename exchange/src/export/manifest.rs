@@ -40,6 +40,13 @@ pub struct ManifestBody {
     pub expires: Option<String>,
     /// What the k-anonymity guard did.
     pub guard: Option<String>,
+    /// The recipient's jurisdiction (`CN`: the mainland).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jurisdiction: Option<String>,
+    /// For a recipient outside the mainland: what the file carries across the border and
+    /// on what basis (legal basis, security assessment or standard contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
     /// Sequence number of the audit record of this export.
     pub audit_seq: u64,
 }

@@ -124,6 +124,10 @@ struct Staged {
     guard: Option<String>,
     /// The guard as the recipient may read it: what applied, never what it found.
     guard_public: Option<String>,
+    /// The recipient's jurisdiction, and for one outside the mainland, what the transfer
+    /// carries and on what basis.
+    jurisdiction: String,
+    transfer: Option<String>,
     created: String,
     expires: Option<String>,
 }
@@ -248,6 +252,7 @@ pub async fn export(
             .ok()
             .and_then(|(s, _)| s.guard.clone())
             .or(guard_note),
+        transfer: staged.as_ref().ok().and_then(|(s, _)| s.transfer.clone()),
         statement,
         ..head.clone().timed(started)
     };
@@ -291,6 +296,8 @@ pub async fn export(
         created: s.created.clone(),
         expires: s.expires.clone(),
         guard: s.guard_public.clone(),
+        jurisdiction: Some(s.jurisdiction.clone()),
+        transfer: s.transfer.clone(),
         audit_seq: seq,
     };
     let manifest = body.sign(ex.signer()).map_err(|e| failed(e.to_string()))?;
@@ -358,6 +365,12 @@ async fn stage(
             "a recipient is 1 to 64 letters, digits, '-', '_' or '.'".into(),
         ));
     }
+    let Some(recipient) = gov.policies.recipient(&req.recipient) else {
+        return Err(QueryError::Refused(format!(
+            "recipient {} is not declared in policies/recipients.toml: exports go to declared recipients only",
+            req.recipient
+        )));
+    };
     if req.out.file_name().is_none() || req.out.as_os_str().to_string_lossy().ends_with('/') {
         return Err(QueryError::Failed(format!(
             "{}: the output must name a file",
@@ -411,6 +424,14 @@ async fn stage(
     if let Some(why) = levels::refusal(&planned.tables, &planned.thresholds, &gov.catalog) {
         return Err(QueryError::Refused(why));
     }
+    let transfer = if recipient.cross_border() {
+        Some(
+            levels::abroad(&planned.tables, &gov.catalog, recipient)
+                .map_err(QueryError::Refused)?,
+        )
+    } else {
+        None
+    };
 
     on_start(&planned.tables, &planned.thresholds)?;
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -432,6 +453,8 @@ async fn stage(
         kv("exchange.principal", &req.principal),
         kv("exchange.purpose", req.purpose.as_deref().unwrap_or("")),
         kv("exchange.recipient", &req.recipient),
+        kv("exchange.jurisdiction", &recipient.jurisdiction),
+        kv("exchange.transfer", transfer.as_deref().unwrap_or("")),
         kv("exchange.grants", &grants.join(",")),
         kv("exchange.created", &created),
         kv("exchange.expires", expires.as_deref().unwrap_or("")),
@@ -573,6 +596,8 @@ async fn stage(
         bytes,
         guard: note,
         guard_public: public,
+        jurisdiction: recipient.jurisdiction.clone(),
+        transfer,
         created,
         expires,
     })

@@ -92,27 +92,31 @@ enum ColumnEntry {
     Long { from: String, treatment: String },
 }
 
-struct FileCtx<'a> {
-    path: &'a Path,
-    text: &'a str,
+pub(super) struct FileCtx<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
 }
 
 impl FileCtx<'_> {
-    fn pos(&self, span: std::ops::Range<usize>) -> SourcePos {
+    pub(super) fn pos(&self, span: std::ops::Range<usize>) -> SourcePos {
         SourcePos {
             path: self.path.to_path_buf(),
             line: crate::catalog::model_line_of(self.text, span.start),
         }
     }
 
-    fn invalid(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> PolicyError {
+    pub(super) fn invalid(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> PolicyError {
         PolicyError::Invalid {
             pos: self.pos(span),
             message: message.into(),
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, PolicyError> {
+    pub(super) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, PolicyError> {
         toml::from_str(self.text).map_err(|e| PolicyError::Parse {
             path: self.path.to_path_buf(),
             line: e
@@ -170,6 +174,15 @@ impl PolicySet {
         files.sort();
         for f in files {
             set.add_grants(&f, &read(&f)?, catalog)?;
+        }
+        // Optional: without it no recipient is declared, and every export is refused.
+        let recipients = dir.join("recipients.toml");
+        if recipients.exists() {
+            let text = read(&recipients)?;
+            set.recipients = super::recipients::parse(&FileCtx {
+                path: &recipients,
+                text: &text,
+            })?;
         }
         Ok(set)
     }

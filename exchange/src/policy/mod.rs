@@ -8,6 +8,7 @@
 mod diff;
 mod load;
 mod model;
+mod recipients;
 mod treatment;
 
 pub use diff::{Change, Exposure, PolicyDiff, Version, diff};
@@ -15,6 +16,7 @@ pub use model::{
     Access, AttrValue, ColumnRule, Denial, Grant, PolicySet, Principal, Purpose, RowFilter,
     Selector,
 };
+pub use recipients::{MAINLAND, Recipient};
 pub use treatment::Treatment;
 
 use std::path::PathBuf;

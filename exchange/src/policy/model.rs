@@ -210,9 +210,20 @@ pub struct PolicySet {
     pub(super) principals: Vec<Principal>,
     pub(super) purposes: Vec<Purpose>,
     pub(super) grants: Vec<Grant>,
+    pub(super) recipients: Vec<super::Recipient>,
 }
 
 impl PolicySet {
+    /// The export recipient of that name (`policies/recipients.toml`).
+    pub fn recipient(&self, name: &str) -> Option<&super::Recipient> {
+        self.recipients.iter().find(|r| r.name == name)
+    }
+
+    /// Every declared export recipient.
+    pub fn recipients(&self) -> &[super::Recipient] {
+        &self.recipients
+    }
+
     /// The principal of that name.
     pub fn principal(&self, name: &str) -> Option<&Principal> {
         self.principals.iter().find(|p| p.name == name)

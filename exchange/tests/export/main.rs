@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod border;
 mod classes;
 mod people;
 mod signing;
