@@ -490,6 +490,13 @@ async fn a_running_server_reloads_on_request_and_revoked_logins_stop() {
         held.run("SELECT gender FROM police.residents LIMIT 2"),
         "ok 2"
     );
+    const PHONE_LISTED: &str = "SELECT column_name FROM information_schema.columns WHERE table_name = 'residents' AND column_name = 'phone'";
+    assert_eq!(held.run(PHONE_LISTED), "ok 1");
+    // A result planned before the change and fetched after it (review 48 F6).
+    let parked = analyst
+        .execute("SELECT phone FROM police.residents LIMIT 1".into(), None)
+        .await
+        .unwrap();
 
     // A change, applied on request: the same login and the prepared statement see it.
     edit(&grants(config.path()), PHONE, "");
@@ -510,6 +517,18 @@ async fn a_running_server_reloads_on_request_and_revoked_logins_stop() {
     assert!(
         held.run("SELECT phone FROM police.residents LIMIT 1")
             .starts_with("error")
+    );
+    // The catalog BI tools read follows (review 48 F3), and the parked result is not
+    // delivered under the new version.
+    assert_eq!(held.run(PHONE_LISTED), "ok 0");
+    let ticket = parked.endpoint[0].ticket.clone().unwrap();
+    let err = match analyst.do_get(ticket).await {
+        Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("policies changed since this statement was planned"),
+        "{err}"
     );
 
     // A broken version: rejected, named, and the server goes on under the last good one.
@@ -561,6 +580,43 @@ async fn a_running_server_reloads_on_request_and_revoked_logins_stop() {
         .unwrap();
     drop(held);
 
+    // A storm of SIGHUPs is a few reloads, not one each (review 48 F8).
+    let before = reloads(&state).len();
+    let pid = server.pid();
+    for _ in 0..50 {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGHUP);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let storm = reloads(&state).len() - before;
+    assert!((1..=4).contains(&storm), "{storm} records for 50 signals");
+
+    // The lock file names the server; a process id written there by someone else is not
+    // signalled (review 48 F4).
+    let mut victim = Command::new("sleep").arg("30").spawn().unwrap();
+    let lock = state.join("audit/LOCK");
+    for forged in [
+        format!("reload-pid {}", victim.id()),
+        "reload-pid 0".into(),
+        "reload-pid 1".into(),
+    ] {
+        std::fs::write(&lock, format!("{forged}\n")).unwrap();
+        let (code, out) = policy_reload(config.path(), &keys, &state);
+        assert_eq!(code, 2, "{forged}: {out}");
+        assert!(
+            out.contains("not confirmed as the holder") || out.contains("is not a server's"),
+            "{out}"
+        );
+    }
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the process named in a forged lock file was signalled"
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+
     assert!(server.stop().success());
     let log = records(&state);
     assert!(log.iter().all(|r| r.entry.policy_version.is_some()));
@@ -583,13 +639,25 @@ async fn a_running_server_reloads_when_its_files_change() {
     let config = config_copy();
     credentials(config.path());
     let (_tmp, keys, state) = fresh_dirs();
+    // The grants file is a symlink, as a Kubernetes ConfigMap mounts it: the change is a
+    // new target (review 48 F2).
+    let file = grants(config.path());
+    let versions = config.path().join("versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(versions.join("police-1.toml"), &text).unwrap();
+    std::fs::write(versions.join("police-2.toml"), text.replacen(PHONE, "", 1)).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(versions.join("police-1.toml"), &file).unwrap();
     let server = start(config.path(), &keys, &state, &["--watch-policies", "1"]);
     let mut analyst = flight(&server.uri).await;
     analyst.handshake(HRSS, &password(HRSS)).await.unwrap();
     query(&mut analyst, "SELECT phone FROM police.residents LIMIT 1")
         .await
         .unwrap();
-    edit(&grants(config.path()), PHONE, "");
+    let swap = config.path().join("policies/grants/police.toml.new");
+    std::os::unix::fs::symlink(versions.join("police-2.toml"), &swap).unwrap();
+    std::fs::rename(&swap, &file).unwrap();
     let since = Instant::now();
     loop {
         match query(&mut analyst, "SELECT phone FROM police.residents LIMIT 1").await {
@@ -621,7 +689,118 @@ fn policy_reload_without_a_running_exchange_says_so() {
     let (code, out) = policy_reload(config.path(), &keys, &state);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("no running exchange holds the audit log"),
+        out.contains("no running exchange server holds the audit log"),
         "{out}"
+    );
+}
+
+/// Review 48 F1: a grants file caught half-written (or briefly missing) reads as a valid
+/// version in which the owning agency's own grant is gone, and the owner sees its table
+/// raw. A change of the files applies by itself only what narrows; what widens waits for
+/// an operator's `policy reload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_the_files_that_widens_is_held_for_the_operator() {
+    let config = config_copy();
+    let (ex, state) = open_config(config.path());
+    let v1 = ex.governance().version.clone();
+    let file = config.path().join("policies/grants/hotline.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    // The file's header only, as an editor's slow save leaves it for a moment.
+    std::fs::write(
+        &file,
+        "# Grants of the 12345 hotline.\nagency = \"hotline\"\nversion = \"2026-11-01\"\n",
+    )
+    .unwrap();
+    let err = ex.reload(ReloadTrigger::FilesChanged).unwrap_err();
+    let ReloadError::Held { kept, widening, .. } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(kept, &v1);
+    assert!(
+        widening
+            .iter()
+            .any(|w| w.starts_with("hotline_analyst") && w.contains("caller_phone")),
+        "{widening:?}"
+    );
+    assert_eq!(ex.governance().version, v1);
+    let out = common::ok(
+        &ex,
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT caller_phone FROM hotline.tickets LIMIT 5",
+    )
+    .await;
+    assert!(
+        common::column(&out.batches, "caller_phone")
+            .iter()
+            .all(|p| p.contains('*'))
+    );
+    let held = reloads(state.path());
+    assert_eq!(held[0].entry.decision, Decision::Refused);
+    assert!(
+        held[0].entry.statement.contains("held")
+            && held[0]
+                .entry
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("exchange policy reload"),
+        "{held:?}"
+    );
+    // The save completes: nothing to apply. A narrowing change applies by itself.
+    std::fs::write(&file, &good).unwrap();
+    assert_eq!(
+        ex.reload(ReloadTrigger::FilesChanged).unwrap(),
+        Reloaded::Unchanged {
+            version: v1.clone()
+        }
+    );
+    std::fs::write(&file, good.replacen("satisfied = \"plain\"\n", "", 1)).unwrap();
+    assert!(matches!(
+        ex.reload(ReloadTrigger::FilesChanged).unwrap(),
+        Reloaded::Applied { .. }
+    ));
+    // What widens applies on the operator's word.
+    std::fs::write(&file, &good).unwrap();
+    assert!(matches!(
+        ex.reload(ReloadTrigger::FilesChanged),
+        Err(ReloadError::Held { .. })
+    ));
+    assert!(matches!(
+        ex.reload(ReloadTrigger::Signal).unwrap(),
+        Reloaded::Applied { .. }
+    ));
+}
+
+/// Review 48 F5: a credential hash pasted in the wrong place is quoted by the parser's
+/// error; the rejection's record (kept for good, shown to auditors) does not repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_version_does_not_quote_credentials() {
+    let config = config_copy();
+    let (ex, state) = open_config(config.path());
+    let principals = config.path().join("policies/principals.toml");
+    let (_, hash) = exchange::server::new_api_token().unwrap();
+    exchange::server::set_principal_field(
+        &principals,
+        "market_trader",
+        "api_tokens",
+        &format!("\"{hash}\""),
+    )
+    .unwrap();
+    let err = ex.reload(ReloadTrigger::Request).unwrap_err().to_string();
+    assert!(
+        err.contains("principals.toml") && err.contains("<credential hash>"),
+        "{err}"
+    );
+    assert!(!err.contains("hmac-sha256$"), "{err}");
+    let segment = std::fs::read_dir(state.path().join("audit"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    let log = std::fs::read_to_string(segment).unwrap();
+    assert!(
+        log.contains("rejected") && !log.contains("hmac-sha256$"),
+        "{log}"
     );
 }

@@ -65,7 +65,7 @@ pub struct AuditLog {
     /// fsync that covers them all instead of each paying its own (group commit).
     synced: Mutex<u64>,
     /// Held for the life of the log: one writer per log.
-    _lock: File,
+    lock: File,
     /// The policy version named by records that do not name their own.
     policy_version: Mutex<Option<String>>,
 }
@@ -110,16 +110,67 @@ pub fn in_use(dir: &Path) -> bool {
     }
 }
 
-/// The process id of the running exchange that holds the log of `dir`, if one does.
-pub fn holder_pid(dir: &Path) -> Option<u32> {
+/// The process id of the running server (serve, node) that holds the log of `dir` and
+/// reloads its policies on SIGHUP. Ok(None): no process holds the log, or one that does
+/// not reload (a query, an export, a REPL). Err: the id in the lock file is not
+/// confirmed as the holder's (the lock file was written by someone else, or the holder
+/// runs in another PID namespace), so it must not be signalled.
+pub fn holder_pid(dir: &Path) -> Result<Option<u32>, String> {
+    let lock = dir.join("LOCK");
     if !in_use(dir) {
-        return None;
+        return Ok(None);
     }
-    fs::read_to_string(dir.join("LOCK"))
-        .ok()?
+    let text = fs::read_to_string(&lock).map_err(|e| format!("{}: {e}", lock.display()))?;
+    let Some(pid) = text.trim().strip_prefix("reload-pid ") else {
+        return Ok(None);
+    };
+    let pid: u32 = pid
         .trim()
         .parse()
-        .ok()
+        .map_err(|_| format!("{}: not a process id", lock.display()))?;
+    if pid <= 1 {
+        return Err(format!(
+            "{}: process id {pid} is not a server's",
+            lock.display()
+        ));
+    }
+    if holds_lock(pid, &lock)? {
+        Ok(Some(pid))
+    } else {
+        Err(format!(
+            "{}: process {pid} is not confirmed as the holder of the lock (another PID namespace, or a file written by someone else): signal the server yourself",
+            lock.display()
+        ))
+    }
+}
+
+/// Whether process `pid` holds a lock on `file` (Linux: `/proc/locks`, which names the
+/// holder's pid and the file's inode).
+#[cfg(target_os = "linux")]
+fn holds_lock(pid: u32, file: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::metadata(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .ino();
+    let locks = fs::read_to_string("/proc/locks").map_err(|e| format!("/proc/locks: {e}"))?;
+    Ok(locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`
+        f.get(1) == Some(&"FLOCK")
+            && f.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            && f.get(5)
+                .and_then(|d| d.rsplit(':').next())
+                .and_then(|i| i.parse::<u64>().ok())
+                == Some(inode)
+    }))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn holds_lock(_pid: u32, _file: &Path) -> Result<bool, String> {
+    Err(
+        "the holder of the lock cannot be confirmed on this platform: signal the server yourself"
+            .into(),
+    )
 }
 
 impl AuditLog {
@@ -144,15 +195,9 @@ impl AuditLog {
         if lock.try_lock().is_err() {
             return Err(AuditError::Locked { path: lock_path });
         }
-        // The holder's process id, for `exchange policy reload` (which signals it).
-        {
-            use std::io::{Seek, Write};
-            let mut f = &lock;
-            let _ = f
-                .set_len(0)
-                .and_then(|()| f.seek(std::io::SeekFrom::Start(0)).map(|_| ()))
-                .and_then(|()| writeln!(f, "{}", std::process::id()));
-        }
+        // No process id until a server advertises one (advertise_reloads): a stale one
+        // must not be signalled.
+        let _ = lock.set_len(0);
         migrate_legacy(dir)?;
         remove_stale_snapshots(dir);
         let public = signer.public_key();
@@ -252,7 +297,7 @@ impl AuditLog {
                 writes: 0,
             }),
             synced: Mutex::new(0),
-            _lock: lock,
+            lock,
             policy_version: Mutex::new(None),
         };
         if !notes.is_empty() {
@@ -393,6 +438,18 @@ impl AuditLog {
             self.sync(mine)?;
         }
         Ok(record)
+    }
+
+    /// Write this process's id into the lock file, for `exchange policy reload` to signal:
+    /// only servers that reload on SIGHUP (serve, node) do.
+    pub fn advertise_reloads(&self) {
+        use std::io::{Seek, Write};
+        let mut f = &self.lock;
+        let _ = f
+            .set_len(0)
+            .and_then(|()| f.seek(std::io::SeekFrom::Start(0)).map(|_| ()))
+            .and_then(|()| writeln!(f, "reload-pid {}", std::process::id()))
+            .and_then(|()| f.sync_data());
     }
 
     /// The policy version recorded on records that do not name their own (the version in

@@ -38,12 +38,19 @@ fn hang_up(_pid: u32) -> Result<(), String> {
 /// Run `exchange policy reload`, waiting up to `wait` for the answer.
 pub(super) fn run(config: &ExchangeConfig, wait: Duration) -> ExitCode {
     let dir = config.audit_log();
-    let Some(pid) = holder_pid(&dir) else {
-        complain!(
-            "error: no running exchange holds the audit log {} (start `exchange serve` or `exchange node` with this configuration; a process that starts loads the policies as they are)",
-            dir.display()
-        );
-        return ExitCode::from(2);
+    let pid = match holder_pid(&dir) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            complain!(
+                "error: no running exchange server holds the audit log {} (start `exchange serve` or `exchange node` with this configuration; a process that starts loads the policies as they are)",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            complain!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     match crate::engine::version_of(config) {
         Ok(v) => say!("policy version on disk: {v}"),

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
@@ -111,38 +111,6 @@ pub fn version_of(config: &ExchangeConfig) -> Result<String, OpenError> {
         hash.update(&bytes);
     }
     Ok(hex::encode(&hash.finalize()[..8]))
-}
-
-/// A cheap fingerprint of the files (names, sizes, modification times) that a watcher
-/// compares between polls; a change is then confirmed by [`version_of`].
-pub(crate) fn fingerprint(config: &ExchangeConfig) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let policies = config.policies_dir();
-    for dir in [
-        config.schemas_dir(),
-        policies.clone(),
-        policies.join("grants"),
-    ] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            out.push((dir, 0, None));
-            continue;
-        };
-        let mut here: Vec<_> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-            .map(|e| {
-                let meta = e.metadata().ok();
-                (
-                    e.path(),
-                    meta.as_ref().map(|m| m.len()).unwrap_or(0),
-                    meta.and_then(|m| m.modified().ok()),
-                )
-            })
-            .collect();
-        here.sort();
-        out.extend(here);
-    }
-    out
 }
 
 /// What changed between two versions, in a few words for the reload's audit record:

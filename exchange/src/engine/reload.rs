@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{Decision, Entry, StatementKind};
 
-use super::governance::{fingerprint, summary};
+use super::governance::summary;
 use super::{Exchange, Governance, Severity, version_of};
 
 /// What asked for a reload.
@@ -70,9 +70,45 @@ pub enum ReloadError {
         /// The errors, at most [`MAX_ERRORS_TOLD`] of them.
         errors: Vec<String>,
     },
+    /// A change of the files that widens what principals see, held until an operator
+    /// applies it (`exchange policy reload`): a file caught half-written or briefly
+    /// missing can read as a valid version that gives more, so watching the files only
+    /// ever narrows by itself.
+    #[error("policy version {version} held, version {kept} stays in force: it widens what principals see ({}); apply it with `exchange policy reload`", .widening.join("; "))]
+    Held {
+        /// The version found on disk.
+        version: String,
+        /// The version still in force.
+        kept: String,
+        /// The widening changes, at most [`MAX_ERRORS_TOLD`] of them.
+        widening: Vec<String>,
+    },
     /// The audit record of the reload could not be written, so nothing was applied.
     #[error("audit log unavailable, the reload was not applied: {0}")]
     Audit(String),
+}
+
+/// `text` with every stored credential (`pbkdf2-sha256$...`, `hmac-sha256$...`) replaced.
+fn without_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let at = ["pbkdf2-sha256$", "hmac-sha256$"]
+            .iter()
+            .filter_map(|p| rest.find(p))
+            .min();
+        let Some(at) = at else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("<credential hash>");
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ']' | '}' | '`'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
 }
 
 /// Errors of a rejected version named in its record and message.
@@ -119,7 +155,13 @@ impl Exchange {
             (g, report)
         });
         let reject = |version: String, errors: Vec<String>| {
-            let told: Vec<String> = errors.iter().take(MAX_ERRORS_TOLD).cloned().collect();
+            // An error of the parser can quote a value of the file: a password or token
+            // hash pasted in the wrong place must not reach the log or the console.
+            let told: Vec<String> = errors
+                .iter()
+                .take(MAX_ERRORS_TOLD)
+                .map(|e| without_credentials(e))
+                .collect();
             let more = errors.len().saturating_sub(told.len());
             let mut reason = format!(
                 "{} error(s) of policy check: {}",
@@ -165,6 +207,30 @@ impl Exchange {
                 version: current.version.clone(),
             });
         }
+        if trigger == ReloadTrigger::FilesChanged {
+            let widening = widening(&current, &new);
+            if !widening.is_empty() {
+                let told: Vec<String> = widening.iter().take(MAX_ERRORS_TOLD).cloned().collect();
+                record(
+                    format!(
+                        "{what}: version {} held, version {} stays in force",
+                        new.version, current.version
+                    ),
+                    Decision::Refused,
+                    Some(format!(
+                        "it widens what principals see ({} change(s): {}); a change of the files applies by itself only what narrows: apply it with exchange policy reload",
+                        widening.len(),
+                        told.join("; ")
+                    )),
+                    &current.version,
+                )?;
+                return Err(ReloadError::Held {
+                    version: new.version.clone(),
+                    kept: current.version.clone(),
+                    widening: told,
+                });
+            }
+        }
         let summary = summary(&current, &new);
         let warnings: Vec<String> = warnings.iter().map(|f| f.to_string()).collect();
         let warned = if warnings.is_empty() {
@@ -202,16 +268,53 @@ impl Exchange {
     }
 }
 
+/// The changes from `old` to `new` that may widen what a principal sees: wider, newly
+/// plain PII, new linkages, and treatments changed in no clear order (a grant's version
+/// alone is not one).
+fn widening(old: &Governance, new: &Governance) -> Vec<String> {
+    let today = chrono::Utc::now().date_naive();
+    crate::policy::diff(
+        (&old.catalog, &old.policies),
+        (&new.catalog, &new.policies),
+        today,
+    )
+    .changes
+    .into_iter()
+    .filter(|c| {
+        c.exposure <= crate::policy::Exposure::Wider
+            || (c.exposure == crate::policy::Exposure::Changed && c.what != "grant")
+    })
+    .map(|c| {
+        let on = [c.purpose.as_str(), c.table.as_str(), c.what.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("{} {on}: '{}' -> '{}'", c.principal, c.before, c.after)
+    })
+    .collect()
+}
+
+/// Pause after a reload asked by a signal: signals that come meanwhile are one (a storm
+/// of SIGHUPs writes a few records, not one each).
+const SIGNAL_PAUSE: Duration = Duration::from_secs(1);
+
 /// Reload `ex` on `SIGHUP` and, every `poll` (unless zero), when the files of schemas/ and
 /// policies/ changed, until the returned task is aborted. Each outcome is told on standard
 /// error in one line (the audit log has the record).
 pub fn spawn_reloader(ex: Arc<Exchange>, poll: Duration) -> tokio::task::JoinHandle<()> {
+    ex.audit().advertise_reloads();
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let config = ex.config().clone();
-        let mut seen = fingerprint(&config);
+        // The content hash of the files at each look (it follows symlinks: a ConfigMap's
+        // swapped `..data` is a change); a version is reloaded once two looks in a row
+        // found it, so a save in progress is not read half-way.
+        let mut seen = version_of(&config).ok();
+        let mut candidate: Option<String> = None;
         let every = if poll.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -235,18 +338,25 @@ pub fn spawn_reloader(ex: Arc<Exchange>, poll: Duration) -> tokio::task::JoinHan
                     if poll.is_zero() {
                         continue;
                     }
-                    let now = fingerprint(&config);
+                    let cfg = config.clone();
+                    let now = tokio::task::spawn_blocking(move || version_of(&cfg).ok())
+                        .await
+                        .ok()
+                        .flatten();
                     if now == seen {
+                        candidate = None;
                         continue;
                     }
-                    // Let a save or a checkout finish before reading it.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    seen = fingerprint(&config);
+                    if now != candidate {
+                        candidate = now;
+                        continue;
+                    }
+                    seen = candidate.take();
                     ReloadTrigger::FilesChanged
                 }
             };
-            let ex = Arc::clone(&ex);
-            let outcome = tokio::task::spawn_blocking(move || ex.reload(trigger)).await;
+            let worker = Arc::clone(&ex);
+            let outcome = tokio::task::spawn_blocking(move || worker.reload(trigger)).await;
             match outcome {
                 Ok(Ok(Reloaded::Applied {
                     from,
@@ -271,6 +381,34 @@ pub fn spawn_reloader(ex: Arc<Exchange>, poll: Duration) -> tokio::task::JoinHan
                 Ok(Err(e)) => eprintln!("error: {e}"),
                 Err(e) => eprintln!("error: policy reload failed: {e}"),
             }
+            if trigger == ReloadTrigger::Signal {
+                tokio::time::sleep(SIGNAL_PAUSE).await;
+                // The files the reload considered are seen: applied or refused, the
+                // watcher does not take them up again.
+                seen = version_of(&config).ok();
+                candidate = None;
+            }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn stored_credentials_are_not_quoted() {
+        let e =
+            r#"principals.toml:9: invalid type: string "hmac-sha256$01c9ab", expected a sequence"#;
+        assert_eq!(
+            without_credentials(e),
+            r#"principals.toml:9: invalid type: string "<credential hash>", expected a sequence"#
+        );
+        let e = "roles = [pbkdf2-sha256$600000$74c1$9093] and hmac-sha256$aa";
+        assert_eq!(
+            without_credentials(e),
+            "roles = [<credential hash>] and <credential hash>"
+        );
+        assert_eq!(without_credentials("no secret here"), "no secret here");
+    }
 }

@@ -198,6 +198,12 @@ impl QueryStream {
         self.rows
     }
 
+    /// The policy version the statement was decided under, while it runs (None once
+    /// whole, or for a result computed at once).
+    pub fn policy_version(&self) -> Option<&str> {
+        self.open.as_ref()?.head.policy_version.as_deref()
+    }
+
     /// End the stream early, recorded `cut` with `reason` (a deadline, a consumer's cap).
     pub fn cut(mut self, reason: &str) -> Result<(), QueryError> {
         self.end(StreamStatus::Cut, Some(reason.to_string()))

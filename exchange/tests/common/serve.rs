@@ -125,6 +125,11 @@ pub fn start(config: &Path, keys: &Path, state: &Path, extra: &[&str]) -> Server
 }
 
 impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
     /// SIGTERM, then wait: the server finishes and seals the audit log.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = i32::try_from(self.child.id()).unwrap();

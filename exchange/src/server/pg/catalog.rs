@@ -45,10 +45,11 @@ pub(crate) struct CatalogSession {
     ctx: SessionContext,
 }
 
-/// Whose catalog: principal, purpose, day.
-type Key = (String, Option<String>, i64);
+/// Whose catalog: principal, purpose, day, policy version.
+type Key = (String, Option<String>, i64, String);
 
-/// Catalog sessions by (principal, purpose, day): built once, as a principal's session is.
+/// Catalog sessions by (principal, purpose, day, policy version): built once, as a
+/// principal's session is; a reload makes new ones.
 #[derive(Default)]
 pub(crate) struct CatalogSessions {
     kept: Mutex<HashMap<Key, Arc<CatalogSession>>>,
@@ -65,7 +66,13 @@ impl CatalogSessions {
     ) -> Result<Arc<CatalogSession>, String> {
         // Grants expire by day: so do catalog sessions.
         let day = chrono::Utc::now().timestamp() / 86_400;
-        let key = (principal.to_string(), purpose.map(str::to_string), day);
+        let version = ex.governance().version.clone();
+        let key = (
+            principal.to_string(),
+            purpose.map(str::to_string),
+            day,
+            version,
+        );
         if let Some(s) = self.kept.lock().ok().and_then(|k| k.get(&key).cloned()) {
             return Ok(s);
         }

@@ -128,6 +128,15 @@ impl FlightSqlService for ExchangeFlightService {
                 "unknown or expired result: run the statement again",
             ));
         };
+        // Its rows are read now: under policies changed since it was planned (a grant
+        // narrowed, a principal revoked) it is not delivered.
+        if let Some(planned) = pending.stream.policy_version()
+            && planned != self.ex.governance().version
+        {
+            let why = "the policies changed since this statement was planned: run it again";
+            let _ = pending.stream.cancel(&format!("not delivered: {why}"));
+            return Err(Status::failed_precondition(why));
+        }
         // Dropped with the response: a client that goes away stops the query, recorded
         // `cancelled`.
         Ok(Response::new(
