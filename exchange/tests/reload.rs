@@ -804,3 +804,40 @@ async fn a_rejected_version_does_not_quote_credentials() {
         "{log}"
     );
 }
+
+/// Review 49: what widens what leaves the exchange is held too: a column's level lowered,
+/// a recipient moved into the mainland.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_a_level_or_easing_a_recipient_is_held_too() {
+    let config = config_copy();
+    let (ex, _state) = open_config(config.path());
+    let recipients = config.path().join("policies/recipients.toml");
+    let good = std::fs::read_to_string(&recipients).unwrap();
+    edit(
+        &recipients,
+        "name = \"sg-analytics\"\njurisdiction = \"SG\"",
+        "name = \"sg-analytics\"\njurisdiction = \"CN\"",
+    );
+    let err = ex
+        .reload(ReloadTrigger::FilesChanged)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("held") && err.contains("recipient sg-analytics moved into the mainland"),
+        "{err}"
+    );
+    std::fs::write(&recipients, &good).unwrap();
+    edit(
+        &config.path().join("schemas/police.toml"),
+        "name = \"name\"\ntype = \"utf8\"\npii = \"name\"\nlevel = \"general-3\"",
+        "name = \"name\"\ntype = \"utf8\"\npii = \"name\"\nlevel = \"general-1\"",
+    );
+    let err = ex
+        .reload(ReloadTrigger::FilesChanged)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("level of police.residents.name lowered: 'general-3' -> 'general-1'"),
+        "{err}"
+    );
+}

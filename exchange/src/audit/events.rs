@@ -53,6 +53,7 @@ pub fn events_schema() -> SchemaRef {
         Field::new("guard", DataType::Utf8, true),
         Field::new("outcome", DataType::Utf8, true),
         Field::new("policy_version", DataType::Utf8, true),
+        Field::new("transfer", DataType::Utf8, true),
     ]))
 }
 
@@ -93,6 +94,7 @@ impl AuditEvents {
         );
         let mut outcome = StringBuilder::new();
         let mut version = StringBuilder::new();
+        let mut transfer = StringBuilder::new();
         for r in &records {
             let last = &r.entry;
             seq.append_value(i64::try_from(r.seq).unwrap_or(i64::MAX));
@@ -126,6 +128,7 @@ impl AuditEvents {
             guard.append_option(r.entry.guard.as_deref());
             outcome.append_option(r.entry.stream.map(StreamStatus::outcome));
             version.append_option(r.entry.policy_version.as_deref());
+            transfer.append_option(r.entry.transfer.as_deref());
         }
         let arrays: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -148,6 +151,7 @@ impl AuditEvents {
             Arc::new(guard.finish()),
             Arc::new(outcome.finish()),
             Arc::new(version.finish()),
+            Arc::new(transfer.finish()),
         ];
         let schema = events_schema();
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;

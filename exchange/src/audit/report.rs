@@ -105,8 +105,10 @@ pub fn report(
 
 /// Control characters (terminal escapes, line breaks) in logged text are shown escaped,
 /// never sent raw to the reader's terminal.
+/// A cell of the report's markdown tables: control characters escaped, and `|` too, so
+/// that text a principal chose (a file name) cannot add cells to a row (review 49).
 fn clean(s: &str) -> String {
-    crate::text::escape(s).into_owned()
+    crate::text::escape(s).replace('|', "\\|")
 }
 
 impl fmt::Display for Report {
@@ -186,5 +188,32 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Report;
+
+    #[test]
+    fn cells_cannot_be_added_to_a_row() {
+        let r = Report {
+            period: Some(("t0".into(), "t1".into())),
+            cross_border: vec![(
+                "t".into(),
+                "p".into(),
+                "hk-university".into(),
+                "pi.parquet | cross-border to HK: no personal information |".into(),
+                "cross-border to HK: personal information (x)".into(),
+            )],
+            ..Report::default()
+        };
+        let text = r.to_string();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| t |"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let cells = row.replace("\\|", "").matches('|').count();
+        assert_eq!(cells, 6, "{row}");
     }
 }

@@ -127,18 +127,6 @@ pub fn suggestion(pii: Option<PiiType>) -> (Level, &'static str, Option<&'static
     }
 }
 
-/// How strict a level is: core the strictest.
-fn strictness(level: Level) -> u8 {
-    match level {
-        Level::Core => 5,
-        Level::Important => 4,
-        Level::General4 => 3,
-        Level::General3 => 2,
-        Level::General2 => 1,
-        Level::General1 => 0,
-    }
-}
-
 /// The treatment to suggest for a column of `level` where `suggested` was found, within
 /// the level rules `policy check` applies (engine/levels.rs): core never leaves its agency,
 /// important data only aggregated, general-4 and general-3 never plain.
@@ -157,7 +145,7 @@ fn within_level(level: Level, suggested: &'static str) -> &'static str {
 pub fn under_declared_levels(findings: &mut [ColumnFinding], dataset: &crate::catalog::Dataset) {
     for f in findings.iter_mut() {
         if let Some(declared) = dataset.column(&f.name).and_then(|c| c.level)
-            && strictness(declared) > strictness(f.level)
+            && declared.strictness() > f.level.strictness()
         {
             f.level = declared;
         }

@@ -181,6 +181,18 @@ impl Level {
             Level::General1 => "general-1",
         }
     }
+
+    /// How strict the level is: core the strictest (5), general-1 the least (0).
+    pub fn strictness(self) -> u8 {
+        match self {
+            Level::Core => 5,
+            Level::Important => 4,
+            Level::General4 => 3,
+            Level::General3 => 2,
+            Level::General2 => 1,
+            Level::General1 => 0,
+        }
+    }
 }
 
 /// A dataset (table) of an agency.

@@ -270,8 +270,59 @@ impl Exchange {
 
 /// The changes from `old` to `new` that may widen what a principal sees: wider, newly
 /// plain PII, new linkages, and treatments changed in no clear order (a grant's version
-/// alone is not one).
+/// alone is not one); and what widens what leaves the exchange: a column's level lowered,
+/// a recipient declared, moved into the mainland or given a basis for personal
+/// information (review 49).
 fn widening(old: &Governance, new: &Governance) -> Vec<String> {
+    let mut out = grants_widening(old, new);
+    for d in new.catalog.datasets() {
+        for c in &d.columns {
+            let was = old
+                .catalog
+                .dataset(&d.agency, &d.name)
+                .and_then(|o| o.column(&c.name))
+                .and_then(|o| o.level);
+            let rank = |l: Option<crate::catalog::Level>| l.map_or(0, |l| l.strictness());
+            if rank(c.level) < rank(was) {
+                out.push(format!(
+                    "level of {}.{} lowered: '{}' -> '{}'",
+                    d.qualified_name(),
+                    c.name,
+                    was.map_or("", |l| l.as_str()),
+                    c.level.map_or("", |l| l.as_str())
+                ));
+            }
+        }
+    }
+    for r in new.policies.recipients() {
+        let widened = match old.policies.recipient(&r.name) {
+            None => Some("declared".to_string()),
+            Some(o) if o.cross_border() && !r.cross_border() => Some(format!(
+                "moved into the mainland ('{}' -> '{}')",
+                o.jurisdiction, r.jurisdiction
+            )),
+            Some(o)
+                if (o.legal_basis.is_none() || o.transfer_basis().is_none())
+                    && r.legal_basis.is_some()
+                    && r.transfer_basis().is_some() =>
+            {
+                Some("given a basis for personal information abroad".to_string())
+            }
+            Some(o) if o.jurisdiction != r.jurisdiction => Some(format!(
+                "moved ('{}' -> '{}')",
+                o.jurisdiction, r.jurisdiction
+            )),
+            _ => None,
+        };
+        if let Some(w) = widened {
+            out.push(format!("recipient {} {w}", r.name));
+        }
+    }
+    out
+}
+
+/// [`widening`] of what principals see, by `policy diff`.
+fn grants_widening(old: &Governance, new: &Governance) -> Vec<String> {
     let today = chrono::Utc::now().date_naive();
     crate::policy::diff(
         (&old.catalog, &old.policies),

@@ -10,9 +10,33 @@
 //! Decided on the raw columns the plan reads (its lineage, [`TableUse`]), so no rewriting
 //! of the query (a cast, a subquery, a join) hides a column from the rule.
 
-use crate::audit::TableUse;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::audit::{AuditEvents, TableUse};
 use crate::catalog::{Catalog, Level};
 use crate::policy::Recipient;
+
+/// Whether the plan reads the audit log (`audit.events`): a table of the exchange's own,
+/// outside the catalog, whose records quote statements, identifiers in them included.
+pub(super) fn reads_audit_log(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    // Subqueries included: a scalar subquery over the log reads it as much as a FROM.
+    let walked = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p
+            && source_as_provider(&scan.source)
+                .ok()
+                .is_some_and(|t| t.downcast_ref::<AuditEvents>().is_some())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    // A plan that cannot be walked is taken to read it (fail closed).
+    found || walked.is_err()
+}
 
 /// Smallest group an export of important data may hold.
 const IMPORTANT_MIN_GROUP: u64 = 5;

@@ -425,6 +425,12 @@ async fn stage(
         return Err(QueryError::Refused(why));
     }
     let transfer = if recipient.cross_border() {
+        if levels::reads_audit_log(&planned.optimized) {
+            return Err(QueryError::Refused(format!(
+                "the export reads the audit log (audit.events), whose records quote statements and the identifiers in them, for recipient {} in {}, outside the mainland: the audit log does not leave the mainland",
+                recipient.name, recipient.jurisdiction
+            )));
+        }
         Some(
             levels::abroad(&planned.tables, &gov.catalog, recipient)
                 .map_err(QueryError::Refused)?,

@@ -87,10 +87,15 @@ pub(super) fn parse(ctx: &FileCtx<'_>) -> Result<Vec<Recipient>, PolicyError> {
                 "a recipient's name is 1 to 64 letters, digits, '-', '_' or '.'",
             ));
         }
-        if out.iter().any(|o| o.name == *name) {
+        // Names differing only in case would be two recipients to the exchange and one
+        // to a reader of the manifest (review 49).
+        if let Some(o) = out.iter().find(|o| o.name.eq_ignore_ascii_case(name)) {
             return Err(ctx.invalid(
                 r.name.span(),
-                format!("recipient '{name}' is declared twice"),
+                format!(
+                    "recipient '{name}' is declared twice ('{}' at {}; names are compared ignoring case)",
+                    o.name, o.pos
+                ),
             ));
         }
         let j = r.jurisdiction.get_ref();

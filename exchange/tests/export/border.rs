@@ -129,4 +129,95 @@ async fn cross_border_exports_need_a_basis_for_personal_information() {
     assert_eq!(home, ["research-l", "research-l"]);
     let text = report.to_string();
     assert!(text.contains("## Cross-border exports"), "{text}");
+    // Auditors see the transfers in SQL too.
+    let out = ok(
+        &ex,
+        "auditor",
+        "audit_review",
+        "SELECT recipient FROM audit.events WHERE transfer IS NOT NULL ORDER BY seq",
+    )
+    .await;
+    assert_eq!(
+        column(&out.batches, "recipient"),
+        ["sg-analytics", "hk-university"]
+    );
+}
+
+/// Review 49: the audit log is not in the catalog, so no column of it has a level, yet its
+/// records quote statements and the resident IDs in them: it does not leave the mainland.
+#[tokio::test]
+async fn the_audit_log_does_not_leave_the_mainland() {
+    let (ex, state) = open();
+    ok(
+        &ex,
+        HRSS.0,
+        HRSS.1,
+        "SELECT gender FROM police.residents WHERE district = 'hexi' LIMIT 1",
+    )
+    .await;
+    let auditor = |recipient: &str, sql: &str, name: &str| ExportRequest {
+        principal: "auditor".into(),
+        purpose: Some("audit_review".into()),
+        recipient: recipient.into(),
+        out: state.path().join(name),
+        sql: sql.into(),
+        expires: None,
+    };
+    for (n, sql) in [
+        "SELECT statement FROM audit.events",
+        "SELECT (SELECT count(*) FROM audit.events) AS n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        match run(
+            &ex,
+            &auditor("sg-analytics", sql, &format!("log-sg-{n}.parquet")),
+        )
+        .await
+        {
+            Err(QueryError::Refused(why)) => assert!(
+                why.contains("the audit log does not leave the mainland"),
+                "{why}"
+            ),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    run(
+        &ex,
+        &auditor(
+            "research-l",
+            "SELECT statement FROM audit.events",
+            "log-cn.parquet",
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+/// Review 49: two names differing only in case would be two recipients to the exchange
+/// and one to a reader.
+#[test]
+fn recipients_differing_only_in_case_are_one_declared_twice() {
+    let config = config_copy();
+    let file = config.path().join("policies/recipients.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}\n[[recipient]]\nname = \"HK-University\"\njurisdiction = \"CN\"\n"),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let err = Exchange::open(common::test_config(
+        config.path(),
+        common::data_root(),
+        state.path(),
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("recipient 'HK-University' is declared twice ('hk-university'"),
+        "{err}"
+    );
 }
