@@ -15,7 +15,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::audit::{AuditEvents, TableUse};
-use crate::catalog::{Catalog, Level};
+use crate::catalog::{Catalog, ColumnDef, Level};
 use crate::policy::Recipient;
 
 /// Whether the plan reads the audit log (`audit.events`): a table of the exchange's own,
@@ -54,33 +54,53 @@ fn threshold_of(thresholds: &[String], table: &str) -> Option<u64> {
         .min()
 }
 
+/// Every raw column an export reads, as `agency.table.column`, with its definition. A
+/// column the catalog does not define cannot be classified: an error naming it, so that
+/// the rules below never pass over it (fail closed).
+fn columns_read<'a>(
+    tables: &'a [TableUse],
+    catalog: &'a Catalog,
+) -> Result<Vec<(String, &'a str, &'a ColumnDef)>, String> {
+    let mut out = Vec::new();
+    for t in tables {
+        let d = t
+            .table
+            .split_once('.')
+            .and_then(|(agency, name)| catalog.dataset(agency, name));
+        for c in &t.columns {
+            let Some(def) = d.and_then(|d| d.column(c)) else {
+                return Err(format!(
+                    "the export reads {}.{c}, which the catalog does not define, so its level cannot be told",
+                    t.table
+                ));
+            };
+            out.push((format!("{}.{c}", t.table), t.table.as_str(), def));
+        }
+    }
+    Ok(out)
+}
+
 /// Why the levels of what an export reads refuse it, if they do.
 pub(super) fn refusal(
     tables: &[TableUse],
     thresholds: &[String],
     catalog: &Catalog,
 ) -> Option<String> {
+    let read = match columns_read(tables, catalog) {
+        Ok(read) => read,
+        Err(why) => return Some(why),
+    };
     let mut core = Vec::new();
     let mut important = Vec::new();
-    for t in tables {
-        let Some(d) = t
-            .table
-            .split_once('.')
-            .and_then(|(agency, name)| catalog.dataset(agency, name))
-        else {
-            continue;
-        };
-        for c in &t.columns {
-            match d.column(c).and_then(|c| c.level) {
-                Some(Level::Core) => core.push(format!("{}.{c}", t.table)),
-                Some(Level::Important)
-                    if threshold_of(thresholds, &t.table)
-                        .is_none_or(|k| k < IMPORTANT_MIN_GROUP) =>
-                {
-                    important.push(format!("{}.{c}", t.table))
-                }
-                _ => {}
+    for (name, table, def) in read {
+        match def.level {
+            Some(Level::Core) => core.push(name),
+            Some(Level::Important)
+                if threshold_of(thresholds, table).is_none_or(|k| k < IMPORTANT_MIN_GROUP) =>
+            {
+                important.push(name)
             }
+            _ => {}
         }
     }
     if !core.is_empty() {
@@ -110,25 +130,12 @@ pub(super) fn abroad(
 ) -> Result<String, String> {
     let mut important = Vec::new();
     let mut personal = Vec::new();
-    for t in tables {
-        let Some(d) = t
-            .table
-            .split_once('.')
-            .and_then(|(agency, name)| catalog.dataset(agency, name))
-        else {
-            continue;
-        };
-        for c in &t.columns {
-            let Some(def) = d.column(c) else {
-                continue;
-            };
-            let name = format!("{}.{c}", t.table);
-            if def.level == Some(Level::Important) {
-                important.push(name.clone());
-            }
-            if def.pii.is_some() || matches!(def.level, Some(Level::General4 | Level::General3)) {
-                personal.push(name);
-            }
+    for (name, _, def) in columns_read(tables, catalog)? {
+        if def.level == Some(Level::Important) {
+            important.push(name.clone());
+        }
+        if def.pii.is_some() || matches!(def.level, Some(Level::General4 | Level::General3)) {
+            personal.push(name);
         }
     }
     let to = format!(
