@@ -10,7 +10,6 @@ use std::process::Command;
 
 use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use futures::TryStreamExt;
 use tonic::transport::Endpoint;
 
 use common::config_copy;
@@ -31,22 +30,7 @@ async fn query(
     c: &mut FlightSqlServiceClient<tonic::transport::Channel>,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, String> {
-    let info = c
-        .execute(sql.to_string(), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for ep in info.endpoint {
-        let ticket = ep.ticket.unwrap();
-        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
-        out.extend(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(out)
+    common::serve::flight_query(c, sql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,24 +363,7 @@ async fn query(
     c: &mut FlightSqlServiceClient<tonic::transport::Channel>,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, String> {
-    let info = c
-        .execute(sql.to_string(), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for ep in info.endpoint {
-        let stream = c
-            .do_get(ep.ticket.unwrap())
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(out)
+    common::serve::flight_query(c, sql).await
 }
 
 /// `exchange policy reload` against the server of `config` and `state`: (exit, output).

@@ -263,3 +263,27 @@ pub fn expected(
     .unwrap();
     cases
 }
+
+/// Run `sql` on a Flight SQL client and collect every endpoint's batches; the error as text.
+pub async fn flight_query(
+    c: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    use futures::TryStreamExt;
+    let info = c
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for ep in info.endpoint {
+        let ticket = ep.ticket.ok_or("an endpoint without a ticket")?;
+        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
+        out.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
