@@ -974,7 +974,7 @@ fn the_federated_demo_compares_every_showcase_result() {
         .lines()
         .filter(|l| l.contains(" rows, equal (hub "))
         .count();
-    assert_eq!(equal, 6, "{stdout}");
+    assert_eq!(equal, 7, "{stdout}");
     assert!(stdout.contains("0 unexplained, 0 missing"), "{stdout}");
     // Each node sealed its own log.
     for a in AGENCIES {

@@ -824,3 +824,54 @@ async fn lowering_a_level_or_easing_a_recipient_is_held_too() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dropping_a_register_of_objections_is_held_too() {
+    let config = config_copy();
+    let (ex, _state) = open_config(config.path());
+    let schema = config.path().join("schemas/police.toml");
+    let good = std::fs::read_to_string(&schema).unwrap();
+    // The register switched off: objecting residents' rows would come back.
+    edit(&schema, "objections = true\n", "");
+    let err = ex
+        .reload(ReloadTrigger::FilesChanged)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("held") && err.contains("register of objections police.objections dropped"),
+        "{err}"
+    );
+    // Its key moved to another domain: the residents' IDs are no longer matched, which
+    // `policy check` refuses outright.
+    std::fs::write(&schema, &good).unwrap();
+    edit(
+        &schema,
+        "name = \"person_id\"\ntype = \"utf8\"\npii = \"resident_id\"\nlevel = \"general-3\"\ndomain = \"person\"\n\n[[dataset.column]]\nname = \"purpose\"",
+        "name = \"person_id\"\ntype = \"utf8\"\npii = \"resident_id\"\nlevel = \"general-3\"\ndomain = \"resident\"\n\n[[dataset.column]]\nname = \"purpose\"",
+    );
+    let err = ex
+        .reload(ReloadTrigger::FilesChanged)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rejected") && err.contains("outside its domain 'resident'"),
+        "{err}"
+    );
+    // Read from other files: held.
+    std::fs::write(&schema, &good).unwrap();
+    edit(
+        &schema,
+        "location = \"police/objections.parquet\"",
+        "location = \"police/objections-2026.parquet\"",
+    );
+    let err = ex
+        .reload(ReloadTrigger::FilesChanged)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("held") && err.contains("register of objections police.objections moved"),
+        "{err}"
+    );
+    // Asked for by the operator, it applies (and is recorded).
+    assert!(ex.reload(ReloadTrigger::Request).is_ok());
+}

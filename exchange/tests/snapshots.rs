@@ -86,6 +86,9 @@ async fn showcase_results_match_snapshot() {
                     t.columns.join(",")
                 )
                 .unwrap();
+                if let Some(register) = &t.objections {
+                    writeln!(text, "#   excluding residents who object ({register})").unwrap();
+                }
             }
             for th in &out.thresholds {
                 writeln!(text, "# threshold {th}").unwrap();

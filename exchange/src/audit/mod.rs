@@ -103,6 +103,11 @@ pub struct TableUse {
     pub grant: String,
     /// Raw columns read, including those used only in WHERE or JOIN and by row filters.
     pub columns: Vec<String>,
+    /// The register of objections whose residents' rows were excluded for the statement's
+    /// purpose (`agency.table`), when the table's agency keeps one. Absent from records of
+    /// tables no register covers, so earlier records keep their encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objections: Option<String>,
 }
 
 /// One audit record as written: its place in the chain around the [`Entry`]. Field order

@@ -30,6 +30,8 @@ struct DatasetFile {
     export_k: Option<Spanned<u32>>,
     #[serde(default)]
     export_k_action: KAction,
+    /// The agency's register of residents' objections (`catalog::objections`).
+    objections: Option<Spanned<bool>>,
     #[serde(default)]
     column: Vec<ColumnFile>,
 }
@@ -96,6 +98,7 @@ impl Catalog {
             });
         }
         self.agencies.insert(agency.clone(), file.title);
+        let mut registry_pos = None;
         for ds in file.dataset {
             let name = ds.name.get_ref().clone();
             let ds_pos = pos(ds.name.span());
@@ -181,6 +184,21 @@ impl Catalog {
                     action: ds.export_k_action,
                 }),
             };
+            let objections = match ds.objections {
+                Some(o) if *o.get_ref() => {
+                    if registry_pos.is_some() {
+                        return Err(CatalogError::Invalid {
+                            pos: pos(o.span()),
+                            message: format!(
+                                "agency '{agency}' declares a second register of objections ({agency}.{name}): one register holds every purpose"
+                            ),
+                        });
+                    }
+                    registry_pos = Some(pos(o.span()));
+                    true
+                }
+                _ => false,
+            };
             self.datasets.push(Dataset {
                 agency: agency.clone(),
                 name,
@@ -189,9 +207,14 @@ impl Catalog {
                 description: ds.description,
                 entity,
                 export_k,
+                objections,
                 columns,
                 pos: ds_pos,
             });
+        }
+        if let Some(at) = registry_pos {
+            super::objections::validate(self, &agency)
+                .map_err(|message| CatalogError::Invalid { pos: at, message })?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod discover;
 mod load;
 mod model;
 mod object_cache;
+mod objections;
 mod store_client;
 mod stores;
 
@@ -18,6 +19,7 @@ pub use model::{
     Catalog, ColumnDef, ColumnType, DataFormat, Dataset, ExportK, KAction, Level, PiiType,
     SourcePos,
 };
+pub use objections::{PURPOSE_COLUMN, Register};
 pub use store_client::{
     describe as describe_store_failure, describe_in as describe_store_failure_in,
 };

@@ -212,6 +212,10 @@ pub struct Dataset {
     pub entity: Option<String>,
     /// k-anonymity of exports over this table's quasi-identifiers.
     pub export_k: Option<ExportK>,
+    /// Whether this is the agency's register of residents' objections (`objections = true`):
+    /// rows of the agency's other tables about a resident who objects to the statement's
+    /// purpose are excluded at source.
+    pub objections: bool,
     /// Declared columns, in order.
     pub columns: Vec<ColumnDef>,
     /// Where declared.

@@ -145,6 +145,7 @@ pub const FILES: &[&str] = &[
     "civil/elderly_care.parquet",
     "market/enterprises.parquet",
     "hotline/tickets.parquet",
+    "police/objections.parquet",
 ];
 
 /// Generate every demo table under `root`. Returns the number of residents.
@@ -506,8 +507,38 @@ pub fn generate(root: &Path, scale: f64, seed: u64) -> Result<usize, GenerateErr
             ("satisfied", true, Arc::new(BooleanArray::from(t_sat))),
         ],
     )?;
+
+    // police.objections: residents who object to some uses of their data (PIPL art. 44).
+    // A generator of its own, so that the other tables stay as they were.
+    let mut orng = Rng::new(seed ^ 0x0b1e_c710);
+    let (mut o_id, mut o_purpose, mut o_on) = (vec![], vec![], vec![]);
+    for r in &residents {
+        for (purpose, per_mille) in OBJECTIONS {
+            if orng.below(1000) < *per_mille {
+                o_id.push(r.person_id.clone());
+                o_purpose.push(purpose.to_string());
+                o_on.push(days(today) - orng.below(700) as i32);
+            }
+        }
+    }
+    write(
+        &root.join(FILES[6]),
+        vec![
+            ("person_id", false, s(o_id)),
+            ("purpose", false, s(o_purpose)),
+            ("recorded_on", false, Arc::new(Date32Array::from(o_on))),
+        ],
+    )?;
     Ok(n)
 }
+
+/// Purposes residents of the demo city object to, with how many in a thousand object.
+/// Elderly care planning has none: the showcase contrasts it with employment services.
+const OBJECTIONS: &[(&str, u64)] = &[
+    ("new_employment_services", 10),
+    ("public_health_statistics", 5),
+    ("data_product", 3),
+];
 
 #[cfg(test)]
 mod tests {

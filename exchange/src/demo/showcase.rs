@@ -144,6 +144,13 @@ GROUP BY principal, purpose
 ORDER BY principal",
             },
             ShowcaseQuery {
+                title: "Residents' objections per purpose (the register shows auditors counts only)",
+                sql: "SELECT purpose, count(*) AS objections
+FROM police.objections
+GROUP BY purpose
+ORDER BY purpose",
+            },
+            ShowcaseQuery {
                 title: "Refused statements per principal",
                 sql: "SELECT principal, count(*) AS refused, substr(max(reason), 1, 70) AS example_reason
 FROM audit.events

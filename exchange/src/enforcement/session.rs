@@ -15,6 +15,7 @@ use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 
+use super::objections::Objections;
 use super::rule::PolicyRule;
 use super::spec::{GovernedSpec, Remote, Source, TokenFns};
 use super::tables::GovernedTable;
@@ -213,6 +214,12 @@ impl PrincipalSession {
         let mut expired = BTreeMap::new();
         let mut unusable = BTreeMap::new();
         let state = ctx.state();
+        let declared: std::collections::BTreeSet<String> = inputs
+            .policies
+            .purposes()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         for dataset in inputs.catalog.datasets() {
             let access = match inputs
                 .policies
@@ -246,7 +253,24 @@ impl PrincipalSession {
                     .stores
                     .register(state.runtime_env(), &dataset.agency, &location)
             };
-            let Ok(location) = registered else {
+            // The agency's register of objections, read where its files are (a node's
+            // register stays at the node, which applies it).
+            let objections = match inputs.catalog.register_of(&dataset.agency) {
+                Some(register) if remote.is_none() => inputs
+                    .stores
+                    .register(
+                        state.runtime_env(),
+                        &dataset.agency,
+                        &register.dataset.resolve_location(inputs.data_root),
+                    )
+                    .map_err(|_| ())
+                    .and_then(|at| {
+                        Objections::try_new(register, &at, dataset, purpose, &declared)
+                            .map_err(|_| ())
+                    }),
+                _ => Ok(None),
+            };
+            let (Ok(location), Ok(objections)) = (registered, objections) else {
                 // Told when used, as an unreadable table (`policy check` names the cause).
                 unusable.insert(
                     dataset.qualified_name(),
@@ -267,7 +291,10 @@ impl PrincipalSession {
                         location: &location,
                         remote: Box::new(remote),
                     },
-                    None => Source::Files(&location),
+                    None => Source::Files {
+                        location: &location,
+                        objections,
+                    },
                 },
                 &tokens,
                 inputs.subjects,

@@ -66,8 +66,13 @@ pub struct TokenFns {
 /// Where a table's rows come from.
 #[derive(Debug)]
 pub enum Source<'a> {
-    /// The agency's files at this location.
-    Files(&'a str),
+    /// The agency's files.
+    Files {
+        /// Where they are.
+        location: &'a str,
+        /// The agency's register of objections, if it covers the table.
+        objections: Option<super::objections::Objections>,
+    },
     /// The agency's node; the location (never read here) keeps the fragment's shape that
     /// of the node's.
     Node {
@@ -138,6 +143,9 @@ pub struct GovernedSpec {
     /// Whether the fragment's entity column is carried to an export's output, as the
     /// subject of the rows (the dataset declares `export_k`).
     pub subject: bool,
+    /// The agency's register of objections excluding rows of the table, read at the
+    /// exchange (a node applies its own, and the hub names none).
+    pub objections: Option<String>,
 }
 
 impl GovernedSpec {
@@ -151,10 +159,14 @@ impl GovernedSpec {
         tokens: &TokenFns,
         subjects: bool,
     ) -> Result<Self> {
-        let (location, remote) = match source {
-            Source::Files(location) => (location, None),
-            Source::Node { location, remote } => (location, Some(*remote)),
+        let (location, remote, objections) = match source {
+            Source::Files {
+                location,
+                objections,
+            } => (location, None, objections),
+            Source::Node { location, remote } => (location, Some(*remote), None),
         };
+        let register = objections.as_ref().map(|o| o.register().to_string());
         let table_ref = TableReference::partial(dataset.agency.clone(), dataset.name.clone());
         let raw_schema = dataset.arrow_schema();
         let df_schema = DFSchema::try_from_qualified_schema(table_ref.clone(), &raw_schema)?;
@@ -168,7 +180,8 @@ impl GovernedSpec {
             .filter(|c| c.treatment == Treatment::Plain)
             .map(|c| c.source.clone())
             .collect();
-        let raw = RawTable::try_new(dataset, location, pushable, row_filter)?;
+        let raw =
+            RawTable::try_new(dataset, location, pushable, row_filter)?.with_objections(objections);
         let builder =
             LogicalPlanBuilder::scan(table_ref.clone(), provider_as_source(Arc::new(raw)), None)?;
         let mut exprs = Vec::new();
@@ -272,6 +285,7 @@ impl GovernedSpec {
             base_tags,
             protected,
             subject: subject && dataset.entity.is_some(),
+            objections: register,
         })
     }
 }

@@ -111,6 +111,8 @@ pub struct RawTable {
     pushable: BTreeSet<String>,
     /// The owner's row filter over raw columns.
     row_filter: Option<Expr>,
+    /// The agency's register of objections, for the statement's purpose.
+    objections: Option<super::objections::Objections>,
 }
 
 impl RawTable {
@@ -161,15 +163,29 @@ impl RawTable {
             table_ref: TableReference::partial(dataset.agency.clone(), dataset.name.clone()),
             pushable,
             row_filter,
+            objections: None,
         })
     }
 
-    /// Raw columns the row filter reads (for the audit record).
+    /// The same files, with rows about residents who object excluded.
+    pub fn with_objections(mut self, objections: Option<super::objections::Objections>) -> Self {
+        self.objections = objections;
+        self
+    }
+
+    /// Raw columns the row filter and the register of objections read (for the audit record).
     pub fn row_filter_columns(&self) -> Vec<String> {
-        self.row_filter
+        let mut columns: Vec<String> = self
+            .row_filter
             .as_ref()
             .map(|f| f.column_refs().iter().map(|c| c.name.clone()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for c in self.objections.iter().flat_map(|o| o.column_names()) {
+            if !columns.contains(&c) {
+                columns.push(c);
+            }
+        }
+        columns
     }
 
     /// The scan, unless its location listed no file at all (a directory or prefix emptied,
@@ -275,37 +291,65 @@ impl TableProvider for RawTable {
             .filter(|f| self.may_push(f))
             .cloned()
             .collect();
-        let Some(row_filter) = &self.row_filter else {
+        let excluded = match &self.objections {
+            Some(o) => o.condition(state).await?,
+            None => None,
+        };
+        if self.row_filter.is_none() && excluded.is_none() {
             let scan = self
                 .inner
                 .scan(state, Some(&requested), &pushed, limit)
                 .await?;
             return barrier(self.found(scan, limit)?);
-        };
+        }
         let mut read = requested.clone();
-        for c in row_filter.column_refs() {
-            let idx = schema.index_of(c.name())?;
-            if !read.contains(&idx) {
-                read.push(idx);
+        for e in self.row_filter.iter().chain(excluded.iter()) {
+            for c in e.column_refs() {
+                let idx = schema.index_of(c.name())?;
+                if !read.contains(&idx) {
+                    read.push(idx);
+                }
             }
         }
         // The row filter also prunes row groups; the limit cannot apply before it.
-        pushed.push(row_filter.clone());
+        if let Some(row_filter) = &self.row_filter {
+            pushed.push(row_filter.clone());
+        }
         let input = self.found(
             self.inner.scan(state, Some(&read), &pushed, None).await?,
             None,
         )?;
         let read_schema = Arc::new(schema.project(&read)?);
         let df_schema = DFSchema::try_from_qualified_schema(self.table_ref.clone(), &read_schema)?;
-        // Never echo another agency's filter in an error.
-        let predicate = state
-            .create_physical_expr(row_filter.clone(), &df_schema)
-            .map_err(|_| {
-                datafusion::common::DataFusionError::Execution(format!(
-                    "the row filter of table {} cannot be applied; the owning agency must fix its policy",
+        // Never echo another agency's filter (nor who objects) in an error.
+        let physical = |e: &Expr, what: &str| {
+            state.create_physical_expr(e.clone(), &df_schema).map_err(|_| {
+                DataFusionError::Execution(format!(
+                    "the {what} of table {} cannot be applied; the owning agency must fix its policy",
                     self.name
                 ))
-            })?;
+            })
+        };
+        let row_filter = self
+            .row_filter
+            .as_ref()
+            .map(|f| physical(f, "row filter"))
+            .transpose()?;
+        let excluded = excluded
+            .as_ref()
+            .map(|e| physical(e, "register of objections"))
+            .transpose()?;
+        let predicate = match (row_filter, excluded) {
+            (Some(a), Some(b)) => {
+                Arc::new(datafusion::physical_expr::expressions::BinaryExpr::new(
+                    a,
+                    datafusion::logical_expr::Operator::And,
+                    b,
+                ))
+            }
+            (Some(p), None) | (None, Some(p)) => p,
+            (None, None) => return internal_err!("a filtered scan without a filter"),
+        };
         let filter = FilterExecBuilder::new(predicate, input)
             .apply_projection(Some((0..requested.len()).collect()))?
             .build()?;

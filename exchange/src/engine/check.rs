@@ -134,6 +134,7 @@ pub(crate) fn check_definitions(catalog: &Catalog, policies: &PolicySet) -> Chec
     check_pii(catalog, policies, &mut report);
     check_linkage(catalog, policies, &mut report);
     super::levels::check_levels(catalog, policies, &mut report);
+    super::registers::check_registers(catalog, policies, &mut report);
     report
         .findings
         .sort_by_key(|f| f.severity != Severity::Error);
@@ -294,7 +295,7 @@ fn check_linkage(catalog: &Catalog, policies: &PolicySet, report: &mut CheckRepo
     for p in policies.principals() {
         for purpose in &p.purposes {
             let mut plain: Vec<(String, String)> = Vec::new();
-            let mut tokens: Vec<(String, String, String)> = Vec::new();
+            let mut tokens: Vec<(String, String, String, Option<String>)> = Vec::new();
             for d in catalog.datasets() {
                 let Ok(access) = policies.resolve(d, p, purpose, today) else {
                     continue;
@@ -311,18 +312,30 @@ fn check_linkage(catalog: &Catalog, policies: &PolicySet, report: &mut CheckRepo
                         Treatment::Pseudonym { .. } | Treatment::JoinKey { .. }
                             if d.agency != p.agency =>
                         {
-                            tokens.push((domain, at, rule.treatment.to_string()))
+                            // A register of objections covering the table: the rows it
+                            // excludes are missing from the join, next to identities held.
+                            let register = catalog
+                                .register_of(&d.agency)
+                                .filter(|r| !r.subject_columns(d).is_empty())
+                                .map(|r| r.dataset.qualified_name());
+                            tokens.push((domain, at, rule.treatment.to_string(), register))
                         }
                         _ => {}
                     }
                 }
             }
-            for (domain, at, treatment) in &tokens {
+            for (domain, at, treatment, register) in &tokens {
                 if let Some((_, held)) = plain.iter().find(|(d, _)| d == domain) {
+                    let objections = register.as_ref().map_or(String::new(), |r| {
+                        format!(
+                            "; and the identities missing from the join are the residents who object to {purpose} ({r}): their objections are known to {}",
+                            p.name
+                        )
+                    });
                     report.warn(
                         Some(p.pos.clone()),
                         format!(
-                            "principal {} (purpose {purpose}) holds {held} plain and receives {at} as {treatment}: joined on domain {domain}, that agency's rows are linked to identities {} already holds",
+                            "principal {} (purpose {purpose}) holds {held} plain and receives {at} as {treatment}: joined on domain {domain}, that agency's rows are linked to identities {} already holds{objections}",
                             p.name, p.name
                         ),
                     );

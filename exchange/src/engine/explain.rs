@@ -38,6 +38,12 @@ pub(super) fn render_explain(
                 spec.dataset.agency
             )),
         }
+        if let Some(register) = &spec.objections {
+            out.push_str(&format!(
+                "    rows about residents who object to {} are excluded at source ({register})\n",
+                session.purpose
+            ));
+        }
         if let Some(k) = spec.access.min_group {
             out.push_str(&format!(
                 "    rows leave only aggregated, in groups of at least {k} entities; each row counts once, in one group, in one aggregate of the statement (docs/aggregates.md)\n"

@@ -19,6 +19,12 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             .map(|s| s.grant.clone())
             .unwrap_or_default()
     };
+    let objections_of = |t: &str| {
+        scans
+            .iter()
+            .find(|s| s.table == t)
+            .and_then(|s| s.objections.clone())
+    };
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
             && let Ok(provider) = source_as_provider(&scan.source)
@@ -27,6 +33,7 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             let table = scan.table_name.to_string();
             let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
                 grant: grant_of(&table),
+                objections: objections_of(&table),
                 table,
                 columns: vec![],
             });
@@ -58,6 +65,7 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             let table = scan.table_name.to_string();
             let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
                 grant: grant_of(&table),
+                objections: objections_of(&table),
                 table,
                 columns: vec![],
             });
@@ -75,6 +83,7 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             table: s.table.clone(),
             grant: s.grant.clone(),
             columns: vec![],
+            objections: s.objections.clone(),
         });
     }
     by_table.into_values().collect()
@@ -94,6 +103,7 @@ pub(super) fn governed_scans(plan: &LogicalPlan) -> Vec<TableUse> {
                     table,
                     grant: g.spec().access.audited_ref(),
                     columns: vec![],
+                    objections: g.spec().objections.clone(),
                 });
             }
         }

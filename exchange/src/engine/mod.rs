@@ -12,6 +12,7 @@ mod limits;
 mod lineage;
 mod memory;
 mod outcome;
+mod registers;
 mod reload;
 mod run;
 mod served;

@@ -294,6 +294,7 @@ fn widening(old: &Governance, new: &Governance) -> Vec<String> {
             }
         }
     }
+    out.extend(registers_eased(old, new));
     for r in new.policies.recipients() {
         let widened = match old.policies.recipient(&r.name) {
             None => Some("declared".to_string()),
@@ -316,6 +317,52 @@ fn widening(old: &Governance, new: &Governance) -> Vec<String> {
         };
         if let Some(w) = widened {
             out.push(format!("recipient {} {w}", r.name));
+        }
+    }
+    out
+}
+
+/// Registers of objections that exclude less under `new`: dropped, moved to other files or
+/// another domain, or covering fewer columns of their agency's tables (residents' rows
+/// would come back).
+fn registers_eased(old: &Governance, new: &Governance) -> Vec<String> {
+    let mut out = Vec::new();
+    for (agency, _) in old.catalog.agencies() {
+        let Some(was) = old.catalog.register_of(agency) else {
+            continue;
+        };
+        let name = was.dataset.qualified_name();
+        let Some(now) = new.catalog.register_of(agency) else {
+            out.push(format!("register of objections {name} dropped"));
+            continue;
+        };
+        if now.dataset.qualified_name() != name
+            || now.dataset.location != was.dataset.location
+            || now.key.name != was.key.name
+            || now.domain() != was.domain()
+        {
+            out.push(format!(
+                "register of objections {name} moved (now {} at {}, key {})",
+                now.dataset.qualified_name(),
+                now.dataset.location,
+                now.key.name
+            ));
+            continue;
+        }
+        for d in old.catalog.datasets() {
+            let covered = new
+                .catalog
+                .dataset(&d.agency, &d.name)
+                .map(|n| now.subject_columns(n))
+                .unwrap_or_default();
+            for c in was.subject_columns(d) {
+                if !covered.contains(&c) && new.catalog.dataset(&d.agency, &d.name).is_some() {
+                    out.push(format!(
+                        "{}.{c} no longer covered by the register of objections {name}",
+                        d.qualified_name()
+                    ));
+                }
+            }
         }
     }
     out

@@ -145,6 +145,7 @@ impl Exchange {
             table: req.table.clone(),
             grant: spec.access.audited_ref(),
             columns: vec![],
+            objections: spec.objections.clone(),
         });
         let schema = spec.fragment.schema();
         let entity = TokenUdf::udf(Arc::new(TokenKeys::derive(

@@ -6,6 +6,7 @@ mod common;
 
 mod border;
 mod classes;
+mod objections;
 mod people;
 mod signing;
 
