@@ -498,6 +498,34 @@ async fn a_register_with_a_near_miss_refuses_instead_of_excluding_nobody() {
         count(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches),
         without - 1
     );
+    // A legacy 15-digit number is the resident whose 18-digit number it became (review 51).
+    let born_19xx = cells(
+        &ok(
+            &ex,
+            POLICE.0,
+            POLICE.1,
+            "SELECT person_id FROM police.residents WHERE substr(person_id, 7, 2) = '19' AND person_id NOT IN (SELECT person_id FROM police.objections) ORDER BY person_id LIMIT 1",
+        )
+        .await
+        .batches,
+    )[0][0]
+        .clone();
+    let legacy = format!("{}{}", &born_19xx[..6], &born_19xx[8..17]);
+    let mut rows = good.clone();
+    rows.push((Some(legacy.as_str()), Some(HRSS.1)));
+    write_register_with_nulls(&register, &rows);
+    assert_eq!(
+        count(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches),
+        before - 1
+    );
+
+    // A directory where the register's file should be: refused, not read in part.
+    std::fs::remove_file(&register).unwrap();
+    std::fs::create_dir(&register).unwrap();
+    let why = fails(&ex, HRSS.0, HRSS.1, sql).await;
+    assert!(why.contains("one Parquet file"), "{why}");
+    std::fs::remove_dir(&register).unwrap();
+
     write_register_with_nulls(&register, &good);
     assert_eq!(count(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches), before);
 }

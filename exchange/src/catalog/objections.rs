@@ -8,7 +8,7 @@
 //! excluded at source (`enforcement::objections`), before the row filter, treatments and
 //! everything the analyst wrote.
 
-use super::model::{Catalog, ColumnDef, ColumnType, Dataset};
+use super::model::{Catalog, ColumnDef, ColumnType, DataFormat, Dataset};
 
 /// The register's column naming the purpose objected to.
 pub const PURPOSE_COLUMN: &str = "purpose";
@@ -100,6 +100,19 @@ pub(super) fn validate(catalog: &Catalog, agency: &str) -> Result<(), String> {
             ));
         }
     };
+    if key.pii.is_none() {
+        return Err(format!(
+            "{name}.{}: the register's key must say what it names residents by (`pii`, e.g. \"resident_id\"): identifiers are checked by it",
+            key.name
+        ));
+    }
+    // One file: a directory would pass over files named otherwise (review 51).
+    if register.format != DataFormat::Parquet || !register.location.ends_with(".parquet") {
+        return Err(format!(
+            "{name}: a register of objections is one Parquet file (a location ending in .parquet), not '{}'",
+            register.location
+        ));
+    }
     let domain = key.domain.as_deref().unwrap_or_default();
     for d in catalog
         .datasets
@@ -153,6 +166,7 @@ objections = true
 [[dataset.column]]
 name = "person_id"
 type = "utf8"
+pii = "resident_id"
 domain = "person"
 [[dataset.column]]
 name = "purpose"
@@ -191,12 +205,23 @@ type = "utf8"
         assert!(err.contains("one identity domain"), "{err}");
 
         let int_key = POLICE.replacen(
-            "name = \"person_id\"\ntype = \"utf8\"\ndomain = \"person\"\n[[dataset.column]]\nname = \"purpose\"",
-            "name = \"person_id\"\ntype = \"int64\"\ndomain = \"person\"\n[[dataset.column]]\nname = \"purpose\"",
+            "name = \"person_id\"\ntype = \"utf8\"\npii = \"resident_id\"\ndomain = \"person\"\n[[dataset.column]]\nname = \"purpose\"",
+            "name = \"person_id\"\ntype = \"int64\"\npii = \"resident_id\"\ndomain = \"person\"\n[[dataset.column]]\nname = \"purpose\"",
             1,
         );
         let err = load(&int_key).unwrap_err();
         assert!(err.contains("compare values exactly"), "{err}");
+
+        let no_pii = POLICE.replacen("pii = \"resident_id\"\n", "", 1);
+        let err = load(&no_pii).unwrap_err();
+        assert!(err.contains("must say what it names residents by"), "{err}");
+
+        let directory = POLICE.replace(
+            "location = \"police/objections.parquet\"",
+            "location = \"police/objections/\"",
+        );
+        let err = load(&directory).unwrap_err();
+        assert!(err.contains("one Parquet file"), "{err}");
 
         let second = format!(
             "{POLICE}\n[[dataset]]\nname = \"objections2\"\nlocation = \"x.parquet\"\nobjections = true\n[[dataset.column]]\nname = \"purpose\"\ntype = \"utf8\"\n"

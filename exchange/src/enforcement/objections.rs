@@ -7,6 +7,8 @@
 //! a register that cannot be read refuses the table (never "no objections").
 
 use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use arrow::array::{Array, AsArray};
 use datafusion::catalog::Session;
@@ -35,6 +37,37 @@ pub struct Objections {
     resident_ids: bool,
     /// The governed table's columns naming residents, qualified by the table.
     columns: Vec<Column>,
+    /// The register's local file, if it is one: checked at every read, and the condition
+    /// kept while the file stays the same one (review 51: a large register was read and
+    /// checked again by every scan of every statement).
+    local: Option<PathBuf>,
+    /// The condition made from the local file as it was.
+    cached: Mutex<Option<(FileStamp, Option<Expr>)>>,
+}
+
+/// What identifies one version of a local file: replaced (renamed over) or rewritten, one
+/// of these changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl Objections {
@@ -68,6 +101,12 @@ impl Objections {
                 .iter()
                 .map(|n| Column::new(Some(table_ref.clone()), n))
                 .collect(),
+            local: if location.contains("://") {
+                location.strip_prefix("file://").map(PathBuf::from)
+            } else {
+                Some(PathBuf::from(location))
+            },
+            cached: Mutex::new(None),
         }))
     }
 
@@ -82,8 +121,26 @@ impl Objections {
     }
 
     /// The condition rows must meet: for each column naming residents, null or no objector
-    /// to the purpose. None when nobody objects to it. Reads the register now.
+    /// to the purpose. None when nobody objects to it. Reads the register now, unless it is
+    /// a local file still the same as when last read.
     pub async fn condition(&self, state: &dyn Session) -> Result<Option<Expr>> {
+        let stamp = match &self.local {
+            Some(path) if path.is_dir() => {
+                return Err(self.unreadable(
+                    "a register of objections is one Parquet file, and its location is a directory"
+                        .into(),
+                ));
+            }
+            Some(path) => FileStamp::of(path),
+            None => None,
+        };
+        if let Some(stamp) = &stamp
+            && let Ok(cached) = self.cached.lock()
+            && let Some((was, condition)) = cached.as_ref()
+            && was == stamp
+        {
+            return Ok(condition.clone());
+        }
         let objectors = self.objectors(state).await.map_err(|e| {
             // A store's failure is told by kind, as for any table (`engine::errors`).
             if from_store(&e) {
@@ -96,25 +153,36 @@ impl Objections {
                 },
                 _ => "its files cannot be read".into(),
             };
-            DataFusionError::External(Box::new(DataUnavailable {
-                table: self.register.clone(),
-                cause: format!(
-                    "{cause}; it holds residents' objections, so the tables it covers are refused until it is readable"
-                ),
-            }))
+            self.unreadable(cause)
         })?;
-        if objectors.is_empty() {
-            return Ok(None);
+        let condition = if objectors.is_empty() {
+            None
+        } else {
+            let list: Vec<Expr> = objectors.into_iter().map(lit).collect();
+            self.columns
+                .iter()
+                .map(|c| {
+                    let c = Expr::Column(c.clone());
+                    c.clone().is_null().or(c.in_list(list.clone(), true))
+                })
+                .reduce(Expr::and)
+        };
+        if let Some(stamp) = stamp
+            && let Ok(mut cached) = self.cached.lock()
+        {
+            *cached = Some((stamp, condition.clone()));
         }
-        let list: Vec<Expr> = objectors.into_iter().map(lit).collect();
-        Ok(self
-            .columns
-            .iter()
-            .map(|c| {
-                let c = Expr::Column(c.clone());
-                c.clone().is_null().or(c.in_list(list.clone(), true))
-            })
-            .reduce(Expr::and))
+        Ok(condition)
+    }
+
+    /// The register cannot be read or is malformed: the tables it covers are refused.
+    fn unreadable(&self, cause: String) -> DataFusionError {
+        DataFusionError::External(Box::new(DataUnavailable {
+            table: self.register.clone(),
+            cause: format!(
+                "{cause}; it holds residents' objections, so the tables it covers are refused until it is readable"
+            ),
+        }))
     }
 
     /// Distinct residents who object to the purpose. A register that is not well-formed
@@ -160,11 +228,15 @@ impl Objections {
                         if !crate::masking::validate::is_valid_id_cn(id) {
                             return Err(malformed("a resident ID number that does not validate"));
                         }
-                        // The check character is matched in either case.
-                        vec![
-                            ScalarValue::Utf8(Some(id.to_ascii_uppercase())),
-                            ScalarValue::Utf8(Some(id.to_ascii_lowercase())),
-                        ]
+                        // The check character is matched in either case, and a legacy
+                        // 15-digit number as the 18-digit one it became (review 51).
+                        let mut forms = vec![id.clone()];
+                        forms.extend(crate::masking::validate::id15_to_18(id));
+                        forms
+                            .iter()
+                            .flat_map(|f| [f.to_ascii_uppercase(), f.to_ascii_lowercase()])
+                            .map(|f| ScalarValue::Utf8(Some(f)))
+                            .collect::<Vec<_>>()
                     }
                     ScalarValue::Utf8(Some(v)) if v.trim() != v || v.is_empty() => {
                         return Err(malformed("an identifier with surrounding spaces or empty"));

@@ -266,6 +266,7 @@ impl PrincipalSession {
                     .map_err(|_| ())
                     .and_then(|at| {
                         Objections::try_new(register, &at, dataset, purpose, &declared)
+                            .map(|o| o.map(Box::new))
                             .map_err(|_| ())
                     }),
                 _ => Ok(None),

@@ -71,7 +71,7 @@ pub enum Source<'a> {
         /// Where they are.
         location: &'a str,
         /// The agency's register of objections, if it covers the table.
-        objections: Option<super::objections::Objections>,
+        objections: Option<Box<super::objections::Objections>>,
     },
     /// The agency's node; the location (never read here) keeps the fragment's shape that
     /// of the node's.

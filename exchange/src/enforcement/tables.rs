@@ -112,7 +112,7 @@ pub struct RawTable {
     /// The owner's row filter over raw columns.
     row_filter: Option<Expr>,
     /// The agency's register of objections, for the statement's purpose.
-    objections: Option<super::objections::Objections>,
+    objections: Option<Box<super::objections::Objections>>,
 }
 
 impl RawTable {
@@ -168,7 +168,10 @@ impl RawTable {
     }
 
     /// The same files, with rows about residents who object excluded.
-    pub fn with_objections(mut self, objections: Option<super::objections::Objections>) -> Self {
+    pub fn with_objections(
+        mut self,
+        objections: Option<Box<super::objections::Objections>>,
+    ) -> Self {
         self.objections = objections;
         self
     }

@@ -340,9 +340,11 @@ fn registers_eased(old: &Governance, new: &Governance) -> Vec<String> {
             || now.dataset.location != was.dataset.location
             || now.key.name != was.key.name
             || now.domain() != was.domain()
+            || now.key.pii != was.key.pii
+            || now.key.ty != was.key.ty
         {
             out.push(format!(
-                "register of objections {name} moved (now {} at {}, key {})",
+                "register of objections {name} moved or changed (now {} at {}, key {})",
                 now.dataset.qualified_name(),
                 now.dataset.location,
                 now.key.name
