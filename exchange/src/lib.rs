@@ -26,6 +26,8 @@
 //! - [`audit`]: the hash-chained audit log: reading, verifying, reporting;
 //! - [`export`]: signed, recipient-keyed Parquet exports with a k-anonymity guard, and
 //!   their verification;
+//! - [`privacy`]: exact discrete Laplace and Gaussian noise from a cryptographic source
+//!   (differential privacy);
 //! - [`federation`]: agency nodes and the hub (`exchange node`, `[federation]`), and
 //!   reconciling their audit logs;
 //! - [`server`]: the exchange over Arrow Flight SQL (`exchange serve`), with authentication;
@@ -52,6 +54,7 @@ pub mod federation;
 pub mod keys;
 pub mod masking;
 pub mod policy;
+pub mod privacy;
 pub mod server;
 pub mod tuning;
 
