@@ -1,14 +1,19 @@
 //! Differential privacy (issue 18): the noise of differentially private aggregates.
 //!
-//! This first part holds the samplers the mechanisms will draw from: the discrete Laplace
+//! What is built: the budget ledger ([`Ledger`]: per principal, dataset and period, with a
+//! cap per dataset across principals, charged durably before release), and the samplers
+//! the mechanisms will draw from: the discrete Laplace
 //! and discrete Gaussian distributions sampled exactly, in integer and rational arithmetic
 //! (Canonne, Kamath and Steinke, "The Discrete Gaussian for Differential Privacy", 2020),
 //! from a cryptographic source of randomness (ring's `SystemRandom`). No floating point is
 //! involved: floating-point Laplace noise leaks the value it hides through the pattern of
 //! representable results (Mironov, 2012).
 
+mod ledger;
 mod random;
 mod sampler;
+
+pub use ledger::{Ask, BudgetError, Charge, Ledger, MicroEpsilon};
 
 pub use random::{RandomSource, SystemSource};
 pub use sampler::{
