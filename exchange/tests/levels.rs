@@ -6,28 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{config_copy, edit};
 
-/// `exchange policy check` on a config dir: (exit code, output).
 fn check(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
-        .arg("--config-dir")
-        .arg(config)
-        .arg("--data-root")
-        .arg(common::data_root())
-        .args(["policy", "check"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::policy_check(config)
 }
 
 fn police_grants(config: &Path) -> std::path::PathBuf {

@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{Date32Array, RecordBatch, StringArray};
@@ -32,6 +31,16 @@ fn objectors(purpose: &str) -> BTreeSet<String> {
         .filter(|(_, p)| p == purpose)
         .map(|(id, _)| id)
         .collect()
+}
+
+/// An exchange over a copy of the test city, whose register a test may rewrite.
+fn private_city() -> (exchange::Exchange, tempfile::TempDir, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    copy_dir(common::data_root(), data.path());
+    let state = tempfile::tempdir().unwrap();
+    let ex = exchange::Exchange::open(test_config(&common::repo_root(), data.path(), state.path()))
+        .unwrap();
+    (ex, data, state)
 }
 
 /// Run and expect an error (a refusal, or a table that cannot be read); returns its text.
@@ -196,11 +205,7 @@ async fn rows_of_objecting_residents_are_excluded_for_that_purpose_only() {
 
 #[tokio::test]
 async fn an_objection_applies_to_the_next_statement() {
-    let data = tempfile::tempdir().unwrap();
-    copy_dir(common::data_root(), data.path());
-    let state = tempfile::tempdir().unwrap();
-    let ex = exchange::Exchange::open(test_config(&common::repo_root(), data.path(), state.path()))
-        .unwrap();
+    let (ex, data, _state) = private_city();
     let sql = "SELECT count(*) FROM police.residents";
     let before = count(&ok(&ex, HRSS.0, HRSS.1, sql).await.batches);
     let civil_before = count(
@@ -326,24 +331,8 @@ async fn the_register_is_the_bureaus_and_auditors_see_counts() {
     assert!(why.contains("not found or not granted"), "{why}");
 }
 
-/// `exchange policy check` on a config dir: (exit code, output).
 fn check(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
-        .arg("--config-dir")
-        .arg(config)
-        .arg("--data-root")
-        .arg(common::data_root())
-        .args(["policy", "check"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::policy_check(config)
 }
 
 #[test]
@@ -405,11 +394,7 @@ fn policy_check_keeps_the_register_with_its_agency_and_auditors() {
 async fn a_register_with_a_near_miss_refuses_instead_of_excluding_nobody() {
     // Review 50: a purpose in another case or with a space, a row naming nobody, an ID
     // with a space matched no one and the register excluded nobody.
-    let data = tempfile::tempdir().unwrap();
-    copy_dir(common::data_root(), data.path());
-    let state = tempfile::tempdir().unwrap();
-    let ex = exchange::Exchange::open(test_config(&common::repo_root(), data.path(), state.path()))
-        .unwrap();
+    let (ex, data, _state) = private_city();
     let sql = "SELECT count(*) FROM police.residents";
     let register = data.path().join(REGISTER);
     let ids = common::raw_strings(REGISTER, "person_id");

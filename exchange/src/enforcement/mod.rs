@@ -6,8 +6,9 @@
 //! unions and self-joins included) with row filter and treatments over the raw files,
 //! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
 //! below their minimum size. Rows about residents who object to the statement's purpose
-//! ([`objections`]) are excluded at source, beside the owner's row filter. After physical planning, [`join_keys::RawJoinKeys`] lets hash joins of
-//! two join keys compare the raw values the keys stand for, where nothing can observe it.
+//! ([`objections`]) are excluded at source, beside the owner's row filter. After physical
+//! planning, [`join_keys::RawJoinKeys`] lets hash joins of two join keys compare the raw
+//! values the keys stand for, where nothing can observe it.
 
 mod aggregate;
 mod barrier;

@@ -7,7 +7,7 @@
 //! a register that cannot be read refuses the table (never "no objections").
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use arrow::array::{Array, AsArray};
@@ -37,11 +37,9 @@ pub struct Objections {
     resident_ids: bool,
     /// The governed table's columns naming residents, qualified by the table.
     columns: Vec<Column>,
-    /// The register's local file, if it is one: checked at every read, and the condition
-    /// kept while the file stays the same one (review 51: a large register was read and
-    /// checked again by every scan of every statement).
-    local: Option<PathBuf>,
-    /// The condition made from the local file as it was.
+    /// The condition made from the register's local file as it was: kept while the file
+    /// stays the same one (review 51: a large register was read and checked again by every
+    /// scan of every statement).
     cached: Mutex<Option<(FileStamp, Option<Expr>)>>,
 }
 
@@ -101,11 +99,6 @@ impl Objections {
                 .iter()
                 .map(|n| Column::new(Some(table_ref.clone()), n))
                 .collect(),
-            local: if location.contains("://") {
-                location.strip_prefix("file://").map(PathBuf::from)
-            } else {
-                Some(PathBuf::from(location))
-            },
             cached: Mutex::new(None),
         }))
     }
@@ -124,7 +117,7 @@ impl Objections {
     /// to the purpose. None when nobody objects to it. Reads the register now, unless it is
     /// a local file still the same as when last read.
     pub async fn condition(&self, state: &dyn Session) -> Result<Option<Expr>> {
-        let stamp = match &self.local {
+        let stamp = match self.source.local_path() {
             Some(path) if path.is_dir() => {
                 return Err(self.unreadable(
                     "a register of objections is one Parquet file, and its location is a directory"

@@ -176,6 +176,11 @@ impl RawTable {
         self
     }
 
+    /// The local file or directory of the data, if local.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
+    }
+
     /// Raw columns the row filter and the register of objections read (for the audit record).
     pub fn row_filter_columns(&self) -> Vec<String> {
         let mut columns: Vec<String> = self

@@ -12,18 +12,15 @@ use crate::enforcement::RawTable;
 /// Tables and raw columns read by the enforced, optimized plan (subqueries included).
 pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<TableUse> {
     let mut by_table: BTreeMap<String, TableUse> = BTreeMap::new();
-    let grant_of = |t: &str| {
-        scans
-            .iter()
-            .find(|s| s.table == t)
-            .map(|s| s.grant.clone())
-            .unwrap_or_default()
-    };
-    let objections_of = |t: &str| {
-        scans
-            .iter()
-            .find(|s| s.table == t)
-            .and_then(|s| s.objections.clone())
+    // A table as the governed scans named it: its grant and register, no columns yet.
+    let named = |t: &str| {
+        let known = scans.iter().find(|s| s.table == t);
+        TableUse {
+            table: t.to_string(),
+            grant: known.map(|s| s.grant.clone()).unwrap_or_default(),
+            columns: vec![],
+            objections: known.and_then(|s| s.objections.clone()),
+        }
     };
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
@@ -31,12 +28,9 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             && let Some(raw) = provider.downcast_ref::<RawTable>()
         {
             let table = scan.table_name.to_string();
-            let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
-                grant: grant_of(&table),
-                objections: objections_of(&table),
-                table,
-                columns: vec![],
-            });
+            let entry = by_table
+                .entry(table.clone())
+                .or_insert_with(|| named(&table));
             for f in scan.projected_schema.fields() {
                 // The row number is the exchange's own, not a column of the table.
                 if f.name() != crate::enforcement::HIDDEN_ROW && !entry.columns.contains(f.name()) {
@@ -63,12 +57,9 @@ pub(super) fn tables_touched(plan: &LogicalPlan, scans: &[TableUse]) -> Vec<Tabl
             && provider.is::<crate::federation::RemoteTable>()
         {
             let table = scan.table_name.to_string();
-            let entry = by_table.entry(table.clone()).or_insert_with(|| TableUse {
-                grant: grant_of(&table),
-                objections: objections_of(&table),
-                table,
-                columns: vec![],
-            });
+            let entry = by_table
+                .entry(table.clone())
+                .or_insert_with(|| named(&table));
             for f in scan.projected_schema.fields() {
                 if !f.name().starts_with("__exchange_") && !entry.columns.contains(f.name()) {
                     entry.columns.push(f.name().clone());

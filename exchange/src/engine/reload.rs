@@ -352,13 +352,13 @@ fn registers_eased(old: &Governance, new: &Governance) -> Vec<String> {
             continue;
         }
         for d in old.catalog.datasets() {
-            let covered = new
-                .catalog
-                .dataset(&d.agency, &d.name)
-                .map(|n| now.subject_columns(n))
-                .unwrap_or_default();
+            // A table dropped reads nothing.
+            let Some(kept) = new.catalog.dataset(&d.agency, &d.name) else {
+                continue;
+            };
+            let covered = now.subject_columns(kept);
             for c in was.subject_columns(d) {
-                if !covered.contains(&c) && new.catalog.dataset(&d.agency, &d.name).is_some() {
+                if !covered.contains(&c) {
                     out.push(format!(
                         "{}.{c} no longer covered by the register of objections {name}",
                         d.qualified_name()

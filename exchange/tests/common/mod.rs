@@ -211,3 +211,23 @@ pub async fn physical_plan_text(
         .indent(true)
         .to_string()
 }
+
+/// `exchange policy check` on a config dir over the test city: (exit code, output).
+pub fn policy_check(config: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config-dir")
+        .arg(config)
+        .arg("--data-root")
+        .arg(data_root())
+        .args(["policy", "check"])
+        .output()
+        .expect("run exchange policy check");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
