@@ -261,6 +261,10 @@ pub struct Entry {
     /// completion record of a distributed statement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<String>,
+    /// The privacy budgets the statement's noisy aggregates charged (dataset, epsilon,
+    /// spending in the period), on its completion record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub privacy: Vec<String>,
     /// The values bound to a statement's parameters (`$1`, `$2`, ...), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<String>,
@@ -298,6 +302,9 @@ pub fn statements(records: Vec<AuditRecord>) -> Vec<AuditRecord> {
         s.export = end.export.or(s.export.take());
         s.guard = end.guard.or(s.guard.take());
         s.transfer = end.transfer.or(s.transfer.take());
+        if !end.privacy.is_empty() {
+            s.privacy = end.privacy;
+        }
         if !end.workers.is_empty() {
             s.workers = end.workers;
         }

@@ -325,6 +325,26 @@ impl ExtensionPlanner for BarrierPlanner {
         _session: &dyn Session,
         _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if let Some(dp) = node.as_any().downcast_ref::<super::private::DpAggregate>() {
+            let [input] = physical_inputs else {
+                return internal_err!("DpAggregate takes one input");
+            };
+            let input: Arc<dyn ExecutionPlan> = if input.output_partitioning().partition_count() > 1
+            {
+                Arc::new(
+                    datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(
+                        Arc::clone(input),
+                    ),
+                )
+            } else {
+                Arc::clone(input)
+            };
+            return Ok(Some(Arc::new(super::private::DpAggregateExec::new(
+                Arc::clone(&dp.mechanism),
+                input,
+                Arc::new(dp.schema.as_arrow().clone()),
+            ))));
+        }
         if node.as_any().downcast_ref::<PolicyBarrier>().is_none() {
             return Ok(None);
         }

@@ -58,6 +58,10 @@ pub struct PrincipalSession {
     memory_limit: Option<usize>,
     /// What the process may hold, every statement together.
     memory_budget: Budget,
+    /// The privacy budget ledger its noisy aggregates charge (none: they are refused).
+    ledger: Option<Arc<crate::privacy::Ledger>>,
+    /// The day its statements are decided on (grant expiry, budget periods).
+    today: NaiveDate,
 }
 
 /// Everything a session is built from.
@@ -95,6 +99,8 @@ pub struct SessionInputs<'a> {
     pub nodes: &'a BTreeMap<String, crate::federation::NodeClient>,
     /// At a hub with workers: where its statements' plans are spread.
     pub cluster: Option<&'a crate::distributed::Cluster>,
+    /// The privacy budget ledger noisy aggregates charge; without it they are refused.
+    pub ledger: Option<Arc<crate::privacy::Ledger>>,
 }
 
 /// The role that may read `audit.events`.
@@ -342,6 +348,8 @@ impl PrincipalSession {
             distributed: inputs.cluster.is_some(),
             memory_limit: inputs.memory_limit,
             memory_budget: inputs.memory_budget,
+            ledger: inputs.ledger.clone(),
+            today: inputs.today,
         })
     }
 
@@ -362,16 +370,21 @@ impl PrincipalSession {
             cache_manager: Arc::clone(&shared.cache_manager),
             object_store_registry: Arc::clone(&shared.object_store_registry),
         };
-        let mut task = TaskContext::from(&state).with_runtime(Arc::new(runtime));
+        let task = TaskContext::from(&state).with_runtime(Arc::new(runtime));
+        let mut config = state.config().clone();
         if self.distributed {
             // Filled with the workers the statement's stages are routed to, for its record.
-            let config = state
-                .config()
-                .clone()
-                .with_extension(Arc::new(crate::distributed::WorkersUsed::default()));
-            task = task.with_session_config(config);
+            config = config.with_extension(Arc::new(crate::distributed::WorkersUsed::default()));
         }
-        Ok(Arc::new(task))
+        if let Some(ledger) = &self.ledger {
+            // What its noisy aggregates charge, and what they spent, for its record.
+            config = config.with_extension(Arc::new(super::private::PrivacyRuntime::new(
+                Arc::clone(ledger),
+                &self.principal.name,
+                self.today,
+            )));
+        }
+        Ok(Arc::new(task.with_session_config(config)))
     }
 
     /// Parse SQL (DataFusion's generic dialect, its default recursion limit).

@@ -300,6 +300,10 @@ fn check_linkage(catalog: &Catalog, policies: &PolicySet, report: &mut CheckRepo
                 let Ok(access) = policies.resolve(d, p, purpose, today) else {
                     continue;
                 };
+                // Under differential privacy no person's token leaves: nothing to link.
+                if access.privacy.is_some() {
+                    continue;
+                }
                 for rule in &access.columns {
                     let domain = rule
                         .domain

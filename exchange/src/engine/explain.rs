@@ -44,7 +44,11 @@ pub(super) fn render_explain(
                 session.purpose
             ));
         }
-        if let Some(k) = spec.access.min_group {
+        if spec.access.privacy.is_some() {
+            out.push_str(
+                "    rows leave only through differentially private aggregates, the table on its own (no join before them), one per statement; the mechanism is below\n",
+            );
+        } else if let Some(k) = spec.access.min_group {
             out.push_str(&format!(
                 "    rows leave only aggregated, in groups of at least {k} entities; each row counts once, in one group, in one aggregate of the statement (docs/aggregates.md)\n"
             ));

@@ -203,6 +203,9 @@ impl Exchange {
         let workers = task
             .session_config()
             .get_extension::<crate::distributed::WorkersUsed>();
+        let privacy = task
+            .session_config()
+            .get_extension::<crate::enforcement::PrivacyRuntime>();
         let open = Open::new(
             Arc::clone(&self.audit),
             record.seq,
@@ -210,12 +213,16 @@ impl Exchange {
             started,
             digest,
             workers,
+            privacy,
         );
         Ok(QueryStream::running(
             plan, task, governed, tables, thresholds, open,
         ))
     }
 }
+
+/// The privacy budget ledger's file in the state directory.
+pub const LEDGER_FILE: &str = "privacy-ledger.jsonl";
 
 /// Sessions kept at most (principals x purposes, plus export recipients' scopes).
 const MAX_SESSIONS: usize = 256;
@@ -240,6 +247,8 @@ pub struct Exchange {
     /// Sessions by principal, purpose, token scope and day: building one reads every
     /// granted table's metadata, which small statements would otherwise pay each time.
     sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, Arc<PrincipalSession>>>,
+    /// The privacy budget ledger of differentially private grants (in the state directory).
+    ledger: Arc<crate::privacy::Ledger>,
 }
 
 impl Exchange {
@@ -254,6 +263,10 @@ impl Exchange {
             config.audit,
         )?);
         audit.set_policy_version(&governance.version);
+        let ledger = Arc::new(
+            crate::privacy::Ledger::open(&config.state_dir.join(LEDGER_FILE))
+                .map_err(|e| OpenError::Settings(e.to_string()))?,
+        );
         let timeout = std::time::Duration::from_secs(config.federation.timeout_secs);
         let nodes = config
             .federation
@@ -285,6 +298,7 @@ impl Exchange {
             signer,
             audit,
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ledger,
         })
     }
 
@@ -302,6 +316,11 @@ impl Exchange {
             // one assignment): the value stands.
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The privacy budget ledger.
+    pub fn ledger(&self) -> &crate::privacy::Ledger {
+        &self.ledger
     }
 
     /// The audit log.
@@ -407,6 +426,7 @@ impl Exchange {
             batch_size: self.config.batch_size,
             nodes: &self.nodes,
             cluster: self.cluster.as_ref(),
+            ledger: Some(Arc::clone(&self.ledger)),
         };
         let session = Arc::new(
             PrincipalSession::build(&inputs, p, purpose)

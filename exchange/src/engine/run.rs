@@ -17,7 +17,7 @@ use super::explain::render_explain;
 use super::lineage::{governed_scans, tables_touched};
 use super::{Exchange, QueryError, QueryOutput};
 use crate::audit::TableUse;
-use crate::enforcement::{PrincipalSession, thresholds_applied};
+use crate::enforcement::{PrincipalSession, privacy_applied, thresholds_applied};
 use crate::policy::Treatment;
 
 /// Whether a plan read any of `scans` (its governed tables) that the principal does not
@@ -39,17 +39,31 @@ fn reads_governed_data(session: &PrincipalSession, scans: &[TableUse]) -> bool {
 /// The policy rule (an analyzer rule) and then the optimizer over `plan`: the optimized
 /// plan, and the group thresholds the enforced plan applies, read off its barriers before
 /// the optimizer may prune a subtree that holds one.
-fn enforce(
-    state: &SessionState,
-    plan: &LogicalPlan,
-) -> datafusion::common::Result<(LogicalPlan, Vec<(String, u32)>)> {
+fn enforce(state: &SessionState, plan: &LogicalPlan) -> datafusion::common::Result<Enforced> {
     let analyzed =
         state
             .analyzer()
             .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
     let thresholds = thresholds_applied(&analyzed);
+    let privacy = privacy_applied(&analyzed)
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
     let optimized = state.optimizer().optimize(analyzed, state, |_, _| {})?;
-    Ok((optimized, thresholds))
+    Ok(Enforced {
+        optimized,
+        thresholds,
+        privacy,
+    })
+}
+
+/// A plan with policy applied and optimized, and what the policy applied.
+struct Enforced {
+    optimized: LogicalPlan,
+    /// Group thresholds.
+    thresholds: Vec<(String, u32)>,
+    /// Differentially private aggregates, described.
+    privacy: Vec<String>,
 }
 
 /// The types of a query's parameters (`$1`, `$2`, ...), in order, as DataFusion infers them
@@ -137,7 +151,11 @@ async fn plan_counted(
     sql_options()
         .verify_plan(&plan)
         .map_err(refused_statement)?;
-    let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
+    let Enforced {
+        optimized,
+        thresholds,
+        privacy,
+    } = enforce(&state, &plan).map_err(map_error)?;
     if let Some(why) = crate::enforcement::recheck_optimized(&optimized) {
         return Err(QueryError::Refused(why));
     }
@@ -152,6 +170,7 @@ async fn plan_counted(
         thresholds: thresholds
             .iter()
             .map(|(c, k)| format!("{c} >= {k} distinct entities"))
+            .chain(privacy)
             .collect(),
         written: plan,
         optimized,
@@ -222,8 +241,15 @@ async fn run_inner(
                 .verify_plan(&plan)
                 .map_err(refused_statement)?;
             // Enforce as the query would be: a refused query has a refused EXPLAIN.
-            let (optimized, thresholds) = enforce(&state, &plan).map_err(map_error)?;
+            let Enforced {
+                optimized,
+                thresholds,
+                privacy,
+            } = enforce(&state, &plan).map_err(map_error)?;
             let mut text = render_explain(session, &plan, named, &thresholds, verbose);
+            for p in privacy {
+                text.push_str(&format!("  {p}\n"));
+            }
             if session.distributed {
                 // The stages the plan is cut into: operators by name, tasks by count.
                 let physical = state

@@ -54,6 +54,8 @@ pub(super) struct Open {
     cap: Option<u64>,
     /// The workers a distributed statement's stages are routed to, as they are.
     workers: Option<Arc<crate::distributed::WorkersUsed>>,
+    /// What its noisy aggregates spent of privacy budgets.
+    privacy: Option<Arc<crate::enforcement::PrivacyRuntime>>,
 }
 
 /// A statement's result: its schema, what it touched, and its batches as a stream of
@@ -91,8 +93,10 @@ impl Open {
         started: Instant,
         digest: Digest,
         workers: Option<Arc<crate::distributed::WorkersUsed>>,
+        privacy: Option<Arc<crate::enforcement::PrivacyRuntime>>,
     ) -> Self {
         Self {
+            privacy,
             audit,
             seq,
             head,
@@ -261,6 +265,7 @@ impl QueryStream {
             stream: Some(status),
             completes: Some(open.seq),
             workers: open.workers.as_ref().map(|w| w.list()).unwrap_or_default(),
+            privacy: open.privacy.as_ref().map(|p| p.spent()).unwrap_or_default(),
             ..open.head.timed(open.started)
         };
         // Written before the consumer sees the end, durable with the next record: lost in a

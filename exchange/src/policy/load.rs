@@ -83,6 +83,7 @@ struct GrantEntry {
     description: Option<String>,
     approval: Option<String>,
     columns: BTreeMap<String, Spanned<ColumnEntry>>,
+    privacy: Option<Spanned<super::privacy::PrivacyEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -335,8 +336,21 @@ impl PolicySet {
                 }
                 Some(k) => Some(k.into_inner()),
             };
+            let privacy = match g.privacy {
+                None => None,
+                Some(p) => Some(std::sync::Arc::new(super::privacy::parse_privacy(
+                    &ctx,
+                    &id,
+                    dataset,
+                    &columns,
+                    min_group,
+                    g.value_statistics,
+                    p,
+                )?)),
+            };
             let _ = g.description;
             self.grants.push(Grant {
+                privacy,
                 pos: ctx.pos(g.id.span()),
                 id,
                 agency: agency.clone(),

@@ -8,6 +8,7 @@
 mod diff;
 mod load;
 mod model;
+mod privacy;
 mod recipients;
 mod treatment;
 
@@ -16,6 +17,7 @@ pub use model::{
     Access, AttrValue, ColumnRule, Denial, Grant, PolicySet, Principal, Purpose, RowFilter,
     Selector,
 };
+pub use privacy::{MAX_BOUND, Period, Privacy, show_epsilon};
 pub use recipients::{MAINLAND, Recipient};
 pub use treatment::Treatment;
 

@@ -149,6 +149,8 @@ pub struct Grant {
     /// percentiles, bool_and/bool_or (each returns one member's actual value) and DISTINCT
     /// aggregates (which tell whether members' values are equal).
     pub value_statistics: bool,
+    /// Differential privacy: rows leave only through noisy aggregates, charged to budgets.
+    pub privacy: Option<std::sync::Arc<super::Privacy>>,
     /// The reference of an approval for what the classification levels would refuse
     /// (`policy check` errors without it), recorded with every statement it applies to.
     pub approval: Option<String>,
@@ -173,6 +175,8 @@ pub struct Access {
     pub min_group: Option<u32>,
     /// Whether value statistics of aggregate-only columns are allowed.
     pub value_statistics: bool,
+    /// Differential privacy of the grant, if any.
+    pub privacy: Option<std::sync::Arc<super::Privacy>>,
     /// Whether the principal belongs to the owning agency (may see the filter text).
     pub owner: bool,
     /// The grant's approval reference, if any.
@@ -288,6 +292,7 @@ impl PolicySet {
                 columns: g.columns.clone(),
                 row_filter: g.row_filter.clone(),
                 min_group: g.min_group,
+                privacy: g.privacy.clone(),
                 value_statistics: g.value_statistics,
                 owner: principal.agency == dataset.agency,
                 approval: g.approval.clone(),
@@ -309,6 +314,7 @@ impl PolicySet {
                     .collect(),
                 row_filter: None,
                 min_group: None,
+                privacy: None,
                 value_statistics: true,
                 owner: true,
                 approval: None,

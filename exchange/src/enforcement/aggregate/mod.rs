@@ -31,6 +31,7 @@ use datafusion::logical_expr::{
 };
 
 mod once;
+mod private;
 
 use once::once_per_group;
 
@@ -88,6 +89,11 @@ impl Protected<'_> {
     /// A refusal of an aggregate over this table's rows, saying why.
     fn refuse<T>(&self, what: &str) -> Result<T> {
         let table = &self.info.table;
+        if self.info.privacy.is_some() {
+            return refuse(format!(
+                "rows of {table} may only leave through differentially private aggregates: {what}"
+            ));
+        }
         match self.info.min_group {
             Some(k) => refuse(format!(
                 "rows of {table} may only be used aggregated, in groups of at least {k} entities: {what}"
@@ -139,6 +145,15 @@ impl Enforcer {
             );
         }
         self.released.push(info.table.clone());
+        if let Some(privacy) = &info.privacy {
+            let a = Aggregate::try_new(Arc::new(input), a.group_expr, a.aggr_expr)?;
+            if let Some(why) = super::total::fallible_plan(&LogicalPlan::Aggregate(a.clone())) {
+                return p.refuse(&format!(
+                    "nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists, but {why}"
+                ));
+            }
+            return private::private_aggregate(a, &p, privacy, &tags_in, ctx);
+        }
         // Threshold: the largest k, counting entities whose rows feed every argument.
         let mut k = info.min_group.unwrap_or(0);
         let mut args: Vec<Expr> = Vec::new();

@@ -117,6 +117,10 @@ pub(super) struct ScanInfo {
     pub(super) value_statistics: bool,
     /// Whether its entity is a subject an export's output carries.
     pub(super) subject: bool,
+    /// Differential privacy of its grant: rows leave only through noisy aggregates.
+    pub(super) privacy: Option<Arc<crate::policy::Privacy>>,
+    /// Its visible columns that show the person (the privacy unit), by name.
+    pub(super) units: Vec<String>,
 }
 
 #[derive(Default)]
@@ -393,6 +397,14 @@ impl Enforcer {
                 .any(|t| matches!(t, BaseTag::Entity { .. })),
             value_statistics: spec.access.value_statistics,
             subject: spec.subject,
+            privacy: spec.access.privacy.clone(),
+            units: spec
+                .access
+                .columns
+                .iter()
+                .filter(|c| spec.dataset.entity.as_ref() == Some(&c.source))
+                .map(|c| c.name.clone())
+                .collect(),
         });
         let all_tags: Vec<Tag> = spec
             .base_tags

@@ -44,6 +44,7 @@ fn planner() -> (PrincipalSession, tempfile::TempDir) {
         batch_size: None,
         cluster: None,
         nodes: &Default::default(),
+        ledger: None,
     };
     let principal = policies.principal("planner").unwrap();
     let session = PrincipalSession::build(&inputs, principal, "service_planning").unwrap();

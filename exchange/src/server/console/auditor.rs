@@ -433,6 +433,7 @@ pub(super) fn record(ex: &Exchange, q: &Params) -> Result<Page, Refusal> {
     field("statement id", e.statement_id.clone().unwrap_or_default());
     field("node requests", e.node_requests.join(", "));
     field("workers", e.workers.join(", "));
+    field("privacy", e.privacy.join("; "));
     field("previous line (SHA-256)", r.prev.clone());
     page.table(t);
     let mut t = Table::new(
