@@ -316,3 +316,86 @@ fn a_malformed_privacy_is_an_error_at_its_line() {
         assert!(out.contains("health.toml:"), "{to}: {out}");
     }
 }
+
+/// The result names each noisy column's scale (Arrow field metadata), and the analyst can
+/// ask what is left: `privacy_budget('agency.table')` in SQL, `exchange budget` at the shell.
+#[tokio::test]
+async fn results_carry_their_noise_scale_and_the_budget_left_is_visible() {
+    let (ex, state) = open();
+    let out = ex
+        .execute(
+            STATISTICIAN.0,
+            Some(STATISTICIAN.1),
+            "SELECT hospital, count(*) AS visits FROM health.visits GROUP BY hospital",
+        )
+        .await
+        .unwrap();
+    let visits = out.schema.field_with_name("visits").unwrap();
+    assert_eq!(
+        visits
+            .metadata()
+            .get("exchange.noise_scale")
+            .map(String::as_str),
+        Some("40.000"),
+        "{:?}",
+        visits.metadata()
+    );
+    assert!(
+        out.schema
+            .field_with_name("hospital")
+            .unwrap()
+            .metadata()
+            .is_empty()
+    );
+    let left = ex
+        .execute(
+            STATISTICIAN.0,
+            Some(STATISTICIAN.1),
+            "SELECT privacy_budget('health.visits') AS left",
+        )
+        .await
+        .unwrap();
+    assert_eq!(cells(&left.batches), vec![vec!["9.5".to_string()]]);
+    // A table the principal does not read under privacy: the same words, granted or not.
+    for table in ["police.residents", "civil.elderly_care"] {
+        let err = ex
+            .execute(
+                STATISTICIAN.0,
+                Some(STATISTICIAN.1),
+                &format!("SELECT privacy_budget('{table}')"),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{table}: civil_statistician reads no such table under differential privacy"
+            )),
+            "{err}"
+        );
+    }
+    drop(ex);
+    let shell = std::process::Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("--config-dir")
+        .arg(common::repo_root())
+        .arg("--data-root")
+        .arg(common::data_root())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["budget", "--as", "civil_statistician"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shell.stdout);
+    assert!(shell.status.success(), "{text}");
+    assert!(
+        text.contains("health.visits  grant health/visits-civil-statistics-dp@2026-11-01"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}: epsilon 0.5 of 10 spent, 9.5 left (19 queries at 0.5 each); all principals: 0.5 of 40",
+            period()
+        )),
+        "{text}"
+    );
+}

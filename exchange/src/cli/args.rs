@@ -209,6 +209,13 @@ pub enum Command {
     },
     /// Print the effective configuration (exchange.toml, then environment and flags).
     Config,
+    /// What a principal has spent of its privacy budgets this period (tables it reads under
+    /// differential privacy); works while a server runs
+    Budget {
+        /// The principal.
+        #[arg(long = "as")]
+        principal: String,
+    },
     /// Credentials of principals for the Flight SQL server.
     Auth {
         /// What to do.

@@ -30,6 +30,7 @@ macro_rules! complain {
 
 mod admin;
 mod args;
+mod budget;
 mod demo_cmd;
 mod federated;
 mod output;
@@ -355,6 +356,7 @@ async fn run(cli: Cli) -> ExitCode {
             command: KeysCommand::Init,
         } => admin::keys_init(&config(cfg)),
         Command::Auth { command } => admin::auth(&config(cfg), command),
+        Command::Budget { principal } => budget::run(&config(cfg), principal),
         Command::Config => {
             match &file {
                 Some(f) => say!(

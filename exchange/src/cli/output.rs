@@ -35,6 +35,26 @@ pub(super) fn write_output(
         None => Box::new(Stdout),
     };
     render(&mut sink, &out.batches, format).map_err(|e| e.to_string())?;
+    if matches!(format, Format::Table) {
+        let noisy: Vec<String> = out
+            .schema
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                f.metadata()
+                    .get(crate::enforcement::NOISE_SCALE)
+                    .map(|s| format!("{} scale {s}", f.name()))
+            })
+            .collect();
+        if !noisy.is_empty() {
+            writeln!(
+                sink,
+                "differential privacy: {}; a value is within 3 scales of its exact (bounded) statistic 95% of the time",
+                noisy.join(", ")
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
     sink.flush().map_err(|e| e.to_string())
 }
 

@@ -27,6 +27,7 @@ mod tags;
 mod total;
 mod violation;
 
+pub(crate) use aggregate::NOISE_SCALE;
 pub(crate) use barrier::{BarrierExec, PolicyBarrier, thresholds_applied};
 pub(crate) use batches::BatchSplitExec;
 pub(crate) use outputs::{guard_functions, string_concat};

@@ -338,6 +338,20 @@ impl PrincipalSession {
             catalog.register_schema(&agency, schema)?;
         }
         ctx.register_catalog(CATALOG, catalog);
+        if let Some(ledger) = &inputs.ledger {
+            let budgets = tables
+                .iter()
+                .filter_map(|(name, spec): (&String, &Arc<GovernedSpec>)| {
+                    spec.access.privacy.clone().map(|p| (name.clone(), p))
+                })
+                .collect();
+            ctx.register_udf(super::private::budget_fn(
+                Arc::clone(ledger),
+                &principal.name,
+                inputs.today,
+                budgets,
+            ));
+        }
         Ok(Self {
             ctx,
             principal: principal.clone(),

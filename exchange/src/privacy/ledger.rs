@@ -139,6 +139,71 @@ impl Totals {
     }
 }
 
+/// Apply every line of a ledger file's `text`; whether its last line is complete.
+fn read_lines(text: &[u8], totals: &mut Totals) -> Result<bool, String> {
+    let complete = text.ends_with(b"\n");
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    for (n, raw) in lines.iter().enumerate() {
+        if raw.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(raw) {
+            Ok(line) => totals.apply(&line),
+            // The torn tail of a crash: never synced, never granted.
+            Err(_) if n + 1 == lines.len() && !complete => {}
+            Err(e) => return Err(format!("line {}: {e}", n + 1)),
+        }
+    }
+    Ok(complete)
+}
+
+/// What a ledger file says was spent, read without writing (while a server holds it).
+#[derive(Debug, Default)]
+pub struct Spending {
+    totals: Totals,
+}
+
+impl Spending {
+    /// Read the ledger at `path`; a missing file spent nothing.
+    pub fn read(path: &Path) -> Result<Self, BudgetError> {
+        let mut totals = Totals::default();
+        match std::fs::read(path) {
+            Ok(text) => {
+                read_lines(&text, &mut totals).map_err(|cause| BudgetError::Ledger {
+                    path: path.to_path_buf(),
+                    cause,
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BudgetError::Ledger {
+                    path: path.to_path_buf(),
+                    cause: e.to_string(),
+                });
+            }
+        }
+        Ok(Self { totals })
+    }
+
+    /// What the principal spent on the dataset in the period.
+    pub fn spent(&self, principal: &str, dataset: &str, period: &str) -> MicroEpsilon {
+        self.totals
+            .by_principal
+            .get(&(principal.into(), dataset.into(), period.into()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What every principal together spent on the dataset in the period.
+    pub fn dataset_spent(&self, dataset: &str, period: &str) -> MicroEpsilon {
+        self.totals
+            .by_dataset
+            .get(&(dataset.into(), period.into()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// The ledger of one exchange (one state directory, which one process holds at a time).
 #[derive(Debug)]
 pub struct Ledger {
@@ -159,19 +224,7 @@ impl Ledger {
         let mut totals = Totals::default();
         if path.exists() {
             let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let complete = text.ends_with(b"\n");
-            let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-            for (n, raw) in lines.iter().enumerate() {
-                if raw.is_empty() {
-                    continue;
-                }
-                match serde_json::from_slice::<Line>(raw) {
-                    Ok(line) => totals.apply(&line),
-                    // The torn tail of a crash: never synced, never granted.
-                    Err(_) if n + 1 == lines.len() && !complete => {}
-                    Err(e) => return Err(err(format!("line {}: {e}", n + 1))),
-                }
-            }
+            let complete = read_lines(&text, &mut totals).map_err(err)?;
             if !complete && !text.is_empty() {
                 // Cut the torn tail, so that the next line starts clean.
                 let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);

@@ -1,6 +1,7 @@
 //! Differential privacy (issue 18): the noise of differentially private aggregates.
 //!
-//! What is built: the budget ledger ([`Ledger`]: per principal, dataset and period, with a
+//! Grants use them through `[grant.privacy]` (policy/privacy.rs; the mechanism is
+//! enforcement's). Here: the budget ledger ([`Ledger`]: per principal, dataset and period, with a
 //! cap per dataset across principals, charged durably before release), and the samplers
 //! the mechanisms will draw from: the discrete Laplace
 //! and discrete Gaussian distributions sampled exactly, in integer and rational arithmetic
@@ -13,7 +14,7 @@ mod ledger;
 mod random;
 mod sampler;
 
-pub use ledger::{Ask, BudgetError, Charge, Ledger, MicroEpsilon};
+pub use ledger::{Ask, BudgetError, Charge, Ledger, MicroEpsilon, Spending};
 
 pub use random::{RandomSource, SystemSource};
 pub use sampler::{

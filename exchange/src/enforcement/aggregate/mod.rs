@@ -34,6 +34,7 @@ mod once;
 mod private;
 
 use once::once_per_group;
+pub(crate) use private::NOISE_SCALE;
 
 use super::barrier::PolicyBarrier;
 use super::rule::{Enforcer, ScanInfo, min_group_rows};

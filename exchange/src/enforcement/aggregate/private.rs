@@ -328,6 +328,7 @@ pub(super) fn private_aggregate(
     let mut step1_groups = vec![entity.alias(UNIT)];
     step1_groups.extend(group_expr);
     let step1 = Aggregate::try_new(input, step1_groups, b.step1).map(LogicalPlan::Aggregate)?;
+    let schema = with_noise_metadata(&schema, &mechanism)?;
     let out_len = schema.fields().len();
     let node = LogicalPlan::Extension(datafusion::logical_expr::Extension {
         node: Arc::new(DpAggregate {
@@ -339,4 +340,43 @@ pub(super) fn private_aggregate(
     // Nothing the analyst writes above may reach below; everything below must be total.
     let plan = PolicyBarrier::threshold(vec![p.info.table.clone()], vec![], true, node);
     Ok((plan, vec![Tag::Free; out_len]))
+}
+
+/// Field metadata naming the noise of each released column, so that a client can compute
+/// confidence intervals from the result itself.
+pub const NOISE_SCALE: &str = "exchange.noise_scale";
+/// The mechanism of a noisy column (`discrete_laplace`).
+pub const NOISE: &str = "exchange.noise";
+
+fn with_noise_metadata(
+    schema: &datafusion::common::DFSchemaRef,
+    m: &Mechanism,
+) -> Result<datafusion::common::DFSchemaRef> {
+    let fields = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            let release = i.checked_sub(m.groups).and_then(|r| m.releases.get(r));
+            let scale = |s: &usize| m.stats.get(*s).map(Stat::scale_text).unwrap_or_default();
+            let mut meta = f.metadata().clone();
+            match release {
+                None => {}
+                Some(Release::Count(s) | Release::Sum(s)) => {
+                    meta.insert(NOISE.into(), "discrete_laplace".into());
+                    meta.insert(NOISE_SCALE.into(), scale(s));
+                }
+                Some(Release::Avg { sum, count }) => {
+                    meta.insert(NOISE.into(), "discrete_laplace (sum / count)".into());
+                    meta.insert(
+                        NOISE_SCALE.into(),
+                        format!("{} / {}", scale(sum), scale(count)),
+                    );
+                }
+            }
+            (q.cloned(), Arc::new(f.as_ref().clone().with_metadata(meta)))
+        })
+        .collect::<Vec<_>>();
+    let out = DFSchema::new_with_metadata(fields, schema.metadata().clone())?
+        .with_functional_dependencies(schema.functional_dependencies().clone())?;
+    Ok(Arc::new(out))
 }

@@ -15,6 +15,7 @@
 //! Noise is added once per released value inside the operator: nothing above it (the
 //! analyst's projections, repeated references to a column) can draw the noise again.
 
+mod budget_fn;
 mod exec;
 mod runtime;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, Result, internal_err};
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 
+pub(crate) use budget_fn::budget_fn;
 pub(crate) use exec::DpAggregateExec;
 pub use runtime::PrivacyRuntime;
 
