@@ -399,3 +399,71 @@ async fn results_carry_their_noise_scale_and_the_budget_left_is_visible() {
         "{text}"
     );
 }
+
+/// Two statisticians cannot pool their budgets: the dataset's cap counts them together.
+#[tokio::test]
+async fn the_cap_counts_every_principal_together() {
+    let config = config_copy();
+    edit(
+        &config.path().join("policies/grants/health.toml"),
+        "cap = 40.0",
+        "cap = 10.0",
+    );
+    let principals = config.path().join("policies/principals.toml");
+    let text = std::fs::read_to_string(&principals).unwrap();
+    std::fs::write(
+        &principals,
+        format!(
+            "{text}\n[[principal]]\nname = \"civil_statistician_2\"\nagency = \"civil\"\nroles = [\"statistician\"]\npurposes = [\"elderly_care_planning\"]\n"
+        ),
+    )
+    .unwrap();
+    let (ex, _state) = open_config(config.path());
+    let sql = "SELECT count(*) FROM health.visits";
+    let mut answered = 0;
+    for i in 0..30 {
+        let who = if i % 2 == 0 {
+            STATISTICIAN.0
+        } else {
+            "civil_statistician_2"
+        };
+        match ex.execute(who, Some(STATISTICIAN.1), sql).await {
+            Ok(_) => answered += 1,
+            Err(e) => assert!(
+                e.to_string().contains("across all principals is spent"),
+                "{e}"
+            ),
+        }
+    }
+    // 10 / 0.5: twenty answers in all, ten each, though each alone could have had twenty.
+    assert_eq!(answered, 20);
+    assert_eq!(
+        ex.ledger()
+            .spent("civil_statistician_2", "health.visits", &period()),
+        5_000_000
+    );
+}
+
+/// Review 53: a statement that fails while reading (here, past its memory limit, which the
+/// rows decide) keeps its charge: a refunded failure would be a free, exact answer.
+#[tokio::test]
+async fn a_failure_while_reading_keeps_its_charge() {
+    let (ex, _state) = common::open_with(|c| {
+        c.memory_limit = Some(64 * 1024);
+        c.target_partitions = Some(1);
+    });
+    let err = ex
+        .execute(
+            STATISTICIAN.0,
+            Some(STATISTICIAN.1),
+            "SELECT hospital, cost, count(*) FROM health.visits GROUP BY hospital, cost",
+        )
+        .await
+        .expect_err("64 KiB cannot hold the exact step");
+    assert!(err.to_string().contains("memory"), "{err}");
+    assert_eq!(
+        ex.ledger()
+            .spent(STATISTICIAN.0, "health.visits", &period()),
+        500_000
+    );
+}

@@ -130,13 +130,16 @@ impl ExecutionPlan for DpAggregateExec {
         let out = Arc::clone(&schema);
         let fut = async move {
             // Charged before the input is read: a statement over a spent budget reads
-            // nothing, so even its duration tells nothing.
-            let charge = charge(&mechanism, &runtime)?;
-            let batches: Result<Vec<RecordBatch>> =
-                input.collect::<Vec<_>>().await.into_iter().collect();
-            let released =
-                batches.and_then(|b| exact_and_noisy(&mechanism, &in_schema, &b, &runtime, &out));
-            refund_unless(released, &runtime, &charge, &mechanism)
+            // nothing, so even its duration tells nothing. Never refunded once reading
+            // began: whether reading fails (memory, above all) depends on the rows, so a
+            // free failure would answer exactly (review 53).
+            charge(&mechanism, &runtime)?;
+            let batches: Vec<RecordBatch> = input
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+            exact_and_noisy(&mechanism, &in_schema, &batches, &runtime, &out)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
@@ -153,23 +156,11 @@ struct Group {
 }
 
 /// Charge the query's epsilon, durably, or refuse.
-fn charge(m: &Mechanism, runtime: &PrivacyRuntime) -> Result<crate::privacy::Charge> {
+fn charge(m: &Mechanism, runtime: &PrivacyRuntime) -> Result<()> {
     runtime
         .charge(&m.dataset, &m.privacy)
+        .map(|_| ())
         .map_err(|e| refusal(budget_message(&e)))
-}
-
-/// The result, or its error with the charge refunded (nothing was released).
-fn refund_unless(
-    released: Result<RecordBatch>,
-    runtime: &PrivacyRuntime,
-    charge: &crate::privacy::Charge,
-    m: &Mechanism,
-) -> Result<RecordBatch> {
-    if released.is_err() {
-        runtime.refund(charge, &m.dataset);
-    }
-    released
 }
 
 /// Charge, then steps 2 and 3 over step 1's batches.
@@ -181,13 +172,8 @@ pub(super) fn release(
     runtime: &PrivacyRuntime,
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let charge = charge(m, runtime)?;
-    refund_unless(
-        exact_and_noisy(m, in_schema, batches, runtime, schema),
-        runtime,
-        &charge,
-        m,
-    )
+    charge(m, runtime)?;
+    exact_and_noisy(m, in_schema, batches, runtime, schema)
 }
 
 /// Steps 2 and 3 over step 1's batches: bound, total, add noise, threshold.
@@ -342,6 +328,15 @@ fn noisy(
     runtime: &PrivacyRuntime,
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
+    // Released in key order: the order groups were met in follows the first persons read,
+    // which would tell of them (review 53).
+    let mut groups = groups;
+    groups.sort_by(|a, b| {
+        a.key
+            .as_ref()
+            .map(|k| k.row())
+            .cmp(&b.key.as_ref().map(|k| k.row()))
+    });
     let mut keys = Vec::new();
     let mut values: Vec<Vec<i128>> = Vec::new();
     for g in groups {

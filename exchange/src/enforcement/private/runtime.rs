@@ -75,15 +75,6 @@ impl PrivacyRuntime {
         Ok(charge)
     }
 
-    /// Undo a charge after which nothing was released.
-    pub(super) fn refund(&self, charge: &Charge, dataset: &str) {
-        if self.ledger.refund(charge).is_ok()
-            && let Ok(mut spent) = self.spent.lock()
-        {
-            spent.retain(|s| !s.starts_with(&format!("{dataset}: ")));
-        }
-    }
-
     /// Draw with the statement's source.
     pub(super) fn draw<T>(
         &self,

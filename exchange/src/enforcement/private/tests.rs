@@ -262,3 +262,41 @@ fn an_exhausted_budget_refuses_with_its_numbers() {
     );
     assert_eq!(rt.spent().len(), 2);
 }
+
+/// Review 53: groups leave in key order, not in the order their first persons were read.
+#[test]
+fn groups_are_released_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), 13);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("unit", DataType::Utf8, true),
+        Field::new("g", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec!["p1", "p2", "p3"])),
+            Arc::new(StringArray::from(vec!["c", "a", "b"])),
+        ],
+    )
+    .unwrap();
+    let m = Mechanism {
+        dataset: "health.visits".into(),
+        stats: vec![Stat {
+            measure: Measure::Units,
+            label: "persons".into(),
+            scale: (1, 1000),
+        }],
+        privacy: privacy(1_000_000_000, 1, 1),
+        groups: 1,
+        releases: vec![Release::Count(0)],
+        threshold: Some((0, 1)),
+    };
+    let out = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Utf8, true),
+        Field::new("persons", DataType::Int64, false),
+    ]));
+    let got = release(&m, &schema, &[batch], &rt, &out).unwrap();
+    let keys: Vec<&str> = got.column(0).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+}
