@@ -23,6 +23,11 @@ fn period() -> String {
     chrono::Utc::now().format("%Y-%m").to_string()
 }
 
+/// What `who` spent on health.visits this period, in millionths of epsilon.
+fn spent(ex: &exchange::Exchange, who: &str) -> u64 {
+    ex.ledger().spent(who, "health.visits", &period())
+}
+
 fn by_key(rows: Vec<Vec<String>>) -> BTreeMap<String, (i64, i64)> {
     rows.into_iter()
         .map(|r| (r[0].clone(), (r[1].parse().unwrap(), r[2].parse().unwrap())))
@@ -58,11 +63,7 @@ async fn noisy_counts_are_near_the_truth_charged_and_audited() {
         exact += i32::from(*visits == tv && *persons == tp);
     }
     assert!(exact < 2, "the counts came back exact");
-    assert_eq!(
-        ex.ledger()
-            .spent(STATISTICIAN.0, "health.visits", &period()),
-        500_000
-    );
+    assert_eq!(spent(&ex, STATISTICIAN.0), 500_000);
     assert!(
         out.thresholds
             .iter()
@@ -112,11 +113,7 @@ async fn explain_shows_mechanism_bounds_and_epsilon_and_spends_nothing() {
     ] {
         assert!(text.contains(part), "{part} not in\n{text}");
     }
-    assert_eq!(
-        ex.ledger()
-            .spent(STATISTICIAN.0, "health.visits", &period()),
-        0
-    );
+    assert_eq!(spent(&ex, STATISTICIAN.0), 0);
 }
 
 #[tokio::test]
@@ -187,11 +184,7 @@ async fn what_is_not_a_noisy_aggregate_is_refused_and_not_charged() {
         assert!(err.contains(expect), "{sql}: {err}");
         assert!(err.starts_with("refused"), "{sql}: {err}");
     }
-    assert_eq!(
-        ex.ledger()
-            .spent(STATISTICIAN.0, "health.visits", &period()),
-        0
-    );
+    assert_eq!(spent(&ex, STATISTICIAN.0), 0);
 }
 
 /// A budget of two queries: the third is refused (and audited), in words.
@@ -265,11 +258,7 @@ async fn concurrent_statements_cannot_overspend() {
         answered += usize::from(t.await.unwrap());
     }
     assert_eq!(answered, 4);
-    assert_eq!(
-        ex.ledger()
-            .spent(STATISTICIAN.0, "health.visits", &period()),
-        2_000_000
-    );
+    assert_eq!(spent(&ex, STATISTICIAN.0), 2_000_000);
 }
 
 /// A grant's privacy that cannot be applied is an error at load, at its line.
@@ -437,11 +426,7 @@ async fn the_cap_counts_every_principal_together() {
     }
     // 10 / 0.5: twenty answers in all, ten each, though each alone could have had twenty.
     assert_eq!(answered, 20);
-    assert_eq!(
-        ex.ledger()
-            .spent("civil_statistician_2", "health.visits", &period()),
-        5_000_000
-    );
+    assert_eq!(spent(&ex, "civil_statistician_2"), 5_000_000);
 }
 
 /// Review 53: a statement that fails while reading (here, past its memory limit, which the
@@ -461,9 +446,5 @@ async fn a_failure_while_reading_keeps_its_charge() {
         .await
         .expect_err("64 KiB cannot hold the exact step");
     assert!(err.to_string().contains("memory"), "{err}");
-    assert_eq!(
-        ex.ledger()
-            .spent(STATISTICIAN.0, "health.visits", &period()),
-        500_000
-    );
+    assert_eq!(spent(&ex, STATISTICIAN.0), 500_000);
 }

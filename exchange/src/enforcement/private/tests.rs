@@ -66,6 +66,46 @@ fn out_count() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
 }
 
+/// Step 1 grouped by one text key: (person, group) pairs, nothing else.
+fn persons_by_group(pairs: &[(&str, &str)]) -> (SchemaRef, RecordBatch) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("unit", DataType::Utf8, true),
+        Field::new("g", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.0))),
+            Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.1))),
+        ],
+    )
+    .unwrap();
+    (schema, batch)
+}
+
+/// The persons of each group, thresholded at `threshold`, with noise of `scale`.
+fn persons_mechanism(p: Privacy, scale: (u128, u128), threshold: i64) -> Mechanism {
+    Mechanism {
+        dataset: "health.visits".into(),
+        stats: vec![Stat {
+            measure: Measure::Units,
+            label: "persons".into(),
+            scale,
+        }],
+        privacy: p,
+        groups: 1,
+        releases: vec![Release::Count(0)],
+        threshold: Some((0, threshold)),
+    }
+}
+
+fn out_persons() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Utf8, true),
+        Field::new("persons", DataType::Int64, false),
+    ]))
+}
+
 fn runtime(dir: &std::path::Path, seed: u64) -> PrivacyRuntime {
     let ledger = Arc::new(Ledger::open(&dir.join("ledger.jsonl")).unwrap());
     PrivacyRuntime::with_source(
@@ -206,34 +246,9 @@ fn the_threshold_hides_a_group_of_one_person() {
     let m = count_all(privacy(500_000, 1, 1));
     let got = release(&m, &schema, &[empty], &rt, &out_count()).unwrap();
     assert_eq!(got.num_rows(), 1);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("unit", DataType::Utf8, true),
-        Field::new("g", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from(vec!["alone"])),
-            Arc::new(StringArray::from(vec!["rare diagnosis"])),
-        ],
-    )
-    .unwrap();
-    let m = Mechanism {
-        dataset: "health.visits".into(),
-        stats: vec![Stat {
-            measure: Measure::Units,
-            label: "persons".into(),
-            scale: (2_000_000, 500_000),
-        }],
-        privacy: privacy(500_000, 1, 1),
-        groups: 1,
-        releases: vec![Release::Count(0)],
-        threshold: Some((0, 60)),
-    };
-    let out = Arc::new(Schema::new(vec![
-        Field::new("g", DataType::Utf8, true),
-        Field::new("persons", DataType::Int64, false),
-    ]));
+    let (schema, batch) = persons_by_group(&[("alone", "rare diagnosis")]);
+    let m = persons_mechanism(privacy(500_000, 1, 1), (2_000_000, 500_000), 60);
+    let out = out_persons();
     for _ in 0..1000 {
         let got = release(&m, &schema, std::slice::from_ref(&batch), &rt, &out).unwrap();
         assert_eq!(got.num_rows(), 0);
@@ -268,34 +283,9 @@ fn an_exhausted_budget_refuses_with_its_numbers() {
 fn groups_are_released_in_key_order() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path(), 13);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("unit", DataType::Utf8, true),
-        Field::new("g", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from(vec!["p1", "p2", "p3"])),
-            Arc::new(StringArray::from(vec!["c", "a", "b"])),
-        ],
-    )
-    .unwrap();
-    let m = Mechanism {
-        dataset: "health.visits".into(),
-        stats: vec![Stat {
-            measure: Measure::Units,
-            label: "persons".into(),
-            scale: (1, 1000),
-        }],
-        privacy: privacy(1_000_000_000, 1, 1),
-        groups: 1,
-        releases: vec![Release::Count(0)],
-        threshold: Some((0, 1)),
-    };
-    let out = Arc::new(Schema::new(vec![
-        Field::new("g", DataType::Utf8, true),
-        Field::new("persons", DataType::Int64, false),
-    ]));
+    let (schema, batch) = persons_by_group(&[("p1", "c"), ("p2", "a"), ("p3", "b")]);
+    let m = persons_mechanism(privacy(1_000_000_000, 1, 1), (1, 1000), 1);
+    let out = out_persons();
     let got = release(&m, &schema, &[batch], &rt, &out).unwrap();
     let keys: Vec<&str> = got.column(0).as_string::<i32>().iter().flatten().collect();
     assert_eq!(keys, ["a", "b", "c"]);
