@@ -15,6 +15,7 @@
 //! Noise is added once per released value inside the operator: nothing above it (the
 //! analyst's projections, repeated references to a column) can draw the noise again.
 
+mod bound;
 mod budget_fn;
 mod exec;
 mod runtime;
