@@ -1,7 +1,8 @@
 //! A differentially private aggregate next to the same aggregate under a plain group
 //! threshold, in one process and one run.
 //!
-//! `cargo bench --bench privacy -- --scale 10 --runs 7`: the demo city at that scale
+//! `cargo bench --bench privacy -- --scale 10 --runs 7` (`--query ID` for one query, e.g.
+//! under a profiler): the demo city at that scale
 //! (generated once under `target/bench-data/demo-s<scale>`). The statistician of the demo
 //! reads health.visits twice over: under the repository's grant `visits-civil-statistics-dp`
 //! (noise, contribution bounds, the ledger charged and synced per query; its budget raised
@@ -77,11 +78,13 @@ fn median(mut v: Vec<Duration>) -> f64 {
 async fn main() -> Result<(), Error> {
     let mut scale = 10.0;
     let mut runs = 7usize;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--scale" => scale = args.next().ok_or("--scale S")?.parse()?,
             "--runs" => runs = args.next().ok_or("--runs N")?.parse()?,
+            "--query" => only = Some(args.next().ok_or("--query ID")?),
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -131,6 +134,9 @@ async fn main() -> Result<(), Error> {
     println!("|---|---:|---:|---:|");
     let mut json = Vec::new();
     for (id, sql) in QUERIES {
+        if only.as_deref().is_some_and(|o| o != *id) {
+            continue;
+        }
         dp.execute(WHO, Some(WHY), sql).await?;
         plain.execute(WHO, Some(WHY), sql).await?;
         let (mut t_dp, mut t_plain) = (Vec::new(), Vec::new());

@@ -1,6 +1,6 @@
-//! The rewrite of an aggregate over a table granted under differential privacy: step 1 (per
-//! person and group, values clamped row by row) as an ordinary aggregate, then the noisy
-//! [`DpAggregate`] (see [`crate::enforcement::private`]).
+//! The rewrite of an aggregate over a table granted under differential privacy: step 1 (the
+//! rows' person, group keys and values, clamped row by row) as a projection, then the noisy
+//! [`DpAggregate`] (see [`crate::enforcement::private`]), which bounds and totals them.
 
 use std::sync::Arc;
 
@@ -139,17 +139,6 @@ fn clamped(arg: Expr, lo: i64, hi: i64) -> Result<Expr> {
     ]))
 }
 
-fn call(udaf: Arc<datafusion::logical_expr::AggregateUDF>, arg: Expr) -> Expr {
-    Expr::AggregateFunction(AggregateFunction::new_udf(
-        udaf,
-        vec![arg],
-        false,
-        None,
-        vec![],
-        None,
-    ))
-}
-
 /// Step 1 and its statistics as they are assembled.
 struct Builder {
     groups: usize,
@@ -158,7 +147,7 @@ struct Builder {
 }
 
 impl Builder {
-    /// The step-1 column of aggregate `e` (added once).
+    /// The step-1 column of the row expression `e` (added once).
     fn column(&mut self, e: Expr) -> usize {
         let i = match self.step1.iter().position(|x| *x == e) {
             Some(i) => i,
@@ -170,20 +159,14 @@ impl Builder {
         self.groups + 1 + i
     }
 
-    /// The statistic of SUM(arg) within `[lo, hi]`, and the step-1 column counting its
-    /// values; `per_value` is the sensitivity of a count of values (max_groups * max_rows).
+    /// The statistic of SUM(arg) within `[lo, hi]`, and the step-1 column of its clamped
+    /// values (its non-null rows are the values it adds); `per_value` is the sensitivity of
+    /// a count of values (max_groups * max_rows).
     fn sum(&mut self, arg: Expr, lo: i64, hi: i64, per_value: u128) -> Result<(usize, usize)> {
-        let count = datafusion::functions_aggregate::count::count_udaf;
-        let sum = datafusion::functions_aggregate::sum::sum_udaf;
         let m = u128::from(lo.unsigned_abs().max(hi.unsigned_abs())).max(1);
-        let v = clamped(arg.clone(), lo, hi)?;
-        let values = self.column(call(count(), v.clone()));
-        let total = self.column(call(sum(), v));
+        let values = self.column(clamped(arg.clone(), lo, hi)?);
         let s = self.stat(
-            Measure::Sum {
-                column: total,
-                count: values,
-            },
+            Measure::Sum { column: values },
             format!("SUM({arg}) in [{lo}, {hi}]"),
             per_value * m,
         );
@@ -255,20 +238,16 @@ pub(super) fn private_aggregate(
         step1: vec![],
         stats: vec![],
     };
-    let count = datafusion::functions_aggregate::count::count_udaf;
     let mut releases = Vec::with_capacity(asks.len());
     for ask in asks {
         releases.push(match ask {
             Ask::Units => {
                 Release::Count(b.stat(Measure::Units, "COUNT(DISTINCT person)".into(), g))
             }
-            Ask::Rows => {
-                let column = b.column(call(count(), lit(1i64)));
-                Release::Count(b.stat(Measure::Count { column }, "COUNT(*)".into(), g * r))
-            }
+            Ask::Rows => Release::Count(b.stat(Measure::Rows, "COUNT(*)".into(), g * r)),
             Ask::CountOf(arg) => {
                 let label = format!("COUNT({arg})");
-                let column = b.column(call(count(), arg));
+                let column = b.column(arg);
                 Release::Count(b.stat(Measure::Count { column }, label, g * r))
             }
             Ask::Sum(arg, lo, hi) => Release::Sum(b.sum(arg, lo, hi, g * r)?.0),
@@ -325,9 +304,23 @@ pub(super) fn private_aggregate(
     let input = Arc::new(LogicalPlan::Filter(
         datafusion::logical_expr::Filter::try_new(entity.clone().is_not_null(), input)?,
     ));
-    let mut step1_groups = vec![entity.alias(UNIT)];
-    step1_groups.extend(group_expr);
-    let step1 = Aggregate::try_new(input, step1_groups, b.step1).map(LogicalPlan::Aggregate)?;
+    // The rows as they are: DpAggregate itself gathers each person's rows (a per-person
+    // hash aggregate first would cost more than the bounding it feeds).
+    let mut step1 = vec![entity.alias(UNIT)];
+    step1.extend(
+        group_expr
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.unalias().alias(format!("__exchange_dp_key_{i}"))),
+    );
+    step1.extend(
+        b.step1
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.unalias().alias(format!("__exchange_dp_value_{i}"))),
+    );
+    let step1 =
+        datafusion::logical_expr::Projection::try_new(step1, input).map(LogicalPlan::Projection)?;
     let schema = with_noise_metadata(&schema, &mechanism)?;
     let out_len = schema.fields().len();
     let node = LogicalPlan::Extension(datafusion::logical_expr::Extension {

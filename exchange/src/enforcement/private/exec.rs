@@ -4,11 +4,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -18,7 +22,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::bound::{Exact, exact};
+use super::bound::{self, Exact, exact};
 use super::runtime::{PrivacyRuntime, budget_message};
 use super::{Mechanism, Release};
 use crate::enforcement::violation::Violation;
@@ -121,6 +125,7 @@ impl ExecutionPlan for DpAggregateExec {
             ));
         };
         let shards = context.session_config().target_partitions();
+        let memory_pool = Arc::clone(context.memory_pool());
         let input = self.input.execute(0, context)?;
         let mechanism = Arc::clone(&self.mechanism);
         let in_schema = self.input.schema();
@@ -132,16 +137,25 @@ impl ExecutionPlan for DpAggregateExec {
             // began: whether reading fails (memory, above all) depends on the rows, so a
             // free failure would answer exactly (review 53).
             charge(&mechanism, &runtime)?;
-            let batches: Vec<RecordBatch> = input
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_>>()?;
+            // Every row is held until bounded: in the session's memory pool, so that a
+            // statement past its limit fails (charged) instead of taking the process down.
+            let mut reservation = MemoryConsumer::new("DpAggregateExec").register(&memory_pool);
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            let mut input = input;
+            while let Some(batch) = input.next().await {
+                let batch = batch?;
+                reservation.try_grow(batch.get_array_memory_size())?;
+                batches.push(batch);
+            }
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            reservation.try_grow(bound::working_memory(&mechanism, rows))?;
             // Bounding and totalling is CPU work over every (person, group) pair: off the
             // async threads, on as many threads as the session has partitions.
             SpawnedTask::spawn_blocking(move || {
-                let exact = exact(&mechanism, &in_schema, &batches, shards)?;
-                noisy(&mechanism, exact, &runtime, &out)
+                let exact = exact(&mechanism, &in_schema, batches, shards, &mut reservation)?;
+                let out = noisy(&mechanism, exact, &runtime, &out);
+                drop(reservation);
+                out
             })
             .join()
             .await
@@ -172,7 +186,10 @@ pub(super) fn release(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     charge(m, runtime)?;
-    let exact = super::bound::exact(m, in_schema, batches, 2)?;
+    let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
+        Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
+    let mut reservation = MemoryConsumer::new("test").register(&pool);
+    let exact = super::bound::exact(m, in_schema, batches.to_vec(), 2, &mut reservation)?;
     noisy(m, exact, runtime, schema)
 }
 
@@ -183,16 +200,12 @@ fn noisy(
     runtime: &PrivacyRuntime,
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    // Released in key order (the row format sorts as the keys do): the order groups were
-    // met in follows the first persons read, which would tell of them (review 53).
-    let Exact {
-        converter,
-        mut groups,
-    } = exact;
-    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut keys = Vec::new();
+    // Released in key order (bound::exact sorts them so): the order groups were met in
+    // follows the first persons read, which would tell of them (review 53).
+    let Exact { keys, totals } = exact;
+    let mut kept: Vec<u32> = Vec::new();
     let mut values: Vec<Vec<i128>> = Vec::new();
-    for (key, totals) in groups {
+    for (g, totals) in totals.iter().enumerate() {
         let mut noisy = Vec::with_capacity(totals.len());
         for (total, stat) in totals.iter().zip(&m.stats) {
             let scale = Rational::new(stat.scale.0, stat.scale.1)
@@ -207,18 +220,31 @@ fn noisy(
         {
             continue;
         }
-        keys.push(key);
+        kept.push(
+            u32::try_from(g).map_err(|_| {
+                DataFusionError::Internal("DpAggregateExec: too many groups".into())
+            })?,
+        );
         values.push(noisy);
     }
-    let mut columns: Vec<ArrayRef> = match &converter {
-        Some(conv) => {
-            let parser = conv.parser();
-            conv.convert_rows(keys.iter().map(|k| parser.parse(k)))?
-        }
-        None => vec![],
-    };
+    let kept = UInt32Array::from(kept);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (i, key) in keys.iter().enumerate() {
+        let column = take(key, &kept, None)?;
+        // The group values hand back keys of the step-1 type; the release has the aggregate's.
+        let Some(want) = schema.fields().get(i).map(|f| f.data_type()) else {
+            return internal_err!("DpAggregateExec: more keys than its schema");
+        };
+        columns.push(if column.data_type() == want {
+            column
+        } else {
+            cast(&column, want)?
+        });
+    }
     for (i, release) in m.releases.iter().enumerate() {
-        let field = schema.field(m.groups + i);
+        let Some(field) = schema.fields().get(m.groups + i) else {
+            return internal_err!("DpAggregateExec: more releases than its schema");
+        };
         let at = |s: usize| values.iter().map(move |v| v.get(s).copied().unwrap_or(0));
         let column: ArrayRef = match (release, field.data_type()) {
             (Release::Count(s), DataType::Int64) | (Release::Sum(s), DataType::Int64) => {

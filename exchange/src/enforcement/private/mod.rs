@@ -1,9 +1,9 @@
 //! Differentially private aggregates (grants with `[grant.privacy]`, issue 18).
 //!
 //! The policy rule rewrites an aggregate over such a table into two steps:
-//! 1. an ordinary DataFusion aggregate per person and group (the hidden entity column is the
-//!    privacy unit): rows, non-null counts and sums of values clamped row by row to the
-//!    grant's bounds;
+//! 1. a projection of the rows (the hidden entity column is the privacy unit): the person,
+//!    the group keys, the values the statistics count or add (clamped row by row to the
+//!    grant's bounds);
 //! 2. [`DpAggregate`] over it: each person keeps at most `max_groups` of their groups (chosen
 //!    by a keyed hash of their own rows, never by other persons' data) and at most
 //!    `max_rows` rows' worth in each; the groups' totals get discrete Laplace noise scaled
@@ -35,24 +35,23 @@ pub use runtime::PrivacyRuntime;
 
 use crate::policy::{Privacy, show_epsilon};
 
-/// What one noisy statistic measures, per group, over the per-person rows of step 1.
+/// What one noisy statistic measures, per group, over the rows of step 1.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Measure {
     /// Distinct persons.
     Units,
-    /// A count of rows (COUNT(*), COUNT(column), the rows behind an AVG): a column of step 1.
+    /// Rows (COUNT(*)).
+    Rows,
+    /// Rows where a column of step 1 is not null (COUNT(column), the values behind an AVG).
     Count {
         /// Its column in step 1's output.
         column: usize,
     },
-    /// A sum of clamped values: a column of step 1 (Float64, already clamped row by row),
-    /// and the column counting the values it adds (a person's share beyond `max_rows`
-    /// values is scaled down to `max_rows` values' worth).
+    /// A sum of clamped values: a Float64 column of step 1, already clamped row by row (a
+    /// person's share beyond `max_rows` values is scaled down to `max_rows` values' worth).
     Sum {
         /// Its column in step 1's output.
         column: usize,
-        /// The column counting its values.
-        count: usize,
     },
 }
 
