@@ -152,6 +152,16 @@ async fn postgres_clients_psql_and_psycopg() {
     );
     assert!(!ok);
     assert!(err.contains("42501") && err.contains("join key"), "{err}");
+    // Review 54: the budget function answers over Postgres too (it reads no table, yet it
+    // is the exchange's, not the catalog's).
+    let (ok, out, err) = psql(
+        &pg,
+        "civil_statistician",
+        Some("elderly_care_planning"),
+        "SELECT privacy_budget('health.visits')",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim().parse::<f64>().ok(), Some(10.0), "{out}{err}");
     // Several statements in one request: the results before a failed one, then its error.
     let (ok, out, err) = psql(
         &pg,

@@ -11,7 +11,7 @@ use exchange::demo::SHOWCASE;
 use exchange::{Exchange, ExchangeConfig};
 
 /// The demo principals, each given a password by [`credentials`].
-pub const PRINCIPALS: [&str; 8] = [
+pub const PRINCIPALS: [&str; 9] = [
     "police_officer",
     "civil_analyst",
     "hrss_analyst",
@@ -20,6 +20,7 @@ pub const PRINCIPALS: [&str; 8] = [
     "market_trader",
     "auditor",
     "police_steward",
+    "civil_statistician",
 ];
 
 /// A fresh directory with keys made (`keys`) and room for a state (`state`).

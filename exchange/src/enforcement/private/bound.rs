@@ -18,6 +18,7 @@
 //! one person's bounds, never exceed them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take;
@@ -128,6 +129,7 @@ pub(super) fn exact(
     batches: Vec<RecordBatch>,
     threads: usize,
     reservation: &mut MemoryReservation,
+    stop: &AtomicBool,
 ) -> Result<Exact> {
     if in_schema.fields().len() <= m.groups {
         return internal_err!("DpAggregateExec: step 1 lacks its group keys");
@@ -152,8 +154,11 @@ pub(super) fn exact(
             .into_iter()
             .unzip();
     drop(batches);
-    // The distinct keys can be as many as the rows (GROUP BY a value column).
-    reservation.try_grow(groups.iter().flatten().map(|g| g.size()).sum())?;
+    // The distinct keys can be as many as the rows (GROUP BY a value column): the threads'
+    // group values, and while they merge the keys emitted, interned again, in the row
+    // format and sorted: four times as much.
+    let interned: usize = groups.iter().flatten().map(|g| g.size()).sum();
+    reservation.try_grow(interned.saturating_mul(4))?;
     // The groups of all threads, one id each: its rank in key order.
     let (keys, ranks) = merge_groups(m, &key_schema, groups)?;
     let groups = if m.groups == 0 {
@@ -161,7 +166,11 @@ pub(super) fn exact(
     } else {
         keys.first().map_or(0, |k| k.len())
     };
+    // Each thread's totals and their sum, 16 bytes a statistic of a group (review 54).
+    let per_group = m.stats.len().max(1) * 16 + 24;
+    reservation.try_grow(groups.saturating_mul(per_group).saturating_mul(threads + 1))?;
     let walk = Walk {
+        stop,
         m,
         cols: &cols,
         parts: &parts,
@@ -390,6 +399,7 @@ fn merge_groups(
 
 /// Pass 2 over a share of the buckets.
 struct Walk<'a> {
+    stop: &'a AtomicBool,
     m: &'a Mechanism,
     cols: &'a [(usize, Kind)],
     parts: &'a [Part],
@@ -405,6 +415,9 @@ impl Walk<'_> {
         let k = self.cols.len();
         let (mut recs, mut vals) = (Vec::new(), Vec::new());
         for &b in buckets {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(super::exec::stopped());
+            }
             recs.clear();
             vals.clear();
             for (part, ranks) in self.parts.iter().zip(self.ranks) {
@@ -523,7 +536,8 @@ mod tests {
     ) -> datafusion::common::Result<super::Exact> {
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
         let mut reservation = MemoryConsumer::new("test").register(&pool);
-        super::exact(m, schema, batches, threads, &mut reservation)
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        super::exact(m, schema, batches, threads, &mut reservation, &stop)
     }
 
     /// Persons, rows, the sum and the count of the values (column 2) of each group.
@@ -670,6 +684,50 @@ mod tests {
         let keys: Vec<&str> = got.keys[0].as_string::<i32>().iter().flatten().collect();
         assert_eq!(keys, ["a", "b", "c"]);
         assert_eq!(got.totals[0][0], 2, "two persons in a");
+    }
+
+    /// Review 54: what the passes hold beyond the rows (each thread's totals of every
+    /// group, the keys while they merge) is in the statement's memory pool, so that many
+    /// threads over many groups fail the limit rather than pass it unseen.
+    #[test]
+    fn the_threads_totals_are_in_the_memory_pool() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        let rows: Vec<Row> = (0..20_000)
+            .map(|i| (format!("p{i}"), format!("g{i}"), Some(1.0)))
+            .collect();
+        let m = mechanism(1, 1, 1);
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(16 << 20));
+        let run = |threads: usize| {
+            let (schema, batches) = step1(&rows, 4096);
+            let mut reservation = MemoryConsumer::new("test").register(&pool);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            super::exact(&m, &schema, batches, threads, &mut reservation, &stop)
+                .map(|e| e.totals.len())
+        };
+        assert_eq!(run(1).unwrap(), 20_000);
+        let err = run(32).unwrap_err().to_string();
+        assert!(err.contains("Resources exhausted"), "{err}");
+    }
+
+    /// A statement dropped while its blocking work runs stops that work at the next bucket.
+    #[test]
+    fn a_stopped_statement_stops() {
+        let (schema, batches) = step1(&city(300), 50);
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        let mut reservation = MemoryConsumer::new("test").register(&pool);
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let err = super::exact(
+            &mechanism(1, 2, 5),
+            &schema,
+            batches,
+            2,
+            &mut reservation,
+            &stop,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("cancelled"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
@@ -126,7 +127,7 @@ impl ExecutionPlan for DpAggregateExec {
         };
         let shards = context.session_config().target_partitions();
         let memory_pool = Arc::clone(context.memory_pool());
-        let input = self.input.execute(0, context)?;
+        let plan = Arc::clone(&self.input);
         let mechanism = Arc::clone(&self.mechanism);
         let in_schema = self.input.schema();
         let schema = Arc::clone(&self.schema);
@@ -137,11 +138,12 @@ impl ExecutionPlan for DpAggregateExec {
             // began: whether reading fails (memory, above all) depends on the rows, so a
             // free failure would answer exactly (review 53).
             charge(&mechanism, &runtime)?;
+            // Only now started: below a coalesce, starting is already reading (review 54).
+            let mut input = plan.execute(0, context)?;
             // Every row is held until bounded: in the session's memory pool, so that a
             // statement past its limit fails (charged) instead of taking the process down.
             let mut reservation = MemoryConsumer::new("DpAggregateExec").register(&memory_pool);
             let mut batches: Vec<RecordBatch> = Vec::new();
-            let mut input = input;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 reservation.try_grow(batch.get_array_memory_size())?;
@@ -149,11 +151,22 @@ impl ExecutionPlan for DpAggregateExec {
             }
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             reservation.try_grow(bound::working_memory(&mechanism, rows))?;
-            // Bounding and totalling is CPU work over every (person, group) pair: off the
-            // async threads, on as many threads as the session has partitions.
+            // Bounding and totalling is CPU work over every row: off the async threads, on
+            // as many threads as the session has partitions. A blocking task cannot be
+            // aborted: it stops at its next check once the statement is dropped (cancelled,
+            // timed out), instead of running on for nobody (review 54).
+            let stop = Arc::new(AtomicBool::new(false));
+            let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
             SpawnedTask::spawn_blocking(move || {
-                let exact = exact(&mechanism, &in_schema, batches, shards, &mut reservation)?;
-                let out = noisy(&mechanism, exact, &runtime, &out);
+                let exact = exact(
+                    &mechanism,
+                    &in_schema,
+                    batches,
+                    shards,
+                    &mut reservation,
+                    &stop,
+                )?;
+                let out = noisy(&mechanism, exact, &runtime, &out, &stop);
                 drop(reservation);
                 out
             })
@@ -166,6 +179,20 @@ impl ExecutionPlan for DpAggregateExec {
             futures::stream::once(fut),
         )))
     }
+}
+
+/// Sets its flag when dropped: the statement's future is gone, its blocking work may stop.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The error of work stopped because its statement is gone.
+pub(super) fn stopped() -> DataFusionError {
+    DataFusionError::Execution("the statement was cancelled".into())
 }
 
 /// Charge the query's epsilon, durably, or refuse.
@@ -189,8 +216,9 @@ pub(super) fn release(
     let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
         Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
     let mut reservation = MemoryConsumer::new("test").register(&pool);
-    let exact = super::bound::exact(m, in_schema, batches.to_vec(), 2, &mut reservation)?;
-    noisy(m, exact, runtime, schema)
+    let stop = AtomicBool::new(false);
+    let exact = super::bound::exact(m, in_schema, batches.to_vec(), 2, &mut reservation, &stop)?;
+    noisy(m, exact, runtime, schema, &stop)
 }
 
 /// Add noise, keep the groups past the threshold, and make the batch.
@@ -199,26 +227,46 @@ fn noisy(
     exact: Exact,
     runtime: &PrivacyRuntime,
     schema: &SchemaRef,
+    stop: &AtomicBool,
 ) -> Result<RecordBatch> {
     // Released in key order (bound::exact sorts them so): the order groups were met in
     // follows the first persons read, which would tell of them (review 53).
     let Exact { keys, totals } = exact;
     let mut kept: Vec<u32> = Vec::new();
     let mut values: Vec<Vec<i128>> = Vec::new();
+    let draw = |total: i128, stat: &super::Stat| -> Result<i128> {
+        let scale = Rational::new(stat.scale.0, stat.scale.1)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let noise = runtime
+            .draw(|rng| discrete_laplace(rng, scale))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(total + i128::from(noise))
+    };
     for (g, totals) in totals.iter().enumerate() {
-        let mut noisy = Vec::with_capacity(totals.len());
-        for (total, stat) in totals.iter().zip(&m.stats) {
-            let scale = Rational::new(stat.scale.0, stat.scale.1)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let noise = runtime
-                .draw(|rng| discrete_laplace(rng, scale))
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            noisy.push(total + i128::from(noise));
+        if g % 1024 == 0 && stop.load(Ordering::Relaxed) {
+            return Err(stopped());
         }
-        if let Some((units, threshold)) = m.threshold
-            && noisy.get(units).is_none_or(|n| *n < i128::from(threshold))
-        {
-            continue;
+        // The persons' noise first: a group below the threshold needs no other draw (the
+        // same release, for a fraction of the cost where most groups are small).
+        let mut first: Vec<Option<i128>> = vec![None; totals.len()];
+        if let Some((units, threshold)) = m.threshold {
+            let (Some(total), Some(stat)) = (totals.get(units), m.stats.get(units)) else {
+                return internal_err!("DpAggregateExec: no count of persons");
+            };
+            let n = draw(*total, stat)?;
+            if n < i128::from(threshold) {
+                continue;
+            }
+            if let Some(slot) = first.get_mut(units) {
+                *slot = Some(n);
+            }
+        }
+        let mut noisy = Vec::with_capacity(totals.len());
+        for ((total, stat), done) in totals.iter().zip(&m.stats).zip(first) {
+            noisy.push(match done {
+                Some(n) => n,
+                None => draw(*total, stat)?,
+            });
         }
         kept.push(
             u32::try_from(g).map_err(|_| {

@@ -4,7 +4,9 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{ObjectName, Set, Statement, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectName, Set, Statement, visit_expressions, visit_relations,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -169,6 +171,21 @@ fn value_text(e: &datafusion::sql::sqlparser::ast::Expr) -> String {
 /// a CTE, a table function): such a statement cannot read governed data, which lives only
 /// in agencies' schemas.
 fn reads_only_catalog(statement: &Statement) -> bool {
+    // The exchange's own functions (privacy_budget) live in the principal's session only.
+    let own = visit_expressions(statement, |e: &Expr| match e {
+        Expr::Function(f)
+            if f.name
+                .to_string()
+                .to_lowercase()
+                .ends_with("privacy_budget") =>
+        {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    if own.is_break() {
+        return false;
+    }
     let flow = visit_relations(statement, |name: &ObjectName| {
         let parts: Vec<String> = name
             .0
@@ -234,6 +251,11 @@ mod tests {
             vec![Route::Catalog]
         );
         assert_eq!(routes("select version()"), vec![Route::Catalog]);
+        // Review 54: the budget function is the exchange's, not the catalog's.
+        assert_eq!(
+            routes("SELECT privacy_budget('health.visits')"),
+            vec![Route::Data]
+        );
         assert_eq!(
             routes("SELECT * FROM information_schema.columns WHERE table_schema = 'police'"),
             vec![Route::Catalog]
