@@ -115,11 +115,16 @@ fn value_columns(m: &Mechanism) -> Vec<(usize, Kind)> {
     cols
 }
 
-/// The memory the two passes take over `rows` rows, beyond the rows themselves: each row's
-/// record and values, once in its thread's bucket, and a bucket's copy per thread.
+/// The memory pass 1 takes over `rows` rows, beyond the rows themselves: each row's record
+/// and values in its thread's bucket. (Pass 2's copies are reserved once the buckets are
+/// known.)
 pub(super) fn working_memory(m: &Mechanism, rows: usize) -> usize {
-    let per_row = std::mem::size_of::<Rec>() + 8 * value_columns(m).len();
-    rows.saturating_mul(per_row).saturating_add(1 << 20)
+    rows.saturating_mul(per_row(m)).saturating_add(1 << 20)
+}
+
+/// The bytes of one row's record and values.
+fn per_row(m: &Mechanism) -> usize {
+    std::mem::size_of::<Rec>() + 8 * value_columns(m).len()
 }
 
 /// The exact, bounded totals of every group of step 1's `batches`, over `threads` threads.
@@ -166,12 +171,34 @@ pub(super) fn exact(
     } else {
         keys.first().map_or(0, |k| k.len())
     };
-    // Each thread's totals and their sum, 16 bytes a statistic of a group (review 54).
+    // Each thread's totals and their sum, 16 bytes a statistic of a group (review 54), and
+    // each thread's copy of the bucket it walks (twice an even share, for uneven buckets).
     let per_group = m.stats.len().max(1) * 16 + 24;
-    reservation.try_grow(groups.saturating_mul(per_group).saturating_mul(threads + 1))?;
+    let bucket = rows.div_ceil(1 << bits).saturating_mul(2 * per_row(m));
+    reservation.try_grow(
+        groups
+            .saturating_mul(per_group)
+            .saturating_add(bucket)
+            .saturating_mul(threads + 1),
+    )?;
+    // Where each statistic's values are among a row's values, found once.
+    let at = m
+        .stats
+        .iter()
+        .map(|s| match s.measure {
+            Measure::Units | Measure::Rows => Ok(None),
+            Measure::Count { column: c } | Measure::Sum { column: c } => {
+                match cols.iter().position(|(x, _)| *x == c) {
+                    Some(j) => Ok(Some(j)),
+                    None => internal_err!("DpAggregateExec: a statistic without its column"),
+                }
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     let walk = Walk {
         stop,
         m,
+        at: &at,
         cols: &cols,
         parts: &parts,
         ranks: &ranks,
@@ -401,6 +428,8 @@ fn merge_groups(
 struct Walk<'a> {
     stop: &'a AtomicBool,
     m: &'a Mechanism,
+    /// Per statistic, its value among a row's values (None: it reads none).
+    at: &'a [Option<usize>],
     cols: &'a [(usize, Kind)],
     parts: &'a [Part],
     ranks: &'a [Vec<u32>],
@@ -479,9 +508,9 @@ impl Walk<'_> {
             return internal_err!("DpAggregateExec lost a group");
         };
         let rows = pair.len() as u64;
-        for (total, stat) in into.iter_mut().zip(&self.m.stats) {
-            let column = |c: usize| -> Result<(u64, f64)> {
-                let Some(j) = self.cols.iter().position(|(x, _)| *x == c) else {
+        for ((total, stat), j) in into.iter_mut().zip(&self.m.stats).zip(self.at) {
+            let values = || -> Result<(u64, f64)> {
+                let Some(j) = *j else {
                     return internal_err!("DpAggregateExec: a statistic without its column");
                 };
                 let (mut n, mut sum) = (0u64, 0.0f64);
@@ -497,9 +526,9 @@ impl Walk<'_> {
             *total += match stat.measure {
                 Measure::Units => 1,
                 Measure::Rows => i128::from(rows.min(cap)),
-                Measure::Count { column: c } => i128::from(column(c)?.0.min(cap)),
-                Measure::Sum { column: c } => {
-                    let (n, sum) = column(c)?;
+                Measure::Count { .. } => i128::from(values()?.0.min(cap)),
+                Measure::Sum { .. } => {
+                    let (n, sum) = values()?;
                     if n == 0 {
                         0
                     } else {
@@ -515,6 +544,27 @@ impl Walk<'_> {
     }
 }
 
+/// [`exact`] over an unbounded memory pool, never stopped: the operator's tests.
+#[cfg(test)]
+pub(super) fn unbounded(
+    m: &Mechanism,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    threads: usize,
+) -> Result<Exact> {
+    use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
+    let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+    let mut reservation = MemoryConsumer::new("test").register(&pool);
+    exact(
+        m,
+        schema,
+        batches,
+        threads,
+        &mut reservation,
+        &AtomicBool::new(false),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -525,20 +575,9 @@ mod tests {
 
     use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
 
+    use super::unbounded as exact;
+    use crate::enforcement::private::tests::privacy;
     use crate::enforcement::private::{Measure, Mechanism, Release, Stat};
-    use crate::policy::{Period, Privacy};
-
-    fn exact(
-        m: &Mechanism,
-        schema: &SchemaRef,
-        batches: Vec<RecordBatch>,
-        threads: usize,
-    ) -> datafusion::common::Result<super::Exact> {
-        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
-        let mut reservation = MemoryConsumer::new("test").register(&pool);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        super::exact(m, schema, batches, threads, &mut reservation, &stop)
-    }
 
     /// Persons, rows, the sum and the count of the values (column 2) of each group.
     fn mechanism(groups: usize, max_groups: u32, max_rows: u32) -> Mechanism {
@@ -549,16 +588,7 @@ mod tests {
         };
         Mechanism {
             dataset: "health.visits".into(),
-            privacy: Privacy {
-                epsilon: 1_000_000,
-                budget: 1 << 50,
-                cap: 1 << 50,
-                period: Period::Month,
-                max_groups,
-                max_rows,
-                delta_pico: 1_000_000,
-                bounds: BTreeMap::new(),
-            },
+            privacy: privacy(1_000_000, max_groups, max_rows),
             groups,
             stats: vec![
                 stat(Measure::Units, "persons"),

@@ -213,12 +213,8 @@ pub(super) fn release(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     charge(m, runtime)?;
-    let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
-        Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
-    let mut reservation = MemoryConsumer::new("test").register(&pool);
-    let stop = AtomicBool::new(false);
-    let exact = super::bound::exact(m, in_schema, batches.to_vec(), 2, &mut reservation, &stop)?;
-    noisy(m, exact, runtime, schema, &stop)
+    let exact = bound::unbounded(m, in_schema, batches.to_vec(), 2)?;
+    noisy(m, exact, runtime, schema, &AtomicBool::new(false))
 }
 
 /// Add noise, keep the groups past the threshold, and make the batch.
@@ -248,24 +244,24 @@ fn noisy(
         }
         // The persons' noise first: a group below the threshold needs no other draw (the
         // same release, for a fraction of the cost where most groups are small).
-        let mut first: Vec<Option<i128>> = vec![None; totals.len()];
-        if let Some((units, threshold)) = m.threshold {
-            let (Some(total), Some(stat)) = (totals.get(units), m.stats.get(units)) else {
-                return internal_err!("DpAggregateExec: no count of persons");
-            };
-            let n = draw(*total, stat)?;
-            if n < i128::from(threshold) {
-                continue;
+        let persons = match m.threshold {
+            None => None,
+            Some((units, threshold)) => {
+                let (Some(total), Some(stat)) = (totals.get(units), m.stats.get(units)) else {
+                    return internal_err!("DpAggregateExec: no count of persons");
+                };
+                let n = draw(*total, stat)?;
+                if n < i128::from(threshold) {
+                    continue;
+                }
+                Some((units, n))
             }
-            if let Some(slot) = first.get_mut(units) {
-                *slot = Some(n);
-            }
-        }
+        };
         let mut noisy = Vec::with_capacity(totals.len());
-        for ((total, stat), done) in totals.iter().zip(&m.stats).zip(first) {
-            noisy.push(match done {
-                Some(n) => n,
-                None => draw(*total, stat)?,
+        for (s, (total, stat)) in totals.iter().zip(&m.stats).enumerate() {
+            noisy.push(match persons {
+                Some((units, n)) if units == s => n,
+                _ => draw(*total, stat)?,
             });
         }
         kept.push(

@@ -15,7 +15,7 @@ use crate::policy::{Period, Privacy};
 use crate::privacy::{Ledger, SeededSource};
 
 /// A grant's privacy with `epsilon` (in millionths) and bounds per person.
-fn privacy(epsilon: u64, max_groups: u32, max_rows: u32) -> Privacy {
+pub(super) fn privacy(epsilon: u64, max_groups: u32, max_rows: u32) -> Privacy {
     Privacy {
         epsilon,
         budget: 1 << 50,
