@@ -13,6 +13,10 @@
 //! Then S3 vs local files, single-node: the same queries over the same files served by
 //! s3s-fs on loopback (the server the tests use, `target/tools/bin/s3s-fs`; skipped when
 //! absent), the first run and the median of the runs after.
+//!
+//! `--query TEXT` runs only the queries whose title contains TEXT, `--no-s3` skips the
+//! second part (e.g. under `perf`), `--plans` prints each query's physical plan on both
+//! sides first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,11 @@ fn data(scale: f64) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
+/// `--query TEXT` keeps the showcase queries whose title contains TEXT (e.g. to profile one).
+fn selected(only: Option<&str>, title: &str) -> bool {
+    only.is_none_or(|t| title.contains(t))
+}
+
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
@@ -52,11 +61,15 @@ fn median(mut v: Vec<Duration>) -> f64 {
 async fn main() -> Result<(), Error> {
     let mut scale = 10.0;
     let mut runs = 5usize;
+    let (mut only, mut skip_s3, mut plans) = (None::<String>, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--scale" => scale = args.next().ok_or("--scale S")?.parse()?,
             "--runs" => runs = args.next().ok_or("--runs N")?.parse()?,
+            "--query" => only = Some(args.next().ok_or("--query TEXT")?),
+            "--no-s3" => skip_s3 = true,
+            "--plans" => plans = true,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -108,10 +121,20 @@ async fn main() -> Result<(), Error> {
     let mut json = Vec::new();
     for show in exchange::demo::SHOWCASE {
         for q in show.queries {
-            if q.sql.contains("audit.events") {
+            if q.sql.contains("audit.events") || !selected(only.as_deref(), q.title) {
                 continue;
             }
             let (p, purpose) = (show.principal, Some(show.purpose));
+            if plans {
+                for (name, ex) in [("single", &single), ("hub", &hub)] {
+                    let plan = ex.plan(p, purpose, q.sql).await?;
+                    println!(
+                        "--- {name}\n{}",
+                        datafusion::physical_plan::displayable(plan.physical.as_ref())
+                            .indent(false)
+                    );
+                }
+            }
             // Warm-up: sessions built, footers cached, on both.
             single.execute(p, purpose, q.sql).await?;
             hub.execute(p, purpose, q.sql).await?;
@@ -144,7 +167,9 @@ async fn main() -> Result<(), Error> {
     for node in running {
         node.stop().await?;
     }
-    s3_vs_local(&data_dir, runs, &mut json).await?;
+    if !skip_s3 {
+        s3_vs_local(&data_dir, runs, only.as_deref(), &mut json).await?;
+    }
     let out = repo().join("target/bench-federation.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("\nwritten {}", out.display());
@@ -200,6 +225,7 @@ async fn upload_dir(
 async fn s3_vs_local(
     data_dir: &Path,
     runs: usize,
+    only: Option<&str>,
     json: &mut Vec<serde_json::Value>,
 ) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
@@ -291,7 +317,7 @@ async fn s3_vs_local(
     println!("|---|---:|---:|---:|---:|");
     for show in exchange::demo::SHOWCASE {
         for q in show.queries {
-            if q.sql.contains("audit.events") {
+            if q.sql.contains("audit.events") || !selected(only, q.title) {
                 continue;
             }
             let (p, purpose) = (show.principal, Some(show.purpose));
