@@ -2,7 +2,7 @@
 //! hub on loopback. The hub holds other keys than the nodes: every token it returns was
 //! computed at a node. Issue 14's tests: showcase equal to single-node mode, refusals at
 //! the node (hidden column, no grant, principal described otherwise, tokens for another
-//! scope), forged/replayed/unsigned requests, a node down, reconcile finding a request made
+//! scope), forged/replayed/unsigned requests, a node down, lost or hanging mid-query, reconcile finding a request made
 //! with a stolen hub key, and no raw identifier in what the hub receives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -916,6 +916,148 @@ async fn a_node_down_fails_the_query_naming_its_agency() {
     assert!(err.contains("node of agency health"), "{err}");
     assert!(err.contains("did not answer within"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
+
+/// What a [`Proxy`] does to a connection once the node has sent `after` bytes through it.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Close both sides: the node died or restarted mid-stream.
+    Cut,
+    /// Keep the connection open and forward nothing more: the node hangs mid-stream.
+    Stall,
+}
+
+/// A TCP proxy between the hub and a node that fails each connection mid-stream once the
+/// node has sent `after` bytes through it (`u64::MAX`: forward everything).
+struct Proxy {
+    url: String,
+    after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    fn start(node_url: &str, fault: Fault) -> Proxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let upstream = node_url.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let limit = std::sync::Arc::clone(&after);
+        std::thread::spawn(move || {
+            for hub in listener.incoming() {
+                let Ok(hub) = hub else { return };
+                let Ok(node) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let limit = limit.load(Ordering::SeqCst);
+                let (mut hub_in, mut node_out) =
+                    (hub.try_clone().unwrap(), node.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut hub_in, &mut node_out);
+                });
+                std::thread::spawn(move || {
+                    let (mut hub, mut node) = (hub, node);
+                    let (mut sent, mut buf) = (0u64, vec![0u8; 4096]);
+                    loop {
+                        let want = usize::try_from((limit - sent).min(4096)).unwrap();
+                        if want == 0 {
+                            break;
+                        }
+                        match node.read(&mut buf[..want]) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if hub.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                                sent += n as u64;
+                            }
+                        }
+                    }
+                    if fault == Fault::Stall {
+                        std::thread::sleep(std::time::Duration::from_secs(30));
+                    }
+                    let _ = hub.shutdown(std::net::Shutdown::Both);
+                    let _ = node.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { url, after }
+    }
+
+    /// Fail connections opened from now on after the node sent `bytes` through them.
+    fn fail_after(&self, bytes: u64) {
+        self.after.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue 14: a node lost (its connection cut, as when it dies or restarts) or hanging after
+/// it began to send fails the query with an error naming the agency, audited at the hub as
+/// failed; nothing is returned. A node back again serves the next statement in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_or_stalled_mid_query_fails_it_naming_its_agency() {
+    let root = tempfile::tempdir().unwrap();
+    exchange::keys::ensure(&root.path().join("node-keys")).unwrap();
+    exchange::keys::ensure(&root.path().join("hub/keys")).unwrap();
+    let hub_pub = std::fs::read_to_string(root.path().join("hub/keys/signing.pub")).unwrap();
+    let police = start_node(root.path(), "police", hub_pub.trim());
+    let sql = "SELECT * FROM police.residents";
+    let (p, purpose) = ("police_officer", Some("law_enforcement"));
+    let mut single = test_config(&repo_root(), data_root(), &root.path().join("single"));
+    single.key_dir = root.path().join("node-keys");
+    let expected = Exchange::open(single)
+        .unwrap()
+        .execute(p, purpose, sql)
+        .await
+        .unwrap();
+
+    for (fault, said) in [
+        (Fault::Cut, "it failed"),
+        (Fault::Stall, "stopped sending for more than"),
+    ] {
+        let proxy = Proxy::start(&police.url, fault);
+        let mut config = test_config(&repo_root(), data_root(), &root.path().join("hub"));
+        config.federation.timeout_secs = 2;
+        config.federation.nodes.insert(
+            "police".into(),
+            NodeSettings {
+                url: proxy.url.clone(),
+            },
+        );
+        let hub = Exchange::open(config).unwrap();
+        // Through the proxy, whole: the same rows as single-node (and enough bytes that
+        // 16 KiB is mid-stream: the check below would be vacuous otherwise).
+        let before = exchange::federation::bytes_received();
+        let whole = hub.execute(p, purpose, sql).await.unwrap();
+        assert_eq!(sorted(&whole.batches), sorted(&expected.batches));
+        assert!(exchange::federation::bytes_received() - before > 64 << 10);
+
+        proxy.fail_after(16 << 10);
+        let started = std::time::Instant::now();
+        let err = hub.execute(p, purpose, sql).await.unwrap_err().to_string();
+        eprintln!("mid-query fault: {err}");
+        assert!(err.contains("node of agency police"), "{err}");
+        assert!(err.contains(said), "{err}");
+        assert!(err.contains("nothing was returned"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let records = exchange::audit::statements(
+            exchange::audit::read_all(&root.path().join("hub/audit")).unwrap(),
+        );
+        let last = records.last().unwrap();
+        assert_eq!(last.entry.statement, sql);
+        assert_eq!(last.entry.decision, exchange::audit::Decision::Failed);
+        assert!(
+            last.entry
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("agency police")
+        );
+
+        // Back again: the next statement is served whole.
+        proxy.fail_after(u64::MAX);
+        let again = hub.execute(p, purpose, sql).await.unwrap();
+        assert_eq!(sorted(&again.batches), sorted(&expected.batches));
+    }
 }
 
 /// A hub holds no agency files: `policy check` there leaves the data of node-served agencies
