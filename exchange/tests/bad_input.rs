@@ -246,6 +246,48 @@ async fn syntax_errors_are_errors_not_panics() {
     }
 }
 
+/// An aggregate over a column of a type it does not take is the analyst's error, told with
+/// the call as typed and the signatures that exist, not as an internal error of the engine
+/// (under a threshold grant, under a differentially private one, on plain data).
+#[tokio::test]
+async fn an_aggregate_over_the_wrong_type_names_the_call_and_the_signatures() {
+    let (ex, _s) = common::open();
+    for (p, purpose, sql, call) in [
+        (
+            "civil_statistician",
+            "elderly_care_planning",
+            "SELECT sum(person_id) FROM health.visits",
+            "'sum(Utf8)'",
+        ),
+        (
+            "civil_statistician",
+            "elderly_care_planning",
+            "SELECT avg(visit_date) FROM health.visits",
+            "'avg(Date32)'",
+        ),
+        (
+            "market_trader",
+            "data_product",
+            "SELECT sum(industry) FROM market.enterprises",
+            "'sum(Utf8)'",
+        ),
+    ] {
+        let e = ex.execute(p, Some(purpose), sql).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, QueryError::Failed(_)), "{sql}: {text}");
+        assert!(
+            text.contains(&format!(
+                "No function matches the given name and argument types {call}"
+            )) && text.contains("Candidate functions"),
+            "{sql}: {text}"
+        );
+        assert!(
+            !text.contains("Internal") && !text.contains("bug"),
+            "{sql}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn statements_too_deep_or_too_large_are_refused_before_planning() {
     // Review 3: a CASE branch of 600 additions overflowed the stack while running, which

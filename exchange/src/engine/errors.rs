@@ -168,7 +168,19 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
     if let Some(n) = node_failure(&e) {
         return QueryError::Failed(n.to_string());
     }
-    QueryError::Failed(e.strip_backtrace())
+    QueryError::Failed(planning_text(&e))
+}
+
+/// DataFusion words a call whose argument types match no signature of an aggregate as an
+/// internal error, a bug to report to DataFusion, before the useful part (the call as
+/// typed, the candidate signatures): only that part is told, as a planning error.
+fn planning_text(e: &DataFusionError) -> String {
+    const NO_MATCH: &str = "No function matches the given name and argument types";
+    let text = e.strip_backtrace();
+    match text.find(NO_MATCH) {
+        Some(at) => format!("Error during planning: {}", &text[at..]),
+        None => text,
+    }
 }
 
 /// What a principal is told when the engine cannot make an executable plan of a statement
@@ -309,5 +321,27 @@ mod tests {
         assert_eq!(failure(&missing), Failure::Unreadable);
         assert!(withheld(&missing).contains("health.visits"));
         assert!(map_error(missing).to_string().contains("policy check"));
+    }
+
+    #[test]
+    fn a_call_matching_no_signature_is_told_without_the_internal_error() {
+        let e = DataFusionError::Plan(
+            "Internal error: Function 'sum' failed to match any signature, errors: ... (DataType: Utf8)..\nThis issue was likely caused by a bug in DataFusion's code. Please help us to resolve this by filing a bug report in our issue tracker: https://github.com/apache/datafusion/issues. No function matches the given name and argument types 'sum(Utf8)'. You might need to add explicit type casts.\n\tCandidate functions:\n\tsum(Int64)".into(),
+        );
+        let told = map_error(e).to_string();
+        assert!(
+            told.ends_with("Error during planning: No function matches the given name and argument types 'sum(Utf8)'. You might need to add explicit type casts.\n\tCandidate functions:\n\tsum(Int64)"),
+            "{told}"
+        );
+        assert!(
+            told.contains("Candidate functions") && !told.contains("bug"),
+            "{told}"
+        );
+        let other = DataFusionError::Plan("Duplicate qualified field name".into());
+        assert_eq!(
+            map_error(other).to_string(),
+            QueryError::Failed("Error during planning: Duplicate qualified field name".into())
+                .to_string()
+        );
     }
 }
