@@ -1011,7 +1011,7 @@ async fn a_node_lost_or_stalled_mid_query_fails_it_naming_its_agency() {
         .unwrap();
 
     for (fault, said) in [
-        (Fault::Cut, "it failed"),
+        (Fault::Cut, "its connection was lost mid-stream"),
         (Fault::Stall, "stopped sending for more than"),
     ] {
         let proxy = Proxy::start(&police.url, fault);

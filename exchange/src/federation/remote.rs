@@ -436,6 +436,11 @@ impl RemoteExec {
 
 fn flight_text(e: &FlightError) -> String {
     match e {
+        // A status made from a transport error, not sent by the node: the connection ended
+        // before the stream did (the node stopped, restarted or was cut off).
+        FlightError::Tonic(s) if std::error::Error::source(s.as_ref()).is_some() => {
+            "its connection was lost mid-stream (did it stop or restart?)".into()
+        }
         FlightError::Tonic(s) => status_text(s),
         _ => "its stream was malformed or cut".into(),
     }
