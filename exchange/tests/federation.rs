@@ -53,15 +53,20 @@ impl Drop for Node {
 /// Start the node of `agency`: the repository's schemas and policies, the nodes' keys, its
 /// own state directory, pinning the hub's key.
 fn start_node(root: &Path, agency: &str, hub_pub: &str) -> Node {
+    start_node_with(root, data_root(), agency, hub_pub, "")
+}
+
+/// [`start_node`] over the city in `data`, with `extra` appended to its exchange.toml.
+fn start_node_with(root: &Path, data: &Path, agency: &str, hub_pub: &str, extra: &str) -> Node {
     let state = root.join(format!("node-{agency}"));
     std::fs::create_dir_all(&state).unwrap();
     let config = state.join("exchange.toml");
     std::fs::write(
         &config,
         format!(
-            "[paths]\nconfig_dir = {:?}\ndata_root = {:?}\nstate_dir = {:?}\nkey_dir = {:?}\n\n[federation.hubs]\nhub = \"{hub_pub}\"\n",
+            "[paths]\nconfig_dir = {:?}\ndata_root = {:?}\nstate_dir = {:?}\nkey_dir = {:?}\n\n[federation.hubs]\nhub = \"{hub_pub}\"\n{extra}",
             repo_root(),
-            data_root(),
+            data,
             state,
             root.join("node-keys"),
         ),
@@ -1058,6 +1063,101 @@ async fn a_node_lost_or_stalled_mid_query_fails_it_naming_its_agency() {
         let again = hub.execute(p, purpose, sql).await.unwrap();
         assert_eq!(sorted(&again.batches), sorted(&expected.batches));
     }
+}
+
+/// A node serves `[serve] max_concurrent` requests at once: one more waits
+/// `queue_wait_secs`, then is refused (RESOURCE_EXHAUSTED, naming the limit) and audited at
+/// the node under the hub statement it names; a slot is held until its stream ends or the
+/// hub drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_refuses_past_its_limit_and_audits_it() {
+    let root = tempfile::tempdir().unwrap();
+    exchange::keys::ensure(&root.path().join("node-keys")).unwrap();
+    exchange::keys::ensure(&root.path().join("hub/keys")).unwrap();
+    let hub_pub = std::fs::read_to_string(root.path().join("hub/keys/signing.pub")).unwrap();
+    let key = SigningKey::load(&root.path().join("hub/keys/signing.key")).unwrap();
+    // A city larger than the node's send buffers can hold (0.3: 30,000 residents, some
+    // 2 MB of the columns asked).
+    let data = root.path().join("city");
+    exchange::demo::generate(&data, 0.3, 7).unwrap();
+    let police = start_node_with(
+        root.path(),
+        &data,
+        "police",
+        hub_pub.trim(),
+        "\n[serve]\nmax_concurrent = 1\nqueue_wait_secs = 1\n",
+    );
+    let ask = || {
+        request(
+            "police_officer",
+            "police",
+            "law_enforcement",
+            "police.residents",
+            &["person_id", "name", "phone", "district", "birth_date"],
+        )
+        .sign(&key)
+        .unwrap()
+    };
+    // A stream the hub opens and does not read: more than its flow-control window (16 KiB
+    // here), so the node cannot finish it and keeps its slot.
+    let channel = tonic::transport::Endpoint::from_shared(police.url.clone())
+        .unwrap()
+        .initial_stream_window_size(Some(16 << 10))
+        .initial_connection_window_size(Some(16 << 10))
+        .connect()
+        .await
+        .unwrap();
+    let held = FlightServiceClient::new(channel)
+        .do_get(Ticket::new(ask()))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = get(&police.url, ask()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("serves 1 requests at once and none ended within 1s"),
+        "{refused}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    let record = node_records(&police.state)
+        .into_iter()
+        .rev()
+        .find(|r| r.entry.decision == exchange::audit::Decision::Refused)
+        .expect("the busy refusal is audited at the node");
+    assert!(
+        record
+            .entry
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("at once")
+    );
+    assert!(record.entry.hub_statement.is_some());
+    assert_eq!(record.entry.principal, "police_officer");
+
+    // The hub drops the stream: its slot comes back.
+    drop(held);
+    let mut served = None;
+    for _ in 0..50 {
+        match get(&police.url, ask()).await {
+            Ok(b) => {
+                served = Some(b);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s}"),
+        }
+    }
+    let rows: usize = served
+        .expect("served once the slot is free")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(rows > 20_000, "{rows}");
 }
 
 /// A hub holds no agency files: `policy check` there leaves the data of node-served agencies

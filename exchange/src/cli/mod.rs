@@ -329,6 +329,8 @@ async fn run(cli: Cli) -> ExitCode {
                 watch_policies: Some(std::time::Duration::from_secs(
                     cfg.serve.watch_policies_secs,
                 )),
+                max_concurrent: cfg.serve.max_concurrent,
+                queue_wait: std::time::Duration::from_secs(cfg.serve.queue_wait_secs),
             };
             let result = crate::federation::serve_node(
                 ex,

@@ -49,31 +49,7 @@ impl Exchange {
     ) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
         let gov = self.governance();
-        let filters: Vec<String> = req.filters.iter().map(|p| format!(" where {p}")).collect();
-        let mut text = format!(
-            "node request of hub {}: {} [{}]{}{}",
-            signer.hub,
-            req.table,
-            req.columns.join(", "),
-            filters.concat(),
-            req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
-        );
-        // A request's own text bounds its record (the digest covers all of it).
-        crate::text::cut(&mut text, MAX_TEXT_BYTES, |more| {
-            format!(" ... ({more} more bytes)")
-        });
-        let head = Entry {
-            hub_statement: Some(format!(
-                "{}/{}/{}/{}",
-                signer.key_id,
-                req.statement,
-                req.request,
-                crate::federation::asked_digest(&req.columns, req.limit, &req.filters)
-            )),
-            ..Entry::new(StatementKind::Node, &req.principal, text)
-                .declared(Some(req.agency.clone()), Some(&req.purpose))
-                .under(&gov.version)
-        };
+        let head = request_head(&gov, req, signer);
         let mut named = Vec::new();
         let outcome = self.plan_request(&gov, agency, req, &mut named).await;
         let audit_error = |e: AuditError| QueryError::Audit(e.to_string());
@@ -98,6 +74,25 @@ impl Exchange {
                 self.open_stream(entry, head, started, plan, task, true)
             }
         }
+    }
+
+    /// Refuse a verified request of a hub without serving it (the node is busy), audited
+    /// as refused under the same head a served request has, so that reconcile pairs it.
+    pub fn refuse_request(
+        &self,
+        req: &NodeRequest,
+        signer: &Signer,
+        reason: &str,
+    ) -> Result<(), QueryError> {
+        let head = request_head(&self.governance(), req, signer);
+        self.audit
+            .append(Entry {
+                decision: crate::audit::Decision::Refused,
+                reason: Some(reason.to_string()),
+                ..head
+            })
+            .map(|_| ())
+            .map_err(|e| QueryError::Audit(e.to_string()))
     }
 
     async fn plan_request(
@@ -245,5 +240,35 @@ impl Exchange {
             task: session.task_ctx().map_err(map_error)?,
             tables: tables_touched(&optimized, named),
         })
+    }
+}
+
+/// The record of a hub's request as a node keeps it: the request's text (bounded) and the
+/// hub statement it names.
+fn request_head(gov: &super::Governance, req: &NodeRequest, signer: &Signer) -> Entry {
+    let filters: Vec<String> = req.filters.iter().map(|p| format!(" where {p}")).collect();
+    let mut text = format!(
+        "node request of hub {}: {} [{}]{}{}",
+        signer.hub,
+        req.table,
+        req.columns.join(", "),
+        filters.concat(),
+        req.limit.map(|l| format!(" limit {l}")).unwrap_or_default()
+    );
+    // A request's own text bounds its record (the digest covers all of it).
+    crate::text::cut(&mut text, MAX_TEXT_BYTES, |more| {
+        format!(" ... ({more} more bytes)")
+    });
+    Entry {
+        hub_statement: Some(format!(
+            "{}/{}/{}/{}",
+            signer.key_id,
+            req.statement,
+            req.request,
+            crate::federation::asked_digest(&req.columns, req.limit, &req.filters)
+        )),
+        ..Entry::new(StatementKind::Node, &req.principal, text)
+            .declared(Some(req.agency.clone()), Some(&req.purpose))
+            .under(&gov.version)
     }
 }

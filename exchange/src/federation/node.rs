@@ -38,6 +38,11 @@ pub struct NodeOptions {
     /// Reload schemas and policies on SIGHUP and, every this often (unless zero), when
     /// their files change; None: never ([`crate::engine::spawn_reloader`]).
     pub watch_policies: Option<std::time::Duration>,
+    /// Requests served at once (`[serve] max_concurrent`); more wait.
+    pub max_concurrent: usize,
+    /// How long an excess request waits for a slot before it is refused, audited
+    /// (`[serve] queue_wait_secs`).
+    pub queue_wait: std::time::Duration,
 }
 
 struct NodeService {
@@ -46,6 +51,12 @@ struct NodeService {
     hubs: BTreeMap<String, PublicKey>,
     replay: ReplayCache,
     unverified: Arc<std::sync::Mutex<Unverified>>,
+    /// Requests served at once (`[serve] max_concurrent`): a permit lives as long as the
+    /// request's stream.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for a slot (`[serve] queue_wait_secs`) before it is refused.
+    queue_wait: std::time::Duration,
+    max_concurrent: usize,
 }
 
 /// Unverified requests recorded one by one at most [`UNVERIFIED_PER_SECOND`] a second; past
@@ -191,13 +202,34 @@ impl FlightService for NodeService {
             Ok(v) => v,
             Err(e) => return Err(self.refuse_unverified(&e, started)),
         };
+        let wait = self.queue_wait;
+        let permit = match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let why = format!(
+                    "the node of {} serves {} requests at once and none ended within {}s: try again later",
+                    self.agency,
+                    self.max_concurrent,
+                    wait.as_secs()
+                );
+                self.ex
+                    .refuse_request(&req, &signer, &why)
+                    .map_err(|e| status_of(&e))?;
+                return Err(Status::resource_exhausted(why));
+            }
+        };
         let stream = self
             .ex
             .serve_request(&self.agency, &req, &signer)
             .await
             .map_err(|e| status_of(&e))?;
         let schema = stream.schema();
-        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+        // The slot is held until the stream ends or the hub drops it.
+        let batches = stream.map(move |b| {
+            let _held = &permit;
+            b.map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
+        });
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
@@ -247,6 +279,9 @@ pub async fn serve_node(
         hubs,
         replay: ReplayCache::default(),
         unverified: Arc::clone(&unverified),
+        slots: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent.max(1))),
+        queue_wait: options.queue_wait,
+        max_concurrent: options.max_concurrent.max(1),
     };
     if !options.listen.ip().is_loopback() {
         eprintln!(
@@ -311,6 +346,10 @@ impl LocalNode {
             agency: agency.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             watch_policies: None,
+            max_concurrent: crate::config::ServeSettings::default().max_concurrent,
+            queue_wait: std::time::Duration::from_secs(
+                crate::config::ServeSettings::default().queue_wait_secs,
+            ),
         };
         let task = tokio::spawn(serve_node(
             ex,
