@@ -232,3 +232,73 @@ async fn error_texts_over_governed_data_carry_no_chosen_text() {
         }
     }
 }
+
+/// Review 57 F1 (the class: an analyzer or optimizer rule failing on the plan with policy
+/// applied): a correlated subquery the optimizer cannot pull up out of a fragment used to
+/// print the fragment's projection: treatment calls with their arguments (`name_cn(...)`,
+/// `join_key(..., "person")`, `round_num(..., 100000)`) and the stored column under a derived
+/// one (`caller_key` from `caller_phone`). Over governed data the engine's text is withheld,
+/// in queries and in EXPLAIN; over data the principal sees raw it stays.
+#[tokio::test]
+async fn optimizer_failures_over_governed_data_print_nothing_of_the_enforced_plan() {
+    let (ex, _state) = open();
+    let cases = [
+        (
+            "civil_analyst",
+            "elderly_care_planning",
+            "SELECT count(*) FROM police.residents r LEFT JOIN civil.elderly_care e ON r.person_id = e.person_key AND EXISTS (SELECT 1 FROM police.residents x WHERE x.name = r.name)",
+        ),
+        (
+            "civil_analyst",
+            "elderly_care_planning",
+            "SELECT count(*) FROM police.residents r LEFT JOIN civil.elderly_care e ON r.person_id = e.person_key AND EXISTS (SELECT 1 FROM police.residents x WHERE x.person_id = r.person_id)",
+        ),
+        (
+            "hotline_analyst",
+            "complaint_handling",
+            "SELECT count(*) FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone AND EXISTS (SELECT 1 FROM hotline.tickets x WHERE x.caller_key = t.caller_key)",
+        ),
+        (
+            "civil_analyst",
+            "elderly_care_planning",
+            "SELECT count(*) FROM police.residents r WHERE r.household_size > (SELECT max(t.n) FROM (SELECT name n FROM police.residents) t WHERE t.n > r.name)",
+        ),
+        (
+            "civil_analyst",
+            "elderly_care_planning",
+            "SELECT (SELECT count(*) FROM health.visits v WHERE v.person_id = r.person_id) FROM police.residents r LIMIT 2",
+        ),
+    ];
+    let internals = [
+        "name_cn",
+        "join_key(",
+        "keep_first_last",
+        "caller_phone",
+        "position",
+        "Optimizer rule",
+        "Analyzer",
+    ];
+    for (p, purpose, sql) in cases {
+        for text in [sql.to_string(), format!("EXPLAIN {sql}")] {
+            let told = match ex.execute(p, Some(purpose), &text).await {
+                Err(QueryError::Failed(m)) => m,
+                other => panic!("{text}: expected a planning failure, got {other:?}"),
+            };
+            assert!(told.contains("details are withheld"), "{text}\n  -> {told}");
+            for word in internals {
+                assert!(!told.contains(word), "{text}\n  -> {told}");
+            }
+        }
+    }
+    // The police read their own residents raw: the same shape keeps the engine's words.
+    let own = ex
+        .execute(
+            "police_officer",
+            Some("law_enforcement"),
+            "SELECT count(*) FROM police.residents r WHERE r.household_size > (SELECT max(t.n) FROM (SELECT name n FROM police.residents) t WHERE t.n > r.name)",
+        )
+        .await;
+    if let Err(e) = own {
+        assert!(!e.to_string().contains("details are withheld"), "{e}");
+    }
+}

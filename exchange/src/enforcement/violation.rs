@@ -33,3 +33,31 @@ pub fn find_violation(err: &DataFusionError) -> Option<&Violation> {
     }
     None
 }
+
+/// A statement past one of the exchange's own limits on what a plan may build (a value
+/// copied over a whole window, fixed-size values too large to allocate), found by its rules
+/// while planning: the message is the exchange's and names only the construct.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Limit {
+    message: String,
+}
+
+impl Limit {
+    /// The limit a statement is past, as a DataFusion error.
+    pub(crate) fn error(message: String) -> DataFusionError {
+        DataFusionError::External(Box::new(Self { message }))
+    }
+}
+
+/// The exchange's own limit anywhere in a DataFusion error chain.
+pub fn find_limit(err: &DataFusionError) -> Option<&Limit> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(v) = e.downcast_ref::<Limit>() {
+            return Some(v);
+        }
+        current = e.source();
+    }
+    None
+}

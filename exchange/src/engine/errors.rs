@@ -11,7 +11,7 @@ use datafusion::common::{DataFusionError, TableReference};
 use datafusion::sql::parser::Statement as DFStatement;
 
 use super::{FailureKind as Failure, QueryError};
-use crate::enforcement::{DataUnavailable, PrincipalSession, find_violation};
+use crate::enforcement::{DataUnavailable, PrincipalSession, find_limit, find_violation};
 use crate::policy::Denial;
 
 impl Failure {
@@ -159,6 +159,9 @@ pub(crate) fn map_error(e: DataFusionError) -> QueryError {
     if let Some(v) = find_violation(&e) {
         return QueryError::Refused(v.message().to_string());
     }
+    if let Some(l) = find_limit(&e) {
+        return QueryError::Failed(l.to_string());
+    }
     if let Some(s) = store_failure(&e) {
         return s;
     }
@@ -181,6 +184,31 @@ fn planning_text(e: &DataFusionError) -> String {
         Some(at) => format!("Error during planning: {}", &text[at..]),
         None => text,
     }
+}
+
+/// What a principal is told when the analyzer (the policy rule among its rules) or the
+/// optimizer fails on a statement. A refusal says why; otherwise, over governed data, the
+/// engine's text is withheld: it is written about the plan with policy applied, so it can
+/// print a fragment's treatments and the stored columns under them (review 57 F1: a
+/// correlated subquery that the optimizer could not pull up named `name_cn(...)` and the
+/// raw column beside it).
+pub(crate) fn enforcement_error(governed: bool, e: DataFusionError) -> QueryError {
+    if !governed
+        || find_violation(&e).is_some()
+        || find_limit(&e).is_some()
+        || unavailable(&e).is_some()
+        || node_failure(&e).is_some()
+        || store_failure(&e).is_some()
+    {
+        return map_error(e);
+    }
+    QueryError::Failed(
+        "the query engine cannot plan a statement of this shape over the governed tables it \
+         reads (details are withheld: they describe the plan with policy applied); a \
+         correlated subquery written as a join, or its aggregate computed in a CTE first, may \
+         plan"
+            .into(),
+    )
 }
 
 /// What a principal is told when the engine cannot make an executable plan of a statement

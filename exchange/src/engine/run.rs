@@ -12,7 +12,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 
 use super::classify::{Kind, refused_statement, sql_options};
-use super::errors::{check_tables, map_error, not_granted, physical_plan_error, run_error};
+use super::errors::{
+    check_tables, enforcement_error, map_error, not_granted, physical_plan_error, run_error,
+};
 use super::explain::render_explain;
 use super::lineage::{governed_scans, tables_touched};
 use super::{Exchange, QueryError, QueryOutput};
@@ -151,15 +153,15 @@ async fn plan_counted(
     sql_options()
         .verify_plan(&plan)
         .map_err(refused_statement)?;
+    let governed = reads_governed_data(session, named);
     let Enforced {
         optimized,
         thresholds,
         privacy,
-    } = enforce(&state, &plan).map_err(map_error)?;
+    } = enforce(&state, &plan).map_err(|e| enforcement_error(governed, e))?;
     if let Some(why) = crate::enforcement::recheck_optimized(&optimized) {
         return Err(QueryError::Refused(why));
     }
-    let governed = reads_governed_data(session, named);
     let physical = state
         .query_planner()
         .create_physical_plan(&optimized, &state)
@@ -245,7 +247,8 @@ async fn run_inner(
                 optimized,
                 thresholds,
                 privacy,
-            } = enforce(&state, &plan).map_err(map_error)?;
+            } = enforce(&state, &plan)
+                .map_err(|e| enforcement_error(reads_governed_data(session, named), e))?;
             let mut text = render_explain(session, &plan, named, &thresholds, verbose);
             for p in privacy {
                 text.push_str(&format!("  {p}\n"));

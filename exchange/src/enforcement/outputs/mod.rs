@@ -116,7 +116,7 @@ fn admit(what: &str, bytes: u128, budget: Budget) -> Result<()> {
 
 /// The refusal of a type whose every value is allocated whole and is too large.
 fn fixed_too_long() -> DataFusionError {
-    DataFusionError::Plan(format!(
+    crate::enforcement::Limit::error(format!(
         "types with fixed-size values over {} MiB (FixedSizeList, FixedSizeBinary) are not allowed: every value, NULL included, would be allocated whole",
         estimate::MAX_FIXED_VALUE >> 20
     ))

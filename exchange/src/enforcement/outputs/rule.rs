@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchema, Result, plan_err};
+use datafusion::common::{DFSchema, Result};
+
+use crate::enforcement::Limit;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, ScalarUDF};
@@ -42,10 +44,12 @@ impl GuardOutputs {
 
     fn rewrite(&self, e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
         match e {
-            Expr::WindowFunction(ref w) if builds_over_window(&w.fun) => plan_err!(
-                "{}() over a window copies a value built from the whole window onto each of its rows (review 25b: gigabytes from one statement); aggregate with GROUP BY and join the result instead",
-                w.fun.name()
-            ),
+            Expr::WindowFunction(ref w) if builds_over_window(&w.fun) => {
+                Err(Limit::error(format!(
+                    "{}() over a window copies a value built from the whole window onto each of its rows (review 25b: gigabytes from one statement); aggregate with GROUP BY and join the result instead",
+                    w.fun.name()
+                )))
+            }
             Expr::Cast(ref c) if too_large(c.field.data_type()) => Err(fixed_too_long()),
             Expr::TryCast(ref c) if too_large(c.field.data_type()) => Err(fixed_too_long()),
             Expr::ScalarFunction(ref f)
