@@ -132,8 +132,10 @@ fn withheld(e: &DataFusionError) -> String {
     if let Some(n) = node_failure(e) {
         return n.to_string();
     }
-    if let Some(m) = unsupported(e) {
-        return format!("not supported: {m}");
+    if unsupported(e).is_some() {
+        // Not its text: DataFusion now runs some subqueries while the query runs, and a
+        // "not implemented" message there can quote an argument's value (review 58 F2).
+        return "the query failed while running: the engine does not support an operation it met on the data; details are withheld because the query reads governed data".into();
     }
     format!(
         "the query failed while running ({}); details are withheld because the query reads governed data",
@@ -349,6 +351,18 @@ mod tests {
         assert_eq!(failure(&missing), Failure::Unreadable);
         assert!(withheld(&missing).contains("health.visits"));
         assert!(map_error(missing).to_string().contains("policy check"));
+        // Review 58 F2: a "not implemented" error met while running can quote a value.
+        let quoting = DataFusionError::NotImplemented(
+            "Cannot convert scalar value 1950-03-01 secret to Int64".into(),
+        );
+        let told = withheld(&DataFusionError::Context(
+            "while running".into(),
+            Box::new(quoting),
+        ));
+        assert!(
+            told.contains("withheld") && !told.contains("secret"),
+            "{told}"
+        );
     }
 
     #[test]

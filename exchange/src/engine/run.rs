@@ -28,6 +28,14 @@ fn reads_governed_data(session: &PrincipalSession, scans: &[TableUse]) -> bool {
     scans.iter().any(|s| {
         session.tables.get(&s.table).is_none_or(|spec| {
             spec.access.row_filter.is_some()
+                // Rows leave only aggregated (their fragment carries the entity hidden).
+                || spec.access.min_group.is_some()
+                || spec.access.privacy.is_some()
+                // Rows of residents objecting in another agency's register are left out:
+                // not the whole table either (the register is its agency's to see).
+                || spec.objections.as_deref().is_some_and(|register| {
+                    register.split('.').next() != Some(session.principal.agency.as_str())
+                })
                 || spec.access.columns.len() != spec.dataset.columns.len()
                 || spec
                     .access

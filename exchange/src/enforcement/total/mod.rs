@@ -46,10 +46,12 @@ pub fn recheck_optimized(plan: &LogicalPlan) -> Option<String> {
         if let LogicalPlan::Extension(e) = node
             && let Some(b) = e.node.as_any().downcast_ref::<super::barrier::PolicyBarrier>()
             && b.total
-            && let Some(why) = fallible_plan(&b.input)
+            && fallible_plan(&b.input).is_some()
         {
+            // Not which expression: after optimization it may be one the optimizer merged
+            // with a grant's fragment, printing treatments over stored columns (review 58 F3).
             found = Some(format!(
-                "rows of {} may only be used aggregated, and nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists; after optimization, {why}",
+                "rows of {} may only be used aggregated, and nothing evaluated on the way to their aggregate may fail on a value, since a failure would tell whether a row exists; after optimization an expression that can fail (a cast, a division, a function that rejects some values) runs on the way to the aggregate: compute it after the aggregate instead",
                 b.thresholded.join(", ")
             ));
             return Ok(TreeNodeRecursion::Stop);
