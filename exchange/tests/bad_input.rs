@@ -668,3 +668,32 @@ async fn aggregates_and_windows_do_not_multiply_values_past_the_bounds() {
         assert!(e.contains("over a window copies"), "{sql}: {e}");
     }
 }
+
+/// DISTINCT ON with ORDER BY over governed data: DataFusion's `with_new_exprs` panics on
+/// such a plan (it takes no sort expressions), and the policy rule rebuilt every node with
+/// it, so the statement took the CLI down. It runs now, over the treated values; a DISTINCT
+/// ON whose input holds a join key is refused, naming why that column counts.
+#[tokio::test]
+async fn distinct_on_with_order_by_plans_under_policy() {
+    let (ex, _s) = common::open();
+    let civil = ("civil_analyst", "elderly_care_planning");
+    let out = common::ok(
+        &ex,
+        civil.0,
+        civil.1,
+        "SELECT DISTINCT ON (district) name, district FROM (SELECT district, name FROM police.residents) t ORDER BY district, name DESC",
+    )
+    .await;
+    let rows = common::cells(&out.batches);
+    // The civil analyst's row filter keeps one district: one row, its name masked.
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0][0].contains('*'), "{rows:?}");
+    let r = common::refused(
+        &ex,
+        civil.0,
+        Some(civil.1),
+        "SELECT DISTINCT ON (r.district) r.name FROM police.residents r JOIN civil.elderly_care e ON r.person_id = e.person_key ORDER BY r.district",
+    )
+    .await;
+    assert!(r.contains("DISTINCT ON (which reads every column of its input"), "{r}");
+}

@@ -110,7 +110,7 @@ pub(super) fn join(
         JoinType::RightMark => [right, vec![Tag::Free]].concat(),
     };
     let plan = LogicalPlan::Join(j);
-    let plan = plan.with_new_exprs(plan.expressions(), inputs)?;
+    let plan = super::with_new_inputs(&plan, inputs)?;
     check_len(&plan, &tags)?;
     Ok((plan, tags))
 }

@@ -285,12 +285,17 @@ impl Enforcer {
                         tags.push(Tag::Free);
                     }
                 }
-                let plan = plan.with_new_exprs(plan.expressions(), new_inputs)?;
+                let plan = with_new_inputs(&plan, new_inputs)?;
                 check_len(&plan, &tags)?;
                 Ok((plan, tags))
             }
             LogicalPlan::Distinct(_) | LogicalPlan::Union(_) | LogicalPlan::Unnest(_) => {
                 let place = match &plan {
+                    // DISTINCT ON reads every column of its input, written or not (review
+                    // 57 F3: a refusal named a join key the statement did not select).
+                    LogicalPlan::Distinct(Distinct::On(_)) => {
+                        "DISTINCT ON (which reads every column of its input: select the columns in a subquery first)"
+                    }
                     LogicalPlan::Distinct(_) => "DISTINCT",
                     LogicalPlan::Union(_) => "UNION, INTERSECT or EXCEPT",
                     _ => "UNNEST",
@@ -329,7 +334,7 @@ impl Enforcer {
                         vec![Tag::Free; plan.schema().fields().len()]
                     }
                 };
-                let plan = plan.with_new_exprs(plan.expressions(), stripped)?;
+                let plan = with_new_inputs(&plan, stripped)?;
                 check_len(&plan, &tags)?;
                 Ok((plan, tags))
             }
@@ -467,4 +472,27 @@ pub(super) fn check_len(plan: &LogicalPlan, tags: &[Tag]) -> Result<()> {
     } else {
         refuse("internal: column usage tracking lost alignment; refusing to be safe".into())
     }
+}
+
+/// `plan` over `inputs` instead of its own, its expressions unchanged. DataFusion's
+/// `with_new_exprs` panics on a DISTINCT ON with ORDER BY (it takes no sort expressions),
+/// so that one is rebuilt here (found while rewording a refusal: the CLI panicked on
+/// `SELECT DISTINCT ON (d) n FROM (...) t ORDER BY d`).
+pub(super) fn with_new_inputs(plan: &LogicalPlan, inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    if let LogicalPlan::Distinct(Distinct::On(on)) = plan
+        && on.sort_expr.is_some()
+    {
+        let [input]: [LogicalPlan; 1] = inputs.try_into().map_err(|_| {
+            datafusion::common::DataFusionError::Internal("DISTINCT ON has one input".into())
+        })?;
+        return Ok(LogicalPlan::Distinct(Distinct::On(
+            datafusion::logical_expr::DistinctOn::try_new(
+                on.on_expr.clone(),
+                on.select_expr.clone(),
+                on.sort_expr.clone(),
+                std::sync::Arc::new(input),
+            )?,
+        )));
+    }
+    plan.with_new_exprs(plan.expressions(), inputs)
 }
