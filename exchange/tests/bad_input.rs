@@ -695,5 +695,8 @@ async fn distinct_on_with_order_by_plans_under_policy() {
         "SELECT DISTINCT ON (r.district) r.name FROM police.residents r JOIN civil.elderly_care e ON r.person_id = e.person_key ORDER BY r.district",
     )
     .await;
-    assert!(r.contains("DISTINCT ON (which reads every column of its input"), "{r}");
+    assert!(
+        r.contains("DISTINCT ON (which reads every column of its input"),
+        "{r}"
+    );
 }

@@ -690,3 +690,40 @@ fn a_domain_key_handed_over_sealed_gives_both_nodes_the_same_pseudonyms() {
     assert_ne!(pc, pb);
     assert!(pa.lines().count() > 3, "{pa}");
 }
+
+/// An empty result shows its column names (as a table, and as the CSV header), not `++`.
+#[test]
+fn an_empty_result_shows_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let data = common::data_root();
+    assert!(
+        exchange(&state, data)
+            .args(["keys", "init"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    for (format, expected) in [("table", "| name | district |"), ("csv", "name,district")] {
+        let out = exchange(&state, data)
+            .args([
+                "query",
+                "--as",
+                "market_trader",
+                "--purpose",
+                "data_product",
+            ])
+            .args(["--format", format])
+            .arg("SELECT name, district FROM market.enterprises WHERE false")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(expected), "{format}: {text}");
+    }
+}

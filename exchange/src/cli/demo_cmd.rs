@@ -76,7 +76,7 @@ pub(super) async fn run_demo(
                         say!("  ⤷ {line}");
                     }
                     let mut stdout = super::output::Stdout;
-                    let _ = render(&mut stdout, &out.batches, Format::Table);
+                    let _ = render(&mut stdout, &super::output::shown(&out), Format::Table);
                     say!("  ({} rows)", out.rows);
                 }
                 Err(e) => {

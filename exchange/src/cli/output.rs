@@ -25,6 +25,16 @@ pub(super) fn print_lines(out: &QueryOutput) {
     }
 }
 
+/// A result's batches, or one empty batch of its schema when it has none, so that an
+/// empty result still shows its column names (a table without them printed `++`).
+pub(super) fn shown(out: &QueryOutput) -> Vec<RecordBatch> {
+    if out.batches.is_empty() {
+        vec![RecordBatch::new_empty(out.schema.clone())]
+    } else {
+        out.batches.clone()
+    }
+}
+
 pub(super) fn write_output(
     out: &QueryOutput,
     format: Format,
@@ -34,7 +44,7 @@ pub(super) fn write_output(
         Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => Box::new(Stdout),
     };
-    render(&mut sink, &out.batches, format).map_err(|e| e.to_string())?;
+    render(&mut sink, &shown(out), format).map_err(|e| e.to_string())?;
     if matches!(format, Format::Table) {
         let noisy: Vec<String> = out
             .schema

@@ -91,7 +91,7 @@ pub(super) async fn repl(ex: &Exchange, principal: &str, purpose: Option<&str>) 
         match ex.execute(principal, purpose, sql).await {
             Ok(out) => {
                 let mut stdout = super::output::Stdout;
-                let _ = render(&mut stdout, &out.batches, Format::Table);
+                let _ = render(&mut stdout, &super::output::shown(&out), Format::Table);
                 say!("({} rows)", out.rows);
             }
             Err(e) => say!("{e}"),
