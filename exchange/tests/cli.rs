@@ -5,6 +5,19 @@ mod common;
 
 use std::process::Command;
 
+/// `exchange keys init` for `state`, which must succeed.
+fn keys_init(state: &std::path::Path, data: &std::path::Path) {
+    let out = exchange(state, data)
+        .args(["keys", "init"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn exchange(state: &std::path::Path, data: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_exchange"));
     c.arg("--config-dir")
@@ -155,13 +168,7 @@ fn terminal_controls_in_statements_and_values_never_reach_a_terminal_raw() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let data = common::data_root();
-    assert!(
-        exchange(&state, data)
-            .args(["keys", "init"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    keys_init(&state, data);
     let hostile = "SELECT '\u{1b}[2J\u{1b}[1A\rinnocent\u{7}\u{202e}' AS v, count(*) FROM market.enterprises /* \u{1b}]0;title\u{7} */";
     let out = exchange(&state, data)
         .args([
@@ -374,14 +381,7 @@ fn a_stream_killed_midway_leaves_a_verifiable_log_naming_it_incomplete() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let data = common::data_root();
-    assert!(
-        exchange(&state, data)
-            .args(["keys", "init"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keys_init(&state, data);
     // Ten million rows, written as they come: the first lines are out long before the end.
     let large = "SELECT r.person_id, s.person_id AS neighbour FROM police.residents r JOIN police.residents s ON r.district = s.district";
     let mut child = exchange(&state, data)
@@ -462,14 +462,7 @@ fn a_failing_query_leaves_an_existing_output_file_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let data = common::data_root();
-    assert!(
-        exchange(&state, data)
-            .args(["keys", "init"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keys_init(&state, data);
     let notes = dir.path().join("notes.csv");
     std::fs::write(&notes, "kept\n").unwrap();
     let run = |sql: &str| {
@@ -697,14 +690,7 @@ fn an_empty_result_shows_its_columns() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let data = common::data_root();
-    assert!(
-        exchange(&state, data)
-            .args(["keys", "init"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keys_init(&state, data);
     for (format, expected) in [("table", "| name | district |"), ("csv", "name,district")] {
         let out = exchange(&state, data)
             .args([

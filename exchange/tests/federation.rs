@@ -119,21 +119,32 @@ fn hub_config(
     config
 }
 
-fn city() -> City {
+/// A test's root directory holding the nodes' keys (`node-keys`) and the hub's
+/// (`hub/keys`), and the hub's public key, for nodes to pin.
+fn keyed_root() -> (tempfile::TempDir, String) {
     let root = tempfile::tempdir().unwrap();
     exchange::keys::ensure(&root.path().join("node-keys")).unwrap();
     exchange::keys::ensure(&root.path().join("hub/keys")).unwrap();
     let hub_pub = std::fs::read_to_string(root.path().join("hub/keys/signing.pub")).unwrap();
+    (root, hub_pub)
+}
+
+/// Single-node mode over the test city with the nodes' keys: tokens come out the same.
+fn single_node(root: &Path) -> Exchange {
+    let mut single = test_config(&repo_root(), data_root(), &root.join("single"));
+    single.key_dir = root.join("node-keys");
+    Exchange::open(single).unwrap()
+}
+
+fn city() -> City {
+    let (root, hub_pub) = keyed_root();
     let nodes: BTreeMap<String, Node> = AGENCIES
         .iter()
         .map(|a| (a.to_string(), start_node(root.path(), a, hub_pub.trim())))
         .collect();
     let hub = Exchange::open(hub_config(root.path(), &nodes, 30)).unwrap();
     // Single-node mode with the nodes' keys: tokens must come out the same.
-    let single_state = root.path().join("single");
-    let mut single = test_config(&repo_root(), data_root(), &single_state);
-    single.key_dir = root.path().join("node-keys");
-    let single = Exchange::open(single).unwrap();
+    let single = single_node(root.path());
     City {
         root,
         nodes,
@@ -1000,17 +1011,11 @@ impl Proxy {
 /// failed; nothing is returned. A node back again serves the next statement in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_or_stalled_mid_query_fails_it_naming_its_agency() {
-    let root = tempfile::tempdir().unwrap();
-    exchange::keys::ensure(&root.path().join("node-keys")).unwrap();
-    exchange::keys::ensure(&root.path().join("hub/keys")).unwrap();
-    let hub_pub = std::fs::read_to_string(root.path().join("hub/keys/signing.pub")).unwrap();
+    let (root, hub_pub) = keyed_root();
     let police = start_node(root.path(), "police", hub_pub.trim());
     let sql = "SELECT * FROM police.residents";
     let (p, purpose) = ("police_officer", Some("law_enforcement"));
-    let mut single = test_config(&repo_root(), data_root(), &root.path().join("single"));
-    single.key_dir = root.path().join("node-keys");
-    let expected = Exchange::open(single)
-        .unwrap()
+    let expected = single_node(root.path())
         .execute(p, purpose, sql)
         .await
         .unwrap();
@@ -1071,10 +1076,7 @@ async fn a_node_lost_or_stalled_mid_query_fails_it_naming_its_agency() {
 /// hub drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_node_refuses_past_its_limit_and_audits_it() {
-    let root = tempfile::tempdir().unwrap();
-    exchange::keys::ensure(&root.path().join("node-keys")).unwrap();
-    exchange::keys::ensure(&root.path().join("hub/keys")).unwrap();
-    let hub_pub = std::fs::read_to_string(root.path().join("hub/keys/signing.pub")).unwrap();
+    let (root, hub_pub) = keyed_root();
     let key = SigningKey::load(&root.path().join("hub/keys/signing.key")).unwrap();
     // A city larger than the node's send buffers can hold (0.3: 30,000 residents, some
     // 2 MB of the columns asked).

@@ -37,4 +37,4 @@ pub(crate) use session::{AUDITOR_ROLE, CATALOG, PrincipalSession, SessionInputs,
 pub(crate) use spec::{BaseTag, HIDDEN_ENTITY, HIDDEN_ROW, plan_row_filter};
 pub(crate) use tables::{DataUnavailable, GovernedTable, RawTable};
 pub(crate) use total::recheck_optimized;
-pub(crate) use violation::{Limit, find_limit, find_violation};
+pub(crate) use violation::{Limit, find_in_chain, find_limit, find_violation};

@@ -24,10 +24,16 @@ impl Violation {
 
 /// The policy violation anywhere in a DataFusion error chain.
 pub fn find_violation(err: &DataFusionError) -> Option<&Violation> {
+    find_in_chain(err)
+}
+
+/// The first error of type `T` in `err`'s chain of sources (the exchange's own typed errors
+/// travel through DataFusion wrapped; they are told by type, never by text).
+pub(crate) fn find_in_chain<T: std::error::Error + 'static>(err: &DataFusionError) -> Option<&T> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
-        if let Some(v) = e.downcast_ref::<Violation>() {
-            return Some(v);
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         current = e.source();
     }
@@ -52,12 +58,5 @@ impl Limit {
 
 /// The exchange's own limit anywhere in a DataFusion error chain.
 pub fn find_limit(err: &DataFusionError) -> Option<&Limit> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(v) = e.downcast_ref::<Limit>() {
-            return Some(v);
-        }
-        current = e.source();
-    }
-    None
+    find_in_chain(err)
 }

@@ -11,7 +11,9 @@ use datafusion::common::{DataFusionError, TableReference};
 use datafusion::sql::parser::Statement as DFStatement;
 
 use super::{FailureKind as Failure, QueryError};
-use crate::enforcement::{DataUnavailable, PrincipalSession, find_limit, find_violation};
+use crate::enforcement::{
+    DataUnavailable, PrincipalSession, find_in_chain, find_limit, find_violation,
+};
 use crate::policy::Denial;
 
 impl Failure {
@@ -36,26 +38,12 @@ impl Failure {
 
 /// The exchange's own "data cannot be read" error anywhere in the chain.
 fn unavailable(e: &DataFusionError) -> Option<&DataUnavailable> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = current {
-        if let Some(d) = x.downcast_ref::<DataUnavailable>() {
-            return Some(d);
-        }
-        current = x.source();
-    }
-    None
+    find_in_chain(e)
 }
 
 /// A federated table's node failing the query, anywhere in the chain.
 fn node_failure(e: &DataFusionError) -> Option<&crate::federation::NodeError> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = current {
-        if let Some(d) = x.downcast_ref::<crate::federation::NodeError>() {
-            return Some(d);
-        }
-        current = x.source();
-    }
-    None
+    find_in_chain(e)
 }
 
 fn failure(e: &DataFusionError) -> Failure {

@@ -31,11 +31,9 @@ fn reads_governed_data(session: &PrincipalSession, scans: &[TableUse]) -> bool {
                 // Rows leave only aggregated (their fragment carries the entity hidden).
                 || spec.access.min_group.is_some()
                 || spec.access.privacy.is_some()
-                // Rows of residents objecting in another agency's register are left out:
-                // not the whole table either (the register is its agency's to see).
-                || spec.objections.as_deref().is_some_and(|register| {
-                    register.split('.').next() != Some(session.principal.agency.as_str())
-                })
+                // Rows of residents objecting in another agency's register (a register
+                // covers its own agency's tables) are left out: not the whole table either.
+                || (spec.objections.is_some() && spec.dataset.agency != session.principal.agency)
                 || spec.access.columns.len() != spec.dataset.columns.len()
                 || spec
                     .access

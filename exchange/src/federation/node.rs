@@ -56,6 +56,7 @@ struct NodeService {
     slots: Arc<tokio::sync::Semaphore>,
     /// How long a request waits for a slot (`[serve] queue_wait_secs`) before it is refused.
     queue_wait: std::time::Duration,
+    /// The semaphore's size, for the refusal's words.
     max_concurrent: usize,
 }
 
@@ -273,15 +274,16 @@ pub async fn serve_node(
         .map_err(|e| FederationError::Setup(e.to_string()))?;
     let ex = Arc::new(ex);
     let unverified = Arc::new(std::sync::Mutex::new(Unverified::default()));
+    let max_concurrent = options.max_concurrent.max(1);
     let service = NodeService {
         ex: Arc::clone(&ex),
         agency: options.agency.clone(),
         hubs,
         replay: ReplayCache::default(),
         unverified: Arc::clone(&unverified),
-        slots: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent.max(1))),
+        slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
         queue_wait: options.queue_wait,
-        max_concurrent: options.max_concurrent.max(1),
+        max_concurrent,
     };
     if !options.listen.ip().is_loopback() {
         eprintln!(
@@ -342,14 +344,13 @@ impl LocalNode {
     pub async fn start(ex: Exchange, agency: &str) -> Result<Self, FederationError> {
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serve = crate::config::ServeSettings::default();
         let options = NodeOptions {
             agency: agency.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             watch_policies: None,
-            max_concurrent: crate::config::ServeSettings::default().max_concurrent,
-            queue_wait: std::time::Duration::from_secs(
-                crate::config::ServeSettings::default().queue_wait_secs,
-            ),
+            max_concurrent: serve.max_concurrent,
+            queue_wait: std::time::Duration::from_secs(serve.queue_wait_secs),
         };
         let task = tokio::spawn(serve_node(
             ex,
