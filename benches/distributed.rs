@@ -11,7 +11,9 @@
 //! not a speedup. Per query and configuration it prints the median, the ratio to one
 //! process, the stages, and the rows and Arrow bytes that crossed network boundaries
 //! (datafusion-distributed's metrics), and writes `target/bench-distributed.json`.
-//! `--compression none|lz4|zstd` (default lz4) sets how data crosses between stages.
+//! `--compression none|lz4|zstd` (default lz4) sets how data crosses between stages;
+//! `--query ID` runs one query, `--workers 2,4` chooses the hubs, `--plans` prints each
+//! configuration's plan (with the metrics of its last run).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,8 @@ async fn main() -> Result<(), Error> {
     let mut runs = 3usize;
     let mut counts = vec![2usize, 4];
     let mut compression = "lz4".to_string();
+    let mut only: Option<String> = None;
+    let mut plans = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -140,6 +144,8 @@ async fn main() -> Result<(), Error> {
                     .collect::<Result<_, _>>()?
             }
             "--compression" => compression = args.next().ok_or("--compression lz4|zstd|none")?,
+            "--query" => only = Some(args.next().ok_or("--query ID")?),
+            "--plans" => plans = true,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -189,7 +195,10 @@ async fn main() -> Result<(), Error> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut json = BTreeMap::new();
-    for id in MEASURED {
+    for id in MEASURED
+        .iter()
+        .filter(|id| only.as_deref().is_none_or(|o| o == **id))
+    {
         let Some(q) = QUERIES.iter().find(|q| q.id == *id) else {
             return Err(format!("no query {id}").into());
         };
@@ -203,6 +212,26 @@ async fn main() -> Result<(), Error> {
                 let (t, rows, m) = run(ex, q).await?;
                 times[i].push(t);
                 last[i] = (rows, m);
+            }
+        }
+        if plans {
+            for (ex, name) in exchanges.iter().zip(&names) {
+                let mut stream = ex.start(q.principal, Some(q.purpose), q.governed).await?;
+                let plan = stream.plan();
+                while let Some(b) = stream.next().await {
+                    b?;
+                }
+                if let Some(plan) = plan {
+                    let plan = datafusion_distributed::rewrite_distributed_plan_with_metrics(
+                        plan,
+                        DistributedMetricsFormat::Aggregated,
+                    )
+                    .await?;
+                    eprintln!(
+                        "## {id}, {name}\n{}",
+                        datafusion_distributed::display_plan_ascii(plan.as_ref(), true)
+                    );
+                }
             }
         }
         let base = median(times[0].clone());

@@ -139,13 +139,15 @@ async fn distributed_plan(ex: &Exchange, who: (&str, &str), sql: &str) -> String
     datafusion_distributed::display_plan_ascii(plan.physical.as_ref(), false)
 }
 
-const JOINS: &[(&str, &str, &str)] = &[
+/// Joins on join keys and pseudonyms, and whether the distributed plan computes tokens.
+const JOINS: &[(&str, &str, &str, bool)] = &[
     (
         "hotline_analyst",
         "complaint_handling",
         "SELECT t.category, r.district, count(*) AS tickets
          FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone
          GROUP BY t.category, r.district",
+        false,
     ),
     (
         "civil_analyst",
@@ -153,6 +155,7 @@ const JOINS: &[(&str, &str, &str)] = &[
         "SELECT r.gender, count(*) AS n
          FROM civil.elderly_care e JOIN police.residents r ON e.person_key = r.person_id
          GROUP BY r.gender",
+        false,
     ),
     (
         "hotline_analyst",
@@ -160,12 +163,50 @@ const JOINS: &[(&str, &str, &str)] = &[
         "SELECT r.district, count(t.ticket_id) AS tickets, count(*) AS n
          FROM police.residents r LEFT JOIN hotline.tickets t ON t.caller_key = r.phone
          GROUP BY r.district",
+        false,
     ),
+    // A key carried through one join to the next (the stage heads between them included).
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT t.category, count(*) AS n
+         FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone
+         JOIN hotline.tickets t2 ON t2.caller_key = r.phone
+         GROUP BY t.category",
+        false,
+    ),
+    // A full join emits both sides' unmatched rows: partitioned by its keys.
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT r.district, count(t.ticket_id) AS tickets, count(*) AS n
+         FROM police.residents r FULL JOIN hotline.tickets t ON t.caller_key = r.phone
+         GROUP BY r.district",
+        true,
+    ),
+    // Anti and semi joins from NOT IN and EXISTS.
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT r.district, count(*) AS n FROM police.residents r
+         WHERE r.phone NOT IN (SELECT caller_key FROM hotline.tickets) GROUP BY r.district",
+        false,
+    ),
+    (
+        "hotline_analyst",
+        "complaint_handling",
+        "SELECT r.district, count(*) AS n FROM police.residents r
+         WHERE EXISTS (SELECT 1 FROM hotline.tickets t WHERE t.caller_key = r.phone)
+         GROUP BY r.district",
+        false,
+    ),
+    // The pseudonyms are shown: computed.
     (
         "hrss_analyst",
         "new_employment_services",
         "SELECT e.person_pseudonym, r.district FROM hrss.employment e
          JOIN police.residents r ON e.person_pseudonym = r.person_id ORDER BY 1, 2 LIMIT 50",
+        true,
     ),
 ];
 
@@ -209,9 +250,11 @@ async fn the_city_on_three_workers_gives_what_one_process_gives() {
             );
         }
     }
-    // Join keys and pseudonyms: the same rows; distributed, they are compared as tokens
-    // (a partitioned join on raw values would order rows by them).
-    for (principal, purpose, sql) in JOINS {
+    // Join keys and pseudonyms: the same rows. Compared raw where the join keeps one shared
+    // build table (broadcast to the probe side's tasks), as tokens where the distributed
+    // planner partitions the join by its keys (a partition by raw value would order rows by
+    // a function of the values) or the result shows them.
+    for (principal, purpose, sql, tokens) in JOINS {
         let hub = c.hub.execute(principal, Some(purpose), sql).await.unwrap();
         let single = c
             .single
@@ -222,12 +265,12 @@ async fn the_city_on_three_workers_gives_what_one_process_gives() {
         assert_eq!(sorted(&hub.batches), sorted(&single.batches), "{sql}");
         let plan = distributed_plan(&c.hub, (principal, purpose), sql).await;
         assert!(plan.contains("DistributedExec"), "{plan}");
-        assert!(
-            plan.contains("join_key(") || plan.contains("pseudonym("),
-            "{plan}"
-        );
+        let computed = plan.contains("join_key(") || plan.contains("pseudonym(");
+        assert_eq!(computed, *tokens, "{plan}");
+        if plan.contains("mode=Partitioned") {
+            assert!(computed, "a join partitioned by raw keys:\n{plan}");
+        }
     }
-
     // The statements really ran on the workers: their completion records name them.
     let records =
         exchange::audit::statements(exchange::audit::read_all(c.hub.audit().path()).unwrap());
@@ -239,8 +282,8 @@ async fn the_city_on_three_workers_gives_what_one_process_gives() {
     let urls: Vec<String> = c.workers.iter().map(|w| w.url.clone()).collect();
     assert!(used.iter().all(|u| urls.contains(u)), "{used:?} {urls:?}");
 
-    // EXPLAIN names the stages by operator, and nothing of the enforced plan: no row filter
-    // of another agency, no key, no file.
+    // EXPLAIN says the statement may be distributed, and nothing of its stages (their shape
+    // follows the sizes of whole datasets) nor of the enforced plan.
     let explain = c
         .hub
         .execute(
@@ -251,9 +294,16 @@ async fn the_city_on_three_workers_gives_what_one_process_gives() {
         .await
         .unwrap();
     let text = cells(&explain.batches).concat().join("\n");
-    assert!(text.contains("Distribution over workers"), "{text}");
-    assert!(text.contains("stage"), "{text}");
-    for hidden in ["hexi", "secret", ".parquet", "FilterExec:", "district ="] {
+    assert!(text.contains("Distribution: runs on the workers"), "{text}");
+    for hidden in [
+        "hexi",
+        "secret",
+        ".parquet",
+        "FilterExec",
+        "district =",
+        "Exec",
+        "<- stage",
+    ] {
         assert!(!text.contains(hidden), "{hidden} in {text}");
     }
 
@@ -419,7 +469,7 @@ async fn workers_answer_only_fresh_requests_signed_for_them() {
     };
     let urls: Vec<String> = workers.iter().map(|w| w.url.clone()).collect();
     let rogue = self::hub(&root.path().join("rogue"), &rogue, urls.clone());
-    let (principal, purpose, sql) = JOINS[0];
+    let (principal, purpose, sql, _) = JOINS[0];
     let err = rogue
         .execute(principal, Some(purpose), sql)
         .await
@@ -463,7 +513,7 @@ async fn a_worker_that_cannot_rebuild_the_fragment_fails_the_statement() {
     let (url, task) = plain_worker().await;
     let (url2, task2) = plain_worker().await;
     let hub = hub(root.path(), &keys, vec![url, url2]);
-    for (principal, purpose, sql) in JOINS {
+    for (principal, purpose, sql, _) in JOINS {
         match hub.execute(principal, Some(purpose), sql).await {
             Err(e) => assert!(!matches!(e, QueryError::Refused(_)), "{e}"),
             Ok(out) => panic!(
@@ -494,7 +544,9 @@ async fn a_worker_that_cannot_rebuild_the_fragment_fails_the_statement() {
         &keys,
         workers.iter().map(|w| w.url.clone()).collect(),
     );
-    let (principal, purpose, sql) = JOINS[0];
+    // (The pseudonym join, which computes tokens at the workers.)
+    let (principal, purpose, sql, tokens) = JOINS[JOINS.len() - 1];
+    assert!(tokens);
     let err = hub
         .execute(principal, Some(purpose), sql)
         .await

@@ -4,9 +4,11 @@
 //! Every policy decision is made before distribution: the analyzer rule, the optimizer and
 //! the exchange's physical rules run on the hub, and the distributed planner only cuts the
 //! finished plan into stages. Two things change in a distributed session:
-//! - join keys are compared as tokens, never raw (`enforcement/join_keys` is off): the
-//!   distributed planner may turn a `CollectLeft` join into a hash-partitioned one, and
-//!   partitions by raw key value would order output rows by a function of the raw values;
+//! - join keys may be compared raw (`enforcement/join_keys`) only once the plan is cut into
+//!   stages: the distributed planner may turn a `CollectLeft` join into a hash-partitioned
+//!   one, and partitions by raw key value would order output rows by a function of the raw
+//!   values. So the rule runs on the distributed plan, where it sees each join's final mode
+//!   and each shuffle's partitioning, and keeps tokens wherever either is keyed by them;
 //! - a statement that reads a table served by an agency node runs on the hub alone: only the
 //!   hub holds the key its nodes accept.
 
@@ -22,6 +24,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
     DistributedExt, DistributedGetterExt, RouteTasksEvent, RouteTasksEventResponse,
@@ -34,6 +37,7 @@ use super::auth::{Signer, TOKENS_HEADER};
 use super::channels::{SignedChannels, Workers};
 use super::codec::{ExchangeCodec, TokenScope};
 use super::settings::DistributedSettings;
+use crate::enforcement::RawJoinKeys;
 use crate::keys::SigningKey;
 
 /// The hub's workers and how it reaches them.
@@ -186,11 +190,14 @@ impl QueryPlanner for ScaleOut {
         plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if reads_a_node(plan) {
-            self.local.create_physical_plan(plan, session).await
+        let planned = if reads_a_node(plan) {
+            self.local.create_physical_plan(plan, session).await?
         } else {
-            self.distributed.create_physical_plan(plan, session).await
-        }
+            self.distributed.create_physical_plan(plan, session).await?
+        };
+        // After the stages are cut (the module's documentation says why), as a single-node
+        // session runs it after DataFusion's physical rules.
+        RawJoinKeys.optimize(planned, session.config_options())
     }
 }
 
@@ -208,33 +215,4 @@ fn reads_a_node(plan: &LogicalPlan) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     found
-}
-
-/// The stages of a distributed plan, for EXPLAIN: each stage's number and operators, by
-/// name only (no expression, no file, no value, no task count).
-pub(crate) fn stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
-    use datafusion_distributed::{DistributedExec, NetworkBoundaryExt};
-    if !plan.is::<DistributedExec>() {
-        return vec![];
-    }
-    let mut out = Vec::new();
-    fn walk(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut Vec<String>) {
-        let pad = "  ".repeat(depth);
-        if let Some(boundary) = plan.as_network_boundary() {
-            let stage = boundary.input_stage();
-            // Not its task count: tasks follow the files' sizes, which the grant does not
-            // show (a row-filtered table's whole size).
-            out.push(format!("{pad}{} <- stage {}", plan.name(), stage.num()));
-            if let Some(inner) = stage.local_plan() {
-                walk(inner, depth + 1, out);
-            }
-            return;
-        }
-        out.push(format!("{pad}{}", plan.name()));
-        for c in plan.children() {
-            walk(c, depth + 1, out);
-        }
-    }
-    walk(plan, 0, &mut out);
-    out
 }

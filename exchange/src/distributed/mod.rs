@@ -17,7 +17,6 @@ mod settings;
 mod worker;
 
 pub(crate) use codec::TokenScope;
-pub(crate) use hub::stages;
 pub use hub::{Cluster, WorkersUsed};
 pub use settings::DistributedSettings;
 pub use worker::{LocalWorker, WorkerError, WorkerOptions, serve_worker};

@@ -7,8 +7,9 @@
 //! checks join-key and aggregate-only usage over the whole plan, and suppresses groups
 //! below their minimum size. Rows about residents who object to the statement's purpose
 //! ([`objections`]) are excluded at source, beside the owner's row filter. After physical
-//! planning, [`join_keys::RawJoinKeys`] lets hash joins of two join keys compare the raw
-//! values the keys stand for, where nothing can observe it.
+//! planning (in a distributed session, after the plan is cut into stages),
+//! [`join_keys::RawJoinKeys`] lets hash joins of two join keys compare the raw values the
+//! keys stand for, where nothing can observe it.
 
 mod aggregate;
 mod barrier;
@@ -30,6 +31,7 @@ mod violation;
 pub(crate) use aggregate::NOISE_SCALE;
 pub(crate) use barrier::{BarrierExec, PolicyBarrier, thresholds_applied};
 pub(crate) use batches::BatchSplitExec;
+pub(crate) use join_keys::RawJoinKeys;
 pub(crate) use outputs::{guard_functions, string_concat};
 pub use private::{PrivacyRuntime, privacy_applied};
 pub(crate) use rule::SUBJECT;

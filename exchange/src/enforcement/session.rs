@@ -157,7 +157,8 @@ impl PrincipalSession {
         let local: Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> =
             Arc::new(super::barrier::ExchangeQueryPlanner);
         builder = match inputs.cluster {
-            // Distributed: join keys stay tokens (crate::distributed's hub module says why).
+            // Distributed: raw join keys are decided on the plan cut into stages (the hub
+            // module of crate::distributed says why), not among the physical rules.
             Some(cluster) => cluster
                 .configure(
                     builder,

@@ -3,8 +3,9 @@
 //!
 //! One walk, bottom-up: each node's output columns are mapped to the token source they
 //! carry unchanged, if any. A source is a `join_key(x, domain)` or `pseudonym(x, domain)`
-//! call in a projection that stands on a governed scan. Nodes that only move, slice, filter or reorder batches carry
-//! their input's columns; a projection carries a bare column; a hash join carries both
+//! call in a projection that stands on a governed scan. Nodes that only move, slice, filter
+//! or reorder batches carry their input's columns (in a distributed plan, the boundaries
+//! between stages too); a projection carries a bare column; a hash join carries both
 //! sides' columns into its output. Any other use taints the source: a reference in an
 //! expression (filter predicate, computed column, hash partitioning, join filter, a join
 //! key outside a collect-left hash join), any node the walk does not know, and the plan's
@@ -22,12 +23,16 @@ use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::utils::build_join_schema;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion_distributed::{
+    BroadcastExec, DistributedExec, NetworkBroadcastExec, NetworkCoalesceExec, NetworkShuffleExec,
+};
 
 use super::super::barrier::BarrierExec;
 use super::super::batches::BatchSplitExec;
@@ -104,10 +109,21 @@ impl Walk {
             }
             return Ok(input);
         }
-        if (plan.is::<CoalescePartitionsExec>() || plan.is::<BatchSplitExec>())
+        if carries_its_input(plan)
             && let [child] = plan.children().as_slice()
         {
-            return self.visit(child);
+            let input = self.visit(child)?;
+            if input.len() != plan.schema().fields().len() {
+                self.taint_all(&input);
+                return Ok(vec![None; plan.schema().fields().len()]);
+            }
+            // A shuffle between stages partitions by its expressions, as a hash repartition.
+            if let Partitioning::Hash(exprs, _) = plan.properties().output_partitioning() {
+                for e in exprs {
+                    self.taint_expr(e, &input);
+                }
+            }
+            return Ok(input);
         }
         if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
             return self.hash_join(plan, j);
@@ -354,6 +370,23 @@ fn stands_on_barrier(plan: &Arc<dyn ExecutionPlan>) -> bool {
             .is_some_and(|c| stands_on_barrier(c));
     }
     false
+}
+
+/// Whether `plan` passes its one input's columns on unchanged, only moving, slicing or
+/// copying batches: coalescing partitions, splitting batches, yielding to the scheduler
+/// (DataFusion wraps the head of each distributed stage in one), and, in a distributed plan,
+/// the network boundaries between stages, the broadcast of a join's build side to every task
+/// of the probe side, and the plan's head. A boundary that shuffles by hash is among them:
+/// the walk taints the expressions it partitions by.
+fn carries_its_input(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<CoalescePartitionsExec>()
+        || plan.is::<BatchSplitExec>()
+        || plan.is::<CooperativeExec>()
+        || plan.is::<NetworkCoalesceExec>()
+        || plan.is::<NetworkBroadcastExec>()
+        || plan.is::<NetworkShuffleExec>()
+        || plan.is::<BroadcastExec>()
+        || plan.is::<DistributedExec>()
 }
 
 fn is_round_robin(plan: &Arc<dyn ExecutionPlan>) -> bool {
