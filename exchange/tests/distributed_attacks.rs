@@ -7,10 +7,10 @@
 //! shuffle between stages), a partitioned or sort-merge join, a filter, a sort, a window, a
 //! computed expression, a join filter or the result reading it is a finding.
 //!
-//! Written by a review helper that attacked the change (review 61); its one finding
-//! (`explain_does_not_tell_a_row_filtered_tables_whole_size`: the hub's EXPLAIN listed the
-//! stages, whose shape followed a row-filtered table's whole size) is fixed: EXPLAIN no
-//! longer shows the stages.
+//! Written by review helpers that attacked the change (reviews 61 and 62). Review 61's one
+//! finding (`explain_does_not_tell_a_row_filtered_tables_whole_size`: the hub's EXPLAIN
+//! listed the stages, whose shape followed a row-filtered table's whole size) is fixed:
+//! EXPLAIN no longer shows the stages.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -31,6 +31,7 @@ use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode, SortMergeJoinExec,
 };
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use exchange::distributed::LocalWorker;
 use exchange::{Exchange, ExchangeConfig, QueryError};
@@ -2050,4 +2051,308 @@ async fn explain_does_not_tell_a_row_filtered_tables_whole_size() {
         at_203 != at_204,
         at_204 != elsewhere_204,
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Review 62: CooperativeExec (and the distributed carriers) carrying raw join keys into
+// later joins, limits, unions and aggregates, read by the auditor above and by an ordering
+// auditor: no node that orders rows (sort, sort-preserving merge or repartition, window)
+// orders by a raw join key, and no node declares an output ordering on one that its input
+// did not have.
+
+// An ordering auditor, independent of the rule: a node that orders rows by values (a sort,
+// a sort-preserving merge or repartition, a window) or a node declaring an output ordering
+// must not order by a raw join key.
+
+fn ordering_findings(plan: &Arc<dyn ExecutionPlan>, sens: &[(&str, &str)], out: &mut Vec<String>) {
+    let is_sens = |o: &Origin| matches!(o, Origin::Raw(t, c) if sens.iter().any(|(st, sc)| st == t && sc == c));
+    if is_scan_barrier(plan) {
+        return;
+    }
+    let orders = plan.name().contains("Sort")
+        || plan.name().contains("Window")
+        || plan
+            .downcast_ref::<RepartitionExec>()
+            .is_some_and(|r| r.preserve_order());
+    if let Some(ordering) = plan.properties().output_ordering() {
+        // An ordering the node's single child did not have is created here.
+        let inherited = match plan.children().as_slice() {
+            [c] => c.properties().output_ordering() == Some(ordering),
+            _ => false,
+        };
+        if orders || !inherited {
+            for s in ordering.iter() {
+                for c in datafusion::physical_expr::utils::collect_columns(&s.expr) {
+                    let o = origin(plan, c.index());
+                    if is_sens(&o) {
+                        out.push(format!("{}: ordered by a raw join key {o:?}", plan.name()));
+                    }
+                }
+            }
+        }
+    }
+    for c in plan.children() {
+        ordering_findings(c, sens, out);
+    }
+}
+
+fn count_nodes(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+    usize::from(plan.name() == name)
+        + plan
+            .children()
+            .iter()
+            .map(|c| count_nodes(c, name))
+            .sum::<usize>()
+}
+
+/// Whether a CollectLeft hash join of `plan` compares keys above a CooperativeExec on at
+/// least one side, with no token computed anywhere (raw comparison through a CooperativeExec).
+fn raw_join_above_coop(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let text = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string();
+    if computes_tokens(&text) {
+        return false;
+    }
+    fn walk(p: &Arc<dyn ExecutionPlan>) -> bool {
+        if let Some(j) = p.downcast_ref::<HashJoinExec>()
+            && j.mode == PartitionMode::CollectLeft
+            && (count_nodes(j.left(), "CooperativeExec") > 0
+                || count_nodes(j.right(), "CooperativeExec") > 0)
+        {
+            return true;
+        }
+        p.children().iter().any(|c| walk(c))
+    }
+    walk(plan)
+}
+
+/// Full check of one statement: hub and one process agree, both plans pass the flow
+/// auditor and the ordering auditor. Returns (hub plan, one-process plan) if planned.
+async fn check(
+    c: &Cluster,
+    who: (&str, &str),
+    sql: &str,
+    cmp: Cmp,
+) -> (
+    Option<Arc<dyn ExecutionPlan>>,
+    Option<Arc<dyn ExecutionPlan>>,
+) {
+    let (_, ok) = agree_and_audit_ok(c, who, sql, cmp).await;
+    let hub = hub_plan(&c.hub, who, sql).await;
+    let one = c
+        .single
+        .plan(who.0, Some(who.1), sql)
+        .await
+        .ok()
+        .map(|p| p.physical);
+    for (where_, p) in [
+        ("hub", hub.as_ref().map(|h| h.1.clone())),
+        ("one", one.clone()),
+    ] {
+        if let Some(p) = p {
+            let mut f = vec![];
+            ordering_findings(&p, sensitive(who.0), &mut f);
+            let text = datafusion::physical_plan::displayable(p.as_ref())
+                .indent(true)
+                .to_string();
+            assert!(f.is_empty(), "{where_}: {sql}\n{f:#?}\n{text}");
+        }
+    }
+    println!("{} {sql}: ok={ok}", who.0);
+    (hub.map(|h| h.1), one)
+}
+
+/// Join keys carried through CooperativeExec (and, on the hub, the network boundaries and
+/// broadcasts) into later joins, limits, unions, aggregates, windows, sorts.
+const COOP: &[((&str, &str), &str, Cmp)] = &[
+    // Three-way joins: the key of the first join carried (through coop nodes) into the second.
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r1.district, r2.district FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON t.caller_key = r2.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r2.district FROM police.residents r1 JOIN hotline.tickets t ON t.caller_key = r1.phone JOIN police.residents r2 ON r1.phone = r2.phone JOIN hotline.tickets t2 ON t2.caller_key = r2.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r1.district, r2.district FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON t.caller_key = r2.phone LIMIT 4",
+        Count,
+    ),
+    // Joins of joins with LIMIT inside: the carried key passes a limit, then a join.
+    (
+        HOTLINE,
+        "SELECT x.ticket_id, r.district FROM (SELECT t.ticket_id, r1.phone AS k FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone LIMIT 10) x JOIN police.residents r ON x.k = r.phone",
+        Count,
+    ),
+    (
+        HOTLINE,
+        "SELECT count(*) FROM (SELECT t.caller_key AS k FROM hotline.tickets t LIMIT 25) x JOIN police.residents r ON x.k = r.phone",
+        Count,
+    ),
+    (
+        HOTLINE,
+        "SELECT x.district, y.ticket_id FROM (SELECT r.phone AS k, r.district FROM police.residents r JOIN hotline.tickets t ON t.caller_key = r.phone LIMIT 30) x JOIN (SELECT t.caller_key AS k, t.ticket_id FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone LIMIT 30) y ON x.k = y.k",
+        Count,
+    ),
+    // Keys under a sort by something else, then joined.
+    (
+        HOTLINE,
+        "SELECT x.ticket_id, r.district FROM (SELECT t.ticket_id, t.caller_key AS k FROM hotline.tickets t ORDER BY t.ticket_id LIMIT 40) x JOIN police.residents r ON x.k = r.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT x.ticket_id, r.district FROM (SELECT t.ticket_id, t.caller_key AS k FROM hotline.tickets t ORDER BY t.ticket_id) x JOIN police.residents r ON x.k = r.phone",
+        Rows,
+    ),
+    // UNION of joins carrying the key into a later join.
+    (
+        HOTLINE,
+        "SELECT u.ticket_id, r.district FROM (SELECT t.ticket_id, r1.phone AS k FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone UNION ALL SELECT t.ticket_id, t.caller_key FROM hotline.tickets t) u JOIN police.residents r ON u.k = r.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT u.ticket_id FROM (SELECT t.ticket_id, r1.phone AS k FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone UNION SELECT t.ticket_id, t.caller_key FROM hotline.tickets t) u JOIN police.residents r ON u.k = r.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT r.district FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone JOIN police.residents r2 ON r.phone = r2.phone UNION ALL SELECT r.district FROM police.residents r WHERE r.phone IN (SELECT caller_key FROM hotline.tickets)",
+        Rows,
+    ),
+    // Joins under aggregates, the key carried through a join first.
+    (
+        HOTLINE,
+        "SELECT r2.district, count(*) FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON r1.phone = r2.phone GROUP BY r2.district",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT count(*) FROM (SELECT r1.phone AS k FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone) x JOIN police.residents r2 ON x.k = r2.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT x.d, count(*) FROM (SELECT r1.district AS d, t.caller_key AS k FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone) x WHERE x.k IN (SELECT phone FROM police.residents WHERE district = 'hexi') GROUP BY x.d",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT r.district, count(*) FROM police.residents r WHERE r.phone IN (SELECT t.caller_key FROM hotline.tickets t JOIN police.residents r2 ON t.caller_key = r2.phone) GROUP BY r.district",
+        Rows,
+    ),
+    // A window or a sort above a join carrying a key into another join.
+    (
+        HOTLINE,
+        "SELECT x.ticket_id, x.rn, r.district FROM (SELECT t.ticket_id, t.caller_key AS k, row_number() OVER (ORDER BY t.ticket_id) AS rn FROM hotline.tickets t) x JOIN police.residents r ON x.k = r.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r1.district FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON t.caller_key = r2.phone ORDER BY t.ticket_id, r1.district LIMIT 6",
+        Rows,
+    ),
+    // A DISTINCT on another column, the key carried beside it.
+    (
+        HOTLINE,
+        "SELECT DISTINCT r1.district FROM hotline.tickets t JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON r1.phone = r2.phone",
+        Rows,
+    ),
+    // Outer joins whose output carries the key into a collect-left join.
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r2.district FROM hotline.tickets t LEFT JOIN police.residents r1 ON t.caller_key = r1.phone JOIN police.residents r2 ON r1.phone = r2.phone",
+        Rows,
+    ),
+    (
+        HOTLINE,
+        "SELECT t.ticket_id, r2.district FROM police.residents r1 RIGHT JOIN hotline.tickets t ON t.caller_key = r1.phone LEFT JOIN police.residents r2 ON t.caller_key = r2.phone LIMIT 12",
+        Count,
+    ),
+    // Civil analyst: three-way over person keys and ids.
+    (
+        CIVIL,
+        "SELECT e.person_id, r.gender FROM civil.elderly_care e JOIN police.residents r ON e.person_key = r.person_id JOIN police.residents r2 ON r.person_id = r2.person_id",
+        Rows,
+    ),
+    (
+        CIVIL,
+        "SELECT r.gender, count(*) FROM civil.elderly_care e JOIN police.residents r ON e.person_key = r.person_id GROUP BY r.gender",
+        Rows,
+    ),
+    (
+        CIVIL,
+        "SELECT x.gender FROM (SELECT r.person_id AS k, r.gender FROM civil.elderly_care e JOIN police.residents r ON e.person_key = r.person_id LIMIT 20) x JOIN police.residents r2 ON x.k = r2.person_id",
+        Count,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_keys_through_cooperative_exec_stay_compared_only() {
+    let c = cluster().await;
+    let (mut raw_coop_one, mut raw_coop_hub, mut coop_one) = (0, 0, 0);
+    for (who, sql, cmp) in COOP {
+        let (hub, one) = check(&c, *who, sql, *cmp).await;
+        if let Some(p) = &one {
+            if count_nodes(p, "CooperativeExec") > 0 {
+                coop_one += 1;
+            }
+            if raw_join_above_coop(p) {
+                raw_coop_one += 1;
+            }
+        }
+        if let Some(p) = &hub
+            && raw_join_above_coop(p)
+        {
+            raw_coop_hub += 1;
+        }
+    }
+    println!(
+        "coop plans (one process) {coop_one}, raw joins above coop: one {raw_coop_one}, hub {raw_coop_hub}"
+    );
+    // The carrier path under test was exercised: raw comparisons above CooperativeExec.
+    assert!(raw_coop_one >= 10, "only {raw_coop_one}");
+    assert!(raw_coop_hub >= 5, "only {raw_coop_hub}");
+    let (_, one) = check(&c, COOP[0].0, COOP[0].1, COOP[0].2).await;
+    println!(
+        "{}",
+        datafusion::physical_plan::displayable(one.unwrap().as_ref()).indent(true)
+    );
+    let (hub, _) = check(&c, COOP[0].0, COOP[0].1, COOP[0].2).await;
+    println!(
+        "{}",
+        datafusion_distributed::display_plan_ascii(hub.unwrap().as_ref(), false)
+    );
+    c.stop().await;
+}
+
+/// The whole SHAPES-like surface of the existing suite is not repeated; the ordering
+/// auditor must speak when a raw column is sorted (sanity of the auditor itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ordering_auditor_sees_an_order_by_a_raw_column() {
+    let c = cluster().await;
+    let district: &[(&str, &str)] = &[("police/residents", "district")];
+    let sql = "SELECT t.ticket_id, r.district FROM hotline.tickets t JOIN police.residents r ON t.caller_key = r.phone ORDER BY r.district LIMIT 3";
+    for p in [
+        hub_plan(&c.hub, HOTLINE, sql).await.unwrap().1,
+        c.single
+            .plan(HOTLINE.0, Some(HOTLINE.1), sql)
+            .await
+            .unwrap()
+            .physical,
+    ] {
+        let mut f = vec![];
+        ordering_findings(&p, district, &mut f);
+        assert!(
+            !f.is_empty(),
+            "{}",
+            datafusion::physical_plan::displayable(p.as_ref()).indent(true)
+        );
+    }
+    c.stop().await;
 }
