@@ -94,6 +94,9 @@ fn sync_dir(dir: &Path) -> Result<(), AuditError> {
         .map_err(io_err(dir))
 }
 
+/// How many times, 25 ms apart, a held lock is retried before the log is in use.
+const LOCK_TRIES: u32 = 40;
+
 /// Whether another process holds the log of `dir` (a running exchange).
 pub fn in_use(dir: &Path) -> bool {
     let Ok(lock) = OpenOptions::new().read(true).open(dir.join("LOCK")) else {
@@ -192,8 +195,16 @@ impl AuditLog {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(AuditError::Locked { path: lock_path });
+        // A lock can outlive its holder by a moment: a process that another thread of the
+        // holder forks keeps the lock's file description until it execs (seen in CI, under
+        // load). So a held lock is retried for up to a second before the log is in use.
+        let mut tries = 0;
+        while lock.try_lock().is_err() {
+            tries += 1;
+            if tries > LOCK_TRIES {
+                return Err(AuditError::Locked { path: lock_path });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
         }
         // No process id until a server advertises one (advertise_reloads): a stale one
         // must not be signalled.
