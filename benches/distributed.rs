@@ -61,15 +61,8 @@ struct Moved {
     bytes: usize,
 }
 
-async fn moved(plan: Arc<dyn ExecutionPlan>) -> Moved {
-    let Ok(plan) = datafusion_distributed::rewrite_distributed_plan_with_metrics(
-        plan,
-        DistributedMetricsFormat::Aggregated,
-    )
-    .await
-    else {
-        return Moved::default();
-    };
+/// (`plan` with its metrics, as `rewrite_distributed_plan_with_metrics` gives it.)
+fn moved(plan: Arc<dyn ExecutionPlan>) -> Moved {
     let mut m = Moved::default();
     let mut stack = vec![plan];
     while let Some(p) = stack.pop() {
@@ -99,8 +92,8 @@ async fn moved(plan: Arc<dyn ExecutionPlan>) -> Moved {
     m
 }
 
-/// One run: its time, rows, and what moved between stages.
-async fn run(ex: &Exchange, q: &Query) -> Result<(Duration, u64, Moved), Error> {
+/// One run: its time, rows, what moved between stages, and its plan with the run's metrics.
+async fn run(ex: &Exchange, q: &Query) -> Result<(Duration, u64, Moved, Option<String>), Error> {
     let started = Instant::now();
     let mut stream = ex.start(q.principal, Some(q.purpose), q.governed).await?;
     let plan = stream.plan();
@@ -110,11 +103,19 @@ async fn run(ex: &Exchange, q: &Query) -> Result<(Duration, u64, Moved), Error> 
         rows += b.num_rows() as u64;
     }
     let elapsed = started.elapsed();
-    let moved = match plan {
-        Some(p) => moved(p).await,
-        None => Moved::default(),
+    let Some(plan) = plan else {
+        return Ok((elapsed, rows, Moved::default(), None));
     };
-    Ok((elapsed, rows, moved))
+    let Ok(plan) = datafusion_distributed::rewrite_distributed_plan_with_metrics(
+        plan,
+        DistributedMetricsFormat::Aggregated,
+    )
+    .await
+    else {
+        return Ok((elapsed, rows, Moved::default(), None));
+    };
+    let shown = datafusion_distributed::display_plan_ascii(plan.as_ref(), true);
+    Ok((elapsed, rows, moved(plan), Some(shown)))
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -203,41 +204,30 @@ async fn main() -> Result<(), Error> {
             return Err(format!("no query {id}").into());
         };
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); exchanges.len()];
-        let mut last: Vec<(u64, Moved)> = vec![(0, Moved::default()); exchanges.len()];
+        let mut last: Vec<(u64, Moved, Option<String>)> =
+            vec![(0, Moved::default(), None); exchanges.len()];
         for ex in &exchanges {
             run(ex, q).await?; // warm-up
         }
         for _ in 0..runs {
             for (i, ex) in exchanges.iter().enumerate() {
-                let (t, rows, m) = run(ex, q).await?;
+                let (t, rows, m, shown) = run(ex, q).await?;
                 times[i].push(t);
-                last[i] = (rows, m);
+                last[i] = (rows, m, shown);
             }
         }
         if plans {
-            for (ex, name) in exchanges.iter().zip(&names) {
-                let mut stream = ex.start(q.principal, Some(q.purpose), q.governed).await?;
-                let plan = stream.plan();
-                while let Some(b) = stream.next().await {
-                    b?;
-                }
-                if let Some(plan) = plan {
-                    let plan = datafusion_distributed::rewrite_distributed_plan_with_metrics(
-                        plan,
-                        DistributedMetricsFormat::Aggregated,
-                    )
-                    .await?;
-                    eprintln!(
-                        "## {id}, {name}\n{}",
-                        datafusion_distributed::display_plan_ascii(plan.as_ref(), true)
-                    );
-                }
+            for ((_, _, shown), name) in last.iter().zip(&names) {
+                eprintln!(
+                    "## {id}, {name}\n{}",
+                    shown.as_deref().unwrap_or("(no plan)")
+                );
             }
         }
         let base = median(times[0].clone());
         for (i, name) in names.iter().enumerate() {
             let med = median(times[i].clone());
-            let (rows, m) = last[i];
+            let (rows, m, _) = &last[i];
             println!(
                 "| {id} | {name} | {rows} | {med:.3} | {:.2} | {} | {} | {:.1} |",
                 med / base,

@@ -9,53 +9,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use exchange::distributed::LocalWorker;
 use exchange::{Exchange, ExchangeConfig, QueryError};
 use futures::StreamExt;
 
-use common::{cells, data_root, repo_root, test_config};
-
-/// Bytes of Parquet per partition at the hub: small, so that the test city's scans are
-/// spread over several workers.
-const SPLIT: usize = 16 << 10;
-
-struct Keys {
-    hub_dir: PathBuf,
-    hub_pub: String,
-    workers: Vec<(PathBuf, String)>,
-}
-
-/// The hub's keys, and `n` workers' key directories: the hub's secret, their own signing
-/// keys.
-fn keys(root: &Path, n: usize) -> Keys {
-    let hub_dir = root.join("hub/keys");
-    exchange::keys::ensure(&hub_dir).unwrap();
-    let read = |d: &Path| {
-        std::fs::read_to_string(d.join("signing.pub"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let workers = (0..n)
-        .map(|i| {
-            let dir = root.join(format!("worker{i}/keys"));
-            exchange::keys::ensure(&dir).unwrap();
-            std::fs::copy(hub_dir.join("secret.key"), dir.join("secret.key")).unwrap();
-            let p = read(&dir);
-            (dir, p)
-        })
-        .collect();
-    Keys {
-        hub_pub: read(&hub_dir),
-        hub_dir,
-        workers,
-    }
-}
+use common::cluster::{Keys, SPLIT, cluster, keys, outcome};
+use common::{cells, data_root, repo_root, sorted, test_config};
 
 fn worker_config(root: &Path, i: usize, keys: &Keys) -> ExchangeConfig {
     let mut c = test_config(&repo_root(), data_root(), &root.join(format!("worker{i}")));
@@ -71,67 +34,6 @@ fn hub(root: &Path, keys: &Keys, workers: Vec<String>) -> Exchange {
     c.distributed.workers = workers;
     c.distributed.bytes_per_partition = Some(SPLIT);
     Exchange::open(c).unwrap()
-}
-
-/// One process, with the hub's keys: what the cluster must give.
-fn single(root: &Path, keys: &Keys) -> Exchange {
-    let mut c = test_config(&repo_root(), data_root(), &root.join("single"));
-    c.key_dir = keys.hub_dir.clone();
-    Exchange::open(c).unwrap()
-}
-
-struct Cluster {
-    _root: tempfile::TempDir,
-    workers: Vec<LocalWorker>,
-    hub: Exchange,
-    single: Exchange,
-}
-
-async fn cluster() -> Cluster {
-    let root = tempfile::tempdir().unwrap();
-    let keys = keys(root.path(), 3);
-    let mut workers = Vec::new();
-    for i in 0..3 {
-        workers.push(
-            LocalWorker::start(worker_config(root.path(), i, &keys))
-                .await
-                .unwrap(),
-        );
-    }
-    let urls = workers.iter().map(|w| w.url.clone()).collect();
-    let hub = hub(root.path(), &keys, urls);
-    let single = single(root.path(), &keys);
-    Cluster {
-        _root: root,
-        workers,
-        hub,
-        single,
-    }
-}
-
-fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let mut rows = cells(batches);
-    rows.sort();
-    rows
-}
-
-/// The outcome of a statement, comparable across exchanges: sorted rows (of an EXPLAIN, its
-/// lines before the distribution the hub adds), or the refusal, or that it failed.
-fn outcome(r: &Result<exchange::QueryOutput, QueryError>) -> String {
-    match r {
-        Ok(out) if out.schema.field(0).name() == "plan" => {
-            let lines: Vec<String> = cells(&out.batches)
-                .concat()
-                .into_iter()
-                .take_while(|l| !l.starts_with("Distribution"))
-                .filter(|l| !l.is_empty())
-                .collect();
-            format!("{lines:?}")
-        }
-        Ok(out) => format!("{:?}", sorted(&out.batches)),
-        Err(QueryError::Refused(why)) => format!("refused: {why}"),
-        Err(e) => format!("failed: {e}"),
-    }
 }
 
 async fn distributed_plan(ex: &Exchange, who: (&str, &str), sql: &str) -> String {

@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
@@ -33,123 +33,10 @@ use datafusion::physical_plan::joins::{
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use exchange::distributed::LocalWorker;
-use exchange::{Exchange, ExchangeConfig, QueryError};
+use exchange::{Exchange, QueryError};
 
-use common::{cells, data_root, repo_root, test_config};
-
-// ---------------------------------------------------------------------------------------
-// The cluster (as tests/distributed.rs): a hub, three workers on loopback, one process.
-
-/// Bytes of Parquet per partition at the hub: small, so that scans spread over the workers.
-const SPLIT: usize = 16 << 10;
-
-struct Keys {
-    hub_dir: PathBuf,
-    hub_pub: String,
-    workers: Vec<(PathBuf, String)>,
-}
-
-fn keys(root: &Path, n: usize) -> Keys {
-    let hub_dir = root.join("hub/keys");
-    exchange::keys::ensure(&hub_dir).unwrap();
-    let read = |d: &Path| {
-        std::fs::read_to_string(d.join("signing.pub"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let workers = (0..n)
-        .map(|i| {
-            let dir = root.join(format!("worker{i}/keys"));
-            exchange::keys::ensure(&dir).unwrap();
-            std::fs::copy(hub_dir.join("secret.key"), dir.join("secret.key")).unwrap();
-            let p = read(&dir);
-            (dir, p)
-        })
-        .collect();
-    Keys {
-        hub_pub: read(&hub_dir),
-        hub_dir,
-        workers,
-    }
-}
-
-struct Cluster {
-    _root: tempfile::TempDir,
-    workers: Vec<LocalWorker>,
-    hub: Exchange,
-    single: Exchange,
-}
-
-impl Cluster {
-    async fn stop(self) {
-        for w in self.workers {
-            w.stop().await;
-        }
-    }
-}
-
-async fn cluster() -> Cluster {
-    cluster_in(&repo_root(), data_root(), |_| {}).await
-}
-
-/// A hub with three workers and one process, over the policies of `config` and the data
-/// of `data`, every configuration `adjust`ed.
-async fn cluster_in(config: &Path, data: &Path, adjust: impl Fn(&mut ExchangeConfig)) -> Cluster {
-    let root = tempfile::tempdir().unwrap();
-    let keys = keys(root.path(), 3);
-    let mut workers = Vec::new();
-    for i in 0..3 {
-        let mut c = test_config(config, data, &root.path().join(format!("worker{i}")));
-        c.key_dir = keys.workers[i].0.clone();
-        c.distributed.hub = Some(keys.hub_pub.clone());
-        c.distributed.peers = keys.workers.iter().map(|(_, p)| p.clone()).collect();
-        adjust(&mut c);
-        workers.push(LocalWorker::start(c).await.unwrap());
-    }
-    let mut c = test_config(config, data, &root.path().join("hub"));
-    c.key_dir = keys.hub_dir.clone();
-    c.distributed.workers = workers.iter().map(|w| w.url.clone()).collect();
-    c.distributed.bytes_per_partition = Some(SPLIT);
-    adjust(&mut c);
-    let hub = Exchange::open(c).unwrap();
-    let mut c = test_config(config, data, &root.path().join("single"));
-    c.key_dir = keys.hub_dir.clone();
-    adjust(&mut c);
-    let single = Exchange::open(c).unwrap();
-    Cluster {
-        _root: root,
-        workers,
-        hub,
-        single,
-    }
-}
-
-fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let mut rows = cells(batches);
-    rows.sort();
-    rows
-}
-
-/// The outcome of a statement, comparable across exchanges: sorted rows (of an EXPLAIN, its
-/// lines before the distribution the hub adds, in order), the refusal, or the failure.
-fn outcome(r: &Result<exchange::QueryOutput, QueryError>) -> String {
-    match r {
-        Ok(out) if out.schema.field(0).name() == "plan" => {
-            let lines: Vec<String> = cells(&out.batches)
-                .concat()
-                .into_iter()
-                .take_while(|l| !l.starts_with("Distribution"))
-                .filter(|l| !l.is_empty())
-                .collect();
-            format!("{lines:?}")
-        }
-        Ok(out) => format!("{:?}", sorted(&out.batches)),
-        Err(QueryError::Refused(why)) => format!("refused: {why}"),
-        Err(e) => format!("failed: {e}"),
-    }
-}
+use common::cluster::{Cluster, cluster, cluster_in, outcome};
+use common::{cells, data_root, repo_root, sorted};
 
 fn row_count(r: &Result<exchange::QueryOutput, QueryError>) -> Option<u64> {
     r.as_ref().ok().map(|o| o.rows)
@@ -415,6 +302,27 @@ struct Auditor<'a> {
 }
 
 impl Auditor<'_> {
+    /// Flags a join filter (`what`) that reads a raw join key of either side.
+    fn join_filter(
+        &mut self,
+        plan: &Arc<dyn ExecutionPlan>,
+        filter: Option<&datafusion::physical_plan::joins::utils::JoinFilter>,
+        left: &Arc<dyn ExecutionPlan>,
+        right: &Arc<dyn ExecutionPlan>,
+        what: &str,
+    ) {
+        for c in filter.map(|f| f.column_indices()).unwrap_or_default() {
+            let o = match c.side {
+                JoinSide::Left => origin(left, c.index),
+                JoinSide::Right => origin(right, c.index),
+                JoinSide::None => Origin::Other,
+            };
+            if self.sens(&o) {
+                self.flag(plan, &format!("{what} reads a raw join key"), &o);
+            }
+        }
+    }
+
     fn sens(&self, o: &Origin) -> bool {
         matches!(o, Origin::Raw(t, c) if self.sensitive.iter().any(|(st, sc)| st == t && sc == c))
     }
@@ -464,18 +372,7 @@ impl Auditor<'_> {
                     self.flag(plan, "a raw value compared with a token", &ol);
                 }
             }
-            if let Some(f) = j.filter() {
-                for c in f.column_indices() {
-                    let o = match c.side {
-                        JoinSide::Left => origin(j.left(), c.index),
-                        JoinSide::Right => origin(j.right(), c.index),
-                        JoinSide::None => Origin::Other,
-                    };
-                    if self.sens(&o) {
-                        self.flag(plan, "join filter reads a raw join key", &o);
-                    }
-                }
-            }
+            self.join_filter(plan, j.filter(), j.left(), j.right(), "join filter");
         } else if let Some(j) = plan.downcast_ref::<SortMergeJoinExec>() {
             for (l, r) in j.on() {
                 for o in [expr_origin(l, j.left()), expr_origin(r, j.right())] {
@@ -485,18 +382,13 @@ impl Auditor<'_> {
                 }
             }
         } else if let Some(j) = plan.downcast_ref::<NestedLoopJoinExec>() {
-            if let Some(f) = j.filter() {
-                for c in f.column_indices() {
-                    let o = match c.side {
-                        JoinSide::Left => origin(j.left(), c.index),
-                        JoinSide::Right => origin(j.right(), c.index),
-                        JoinSide::None => Origin::Other,
-                    };
-                    if self.sens(&o) {
-                        self.flag(plan, "nested loop join filter reads a raw join key", &o);
-                    }
-                }
-            }
+            self.join_filter(
+                plan,
+                j.filter(),
+                j.left(),
+                j.right(),
+                "nested loop join filter",
+            );
         } else if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
             for e in p.expr() {
                 if e.expr.is::<Column>() || e.expr.is::<CastExpr>() {
@@ -1805,22 +1697,7 @@ fn rewrite_strings(path: &Path, column: &str, f: impl Fn(usize, Option<&str>) ->
 /// Rows of `sql` over the raw files of `root` with plain DataFusion, `residents` without the
 /// residents who object to `purpose`.
 async fn raw_rows(root: &Path, purpose: &str, sql: &str) -> String {
-    let ctx = datafusion::prelude::SessionContext::new();
-    for (name, file) in [
-        ("tickets", "hotline/tickets.parquet"),
-        ("all_residents", "police/residents.parquet"),
-        ("objections", "police/objections.parquet"),
-    ] {
-        ctx.register_parquet(name, root.join(file).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
-    ctx.sql(&format!(
-        "CREATE VIEW residents AS SELECT * FROM all_residents WHERE person_id NOT IN \
-         (SELECT person_id FROM objections WHERE purpose = '{purpose}')"
-    ))
-    .await
-    .unwrap();
+    let ctx = common::raw_session(root, purpose).await;
     format!(
         "{:?}",
         sorted(&ctx.sql(sql).await.unwrap().collect().await.unwrap())

@@ -22,7 +22,7 @@ use exchange::keys::SigningKey;
 use exchange::{Exchange, QueryError};
 use futures::TryStreamExt;
 
-use common::{cells, data_root, repo_root, test_config};
+use common::{cells, data_root, repo_root, sorted, test_config};
 
 const AGENCIES: [&str; 6] = ["police", "civil", "health", "hrss", "hotline", "market"];
 
@@ -151,12 +151,6 @@ fn city() -> City {
         hub,
         single,
     }
-}
-
-fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let mut rows = cells(batches);
-    rows.sort();
-    rows
 }
 
 async fn get(url: &str, ticket: Vec<u8>) -> Result<Vec<RecordBatch>, tonic::Status> {

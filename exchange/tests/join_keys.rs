@@ -15,25 +15,7 @@ const HRSS: (&str, &str) = ("hrss_analyst", "new_employment_services");
 /// Rows of `sql` over the raw demo files, with plain DataFusion, `residents` without the
 /// residents who object to `purpose` (police.objections).
 async fn raw(purpose: &str, sql: &str) -> BTreeSet<Vec<String>> {
-    let ctx = datafusion::prelude::SessionContext::new();
-    let root = common::data_root();
-    for (name, file) in [
-        ("tickets", "hotline/tickets.parquet"),
-        ("all_residents", "police/residents.parquet"),
-        ("objections", "police/objections.parquet"),
-        ("elderly_care", "civil/elderly_care.parquet"),
-        ("employment", "hrss/employment.parquet"),
-    ] {
-        ctx.register_parquet(name, root.join(file).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
-    ctx.sql(&format!(
-        "CREATE VIEW residents AS SELECT * FROM all_residents WHERE person_id NOT IN \
-         (SELECT person_id FROM objections WHERE purpose = '{purpose}')"
-    ))
-    .await
-    .unwrap();
+    let ctx = common::raw_session(common::data_root(), purpose).await;
     cells(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
         .into_iter()
         .collect()

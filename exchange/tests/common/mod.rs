@@ -2,6 +2,7 @@
 //! shared by every test binary, with the repository's schemas/ and policies/.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod leak_suite;
 pub mod s3;
 pub mod serve;
@@ -230,4 +231,36 @@ pub fn policy_check(config: &Path) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// `batches`' rows as text, sorted: results compared whatever their order.
+pub fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows = cells(batches);
+    rows.sort();
+    rows
+}
+
+/// Plain DataFusion over the raw files of the city in `root` (no policy): the tables
+/// `tickets`, `all_residents`, `objections`, `elderly_care`, `employment`, and `residents`
+/// without the residents who object to `purpose` (police.objections).
+pub async fn raw_session(root: &Path, purpose: &str) -> datafusion::prelude::SessionContext {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for (name, file) in [
+        ("tickets", "hotline/tickets.parquet"),
+        ("all_residents", "police/residents.parquet"),
+        ("objections", "police/objections.parquet"),
+        ("elderly_care", "civil/elderly_care.parquet"),
+        ("employment", "hrss/employment.parquet"),
+    ] {
+        ctx.register_parquet(name, root.join(file).to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    ctx.sql(&format!(
+        "CREATE VIEW residents AS SELECT * FROM all_residents WHERE person_id NOT IN \
+         (SELECT person_id FROM objections WHERE purpose = '{purpose}')"
+    ))
+    .await
+    .unwrap();
+    ctx
 }
