@@ -37,7 +37,6 @@ use super::auth::{Signer, TOKENS_HEADER};
 use super::channels::{SignedChannels, Workers};
 use super::codec::{ExchangeCodec, TokenScope};
 use super::settings::DistributedSettings;
-use super::spread::Spread;
 use crate::enforcement::RawJoinKeys;
 use crate::keys::SigningKey;
 
@@ -47,7 +46,6 @@ pub struct Cluster {
     workers: Vec<Url>,
     channels: SignedChannels,
     bytes_per_partition: Option<usize>,
-    broadcast_rows: Option<usize>,
     compression: Option<datafusion_distributed::CompressionType>,
 }
 
@@ -74,7 +72,6 @@ impl Cluster {
             workers,
             channels: SignedChannels::new(Arc::new(Signer::new(key))),
             bytes_per_partition: settings.bytes_per_partition,
-            broadcast_rows: settings.broadcast_rows,
             compression: match settings.compression.as_deref() {
                 Some("none") => None,
                 Some("zstd") => Some(datafusion_distributed::CompressionType::ZSTD),
@@ -104,14 +101,8 @@ impl Cluster {
         headers.insert(TOKENS_HEADER, value);
         let workers = Arc::new(self.workers.clone());
         let next = Arc::new(AtomicUsize::new(0));
-        // datafusion-distributed distributes what its previous planner made: the exchange's
-        // plan with its large joins partitioned (`spread`).
-        let spread: Arc<dyn QueryPlanner + Send + Sync> = Arc::new(Spread {
-            local: Arc::clone(&local),
-            broadcast_rows: self.broadcast_rows,
-        });
         let mut builder = builder
-            .with_query_planner(spread)
+            .with_query_planner(Arc::clone(&local))
             .with_distributed_planner()
             .with_distributed_worker_resolver(Workers(self.workers.clone()))
             .with_distributed_channel_resolver(self.channels.clone())
