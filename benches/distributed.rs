@@ -61,7 +61,8 @@ struct Moved {
     bytes: usize,
 }
 
-/// (`plan` with its metrics, as `rewrite_distributed_plan_with_metrics` gives it.)
+/// What moved in `plan`, a plan carrying its run's metrics (as
+/// `rewrite_distributed_plan_with_metrics` gives it).
 fn moved(plan: Arc<dyn ExecutionPlan>) -> Moved {
     let mut m = Moved::default();
     let mut stack = vec![plan];
@@ -92,8 +93,13 @@ fn moved(plan: Arc<dyn ExecutionPlan>) -> Moved {
     m
 }
 
-/// One run: its time, rows, what moved between stages, and its plan with the run's metrics.
-async fn run(ex: &Exchange, q: &Query) -> Result<(Duration, u64, Moved, Option<String>), Error> {
+/// One run: its time, rows, what moved between stages, and (if `show`) its plan with the
+/// run's metrics, rendered after the clock stopped.
+async fn run(
+    ex: &Exchange,
+    q: &Query,
+    show: bool,
+) -> Result<(Duration, u64, Moved, Option<String>), Error> {
     let started = Instant::now();
     let mut stream = ex.start(q.principal, Some(q.purpose), q.governed).await?;
     let plan = stream.plan();
@@ -114,8 +120,8 @@ async fn run(ex: &Exchange, q: &Query) -> Result<(Duration, u64, Moved, Option<S
     else {
         return Ok((elapsed, rows, Moved::default(), None));
     };
-    let shown = datafusion_distributed::display_plan_ascii(plan.as_ref(), true);
-    Ok((elapsed, rows, moved(plan), Some(shown)))
+    let shown = show.then(|| datafusion_distributed::display_plan_ascii(plan.as_ref(), true));
+    Ok((elapsed, rows, moved(plan), shown))
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -207,11 +213,11 @@ async fn main() -> Result<(), Error> {
         let mut last: Vec<(u64, Moved, Option<String>)> =
             vec![(0, Moved::default(), None); exchanges.len()];
         for ex in &exchanges {
-            run(ex, q).await?; // warm-up
+            run(ex, q, false).await?; // warm-up
         }
         for _ in 0..runs {
             for (i, ex) in exchanges.iter().enumerate() {
-                let (t, rows, m, shown) = run(ex, q).await?;
+                let (t, rows, m, shown) = run(ex, q, plans).await?;
                 times[i].push(t);
                 last[i] = (rows, m, shown);
             }

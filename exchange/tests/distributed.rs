@@ -17,23 +17,17 @@ use exchange::distributed::LocalWorker;
 use exchange::{Exchange, ExchangeConfig, QueryError};
 use futures::StreamExt;
 
-use common::cluster::{Keys, SPLIT, cluster, keys, outcome};
-use common::{cells, data_root, repo_root, sorted, test_config};
+use common::cluster::{Keys, cluster, hub_config, keys, outcome};
+use common::{cells, data_root, repo_root, sorted};
 
+/// Worker `i` over the repository's policies and the test city.
 fn worker_config(root: &Path, i: usize, keys: &Keys) -> ExchangeConfig {
-    let mut c = test_config(&repo_root(), data_root(), &root.join(format!("worker{i}")));
-    c.key_dir = keys.workers[i].0.clone();
-    c.distributed.hub = Some(keys.hub_pub.clone());
-    c.distributed.peers = keys.workers.iter().map(|(_, p)| p.clone()).collect();
-    c
+    common::cluster::worker_config(&repo_root(), data_root(), root, i, keys)
 }
 
+/// The hub over the repository's policies and the test city.
 fn hub(root: &Path, keys: &Keys, workers: Vec<String>) -> Exchange {
-    let mut c = test_config(&repo_root(), data_root(), &root.join("hub"));
-    c.key_dir = keys.hub_dir.clone();
-    c.distributed.workers = workers;
-    c.distributed.bytes_per_partition = Some(SPLIT);
-    Exchange::open(c).unwrap()
+    Exchange::open(hub_config(&repo_root(), data_root(), root, keys, workers)).unwrap()
 }
 
 async fn distributed_plan(ex: &Exchange, who: (&str, &str), sql: &str) -> String {

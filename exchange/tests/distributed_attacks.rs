@@ -1344,6 +1344,22 @@ async fn agree_and_audit_ok(
     sql: &str,
     cmp: Cmp,
 ) -> (Option<String>, bool) {
+    let audited = agree_and_audit_plans(c, who, sql, cmp).await;
+    (audited.text, audited.ok)
+}
+
+/// What [`agree_and_audit_plans`] saw of one statement.
+struct Audited {
+    /// The hub's plan as text, if it planned.
+    text: Option<String>,
+    /// Whether the hub answered.
+    ok: bool,
+    hub: Option<Arc<dyn ExecutionPlan>>,
+    one: Option<Arc<dyn ExecutionPlan>>,
+}
+
+/// As [`agree_and_audit_ok`], keeping both plans for further checks.
+async fn agree_and_audit_plans(c: &Cluster, who: (&str, &str), sql: &str, cmp: Cmp) -> Audited {
     let hub = c.hub.execute(who.0, Some(who.1), sql).await;
     let one = c.single.execute(who.0, Some(who.1), sql).await;
     match cmp {
@@ -1358,11 +1374,12 @@ async fn agree_and_audit_ok(
             assert!(hub.is_ok(), "{sql}: {hub:?}");
         }
     }
-    let mut text = None;
+    let (mut text, mut hub_physical, mut one_physical) = (None, None, None);
     if let Some((t, plan)) = hub_plan(&c.hub, who, sql).await {
         let found = audit(&plan, sensitive(who.0));
         assert!(found.is_empty(), "{}: {sql}\n{found:#?}\n{t}", who.0);
         text = Some(t);
+        hub_physical = Some(plan);
     }
     if let Ok(p) = c.single.plan(who.0, Some(who.1), sql).await {
         let found = audit(&p.physical, sensitive(who.0));
@@ -1371,8 +1388,14 @@ async fn agree_and_audit_ok(
             "one process: {}: {sql}\n{found:#?}",
             who.0
         );
+        one_physical = Some(p.physical);
     }
-    (text, hub.is_ok())
+    Audited {
+        text,
+        ok: hub.is_ok(),
+        hub: hub_physical,
+        one: one_physical,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2015,18 +2038,8 @@ async fn check(
     Option<Arc<dyn ExecutionPlan>>,
     Option<Arc<dyn ExecutionPlan>>,
 ) {
-    let (_, ok) = agree_and_audit_ok(c, who, sql, cmp).await;
-    let hub = hub_plan(&c.hub, who, sql).await;
-    let one = c
-        .single
-        .plan(who.0, Some(who.1), sql)
-        .await
-        .ok()
-        .map(|p| p.physical);
-    for (where_, p) in [
-        ("hub", hub.as_ref().map(|h| h.1.clone())),
-        ("one", one.clone()),
-    ] {
+    let Audited { ok, hub, one, .. } = agree_and_audit_plans(c, who, sql, cmp).await;
+    for (where_, p) in [("hub", hub.clone()), ("one", one.clone())] {
         if let Some(p) = p {
             let mut f = vec![];
             ordering_findings(&p, sensitive(who.0), &mut f);
@@ -2037,7 +2050,7 @@ async fn check(
         }
     }
     println!("{} {sql}: ok={ok}", who.0);
-    (hub.map(|h| h.1), one)
+    (hub, one)
 }
 
 /// Join keys carried through CooperativeExec (and, on the hub, the network boundaries and
@@ -2195,16 +2208,6 @@ async fn join_keys_through_cooperative_exec_stay_compared_only() {
     // The carrier path under test was exercised: raw comparisons above CooperativeExec.
     assert!(raw_coop_one >= 10, "only {raw_coop_one}");
     assert!(raw_coop_hub >= 5, "only {raw_coop_hub}");
-    let (_, one) = check(&c, COOP[0].0, COOP[0].1, COOP[0].2).await;
-    println!(
-        "{}",
-        datafusion::physical_plan::displayable(one.unwrap().as_ref()).indent(true)
-    );
-    let (hub, _) = check(&c, COOP[0].0, COOP[0].1, COOP[0].2).await;
-    println!(
-        "{}",
-        datafusion_distributed::display_plan_ascii(hub.unwrap().as_ref(), false)
-    );
     c.stop().await;
 }
 

@@ -47,6 +47,37 @@ pub fn keys(root: &Path, n: usize) -> Keys {
     }
 }
 
+/// Worker `i`'s configuration under `root`: its own signing key and the hub's secret, the
+/// hub's public key, its peers'.
+pub fn worker_config(
+    config: &Path,
+    data: &Path,
+    root: &Path,
+    i: usize,
+    keys: &Keys,
+) -> ExchangeConfig {
+    let mut c = test_config(config, data, &root.join(format!("worker{i}")));
+    c.key_dir = keys.workers[i].0.clone();
+    c.distributed.hub = Some(keys.hub_pub.clone());
+    c.distributed.peers = keys.workers.iter().map(|(_, p)| p.clone()).collect();
+    c
+}
+
+/// The hub's configuration under `root`, its plans run on `workers`.
+pub fn hub_config(
+    config: &Path,
+    data: &Path,
+    root: &Path,
+    keys: &Keys,
+    workers: Vec<String>,
+) -> ExchangeConfig {
+    let mut c = test_config(config, data, &root.join("hub"));
+    c.key_dir = keys.hub_dir.clone();
+    c.distributed.workers = workers;
+    c.distributed.bytes_per_partition = Some(SPLIT);
+    c
+}
+
 /// A hub, its workers, and one process with the hub's keys.
 pub struct Cluster {
     /// Held: the cluster's state directories live as long as it.
@@ -81,17 +112,12 @@ pub async fn cluster_in(
     let keys = keys(root.path(), 3);
     let mut workers = Vec::new();
     for i in 0..3 {
-        let mut c = test_config(config, data, &root.path().join(format!("worker{i}")));
-        c.key_dir = keys.workers[i].0.clone();
-        c.distributed.hub = Some(keys.hub_pub.clone());
-        c.distributed.peers = keys.workers.iter().map(|(_, p)| p.clone()).collect();
+        let mut c = worker_config(config, data, root.path(), i, &keys);
         adjust(&mut c);
         workers.push(LocalWorker::start(c).await.unwrap());
     }
-    let mut c = test_config(config, data, &root.path().join("hub"));
-    c.key_dir = keys.hub_dir.clone();
-    c.distributed.workers = workers.iter().map(|w| w.url.clone()).collect();
-    c.distributed.bytes_per_partition = Some(SPLIT);
+    let urls = workers.iter().map(|w| w.url.clone()).collect();
+    let mut c = hub_config(config, data, root.path(), &keys, urls);
     adjust(&mut c);
     let hub = Exchange::open(c).unwrap();
     let mut c = test_config(config, data, &root.path().join("single"));
