@@ -14,6 +14,7 @@ mod channels;
 mod codec;
 mod hub;
 mod settings;
+mod spread;
 mod worker;
 
 pub(crate) use codec::TokenScope;
