@@ -12,9 +12,7 @@
 //! process, the stages, and the rows and Arrow bytes that crossed network boundaries
 //! (datafusion-distributed's metrics), and writes `target/bench-distributed.json`.
 //! `--compression none|lz4|zstd` (default lz4) sets how data crosses between stages;
-//! `--query ID` runs one query, `--workers 2,4` chooses the hubs, `--broadcast-rows
-//! default,18446744073709551615` gives each worker count a hub per `[distributed]
-//! broadcast_rows` (the largest number: every join broadcast), `--plans` prints each
+//! `--query ID` runs one query, `--workers 2,4` chooses the hubs, `--plans` prints each
 //! configuration's plan (with the metrics of its last run).
 
 use std::collections::BTreeMap;
@@ -139,7 +137,6 @@ async fn main() -> Result<(), Error> {
     let mut compression = "lz4".to_string();
     let mut only: Option<String> = None;
     let mut plans = false;
-    let mut broadcast: Vec<Option<usize>> = vec![None];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -156,17 +153,6 @@ async fn main() -> Result<(), Error> {
             "--compression" => compression = args.next().ok_or("--compression lz4|zstd|none")?,
             "--query" => only = Some(args.next().ok_or("--query ID")?),
             "--plans" => plans = true,
-            "--broadcast-rows" => {
-                broadcast = args
-                    .next()
-                    .ok_or("--broadcast-rows default,0,...")?
-                    .split(',')
-                    .map(|v| match v {
-                        "default" => Ok(None),
-                        n => n.parse().map(Some),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -200,18 +186,11 @@ async fn main() -> Result<(), Error> {
             urls.push(w.url.clone());
             workers.push(w);
         }
-        for (b, rows) in broadcast.iter().enumerate() {
-            let mut c = config(&setup, &state.path().join(format!("hub{n}-{b}")));
-            c.distributed.workers = urls.clone();
-            c.distributed.compression = Some(compression.clone());
-            c.distributed.broadcast_rows = *rows;
-            exchanges.push(Exchange::open(c)?);
-            names.push(match (rows, broadcast.len()) {
-                (_, 1) => format!("hub + {n} workers"),
-                (None, _) => format!("hub + {n} workers, broadcast_rows default"),
-                (Some(r), _) => format!("hub + {n} workers, broadcast_rows {r}"),
-            });
-        }
+        let mut c = config(&setup, &state.path().join(format!("hub{n}")));
+        c.distributed.workers = urls;
+        c.distributed.compression = Some(compression.clone());
+        exchanges.push(Exchange::open(c)?);
+        names.push(format!("hub + {n} workers"));
     }
 
     println!(

@@ -17,7 +17,7 @@ use exchange::distributed::LocalWorker;
 use exchange::{Exchange, ExchangeConfig, QueryError};
 use futures::StreamExt;
 
-use common::cluster::{Keys, cluster, cluster_in, hub_config, keys, outcome};
+use common::cluster::{Keys, cluster, hub_config, keys, outcome};
 use common::{cells, data_root, repo_root, sorted};
 
 /// Worker `i` over the repository's policies and the test city.
@@ -208,83 +208,11 @@ async fn the_city_on_three_workers_gives_what_one_process_gives() {
     }
 }
 
-/// A join of plain columns, and the same with a join of join keys after it.
-const PLAIN_JOINS: &[(&str, &str, &str, bool)] = &[
-    (
-        "hotline_analyst",
-        "complaint_handling",
-        "SELECT t.category, count(*) AS n
-         FROM hotline.tickets t JOIN hotline.tickets t2 ON t.ticket_id = t2.ticket_id
-         GROUP BY t.category",
-        false,
-    ),
-    // The join key is carried through the partitioned join to a broadcast one: raw there.
-    (
-        "hotline_analyst",
-        "complaint_handling",
-        "SELECT r.district, count(*) AS n
-         FROM hotline.tickets t JOIN hotline.tickets t2 ON t.ticket_id = t2.ticket_id
-         JOIN police.residents r ON t.caller_key = r.phone
-         GROUP BY r.district",
-        false,
-    ),
-];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn joins_above_the_broadcast_limit_are_partitioned_and_join_keys_stay_raw() {
-    // Every build side is above a limit of 0 rows.
-    let c = cluster_in(&repo_root(), data_root(), |c| {
-        c.distributed.broadcast_rows = Some(0)
-    })
-    .await;
-    // First: the leak suite counts the hub's audit records from an empty log.
-    common::leak_suite::no_hostile_query_reveals_a_protected_value(&c.hub).await;
-    for (principal, purpose, sql, tokens) in PLAIN_JOINS.iter().chain(JOINS) {
-        let hub = c.hub.execute(principal, Some(purpose), sql).await.unwrap();
-        let single = c
-            .single
-            .execute(principal, Some(purpose), sql)
-            .await
-            .unwrap();
-        assert!(single.rows > 0, "{sql}");
-        assert_eq!(sorted(&hub.batches), sorted(&single.batches), "{sql}");
-        let plan = distributed_plan(&c.hub, (principal, purpose), sql).await;
-        let computed = plan.contains("join_key(") || plan.contains("pseudonym(");
-        assert_eq!(computed, *tokens, "{sql}\n{plan}");
-        if sql.contains("t.ticket_id = t2.ticket_id") {
-            // Both sides shuffled by the ticket: no broadcast of the build side.
-            assert!(
-                plan.contains("mode=Partitioned") && plan.contains("ticket_id@"),
-                "{plan}"
-            );
-        }
-        if !computed && sql.contains("r.phone") {
-            // Joins of join keys keep their one shared table.
-            assert!(plan.contains("mode=CollectLeft"), "{plan}");
-        }
-    }
-    // The hostile corpus with every join it can partition partitioned.
-    hostile_outcomes_as_one_process(&c).await;
-    c.stop().await;
-    // At the default limit the test city's joins are all broadcast.
-    let d = cluster().await;
-    let (principal, purpose, sql, _) = PLAIN_JOINS[0];
-    let plan = distributed_plan(&d.hub, (principal, purpose), sql).await;
-    assert!(!plan.contains("mode=Partitioned"), "{plan}");
-    d.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hostile_corpus_on_workers_has_the_outcomes_of_one_process() {
     let c = cluster().await;
     common::leak_suite::no_hostile_query_reveals_a_protected_value(&c.hub).await;
-    hostile_outcomes_as_one_process(&c).await;
-    drop(c.workers);
-}
-
-/// The hostile corpus, outcome by outcome, as one process: same rows, same refusals, same
-/// failures.
-async fn hostile_outcomes_as_one_process(c: &common::cluster::Cluster) {
+    // Outcome by outcome, as one process: same rows, same refusals, same failures.
     let id = common::raw_strings("police/residents.parquet", "person_id")[7].clone();
     let phone = common::raw_strings("police/residents.parquet", "phone")[7].clone();
     let path = data_root()
@@ -314,6 +242,7 @@ async fn hostile_outcomes_as_one_process(c: &common::cluster::Cluster) {
         }
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+    drop(c.workers);
 }
 
 /// A gRPC call of `GetWorkerInfo`, with `auth` as the signature header if given.

@@ -37,7 +37,6 @@ use super::auth::{Signer, TOKENS_HEADER};
 use super::channels::{SignedChannels, Workers};
 use super::codec::{ExchangeCodec, TokenScope};
 use super::settings::DistributedSettings;
-use super::spread::SpreadJoins;
 use crate::enforcement::RawJoinKeys;
 use crate::keys::SigningKey;
 
@@ -47,7 +46,6 @@ pub struct Cluster {
     workers: Vec<Url>,
     channels: SignedChannels,
     bytes_per_partition: Option<usize>,
-    broadcast_rows: Option<usize>,
     compression: Option<datafusion_distributed::CompressionType>,
 }
 
@@ -74,7 +72,6 @@ impl Cluster {
             workers,
             channels: SignedChannels::new(Arc::new(Signer::new(key))),
             bytes_per_partition: settings.bytes_per_partition,
-            broadcast_rows: settings.broadcast_rows,
             compression: match settings.compression.as_deref() {
                 Some("none") => None,
                 Some("zstd") => Some(datafusion_distributed::CompressionType::ZSTD),
@@ -104,13 +101,7 @@ impl Cluster {
         headers.insert(TOKENS_HEADER, value);
         let workers = Arc::new(self.workers.clone());
         let next = Arc::new(AtomicUsize::new(0));
-        // Large joins partitioned instead of broadcast (`spread`), decided among
-        // DataFusion's physical rules so that what the nodes above need is placed after.
-        let spread = SpreadJoins {
-            broadcast_rows: self.broadcast_rows,
-        };
         let mut builder = builder
-            .with_physical_optimizer_rules(spread.within_defaults())
             .with_query_planner(Arc::clone(&local))
             .with_distributed_planner()
             .with_distributed_worker_resolver(Workers(self.workers.clone()))

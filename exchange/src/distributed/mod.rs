@@ -14,7 +14,6 @@ mod channels;
 mod codec;
 mod hub;
 mod settings;
-mod spread;
 mod worker;
 
 pub(crate) use codec::TokenScope;

@@ -17,13 +17,6 @@ pub struct DistributedSettings {
     /// datafusion-distributed's, 16 MiB); smaller spreads a scan over more workers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_partition: Option<usize>,
-    /// At a hub: the most rows (as the planner estimates them) of a join's build side that
-    /// is broadcast to every task probing it; a larger one is partitioned by the join's
-    /// keys, both sides shuffled once (joins of join keys excepted: they stay broadcast, so
-    /// that they compare raw values instead of tokens). Default DataFusion's
-    /// `hash_join_single_partition_threshold_rows` (131072).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub broadcast_rows: Option<usize>,
     /// At a hub: how Arrow data is compressed between stages: `lz4` (the default), `zstd`,
     /// or `none` (workers on one machine or a fast network: compression is then pure cost).
     #[serde(skip_serializing_if = "Option::is_none")]

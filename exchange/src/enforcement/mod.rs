@@ -31,7 +31,7 @@ mod violation;
 pub(crate) use aggregate::NOISE_SCALE;
 pub(crate) use barrier::{BarrierExec, PolicyBarrier, thresholds_applied};
 pub(crate) use batches::BatchSplitExec;
-pub(crate) use join_keys::{RawJoinKeys, joins_compared_raw};
+pub(crate) use join_keys::RawJoinKeys;
 pub(crate) use outputs::{guard_functions, string_concat};
 pub use private::{PrivacyRuntime, privacy_applied};
 pub(crate) use rule::SUBJECT;

@@ -26,7 +26,6 @@ pub use predicate::{
     Comparison, Literal, MAX_NODES, MAX_PATTERNS_CHARS, MAX_PREDICATES, Operand, Predicate,
 };
 pub use reconcile::{ReconcileError, Reconciliation, reconcile};
-pub(crate) use remote::RemoteExec;
 pub use remote::{Claims, NodeClient, RemoteTable, bytes_received};
 pub use request::{
     NodeRequest, ReplayCache, Signer, asked_digest, attributes_of, roles_of, verify,

@@ -74,12 +74,6 @@ impl PhysicalOptimizerRule for RawJoinKeys {
     }
 }
 
-/// The hash joins of `plan` that [`RawJoinKeys`] would let compare raw values, by node
-/// address (`Arc::as_ptr`), for rules that must keep them as they are.
-pub(crate) fn joins_compared_raw(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<usize>> {
-    Ok(analyse(plan)?.joins)
-}
-
 /// `plan` with the tokens found replaced by their raw argument, every node above them
 /// rebuilt (schemas recomputed), and the joins comparing them without runtime state.
 fn rebuild(plan: &Arc<dyn ExecutionPlan>, found: &Untokenise) -> Result<Arc<dyn ExecutionPlan>> {
