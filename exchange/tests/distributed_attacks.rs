@@ -1328,24 +1328,13 @@ const MISUSES: &[((&str, &str), &str)] = &[
 /// The hub and one process agree on `sql` (rows, or row count), and neither plan lets a raw
 /// join key reach anything but a collect-left join's comparison. Returns the hub's plan text.
 async fn agree_and_audit(c: &Cluster, who: (&str, &str), sql: &str, cmp: Cmp) -> Option<String> {
-    let (text, ok) = agree_and_audit_ok(c, who, sql, cmp).await;
+    let Audited { text, ok, .. } = agree_and_audit_plans(c, who, sql, cmp).await;
     assert!(
         ok,
         "{}: {sql}: failed on the hub and in one process alike",
         who.0
     );
     text
-}
-
-/// As [`agree_and_audit`]; also whether the statement succeeded (on both).
-async fn agree_and_audit_ok(
-    c: &Cluster,
-    who: (&str, &str),
-    sql: &str,
-    cmp: Cmp,
-) -> (Option<String>, bool) {
-    let audited = agree_and_audit_plans(c, who, sql, cmp).await;
-    (audited.text, audited.ok)
 }
 
 /// What [`agree_and_audit_plans`] saw of one statement.
@@ -1358,7 +1347,8 @@ struct Audited {
     one: Option<Arc<dyn ExecutionPlan>>,
 }
 
-/// As [`agree_and_audit_ok`], keeping both plans for further checks.
+/// As [`agree_and_audit`], also for a statement that fails (on both), keeping both plans
+/// for further checks.
 async fn agree_and_audit_plans(c: &Cluster, who: (&str, &str), sql: &str, cmp: Cmp) -> Audited {
     let hub = c.hub.execute(who.0, Some(who.1), sql).await;
     let one = c.single.execute(who.0, Some(who.1), sql).await;
