@@ -14,6 +14,8 @@
 //! `--compression none|lz4|zstd` (default lz4) sets how data crosses between stages;
 //! `--query ID` runs one query, `--workers 2,4` chooses the hubs, `--plans` prints each
 //! configuration's plan (with the metrics of its last run).
+//! A statement that does not end within `STALL`, or whose workers' metrics do not arrive
+//! within it after the result, is reported (which of the two) instead of waited for.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,9 @@ use queries::*;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const DEMO_SEED: u64 = 20261126;
+/// How long a statement (or the metrics after it) may go without finishing before the run
+/// is reported as stalled rather than left hanging.
+const STALL: Duration = Duration::from_secs(120);
 const MEASURED: &[&str] = &["tpch-join-agg", "tpch-detail", "tpch-pseudonym-join"];
 
 fn config(setup: &Setup, state: &Path) -> ExchangeConfig {
@@ -104,20 +109,41 @@ async fn run(
     let mut stream = ex.start(q.principal, Some(q.purpose), q.governed).await?;
     let plan = stream.plan();
     let mut rows = 0u64;
-    while let Some(b) = stream.next().await {
-        let b: RecordBatch = b?;
-        rows += b.num_rows() as u64;
+    let drained = tokio::time::timeout(STALL, async {
+        while let Some(b) = stream.next().await {
+            let b: RecordBatch = b?;
+            rows += b.num_rows() as u64;
+        }
+        Ok::<_, Error>(())
+    })
+    .await;
+    match drained {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(format!(
+                "{}: no end of the result after {STALL:?} ({rows} rows read): the statement stalled",
+                q.id
+            )
+            .into());
+        }
     }
     let elapsed = started.elapsed();
     let Some(plan) = plan else {
         return Ok((elapsed, rows, Moved::default(), None));
     };
-    let Ok(plan) = datafusion_distributed::rewrite_distributed_plan_with_metrics(
-        plan,
-        DistributedMetricsFormat::Aggregated,
+    let Ok(Ok(plan)) = tokio::time::timeout(
+        STALL,
+        datafusion_distributed::rewrite_distributed_plan_with_metrics(
+            plan,
+            DistributedMetricsFormat::Aggregated,
+        ),
     )
     .await
     else {
+        eprintln!(
+            "{}: the workers' metrics did not arrive within {STALL:?} after the result",
+            q.id
+        );
         return Ok((elapsed, rows, Moved::default(), None));
     };
     let shown = show.then(|| datafusion_distributed::display_plan_ascii(plan.as_ref(), true));
