@@ -131,7 +131,7 @@ async fn run(
     let Some(plan) = plan else {
         return Ok((elapsed, rows, Moved::default(), None));
     };
-    let Ok(Ok(plan)) = tokio::time::timeout(
+    let plan = match tokio::time::timeout(
         STALL,
         datafusion_distributed::rewrite_distributed_plan_with_metrics(
             plan,
@@ -139,12 +139,19 @@ async fn run(
         ),
     )
     .await
-    else {
-        eprintln!(
-            "{}: the workers' metrics did not arrive within {STALL:?} after the result",
-            q.id
-        );
-        return Ok((elapsed, rows, Moved::default(), None));
+    {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => {
+            eprintln!("{}: no metrics from the workers: {e}", q.id);
+            return Ok((elapsed, rows, Moved::default(), None));
+        }
+        Err(_) => {
+            eprintln!(
+                "{}: the workers' metrics did not arrive within {STALL:?} after the result",
+                q.id
+            );
+            return Ok((elapsed, rows, Moved::default(), None));
+        }
     };
     let shown = show.then(|| datafusion_distributed::display_plan_ascii(plan.as_ref(), true));
     Ok((elapsed, rows, moved(plan), shown))
@@ -245,6 +252,8 @@ async fn main() -> Result<(), Error> {
             for (i, ex) in exchanges.iter().enumerate() {
                 let (t, rows, m, shown) = run(ex, q, plans).await?;
                 times[i].push(t);
+                // A run whose workers' metrics did not come keeps the previous run's figures.
+                let m = if m.stages == 0 { last[i].1 } else { m };
                 last[i] = (rows, m, shown);
             }
         }
